@@ -1,0 +1,328 @@
+"""The HTTP machinery both sandbox servers share: routing, faults, latency, rate limits.
+
+Each server subclasses `SandboxServer`, registers routes, and answers like its real service.
+The control API under `/_sandbox/` (and the same methods in Python) lets tests and benchmarks
+inject faults, add latency and cap the request rate. Servers bind 127.0.0.1 only: there is no
+way to make them listen elsewhere.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+HOST = "127.0.0.1"
+
+
+@dataclass
+class Request:
+    method: str
+    path: str
+    query: dict[str, list[str]]
+    headers: dict[str, str]  # lower-cased names
+    body: bytes
+    params: dict[str, str] = field(default_factory=dict)  # from the route pattern
+
+    def json(self) -> Any:
+        return json.loads(self.body.decode("utf-8")) if self.body else None
+
+    def header(self, name: str) -> str | None:
+        return self.headers.get(name.lower())
+
+    def query_one(self, name: str) -> str | None:
+        values = self.query.get(name)
+        return values[0] if values else None
+
+
+@dataclass
+class Response:
+    status: int = 200
+    body: bytes | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def json(cls, data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+        return cls(
+            status,
+            json.dumps(data, separators=(",", ":")).encode("utf-8"),
+            {"Content-Type": "application/json;charset=UTF-8", **(headers or {})},
+        )
+
+    @classmethod
+    def empty(cls, status: int = 204, headers: dict[str, str] | None = None) -> Response:
+        return cls(status, None, dict(headers or {}))
+
+
+@dataclass
+class Fault:
+    """The next `count` matching requests fail.
+
+    `drop="before"` closes the connection without applying the request, `drop="after"` applies
+    it and then closes the connection without answering (the write happened, the client does
+    not know). Otherwise the request is answered with `status` and `body` and not applied.
+    """
+
+    count: int = 1
+    status: int = 500
+    body: Any = None
+    headers: dict[str, str] = field(default_factory=dict)
+    method: str | None = None  # match only this method
+    path: str | None = None  # match paths containing this regex
+    drop: str | None = None  # "before" | "after"
+    hits: int = 0
+
+    def matches(self, req: Request) -> bool:
+        if self.method and req.method.upper() != self.method.upper():
+            return False
+        return not (self.path and not re.search(self.path, req.path))
+
+
+class _TokenBucket:
+    def __init__(self, rate: float) -> None:
+        self.rate = rate
+        self.capacity = max(1.0, rate)
+        self.tokens = self.capacity
+        self.stamp = time.monotonic()
+        self.lock = threading.Lock()
+
+    def take(self) -> bool:
+        with self.lock:
+            now = time.monotonic()
+            self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
+            self.stamp = now
+            if self.tokens >= 1:
+                self.tokens -= 1
+                return True
+            return False
+
+
+Handler = Callable[[Request], Response]
+
+
+class SandboxServer:
+    """A threaded HTTP server on 127.0.0.1 with routes and a control API."""
+
+    #: name used in logs and the control API answers
+    kind = "sandbox"
+
+    def __init__(self, port: int = 0) -> None:
+        self._routes: list[tuple[str, re.Pattern[str], Handler]] = []
+        self._faults: list[Fault] = []
+        self._faults_lock = threading.Lock()
+        self.latency = 0.0
+        self._bucket: _TokenBucket | None = None
+        self.requests: Counter[str] = Counter()  # "METHOD /path" -> count (control calls excluded)
+        self.rate_limited = 0
+        self.lock = threading.RLock()  # held by handlers that touch the data
+        self._port = port
+        self._httpd: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+        self.route("GET", r"/_sandbox/stats", self._ctl_stats)
+        self.route("POST", r"/_sandbox/faults", self._ctl_faults)
+        self.route("DELETE", r"/_sandbox/faults", self._ctl_clear_faults)
+        self.route("POST", r"/_sandbox/latency", self._ctl_latency)
+        self.route("POST", r"/_sandbox/rate_limit", self._ctl_rate_limit)
+
+    # --- routing -------------------------------------------------------------------------
+
+    def route(self, method: str, pattern: str, handler: Handler) -> None:
+        """Register `handler` for `method` and a full-match regex with named groups."""
+        self._routes.append((method.upper(), re.compile(pattern + r"/?"), handler))
+
+    def dispatch(self, req: Request) -> Response:
+        allowed = False
+        for method, pattern, handler in self._routes:
+            m = pattern.fullmatch(req.path)
+            if not m:
+                continue
+            allowed = True
+            if method != req.method.upper():
+                continue
+            req.params = {k: v for k, v in m.groupdict().items() if v is not None}
+            return handler(req)
+        if allowed:
+            return self.method_not_allowed(req)
+        return self.not_found(req)
+
+    # Subclasses answer these in their service's own error shape.
+    def not_found(self, req: Request) -> Response:
+        return Response.json({"error": "not found", "path": req.path}, 404)
+
+    def method_not_allowed(self, req: Request) -> Response:
+        return Response.json({"error": "method not allowed"}, 405)
+
+    def rate_limited_response(self, req: Request) -> Response:
+        return Response.json({"error": "rate limited"}, 429)
+
+    def decorate(self, req: Request, resp: Response) -> Response:
+        """Add headers every answer of this service carries (request ids, limit info)."""
+        return resp
+
+    def counts_as_call(self, req: Request) -> bool:
+        return not req.path.startswith("/_sandbox/")
+
+    # --- faults, latency, rate limit -------------------------------------------------------
+
+    def inject_fault(self, fault: Fault | None = None, **kwargs: Any) -> Fault:
+        f = fault or Fault(**kwargs)
+        with self._faults_lock:
+            self._faults.append(f)
+        return f
+
+    def clear_faults(self) -> None:
+        with self._faults_lock:
+            self._faults.clear()
+
+    def set_latency(self, seconds: float) -> None:
+        self.latency = max(0.0, float(seconds))
+
+    def set_rate_limit(self, per_second: float | None) -> None:
+        self._bucket = _TokenBucket(per_second) if per_second else None
+
+    def _take_fault(self, req: Request) -> Fault | None:
+        with self._faults_lock:
+            for f in self._faults:
+                if f.count > 0 and f.matches(req):
+                    f.count -= 1
+                    f.hits += 1
+                    if f.count == 0:
+                        self._faults.remove(f)
+                    return f
+        return None
+
+    # --- control API ---------------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "requests": dict(self.requests),
+            "total": sum(self.requests.values()),
+            "rate_limited": self.rate_limited,
+        }
+
+    def _ctl_stats(self, req: Request) -> Response:
+        return Response.json(self.stats())
+
+    def _ctl_faults(self, req: Request) -> Response:
+        spec = req.json() or {}
+        allowed = {"count", "status", "body", "headers", "method", "path", "drop"}
+        self.inject_fault(**{k: v for k, v in spec.items() if k in allowed})
+        return Response.json({"ok": True})
+
+    def _ctl_clear_faults(self, req: Request) -> Response:
+        self.clear_faults()
+        return Response.json({"ok": True})
+
+    def _ctl_latency(self, req: Request) -> Response:
+        self.set_latency((req.json() or {}).get("seconds", 0))
+        return Response.json({"ok": True})
+
+    def _ctl_rate_limit(self, req: Request) -> Response:
+        self.set_rate_limit((req.json() or {}).get("per_second"))
+        return Response.json({"ok": True})
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    @property
+    def port(self) -> int:
+        assert self._httpd is not None, "server not started"
+        return int(self._httpd.server_address[1])
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    def start(self) -> SandboxServer:
+        server = self
+
+        class _Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: Any) -> None:  # quiet by default
+                pass
+
+            def _serve(self) -> None:
+                split = urlsplit(self.path)
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                req = Request(
+                    method=self.command,
+                    path=split.path,
+                    query=parse_qs(split.query, keep_blank_values=True),
+                    headers={k.lower(): v for k, v in self.headers.items()},
+                    body=body,
+                )
+                resp = server._handle(req)
+                if resp is None:  # drop the connection
+                    self.close_connection = True
+                    try:
+                        self.connection.shutdown(socket.SHUT_RDWR)
+                    except OSError:
+                        pass
+                    return
+                self.send_response(resp.status)
+                payload = resp.body or b""
+                for k, v in resp.headers.items():
+                    self.send_header(k, v)
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                if payload and self.command != "HEAD":
+                    self.wfile.write(payload)
+
+            do_GET = do_POST = do_PATCH = do_DELETE = do_PUT = do_HEAD = _serve
+
+        class _Server(ThreadingHTTPServer):
+            daemon_threads = True
+            allow_reuse_address = True
+            request_queue_size = 128
+
+        self._httpd = _Server((HOST, self._port), _Handler)
+        self._thread = threading.Thread(target=self._httpd.serve_forever, name=f"{self.kind}-sandbox", daemon=True)
+        self._thread.start()
+        return self
+
+    def _handle(self, req: Request) -> Response | None:
+        control = req.path.startswith("/_sandbox/")
+        if not control:
+            if self.latency:
+                time.sleep(self.latency)
+            if self.counts_as_call(req):
+                self.requests[f"{req.method} {req.path}"] += 1
+            if self._bucket is not None and not self._bucket.take():
+                self.rate_limited += 1
+                return self.decorate(req, self.rate_limited_response(req))
+            fault = self._take_fault(req)
+            if fault is not None:
+                if fault.drop == "before":
+                    return None
+                if fault.drop == "after":
+                    self.dispatch(req)
+                    return None
+                resp = Response.json(fault.body, fault.status, fault.headers) if fault.body is not None else Response.empty(fault.status, fault.headers)
+                return self.decorate(req, resp)
+        try:
+            resp = self.dispatch(req)
+        except Exception as exc:  # a sandbox bug must answer 500, not hang the client
+            resp = Response.json({"error": f"sandbox error: {type(exc).__name__}: {exc}"}, 500)
+        return resp if control else self.decorate(req, resp)
+
+    def stop(self) -> None:
+        if self._httpd is not None:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+            self._httpd = None
+
+    def __enter__(self) -> SandboxServer:
+        return self.start() if self._httpd is None else self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
