@@ -76,6 +76,9 @@ class Intent:
     idempotency_key: str
     payload_hash: str
     created_at: datetime
+    # The exact parameters sent with the key: a retry must send the same ones, or Stripe
+    # answers idempotency_error instead of replaying the first answer.
+    payload: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
