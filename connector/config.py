@@ -43,6 +43,8 @@ class SalesforceConfig(_Model):
     # The connected app's consumer key is an identifier, not a secret; its secret is in the env.
     consumer_key: str | None = None
     api_version: str = "62.0"
+    # The org's 15- or 18-character id (00D...). Read from the session when not given.
+    org_id: str | None = Field(default=None, pattern=r"^00D[A-Za-z0-9]{12}([A-Za-z0-9]{3})?$")
     # Account field that receives the billing customer id after a create or adoption.
     stripe_id_field: str = "Stripe_Customer_Id__c"
     # Extra SOQL condition ANDed to StatusCode = 'Activated', e.g. "Type = 'New Business'".

@@ -8,13 +8,32 @@ configured loopback address instead (the library itself stays unmodified).
 
 from __future__ import annotations
 
+import json
+import re
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import requests
 from requests.adapters import HTTPAdapter
+from simple_salesforce import Salesforce
+from simple_salesforce.exceptions import (
+    SalesforceAuthenticationFailed,
+    SalesforceError,
+    SalesforceExpiredSession,
+    SalesforceRefusedRequest,
+)
 
-from connector.config import LOOPBACK_HOSTS
+from connector.config import LOOPBACK_HOSTS, SalesforceConfig, SecretSource, is_loopback_url
+from connector.errors import (
+    AuthenticationError,
+    BudgetExhaustedError,
+    ConfigError,
+    TransientError,
+    UnavailableError,
+)
 
 
 class LoopbackAdapter(HTTPAdapter):
@@ -42,3 +61,325 @@ def loopback_session(target: str) -> requests.Session:
     session = requests.Session()
     session.mount("https://", LoopbackAdapter(target))
     return session
+
+
+# --- the source -----------------------------------------------------------------------------
+
+SF_DATETIME = "%Y-%m-%dT%H:%M:%S.000+0000"
+_LIMIT_INFO = re.compile(r"api-usage=(\d+)/(\d+)")
+_ID = re.compile(r"^[A-Za-z0-9]{15}(?:[A-Za-z0-9]{3})?$")
+
+
+def parse_sf_datetime(value: str | None) -> datetime | None:
+    """Salesforce REST datetimes: `2026-01-05T03:41:05.000+0000` (also tolerates `Z`)."""
+    if not value:
+        return None
+    v = value.replace("Z", "+0000")
+    for fmt in ("%Y-%m-%dT%H:%M:%S.%f%z", "%Y-%m-%dT%H:%M:%S%z"):
+        try:
+            return datetime.strptime(v, fmt).astimezone(UTC)
+        except ValueError:
+            continue
+    raise ValueError(f"not a Salesforce datetime: {value!r}")
+
+
+def soql_datetime(value: datetime) -> str:
+    """A SOQL datetime literal (UTC, second precision, no quotes)."""
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def soql_quote(value: str) -> str:
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+@dataclass
+class ApiUsage:
+    """Calls made by this process and the org's daily allowance, from `Sforce-Limit-Info`."""
+
+    calls: int = 0
+    used: int | None = None
+    limit: int | None = None
+    used_at_start: int | None = None
+
+    def observe(self, response: requests.Response, *args: Any, **kwargs: Any) -> None:
+        self.calls += 1
+        m = _LIMIT_INFO.search(response.headers.get("Sforce-Limit-Info", ""))
+        if m:
+            self.used, self.limit = int(m.group(1)), int(m.group(2))
+            if self.used_at_start is None:
+                self.used_at_start = self.used
+
+    @property
+    def remaining(self) -> int | None:
+        return None if self.used is None or self.limit is None else self.limit - self.used
+
+
+@dataclass(frozen=True, slots=True)
+class WriteBackResult:
+    account_id: str
+    ok: bool
+    code: str | None = None
+    message: str | None = None
+    transient: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class OrderRow:
+    """One activated order as read, with the fields the mapping needs."""
+
+    order_id: str
+    account_id: str
+    activated_at: str | None
+    # The latest SystemModstamp of the order and every watched record (the cursor candidate).
+    watermark: str | None
+    # What the Account's Stripe Id field holds now (None when empty).
+    stripe_id_value: str | None
+    record: dict[str, Any]
+
+    @property
+    def basis_key(self) -> tuple[str, str]:
+        """Which order wins when an account has several: the latest activated, then by Id."""
+        return (self.activated_at or "", self.order_id)
+
+
+@dataclass(frozen=True, slots=True)
+class OrderPage:
+    rows: list[OrderRow]
+
+
+def _path(record: dict[str, Any], path: str) -> Any:
+    node: Any = record
+    for part in path.split("."):
+        if not isinstance(node, dict):
+            return None
+        node = node.get(part)
+    return node
+
+
+@dataclass
+class SalesforceSource:
+    """Reads orders and accounts, writes customer ids back. One per run."""
+
+    sf: Salesforce
+    config: SalesforceConfig
+    usage: ApiUsage
+    org_id: str
+    budget_start_remaining: int | None = field(default=None)
+
+    # --- queries ---------------------------------------------------------------------------
+
+    def query_pages(self, soql: str, *, include_deleted: bool = False) -> Iterator[list[dict[str, Any]]]:
+        """Yield one list of records per Salesforce page; memory is bounded by the page size."""
+        headers = {"Sforce-Query-Options": f"batchSize={self.config.page_size}"}
+        result = self._guard(lambda: self.sf.query(soql, include_deleted=include_deleted, headers=headers))
+        while True:
+            yield [_strip(r) for r in result.get("records", [])]
+            if result.get("done", True):
+                return
+            next_url = result["nextRecordsUrl"]
+            result = self._guard(lambda u=next_url: self.sf.query_more(u, identifier_is_url=True, headers=headers))
+
+    def activated_orders(
+        self,
+        fields: Sequence[str],
+        *,
+        watch: Sequence[str] = ("Account",),
+        changed_since: datetime | None = None,
+        activated_from: datetime | None = None,
+        activated_until: datetime | None = None,
+        after_id: str | None = None,
+        account_ids: Sequence[str] | None = None,
+    ) -> Iterator[OrderPage]:
+        """Activated orders with every mapped Order, Account and contact field in one query.
+
+        `watch` names the relationships the payload depends on (Account, BillToContact, ...):
+        with `changed_since`, an order is read when it or any watched record changed, so an
+        edited account or contact updates its customer without a new order. Incremental reads
+        order by SystemModstamp; backfills by Id so they can resume after the last Id done.
+        """
+        stamps = ["SystemModstamp", *[f"{w}.SystemModstamp" for w in watch]]
+        base = ["Id", "AccountId", "ActivatedDate", *stamps, f"Account.{self.config.stripe_id_field}"]
+        select = list(dict.fromkeys([*base, *fields]))
+        where = ["StatusCode = 'Activated'", "AccountId != null"]
+        if self.config.order_filter:
+            where.append(f"({self.config.order_filter})")
+        if changed_since is not None:
+            lit = soql_datetime(changed_since)
+            where.append("(" + " OR ".join(f"{s} >= {lit}" for s in stamps) + ")")
+        if activated_from is not None:
+            where.append(f"ActivatedDate >= {soql_datetime(activated_from)}")
+        if activated_until is not None:
+            where.append(f"ActivatedDate < {soql_datetime(activated_until)}")
+        if after_id is not None:
+            where.append(f"Id > {soql_quote(after_id)}")
+        if account_ids is not None:
+            where.append("AccountId IN (" + ", ".join(soql_quote(a) for a in account_ids) + ")")
+        order_by = "Id" if changed_since is None else "SystemModstamp, Id"
+        soql = f"SELECT {', '.join(select)} FROM Order WHERE {' AND '.join(where)} ORDER BY {order_by}"
+        for page in self.query_pages(soql):
+            yield OrderPage(rows=[self._order_row(r, stamps) for r in page])
+
+    def _order_row(self, record: dict[str, Any], stamps: Sequence[str]) -> OrderRow:
+        marks = [v for v in (_path(record, s) for s in stamps) if isinstance(v, str)]
+        account = record.get("Account") or {}
+        field_value = account.get(self.config.stripe_id_field) if isinstance(account, dict) else None
+        return OrderRow(
+            order_id=str(record["Id"]),
+            account_id=str(record["AccountId"]),
+            activated_at=record.get("ActivatedDate"),
+            watermark=max(marks, key=lambda m: parse_sf_datetime(m) or datetime.min.replace(tzinfo=UTC)) if marks else None,
+            stripe_id_value=(field_value.strip() or None) if isinstance(field_value, str) else None,
+            record=record,
+        )
+
+    def describe(self, sobject: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._guard(lambda: getattr(self.sf, sobject).describe())
+        return result
+
+    # --- write-back ------------------------------------------------------------------------
+
+    def write_back(self, pairs: Sequence[tuple[str, str]]) -> list[WriteBackResult]:
+        """Set the Stripe Id field on Accounts, 200 a call, checking every per-record result."""
+        out: list[WriteBackResult] = []
+        size = self.config.writeback_batch_size
+        fld = self.config.stripe_id_field
+        for start in range(0, len(pairs), size):
+            chunk = pairs[start:start + size]
+            body = {
+                "allOrNone": False,
+                "records": [{"attributes": {"type": "Account"}, "id": acc, fld: cus} for acc, cus in chunk],
+            }
+            results = self._guard(lambda b=body: self.sf.restful("composite/sobjects", method="PATCH", data=json.dumps(b)))
+            for (acc, _cus), res in zip(chunk, results or [], strict=False):
+                if res.get("success"):
+                    out.append(WriteBackResult(acc, True))
+                else:
+                    err = (res.get("errors") or [{}])[0]
+                    code = err.get("statusCode") or "UNKNOWN"
+                    out.append(WriteBackResult(
+                        acc, False, code, err.get("message"),
+                        transient=code in {"UNABLE_TO_LOCK_ROW", "ALL_OR_NONE_OPERATION_ROLLED_BACK"},
+                    ))
+        return out
+
+    # --- budget and errors -------------------------------------------------------------------
+
+    def check_budget(self) -> None:
+        """Stop before using more than `api_budget_share` of what remained when the run began."""
+        if self.usage.used_at_start is None or self.usage.limit is None or self.usage.used is None:
+            return
+        remaining_at_start = self.usage.limit - self.usage.used_at_start
+        spent = self.usage.used - self.usage.used_at_start
+        allowed = int(remaining_at_start * self.config.api_budget_share)
+        if spent >= allowed:
+            raise BudgetExhaustedError(
+                f"Salesforce API budget guard: this run used {spent} calls, its share is {allowed} "
+                f"({self.config.api_budget_share:.0%} of the {remaining_at_start} left today); stopping cleanly"
+            )
+
+    def _guard(self, fn: Any) -> Any:
+        self.check_budget()
+        try:
+            return fn()
+        except SalesforceExpiredSession:
+            raise AuthenticationError(
+                "Salesforce session expired or invalid; with auth 'access_token' set a fresh "
+                "SALESFORCE_ACCESS_TOKEN, or use jwt/password/client_credentials auth so the connector can log in again"
+            ) from None
+        except SalesforceRefusedRequest as exc:
+            code = _error_code(exc)
+            if code == "REQUEST_LIMIT_EXCEEDED":
+                raise BudgetExhaustedError("Salesforce refused the call: the org's daily API limit is exhausted (REQUEST_LIMIT_EXCEEDED)") from None
+            raise UnavailableError(f"Salesforce refused the request ({code}): {_error_message(exc)}") from None
+        except SalesforceError as exc:
+            code = _error_code(exc)
+            if code in {"QUERY_TIMEOUT", "UNABLE_TO_LOCK_ROW", "SERVER_UNAVAILABLE"} or (exc.status or 0) >= 500:
+                raise TransientError(f"Salesforce {code or exc.status}: {_error_message(exc)}", code=code) from None
+            raise UnavailableError(f"Salesforce answered {exc.status} {code}: {_error_message(exc)}") from None
+        except requests.RequestException as exc:
+            raise TransientError(f"Salesforce unreachable: {type(exc).__name__}", code="connection") from None
+
+
+def _error_code(exc: SalesforceError) -> str:
+    content = exc.content
+    if isinstance(content, list) and content and isinstance(content[0], dict):
+        return str(content[0].get("errorCode") or "")
+    return ""
+
+
+def _error_message(exc: SalesforceError) -> str:
+    content = exc.content
+    if isinstance(content, list) and content and isinstance(content[0], dict):
+        return str(content[0].get("message") or "")
+    return str(content)[:300]
+
+
+def _strip(record: dict[str, Any]) -> dict[str, Any]:
+    """Records keep their nested relationship dicts; only the top-level attributes go."""
+    return {k: v for k, v in record.items() if k != "attributes"}
+
+
+def connect(config: SalesforceConfig, secrets: SecretSource) -> SalesforceSource:
+    """Log in with the configured method. Secrets come only from the environment or files."""
+    loopback = config.instance_url is not None and is_loopback_url(config.instance_url) and config.instance_url.startswith("http://")
+    session = loopback_session(config.instance_url) if loopback and config.instance_url else requests.Session()
+    usage = ApiUsage()
+    session.hooks["response"].append(usage.observe)
+    kwargs: dict[str, Any] = {"session": session, "version": config.api_version}
+    try:
+        if config.auth == "access_token":
+            token = secrets.require("SALESFORCE_ACCESS_TOKEN", "auth 'access_token' needs a session id or OAuth access token")
+            sf = Salesforce(instance_url=config.instance_url, session_id=token, **kwargs)
+        elif config.auth == "password":
+            password = secrets.require("SALESFORCE_PASSWORD", "auth 'password' needs the integration user's password")
+            # OAuth username-password flow: Salesforce wants the security token appended.
+            password += secrets.get("SALESFORCE_SECURITY_TOKEN") or ""
+            secret = secrets.require("SALESFORCE_CONSUMER_SECRET", "auth 'password' needs the connected app's consumer secret")
+            sf = Salesforce(username=config.username, password=password, consumer_key=config.consumer_key,
+                            consumer_secret=secret, domain=config.domain, **kwargs)
+        elif config.auth == "jwt":
+            key_file = secrets.environ.get("SALESFORCE_PRIVATE_KEY_FILE")
+            key = None if key_file else secrets.get("SALESFORCE_PRIVATE_KEY")
+            if not key_file and not key:
+                raise ConfigError("set SALESFORCE_PRIVATE_KEY_FILE to the connected app's private key file (PEM) for auth 'jwt'")
+            sf = Salesforce(username=config.username, consumer_key=config.consumer_key, privatekey_file=key_file,
+                            privatekey=key, domain=config.domain, **kwargs)
+        else:
+            secret = secrets.require("SALESFORCE_CONSUMER_SECRET", "auth 'client_credentials' needs the connected app's consumer secret")
+            domain = config.domain
+            if domain in ("login", "test"):
+                raise ConfigError("auth 'client_credentials' needs salesforce.domain set to your My Domain (e.g. 'acme.my')", key="salesforce.domain")
+            sf = Salesforce(consumer_key=config.consumer_key, consumer_secret=secret, domain=domain, **kwargs)
+    except SalesforceAuthenticationFailed as exc:
+        raise AuthenticationError(f"Salesforce login ({config.auth}) failed: {exc.code} {exc.message}") from None
+    except requests.RequestException as exc:
+        raise UnavailableError(f"Salesforce unreachable at login: {type(exc).__name__}") from None
+    org_id = config.org_id or _org_from_session(sf.session_id) or "unknown"
+    return SalesforceSource(sf=sf, config=config, usage=usage, org_id=org_id)
+
+
+def _org_from_session(session_id: str | None) -> str | None:
+    # Salesforce session ids and OAuth tokens start with the 15-character org id, then "!".
+    if session_id and re.match(r"^00D[A-Za-z0-9]{12}!", session_id):
+        return session_id[:15]
+    return None
+
+
+def chunked(ids: Iterable[str], size: int) -> Iterator[list[str]]:
+    batch: list[str] = []
+    for i in ids:
+        batch.append(i)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def is_salesforce_id(value: str) -> bool:
+    return bool(_ID.match(value))
+
+
+def modstamp_floor(cursor: str | None, overlap_seconds: int) -> datetime | None:
+    dt = parse_sf_datetime(cursor)
+    return dt - timedelta(seconds=overlap_seconds) if dt else None

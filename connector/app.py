@@ -1,0 +1,79 @@
+"""Builds a ready engine from configuration: the one place that picks the adapters.
+
+The CLI and (later) the daemon call `open_pipeline`; tests call it too, with the sandbox's URLs
+in the config. Order matters for exit codes: config and mappings are loaded and checked before
+anything is contacted (exit 2), then the store is opened and Salesforce logged in (exit 3).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from connector.billing.base import BillingTarget
+from connector.billing.stripe import StripeTarget
+from connector.config import Config, SecretSource
+from connector.engine import Engine
+from connector.mapping import CustomerMapping, load_mappings
+from connector.salesforce import SalesforceSource, connect
+from connector.state.store import StateStore
+
+
+@dataclass
+class Pipeline:
+    config: Config
+    mapping: CustomerMapping
+    store: StateStore
+    source: SalesforceSource
+    targets: list[BillingTarget]
+    engine: Engine
+
+
+def holder_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def build_targets(config: Config, secrets: SecretSource) -> list[BillingTarget]:
+    return [StripeTarget(acct, secrets) for acct in config.billing.accounts]
+
+
+@contextmanager
+def open_pipeline(
+    config: Config,
+    secrets: SecretSource,
+    *,
+    on_progress: Callable[[int], None] | None = None,
+    stop: threading.Event | None = None,
+    lock: bool = True,
+) -> Iterator[Pipeline]:
+    """Everything a run needs, with the single-runner lock held for its duration."""
+    mapping = load_mappings(config.mappings_path)  # exit 2 before anything is contacted
+    targets = build_targets(config, secrets)  # a missing key is a config error too
+    store = StateStore.open(config.state_url, auto_migrate=config.state.auto_migrate)
+    try:
+        lock_cm = store.lock("sync", holder=holder_name()) if lock else _null()
+        with lock_cm:
+            source = connect(config.salesforce, secrets)
+            engine = Engine(
+                source=source,
+                targets=targets,
+                store=store,
+                mapping=mapping,
+                overlap_seconds=config.salesforce.overlap_seconds,
+                writeback_batch=config.salesforce.writeback_batch_size,
+                salesforce_calls=lambda: source.usage.calls,
+                on_progress=on_progress,
+                stop=stop,
+            )
+            yield Pipeline(config, mapping, store, source, targets, engine)
+    finally:
+        store.close()
+
+
+@contextmanager
+def _null() -> Iterator[None]:
+    yield

@@ -1,0 +1,404 @@
+"""The `billing-connector` command: parse, load config, call the engine, print.
+
+Exit codes (the same for every command):
+  0  every record done
+  1  the run finished but some records failed or were refused
+  2  configuration or mapping invalid (nothing was contacted)
+  3  could not run: authentication, a service unreachable, another runner holds the lock
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from connector import log as logsetup
+from connector.config import Config, SecretSource, load_config
+from connector.errors import ConfigError, ConnectorError
+from connector.mapping import diff_payloads, flatten
+
+app = typer.Typer(
+    name="billing-connector",
+    help="Keep Stripe customers in step with activated Salesforce orders.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+mappings_app = typer.Typer(help="Check and preview the YAML field mappings.", no_args_is_help=True)
+db_app = typer.Typer(help="The local state store.", no_args_is_help=True)
+app.add_typer(mappings_app, name="mappings")
+app.add_typer(db_app, name="db")
+
+out = Console()
+err = Console(stderr=True)
+
+ConfigOpt = Annotated[
+    Path,
+    typer.Option("--config", "-c", envvar="BILLING_CONNECTOR_CONFIG", help="Path to config.yaml."),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")]
+DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="Print the plan; change nothing anywhere.")]
+
+
+def main() -> None:
+    app()
+
+
+# --- shared plumbing ---------------------------------------------------------------------------
+
+
+def _fail(exc: ConnectorError) -> None:
+    err.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True, soft_wrap=True)
+    raise typer.Exit(exc.exit_code)
+
+
+@contextmanager
+def _errors() -> Iterator[None]:
+    try:
+        yield
+    except ConnectorError as exc:
+        _fail(exc)
+
+
+def _load(config_file: Path) -> tuple[Config, SecretSource]:
+    secrets = SecretSource.from_os()
+    cfg = load_config(config_file)
+    logsetup.configure(level=cfg.log.level, fmt=cfg.log.format, secrets=secrets.all_values())
+    return cfg, secrets
+
+
+def _parse_date(value: str | None, name: str) -> datetime | None:
+    if not value:
+        return None
+    try:
+        if "T" in value:
+            return datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone(UTC)
+        d = date.fromisoformat(value)
+        return datetime(d.year, d.month, d.day, tzinfo=UTC)
+    except ValueError:
+        raise ConfigError(f"{name} must be a date like 2026-01-31 or 2026-01-31T00:00:00Z, not {value!r}") from None
+
+
+@contextmanager
+def _stop_on_signals() -> Iterator[threading.Event]:
+    """SIGTERM/SIGINT finish the record in progress and stop; a second signal exits at once."""
+    stop = threading.Event()
+    previous: dict[int, Any] = {}
+
+    def handler(signum: int, frame: object) -> None:
+        if stop.is_set():
+            raise SystemExit(130)
+        stop.set()
+        err.print("stopping after the record in progress (signal again to exit at once)")
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with suppress(ValueError):  # not the main thread: leave signals alone
+            previous[sig] = signal.signal(sig, handler)
+    try:
+        yield stop
+    finally:
+        for sig, h in previous.items():
+            signal.signal(sig, h)
+
+
+def _progress(enabled: bool) -> tuple[Callable[[int], None] | None, Callable[[], None]]:
+    if not enabled:
+        return None, lambda: None
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err, transient=True)
+    task = progress.add_task("orders read: 0", total=None)
+    progress.start()
+
+    def update(n: int) -> None:
+        progress.update(task, description=f"orders read: {n}")
+
+    return update, progress.stop
+
+
+def _run(config_file: Path, mode: str, *, dry_run: bool, as_json: bool, since: str | None = None,
+         until: str | None = None, retry_all: bool = False) -> None:
+    from connector.app import open_pipeline
+
+    with _errors():
+        cfg, secrets = _load(config_file)
+        start, end = _parse_date(since, "--since"), _parse_date(until, "--until")
+        on_progress, stop_progress = _progress(mode == "backfill" and not as_json and err.is_terminal)
+        with _stop_on_signals() as stop, open_pipeline(cfg, secrets, on_progress=on_progress, stop=stop) as p:
+            try:
+                report = p.engine.run(mode, dry_run=dry_run, since=start, until=end, retry_all=retry_all)  # type: ignore[arg-type]
+            finally:
+                stop_progress()
+        if as_json:
+            print(json.dumps(report.as_json()))
+        else:
+            _print_report(report, state=cfg.state_url)
+        if report.error:
+            err.print(f"[bold red]error:[/] {report.error}")
+        raise typer.Exit(report.exit_code)
+
+
+def _print_report(report: Any, *, state: str | None = None) -> None:
+    title = f"{report.mode} {'(dry run) ' if report.dry_run else ''}{report.status} - run {report.run_id}"
+    t = Table(title=title, show_header=True)
+    for col in ("orders read", "accounts", "created", "updated", "unchanged", "refused", "failed", "Salesforce calls", "Stripe calls"):
+        t.add_column(col, justify="right")
+    t.add_row(*(str(x) for x in (report.orders_read, report.accounts_seen, report.created, report.updated,
+                                  report.unchanged, report.refused, report.failed, report.salesforce_calls, report.stripe_calls)))
+    out.print(t)
+    if report.dry_run and report.plan:
+        plan = Table(title="plan (nothing was written)")
+        for col in ("action", "account", "billing account", "customer", "changed fields / reason"):
+            plan.add_column(col)
+        for p in report.plan:
+            detail = p.reason if p.action in ("refused", "failed") else ", ".join(p.changed_fields)
+            plan.add_row(p.action, p.account_id, p.billing_account, p.customer_id or "-", detail or "")
+        out.print(plan)
+    if state:
+        out.print(f"state: {state}", highlight=False)
+
+
+# --- commands ------------------------------------------------------------------------------------
+
+
+@app.command()
+def sync(
+    config: ConfigOpt = Path("config.yaml"),
+    dry_run: DryRunOpt = False,
+    as_json: JsonOpt = False,
+    retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Retry every failed record now, not only those due.")] = False,
+) -> None:
+    """One incremental pass: orders, accounts and contacts changed since the last run."""
+    _run(config, "sync", dry_run=dry_run, as_json=as_json, retry_all=retry_failed)
+
+
+@app.command()
+def backfill(
+    config: ConfigOpt = Path("config.yaml"),
+    since: Annotated[str | None, typer.Option(help="Only orders activated on or after this date.")] = None,
+    until: Annotated[str | None, typer.Option(help="Only orders activated before this date.")] = None,
+    dry_run: DryRunOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Every activated order in the window; resumes where a crashed backfill stopped."""
+    _run(config, "backfill", dry_run=dry_run, as_json=as_json, since=since, until=until)
+
+
+@app.command()
+def status(config: ConfigOpt = Path("config.yaml"), as_json: JsonOpt = False) -> None:
+    """Last runs, failing records and open conflicts."""
+    from connector.state.store import StateStore
+
+    with _errors():
+        cfg, _ = _load(config)
+        store = StateStore.open(cfg.state_url, auto_migrate=cfg.state.auto_migrate)
+        try:
+            runs = store.recent_runs(limit=10)
+            failures = store.recent_failures(limit=50)
+            conflicts = store.list_conflicts("open")
+            stats = store.stats()
+        finally:
+            store.close()
+    if as_json:
+        print(json.dumps({
+            "runs": [{"run_id": r.run_id, "mode": r.mode, "status": r.status, "started_at": r.started_at.isoformat(),
+                      "finished_at": r.finished_at.isoformat() if r.finished_at else None, **r.counts, "error": r.error}
+                     for r in runs],
+            "failures": [{"at": at.isoformat(), "run_id": run_id, "account_id": o.account_id, "billing_account": o.billing_account,
+                          "error_code": o.error_code, "error": o.error_message} for at, run_id, o in failures],
+            "conflicts": [{"id": c.id, "kind": c.kind, "account_id": c.account_id, "customer_id": c.customer_id,
+                           "created_at": c.created_at.isoformat()} for c in conflicts],
+            "stats": stats,
+        }, default=str))
+        return
+    t = Table(title="last runs")
+    for col in ("started", "mode", "status", "created", "updated", "unchanged", "refused", "failed", "error"):
+        t.add_column(col)
+    for r in runs:
+        c = r.counts
+        t.add_row(r.started_at.strftime("%Y-%m-%d %H:%M:%S"), r.mode, r.status, *(str(c.get(k, 0)) for k in
+                  ("created", "updated", "unchanged", "refused", "failed")), (r.error or "")[:60])
+    out.print(t)
+    if failures:
+        f = Table(title="failing records")
+        for col in ("at", "account", "billing account", "error"):
+            f.add_column(col)
+        for at, _run_id, o in failures:
+            f.add_row(at.strftime("%Y-%m-%d %H:%M:%S"), o.account_id, o.billing_account, f"{o.error_code}: {o.error_message}")
+        out.print(f)
+    if conflicts:
+        k = Table(title="open conflicts")
+        for col in ("id", "kind", "account", "customer", "since"):
+            k.add_column(col)
+        for c in conflicts:
+            k.add_row(str(c.id), c.kind, c.account_id, c.customer_id or "-", c.created_at.strftime("%Y-%m-%d %H:%M"))
+        out.print(k)
+    out.print(f"state: {cfg.state_url}", highlight=False)
+
+
+@db_app.command("upgrade")
+def db_upgrade(config: ConfigOpt = Path("config.yaml")) -> None:
+    """Apply the state store's migrations (also done on start unless state.auto_migrate is false)."""
+    from connector.state.store import StateStore
+
+    with _errors():
+        cfg, _ = _load(config)
+        store = StateStore.open(cfg.state_url, auto_migrate=True)
+        out.print(f"state store at revision {store.current_revision()}: {store.url}", highlight=False)
+        store.close()
+
+
+@mappings_app.command("check")
+def mappings_check(
+    config: ConfigOpt = Path("config.yaml"),
+    mappings_dir: Annotated[Path | None, typer.Option("--dir", help="Mappings folder (default: from config, else ./mappings).")] = None,
+    online: Annotated[bool, typer.Option("--online", help="Also ask Salesforce that every source field exists.")] = False,
+) -> None:
+    """Validate every mapping file; print each problem as file:line:column: message."""
+    from connector.mapping import check_mappings
+
+    with _errors():
+        cfg: Config | None = None
+        if mappings_dir is None or online:
+            cfg, secrets = _load(config)
+        folder = mappings_dir or (cfg.mappings_path if cfg else Path("mappings"))
+        describe = None
+        if online:
+            assert cfg is not None
+            problems = check_mappings(folder)  # offline first: never contact Salesforce with a broken file
+            if not any(p.severity == "error" for p in problems):
+                from connector.salesforce import connect
+
+                source = connect(cfg.salesforce, secrets)
+                describe = source.describe
+        problems = check_mappings(folder, describe=describe)
+    errors = [p for p in problems if p.severity == "error"]
+    for p in problems:
+        (err if p.severity == "error" else out).print(str(p), highlight=False, markup=False, soft_wrap=True)
+    if errors:
+        err.print(f"{len(errors)} error(s) in {folder}", highlight=False)
+        raise typer.Exit(2)
+    out.print(f"mappings in {folder}: ok ({len(problems)} warning(s))", highlight=False)
+
+
+@mappings_app.command("preview")
+def mappings_preview(
+    config: ConfigOpt = Path("config.yaml"),
+    account: Annotated[str | None, typer.Option("--account", help="Salesforce Account Id.")] = None,
+    order: Annotated[str | None, typer.Option("--order", help="Salesforce Order Id.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Show the payload that would be sent for an account or order, and the difference from Stripe now."""
+    from connector.app import open_pipeline
+
+    if not account and not order:
+        err.print("error: give --account ID or --order ID")
+        raise typer.Exit(2)
+    with _errors():
+        cfg, secrets = _load(config)
+        with open_pipeline(cfg, secrets, lock=False) as p:
+            rows = [r for page in p.source.activated_orders(p.engine.fields, watch=p.engine.watch,
+                                                            account_ids=[account] if account else None)
+                    for r in page.rows if not order or r.order_id == order]
+            if not rows:
+                raise ConfigError(f"no activated order found for {'account ' + account if account else 'order ' + str(order)}")
+            row = max(rows, key=lambda r: r.basis_key)
+            result: dict[str, Any] = {"account_id": row.account_id, "order_id": row.order_id, "billing_accounts": []}
+            for target in p.targets:
+                link = p.store.get_link(target.name, row.account_id)
+                payload = p.mapping.evaluate(row.record, link=lambda a, t=target: (lambda ln: ln.customer_id if ln else None)(p.store.get_link(t.name, a)))
+                entry: dict[str, Any] = {"billing_account": target.name, "payload": payload,
+                                         "customer_id": link.customer_id if link else None}
+                if link:
+                    remote = target.fetch_customer(link.customer_id)
+                    if remote is not None:
+                        current = {k: _dig(remote.payload, k) for k in flatten(payload)}
+                        entry["changes"] = {k: {"stripe": current.get(k), "new": v} for k, v in flatten(payload).items()
+                                            if k in diff_payloads(_unflatten(current), payload)}
+                result["billing_accounts"].append(entry)
+    if as_json:
+        print(json.dumps(result, default=str))
+        return
+    out.print(f"account {result['account_id']} (from order {result['order_id']})", highlight=False)
+    for entry in result["billing_accounts"]:
+        t = Table(title=f"billing account {entry['billing_account']}: customer {entry['customer_id'] or '(would be created)'}")
+        t.add_column("field")
+        t.add_column("would send")
+        t.add_column("in Stripe now")
+        changes = entry.get("changes", {})
+        for k, v in flatten(entry["payload"]).items():
+            t.add_row(k, repr(v), repr(changes[k]["stripe"]) if k in changes else ("(same)" if entry["customer_id"] else ""))
+        out.print(t)
+
+
+def _dig(data: Any, dotted: str) -> Any:
+    node = data
+    for part in dotted.split("."):
+        if not isinstance(node, dict):
+            return None
+        node = node.get(part)
+    return node
+
+
+def _unflatten(flat: dict[str, Any]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for k, v in flat.items():
+        node = result
+        parts = k.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = v
+    return result
+
+
+@app.command()
+def sandbox(
+    data: Annotated[Path | None, typer.Option("--data", help="YAML or JSON data set (default: the sample).")] = None,
+    salesforce_port: Annotated[int, typer.Option(help="Port of the Salesforce sandbox (0: any free port).")] = 8701,
+    stripe_port: Annotated[int, typer.Option(help="Port of the Stripe sandbox (0: any free port).")] = 8702,
+) -> None:
+    """Run the local Salesforce org and Stripe account until interrupted."""
+    from connector.sandbox.run import start_sandboxes
+
+    with _errors():
+        pair = start_sandboxes(data, salesforce_port=salesforce_port, stripe_port=stripe_port)
+    out.print(f"Salesforce sandbox: {pair.salesforce.url}\nStripe sandbox:     {pair.stripe.url}\n", highlight=False)
+    out.print("config.yaml for these servers:\n", highlight=False)
+    out.print(pair.config_snippet(), highlight=False, markup=False)
+    out.print(f"\nexport SALESFORCE_ACCESS_TOKEN={pair.access_token}\nexport STRIPE_API_KEY={pair.stripe_key}\n", highlight=False, markup=False)
+    out.print("Ctrl-C to stop.")
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        pair.stop()
+
+
+@app.command()
+def demo(
+    state_dir: Annotated[Path, typer.Option(help="Where the demo keeps its state file.")] = Path("demo-state"),
+) -> None:
+    """Start the sandbox with the sample data, backfill, change a few accounts, sync, and show what happened."""
+    from connector.sandbox.run import run_demo
+
+    with _errors():
+        code = run_demo(state_dir, console=out)
+    raise typer.Exit(code)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())  # type: ignore[func-returns-value]
