@@ -170,6 +170,8 @@ _SECRET_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"\b[sr]k_(live|test)_[A-Za-z0-9]{8,}"), "STRIPE_API_KEY"),
     (re.compile(r"\b00D[A-Za-z0-9]{12,15}![A-Za-z0-9._]{20,}"), "SALESFORCE_ACCESS_TOKEN"),
     (re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----"), "SALESFORCE_PRIVATE_KEY_FILE"),
+    # A database URL with a password in it (postgresql+psycopg://user:secret@host/db).
+    (re.compile(r"^[a-z][a-z0-9+.-]*://[^/\s:@]+:[^/\s@]+@"), "PGPASSWORD"),
 )
 _SECRET_KEYS = {
     "password": "SALESFORCE_PASSWORD",
@@ -203,9 +205,10 @@ def _refuse_literal_secrets(doc: PositionedYaml) -> None:
             for pattern, var in _SECRET_PATTERNS:
                 if pattern.search(node):
                     pos = doc.where(path)
+                    alt = "a .pgpass file named by PGPASSFILE" if var == "PGPASSWORD" else f"{var}_FILE"
                     raise ConfigError(
                         f"this value looks like a secret; secrets are never read from config files, "
-                        f"set the environment variable {var} (or {var}_FILE) instead",
+                        f"set the environment variable {var} (or {alt}) instead",
                         file=doc.file, line=pos.line, column=pos.column, key=".".join(map(str, path)),
                     )
 

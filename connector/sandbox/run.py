@@ -1,0 +1,162 @@
+"""Starting both sandbox servers together, and the `demo` command built on them.
+
+The demo is what a newcomer runs first: it needs no credentials, starts the local Salesforce
+org and Stripe account in-process with the sample data, and drives the real connector (real
+clients over HTTP on 127.0.0.1) through a backfill, a few Salesforce edits and a sync.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from connector.sandbox.salesforce import SalesforceSandbox
+from connector.sandbox.sample import load_sample
+from connector.sandbox.stripe import StripeSandbox
+
+SANDBOX_ORG_ID = "00D000000000001AAA"
+# Shaped like a real token (org id, "!", opaque part) so the org id is read from it as in production.
+SANDBOX_TOKEN = "00D000000000001!AQsandboxAccessTokenForLocalUseOnly"
+SANDBOX_STRIPE_KEY = "sk_test_sandbox0000000000000000"
+
+
+@dataclass
+class SandboxPair:
+    salesforce: SalesforceSandbox
+    stripe: StripeSandbox
+    access_token: str = SANDBOX_TOKEN
+    stripe_key: str = SANDBOX_STRIPE_KEY
+
+    def config_snippet(self, *, state_url: str = "sqlite:///state.db", mappings_dir: str = "mappings") -> str:
+        return yaml.safe_dump(self.config_dict(state_url=state_url, mappings_dir=mappings_dir), sort_keys=False)
+
+    def config_dict(self, *, state_url: str = "sqlite:///state.db", mappings_dir: str = "mappings") -> dict[str, Any]:
+        return {
+            "salesforce": {"auth": "access_token", "instance_url": self.salesforce.url, "org_id": SANDBOX_ORG_ID},
+            "billing": {"accounts": [{"id": "default", "api_base": self.stripe.url}]},
+            "state": {"url": state_url},
+            "mappings_dir": mappings_dir,
+        }
+
+    def secrets(self) -> dict[str, str]:
+        return {"SALESFORCE_ACCESS_TOKEN": self.access_token, "STRIPE_API_KEY": self.stripe_key}
+
+    def stop(self) -> None:
+        self.salesforce.stop()
+        self.stripe.stop()
+
+
+def read_data_file(path: Path) -> dict[str, Any]:
+    text = path.read_text(encoding="utf-8")
+    data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: a data set is a mapping with 'salesforce' and 'stripe' sections")
+    return data
+
+
+def start_sandboxes(data_file: Path | None = None, *, salesforce_port: int = 0, stripe_port: int = 0) -> SandboxPair:
+    data = read_data_file(data_file) if data_file else load_sample()
+    sf = SalesforceSandbox(data.get("salesforce") or {}, port=salesforce_port, access_token=SANDBOX_TOKEN,
+                           org_id=SANDBOX_ORG_ID).start()
+    st = StripeSandbox(port=stripe_port).start()
+    st.load(data.get("stripe") or {})
+    return SandboxPair(salesforce=sf, stripe=st)
+
+
+def repo_mappings_dir() -> Path:
+    """The shipped mappings: ./mappings when run from a checkout, else next to the package."""
+    here = Path.cwd() / "mappings"
+    if (here / "customer.yaml").exists():
+        return here
+    return Path(__file__).resolve().parents[2] / "mappings"
+
+
+def run_demo(state_dir: Path, *, console: Console) -> int:
+    """Backfill, edit, sync, sync again; print each step. Returns the exit code."""
+    from connector.app import open_pipeline
+    from connector.config import Config, SecretSource
+    from connector.log import configure
+
+    configure(level="warning", fmt="console")
+    pair = start_sandboxes()
+    try:
+        if state_dir.exists():
+            shutil.rmtree(state_dir)
+        state_dir.mkdir(parents=True)
+        state_file = (state_dir / "state.db").resolve()
+        cfg = Config.model_validate(pair.config_dict(state_url=f"sqlite:///{state_file}", mappings_dir=str(repo_mappings_dir())))
+        secrets = SecretSource(pair.secrets())
+        console.print(f"[bold]Sandbox[/]: Salesforce {pair.salesforce.url}, Stripe {pair.stripe.url} (sample data)")
+        worst = 0
+
+        def step(title: str, mode: str, **kw: Any) -> Any:
+            nonlocal worst
+            with open_pipeline(cfg, secrets) as p:
+                report = p.engine.run(mode, **kw)  # type: ignore[arg-type]
+            _print(console, title, report)
+            worst = max(worst, report.exit_code)
+            return report
+
+        step("1. backfill: every activated order", "backfill")
+        edited = _edit_some_accounts(pair)
+        console.print(f"\n[bold]2. edits in Salesforce[/]: {edited}")
+        step("3. dry run of the next sync (nothing is written)", "sync", dry_run=True)
+        step("4. sync: only what changed", "sync")
+        step("5. sync again: nothing changed, no Stripe call", "sync")
+        customers = pair.stripe.customers()
+        t = Table(title=f"Stripe sandbox now holds {len(customers)} customers (first 8)")
+        for col in ("id", "name", "email", "country", "salesforce_account_id"):
+            t.add_column(col)
+        for c in customers[:8]:
+            t.add_row(c["id"], c.get("name") or "", c.get("email") or "", (c.get("address") or {}).get("country") or "",
+                      (c.get("metadata") or {}).get("salesforce_account_id", ""))
+        console.print(t)
+        console.print(f"\nState file: {state_file}\nTry: billing-connector status -c <config> "
+                      "(run `billing-connector sandbox` for servers that stay up)")
+        return worst
+    finally:
+        pair.stop()
+
+
+def _edit_some_accounts(pair: SandboxPair) -> str:
+    """Rename one billed account, change another's phone, and activate an order for a new one."""
+    sf = pair.salesforce
+    billed = sorted({o["AccountId"] for o in sf.records("Order") if o.get("StatusCode") == "Activated" and o.get("AccountId")})
+    notes = []
+    if billed:
+        acc = sf.get("Account", billed[0]) or {}
+        sf.update("Account", billed[0], {"Name": f"{acc.get('Name', 'Account')} (renamed)"})
+        notes.append(f"renamed {billed[0]}")
+    if len(billed) > 1:
+        sf.update("Account", billed[1], {"Phone": "+1 415 555 0199"})
+        notes.append(f"new phone on {billed[1]}")
+    new_acc = sf.create("Account", {"Name": "Demo Newco Ltd", "BillingCountry": "United Kingdom", "BillingCity": "London"})
+    contact = sf.create("Contact", {"AccountId": new_acc, "FirstName": "Ada", "LastName": "Byron", "Email": "ada@newco.example"})
+    order = sf.create("Order", {"AccountId": new_acc, "Status": "Draft", "EffectiveDate": "2026-11-01", "BillToContactId": contact})
+    sf.update("Order", order, {"Status": "Activated"})
+    notes.append(f"activated order {order} for new account {new_acc}")
+    return "; ".join(notes)
+
+
+def _print(console: Console, title: str, report: Any) -> None:
+    t = Table(title=f"{title}  [{report.status}]", title_justify="left")
+    for col in ("orders read", "accounts", "created", "updated", "unchanged", "refused", "failed", "SF calls", "Stripe calls"):
+        t.add_column(col, justify="right")
+    t.add_row(*(str(x) for x in (report.orders_read, report.accounts_seen, report.created, report.updated,
+                                  report.unchanged, report.refused, report.failed, report.salesforce_calls,
+                                  report.stripe_calls)))
+    console.print(t)
+    if report.dry_run:
+        for p in report.plan:
+            if p.action != "unchanged":
+                detail = p.reason if p.action in ("refused", "failed") else ", ".join(p.changed_fields)
+                console.print(f"   would {p.action:<8} {p.account_id}  {detail}", highlight=False)
+    if report.error:
+        console.print(f"[red]error:[/] {report.error}")
