@@ -169,6 +169,8 @@ intents = sa.Table(
     sa.Column("account_id", sa.String(SFID), primary_key=True),
     sa.Column("idempotency_key", sa.String(255), nullable=False),
     sa.Column("payload_hash", sa.String(128), nullable=False),
+    # The exact parameters sent with the key: a retried create must send the same ones.
+    sa.Column("payload", json_type()),
     sa.Column("created_at", UTCDateTime(), nullable=False),
 )
 

@@ -150,7 +150,9 @@ class StateStore:
     @property
     def url(self) -> str:
         """The database URL without its password, safe to log and print."""
-        return self._engine.url.set(password=None).render_as_string(hide_password=False)
+        u = self._engine.url
+        bare = sa.URL.create(u.drivername, u.username, None, u.host, u.port, u.database, u.query)
+        return bare.render_as_string(hide_password=False)
 
     @property
     def dialect(self) -> str:
@@ -408,7 +410,7 @@ class StateStore:
             .group_by(t.links.c.status)
         )
         with self._conn() as conn:
-            return {status: int(n) for status, n in conn.execute(query).tuples()}
+            return {status: int(n) for status, n in conn.execute(query)}
 
     def save_links(self, links: Iterable[Link]) -> None:
         """Insert or update links by (billing_account, account_id); first_synced_at is kept.
@@ -449,7 +451,7 @@ class StateStore:
                     t.links.c.billing_account == billing_account,
                     t.links.c.customer_id.in_(chunk),
                 )
-                for customer_id, holder in conn.execute(query).tuples():
+                for customer_id, holder in conn.execute(query):
                     if holder != wanted[customer_id].account_id:
                         raise _customer_taken(wanted[customer_id], holder)
 
@@ -642,7 +644,7 @@ class StateStore:
                 query = sa.select(q.c.account_id, q.c.attempts, q.c.first_failed_at).where(
                     q.c.billing_account == billing_account, q.c.account_id.in_(chunk)
                 )
-                for account_id, attempts, first in conn.execute(query).tuples():
+                for account_id, attempts, first in conn.execute(query):
                     previous[account_id] = (attempts, first)
             rows = []
             for account_id, error in errors.items():
@@ -719,6 +721,7 @@ class StateStore:
             "account_id": intent.account_id,
             "idempotency_key": intent.idempotency_key,
             "payload_hash": intent.payload_hash,
+            "payload": intent.payload,
             "created_at": intent.created_at,
         }
         with self._conn(write=True) as conn:
@@ -992,7 +995,7 @@ class StateStore:
                 sa.select(lk.c.billing_account, lk.c.status, sa.func.count()).group_by(
                     lk.c.billing_account, lk.c.status
                 )
-            ).tuples():
+            ):
                 links.setdefault(ba, {})[status] = int(n)
             open_conflicts = conn.execute(
                 sa.select(sa.func.count()).select_from(c).where(c.c.status == "open")
@@ -1010,7 +1013,7 @@ class StateStore:
                     sa.select(t.cursors.c.name, t.cursors.c.value, t.cursors.c.updated_at).order_by(
                         t.cursors.c.name
                     )
-                ).tuples()
+                )
             }
             last = conn.execute(
                 sa.select(t.runs).order_by(t.runs.c.started_at.desc()).limit(1)
@@ -1208,6 +1211,7 @@ def _intent(row: Row[Any]) -> Intent:
         idempotency_key=row.idempotency_key,
         payload_hash=row.payload_hash,
         created_at=row.created_at,
+        payload=row.payload,
     )
 
 

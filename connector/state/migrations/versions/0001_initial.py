@@ -143,6 +143,7 @@ def upgrade() -> None:
         sa.Column("account_id", sa.String(18), nullable=False),
         sa.Column("idempotency_key", sa.String(255), nullable=False),
         sa.Column("payload_hash", sa.String(128), nullable=False),
+        sa.Column("payload", json_type()),
         sa.Column("created_at", UTCDateTime(), nullable=False),
         sa.PrimaryKeyConstraint("billing_account", "account_id", name="pk_intents"),
     )
