@@ -18,7 +18,6 @@ from rich.console import Console
 from rich.table import Table
 
 from connector.sandbox.salesforce import SalesforceSandbox
-from connector.sandbox.sample import load_sample
 from connector.sandbox.stripe import StripeSandbox
 
 SANDBOX_ORG_ID = "00D000000000001AAA"
@@ -62,6 +61,8 @@ def read_data_file(path: Path) -> dict[str, Any]:
 
 
 def start_sandboxes(data_file: Path | None = None, *, salesforce_port: int = 0, stripe_port: int = 0) -> SandboxPair:
+    from connector.sandbox.sample import load_sample
+
     data = read_data_file(data_file) if data_file else load_sample()
     sf = SalesforceSandbox(data.get("salesforce") or {}, port=salesforce_port, access_token=SANDBOX_TOKEN,
                            org_id=SANDBOX_ORG_ID).start()

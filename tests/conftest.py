@@ -1,0 +1,126 @@
+"""Fixtures shared by the integration tests: the sandbox servers, a config pointing at them,
+and a fresh state store on SQLite or on the real PostgreSQL (see state_fixtures.py)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from connector.app import open_pipeline  # noqa: E402
+from connector.config import Config, SecretSource  # noqa: E402
+from connector.engine import RunReport  # noqa: E402
+from connector.sandbox.run import SANDBOX_ORG_ID, SANDBOX_STRIPE_KEY, SANDBOX_TOKEN, SandboxPair  # noqa: E402
+from connector.sandbox.salesforce import SalesforceSandbox  # noqa: E402
+from connector.sandbox.stripe import StripeSandbox  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+MAPPINGS = REPO / "mappings"
+
+
+def small_org() -> dict[str, list[dict[str, Any]]]:
+    """A compact org: a parent without orders, two billed children, a draft-only account,
+    an account with two activated orders and different bill-to contacts."""
+    return {
+        "Account": [
+            {"Id": "001000000000P01AAA", "Name": "Globex Holdings"},
+            {"Id": "001000000000A01AAA", "Name": "  Acme Corp  ", "ParentId": "001000000000P01AAA",
+             "BillingStreet": "1 Main St\nSuite 100", "BillingCity": "Springfield", "BillingState": "IL",
+             "BillingPostalCode": "62701", "BillingCountry": "United States", "Phone": "+1 (217) 555-0100",
+             "Description": "Key account"},
+            {"Id": "001000000000A02AAA", "Name": "Initech GmbH", "ParentId": "001000000000P01AAA",
+             "BillingCity": "Berlin", "BillingCountry": "Germany",
+             "ShippingStreet": "Lager 5", "ShippingCity": "Potsdam", "ShippingCountry": "DE"},
+            {"Id": "001000000000D01AAA", "Name": "Draft Only Ltd", "BillingCountry": "UK"},
+            {"Id": "001000000000M01AAA", "Name": "Multi Order SA", "BillingCountry": "France"},
+        ],
+        "Contact": [
+            {"Id": "003000000000C01AAA", "AccountId": "001000000000A01AAA", "FirstName": "Jane", "LastName": "Doe",
+             "Email": " Jane.Doe@Acme.example "},
+            {"Id": "003000000000C02AAA", "AccountId": "001000000000M01AAA", "LastName": "Old", "Email": "old@multi.example"},
+            {"Id": "003000000000C03AAA", "AccountId": "001000000000M01AAA", "LastName": "New", "Email": "new@multi.example"},
+        ],
+        "Order": [
+            {"Id": "801000000000O01AAA", "AccountId": "001000000000A01AAA", "Status": "Activated",
+             "EffectiveDate": "2026-01-05", "ActivatedDate": "2026-01-05T10:00:00.000+0000",
+             "BillToContactId": "003000000000C01AAA"},
+            {"Id": "801000000000O02AAA", "AccountId": "001000000000A02AAA", "Status": "Activated",
+             "EffectiveDate": "2026-02-01", "ActivatedDate": "2026-02-01T10:00:00.000+0000"},
+            {"Id": "801000000000O03AAA", "AccountId": "001000000000D01AAA", "Status": "Draft", "EffectiveDate": "2026-02-01"},
+            {"Id": "801000000000O04AAA", "AccountId": "001000000000M01AAA", "Status": "Activated",
+             "EffectiveDate": "2026-01-01", "ActivatedDate": "2026-01-01T10:00:00.000+0000",
+             "BillToContactId": "003000000000C02AAA"},
+            {"Id": "801000000000O05AAA", "AccountId": "001000000000M01AAA", "Status": "Activated",
+             "EffectiveDate": "2026-03-01", "ActivatedDate": "2026-03-01T10:00:00.000+0000",
+             "BillToContactId": "003000000000C03AAA"},
+        ],
+    }
+
+
+BILLED = {"001000000000A01AAA", "001000000000A02AAA", "001000000000M01AAA"}
+
+
+@pytest.fixture
+def sandboxes() -> Iterator[SandboxPair]:
+    sf = SalesforceSandbox(small_org(), access_token=SANDBOX_TOKEN, org_id=SANDBOX_ORG_ID).start()
+    st = StripeSandbox().start()
+    pair = SandboxPair(salesforce=sf, stripe=st)
+    try:
+        yield pair
+    finally:
+        pair.stop()
+
+
+@pytest.fixture
+def make_config(sandboxes: SandboxPair, db_url: str, tmp_path: Path) -> Callable[..., Config]:
+    """A config for the sandboxes and the store under test; keyword overrides per section."""
+
+    def make(*, mappings_dir: Path = MAPPINGS, **sections: dict[str, Any]) -> Config:
+        data = sandboxes.config_dict(state_url=db_url, mappings_dir=str(mappings_dir))
+        for name, values in sections.items():
+            if isinstance(data.get(name), dict):
+                data[name] = {**data[name], **values}
+            else:
+                data[name] = values
+        return Config.model_validate(data)
+
+    return make
+
+
+@pytest.fixture
+def secrets() -> SecretSource:
+    return SecretSource({"SALESFORCE_ACCESS_TOKEN": SANDBOX_TOKEN, "STRIPE_API_KEY": SANDBOX_STRIPE_KEY})
+
+
+@pytest.fixture
+def run_sync(make_config: Callable[..., Config], secrets: SecretSource) -> Callable[..., RunReport]:
+    """Run one engine pass against the sandboxes, as the CLI would."""
+
+    def run(mode: str = "sync", *, config: Config | None = None, **kwargs: Any) -> RunReport:
+        with open_pipeline(config or make_config(), secrets) as p:
+            return p.engine.run(mode, **kwargs)  # type: ignore[arg-type]
+
+    return run
+
+
+@pytest.fixture
+def cli_env(sandboxes: SandboxPair, db_url: str, tmp_path: Path) -> dict[str, str]:
+    """Environment and a config file on disk for driving the real command in a subprocess."""
+    import yaml
+
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(sandboxes.config_snippet(state_url=db_url, mappings_dir=str(MAPPINGS)))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SALESFORCE_", "STRIPE_"))}
+    env.update(sandboxes.secrets())
+    env["BILLING_CONNECTOR_CONFIG"] = str(cfg)
+    _ = yaml  # the snippet is YAML; parsed by the command itself
+    return env
+
+
+from state_fixtures import db_url  # noqa: E402, F401  (SQLite and PostgreSQL stores)

@@ -1,0 +1,246 @@
+"""The sync engine end to end: simple-salesforce and stripe.StripeClient against the sandboxes,
+the real state store on SQLite and PostgreSQL. Each test asserts on what the servers hold."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from conftest import BILLED
+
+from connector.engine import ORDERS_CURSOR, RunReport
+from connector.sandbox.run import SandboxPair
+from connector.state.store import StateStore
+
+FIELD = "Stripe_Customer_Id__c"
+
+
+def customers_by_account(sandboxes: SandboxPair) -> dict[str, list[dict[str, Any]]]:
+    out: dict[str, list[dict[str, Any]]] = {}
+    for c in sandboxes.stripe.customers():
+        out.setdefault(c["metadata"].get("salesforce_account_id", "?"), []).append(c)
+    return out
+
+
+def stripe_writes(sandboxes: SandboxPair) -> int:
+    return int(sandboxes.stripe.write_count)
+
+
+def test_backfill_creates_exactly_one_customer_per_billed_account(
+    sandboxes: SandboxPair, run_sync: Callable[..., RunReport], db_url: str
+) -> None:
+    report = run_sync("backfill")
+
+    assert report.status == "succeeded" and report.exit_code == 0
+    assert report.created == 3 and report.failed == 0
+    by_account = customers_by_account(sandboxes)
+    # The parent (no orders of its own) and the draft-only account get nothing.
+    assert set(by_account) == BILLED
+    assert all(len(v) == 1 for v in by_account.values())
+    store = StateStore.open(db_url)
+    try:
+        links = store.get_links("default", BILLED | {"001000000000P01AAA", "001000000000D01AAA"})
+        assert set(links) == BILLED
+        for account_id, link in links.items():
+            assert link.customer_id == by_account[account_id][0]["id"]
+            # The id went back to the Account, and the link knows it.
+            assert sandboxes.salesforce.get("Account", account_id)[FIELD] == link.customer_id
+            assert link.writeback_pending is False
+        order_links = store.get_order_links("default", ["801000000000O04AAA", "801000000000O05AAA"])
+        assert {o.customer_id for o in order_links.values()} == {links["001000000000M01AAA"].customer_id}
+    finally:
+        store.close()
+
+
+def test_customer_payload_follows_the_default_mapping(sandboxes: SandboxPair, run_sync: Callable[..., RunReport]) -> None:
+    run_sync("backfill")
+    acme = customers_by_account(sandboxes)["001000000000A01AAA"][0]
+
+    assert acme["name"] == "Acme Corp"  # trimmed
+    assert acme["email"] == "jane.doe@acme.example"  # bill-to contact, trimmed and lower-cased
+    assert acme["phone"] == "+12175550100"
+    assert acme["address"]["line1"] == "1 Main St"
+    assert acme["address"]["line2"] == "Suite 100"
+    assert acme["address"]["country"] == "US"
+    assert acme["metadata"]["salesforce_account_id"] == "001000000000A01AAA"
+    assert acme["metadata"]["salesforce_org_id"].startswith("00D000000000001")
+    initech = customers_by_account(sandboxes)["001000000000A02AAA"][0]
+    assert initech["shipping"]["name"] == "Initech GmbH"
+    assert initech["shipping"]["address"]["city"] == "Potsdam"
+    # With several activated orders, the latest one's bill-to contact decides.
+    multi = customers_by_account(sandboxes)["001000000000M01AAA"][0]
+    assert multi["email"] == "new@multi.example"
+
+
+def test_second_sync_makes_zero_stripe_writes(sandboxes: SandboxPair, run_sync: Callable[..., RunReport]) -> None:
+    run_sync("sync")
+    writes = stripe_writes(sandboxes)
+    calls_before = sandboxes.stripe.stats()["total"]
+
+    again = run_sync("sync")
+
+    assert again.exit_code == 0
+    assert again.created == again.updated == 0
+    assert again.stripe_calls == 0
+    assert stripe_writes(sandboxes) == writes
+    assert sandboxes.stripe.stats()["total"] == calls_before
+
+
+def test_a_changed_account_field_makes_exactly_one_update(sandboxes: SandboxPair, run_sync: Callable[..., RunReport]) -> None:
+    run_sync("backfill")
+    before = {c["id"]: c for c in sandboxes.stripe.customers()}
+    writes = stripe_writes(sandboxes)
+
+    sandboxes.salesforce.update("Account", "001000000000A02AAA", {"Phone": "+49 30 9876543"})
+    report = run_sync("sync")
+
+    assert report.updated == 1 and report.created == 0 and report.stripe_calls == 1
+    assert stripe_writes(sandboxes) == writes + 1
+    after = {c["id"]: c for c in sandboxes.stripe.customers()}
+    changed = [cid for cid in after if after[cid] != before[cid]]
+    assert len(changed) == 1
+    assert after[changed[0]]["phone"] == "+49309876543"
+    assert after[changed[0]]["metadata"]["salesforce_account_id"] == "001000000000A02AAA"
+
+
+def test_a_changed_bill_to_contact_updates_the_customer_without_a_new_order(
+    sandboxes: SandboxPair, run_sync: Callable[..., RunReport]
+) -> None:
+    run_sync("backfill")
+    sandboxes.salesforce.update("Contact", "003000000000C01AAA", {"Email": "billing@acme.example"})
+
+    report = run_sync("sync")
+
+    assert report.updated == 1
+    assert customers_by_account(sandboxes)["001000000000A01AAA"][0]["email"] == "billing@acme.example"
+
+
+def test_fields_the_mapping_does_not_name_are_never_touched(sandboxes: SandboxPair, run_sync: Callable[..., RunReport]) -> None:
+    run_sync("backfill")
+    cid = customers_by_account(sandboxes)["001000000000A01AAA"][0]["id"]
+    # Someone edits Stripe directly: a field and a metadata key the mapping does not name.
+    sandboxes.stripe.edit_customer(cid, {"invoice_prefix": "ACME1", "metadata": {"crm_note": "vip"}})
+
+    sandboxes.salesforce.update("Account", "001000000000A01AAA", {"Name": "Acme Corporation"})
+    run_sync("sync")
+
+    c = sandboxes.stripe.get_customer(cid)
+    assert c is not None
+    assert c["name"] == "Acme Corporation"
+    assert c["invoice_prefix"] == "ACME1"
+    assert c["metadata"]["crm_note"] == "vip"
+
+
+def test_dry_run_changes_nothing_anywhere(sandboxes: SandboxPair, run_sync: Callable[..., RunReport], db_url: str) -> None:
+    run_sync("backfill")
+    sandboxes.salesforce.update("Account", "001000000000A01AAA", {"Name": "Acme Renamed"})
+    new_acc = sandboxes.salesforce.create("Account", {"Name": "Brand New Co"})
+    order = sandboxes.salesforce.create("Order", {"AccountId": new_acc, "Status": "Draft", "EffectiveDate": "2026-05-01"})
+    sandboxes.salesforce.update("Order", order, {"Status": "Activated"})
+    store = StateStore.open(db_url)
+    cursor_before = store.get_cursor(ORDERS_CURSOR)
+    runs_before = len(store.recent_runs(100))
+    store.close()
+    writes, customers = stripe_writes(sandboxes), len(sandboxes.stripe.customers())
+
+    report = run_sync("sync", dry_run=True)
+
+    actions = {p.account_id: p for p in report.plan}
+    assert actions[new_acc].action == "create"
+    assert actions["001000000000A01AAA"].action == "update"
+    assert "name" in actions["001000000000A01AAA"].changed_fields
+    assert report.stripe_calls == 0 and stripe_writes(sandboxes) == writes
+    assert len(sandboxes.stripe.customers()) == customers
+    assert not sandboxes.salesforce.get("Account", new_acc).get(FIELD)
+    store = StateStore.open(db_url)
+    try:
+        assert store.get_cursor(ORDERS_CURSOR) == cursor_before
+        assert len(store.recent_runs(100)) == runs_before
+        assert store.get_link("default", new_acc) is None
+    finally:
+        store.close()
+
+
+def test_an_account_whose_stripe_id_field_is_set_adopts_that_customer(
+    sandboxes: SandboxPair, run_sync: Callable[..., RunReport]
+) -> None:
+    existing = sandboxes.stripe.load({"customers": [{"id": "cus_Existing000001", "name": "Old name"}]})
+    assert existing == ["cus_Existing000001"]
+    sandboxes.salesforce.update("Account", "001000000000A02AAA", {FIELD: "cus_Existing000001"})
+
+    report = run_sync("backfill")
+
+    assert report.failed == 0
+    by_account = customers_by_account(sandboxes)
+    assert [c["id"] for c in by_account["001000000000A02AAA"]] == ["cus_Existing000001"]
+    assert by_account["001000000000A02AAA"][0]["name"] == "Initech GmbH"
+    assert len(sandboxes.stripe.customers()) == 3  # two created, one adopted
+
+
+def test_a_stripe_id_field_naming_a_missing_customer_fails_without_creating_one(
+    sandboxes: SandboxPair, run_sync: Callable[..., RunReport], db_url: str
+) -> None:
+    sandboxes.salesforce.update("Account", "001000000000A02AAA", {FIELD: "cus_DoesNotExist01"})
+
+    report = run_sync("backfill")
+
+    assert report.failed == 1 and report.exit_code == 1
+    assert "001000000000A02AAA" not in customers_by_account(sandboxes)
+    store = StateStore.open(db_url)
+    try:
+        assert store.get_link("default", "001000000000A02AAA") is None
+        failure = [o for _, _, o in store.recent_failures() if o.account_id == "001000000000A02AAA"][0]
+        assert failure.error_code == "adopt_customer_missing"
+        assert "cus_DoesNotExist01" in (failure.error_message or "")
+        # The field is left as the admin set it.
+        assert sandboxes.salesforce.get("Account", "001000000000A02AAA")[FIELD] == "cus_DoesNotExist01"
+    finally:
+        store.close()
+
+
+def test_a_create_whose_answer_was_lost_is_not_duplicated(sandboxes: SandboxPair, run_sync: Callable[..., RunReport]) -> None:
+    # Stripe applies the first create, then the connection drops before the answer arrives.
+    sandboxes.stripe.inject_fault(method="POST", path=r"^/v1/customers$", drop="after", count=1)
+
+    first = run_sync("backfill", config=None)
+    second = run_sync("sync")
+
+    assert first.failed + first.created == 3
+    assert second.failed == 0
+    by_account = customers_by_account(sandboxes)
+    assert set(by_account) == BILLED
+    assert all(len(v) == 1 for v in by_account.values()), {k: [c["id"] for c in v] for k, v in by_account.items()}
+
+
+def test_a_new_activated_order_for_a_new_account_creates_one_customer_and_writes_back(
+    sandboxes: SandboxPair, run_sync: Callable[..., RunReport]
+) -> None:
+    run_sync("backfill")
+    acc = sandboxes.salesforce.create("Account", {"Name": "Hooli", "BillingCountry": "Canada"})
+    order = sandboxes.salesforce.create("Order", {"AccountId": acc, "Status": "Draft", "EffectiveDate": "2026-06-01"})
+    assert run_sync("sync").created == 0  # a draft order does not bill
+    sandboxes.salesforce.update("Order", order, {"Status": "Activated"})
+
+    report = run_sync("sync")
+
+    assert report.created == 1
+    [customer] = customers_by_account(sandboxes)[acc]
+    assert customer["address"]["country"] == "CA"
+    assert sandboxes.salesforce.get("Account", acc)[FIELD] == customer["id"]
+
+
+def test_orders_read_incrementally_after_the_first_run(sandboxes: SandboxPair, run_sync: Callable[..., RunReport],
+                                                        make_config: Callable[..., Any]) -> None:
+    cfg = make_config(salesforce={"overlap_seconds": 0})
+    run_sync("backfill", config=cfg)
+    run_sync("sync", config=cfg)  # reads what the write-back touched
+    sandboxes.salesforce.advance_clock(3600)
+    quiet = run_sync("sync", config=cfg)
+    # Only the records at the cursor's boundary are read again (>=, never skipped), at no cost.
+    assert quiet.orders_read < 4 and quiet.stripe_calls == 0
+
+    sandboxes.salesforce.update("Account", "001000000000A01AAA", {"Description": "changed"})
+    report = run_sync("sync", config=cfg)
+
+    assert report.updated == 1 and report.stripe_calls == 1
+    assert report.orders_read <= quiet.orders_read + 1
