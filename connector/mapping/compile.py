@@ -166,8 +166,8 @@ def check_source_path(source: str) -> str | None:
     """Why `source` is not a SOQL field path this connector can query from Order, or None."""
     segments = source.split(".")
     if segments[0] not in ROOTS:
-        hint = next((r for r in ROOTS if r.lower() == segments[0].lower()), None)
-        why = f"; write {hint!r}" if hint else ""
+        close = difflib.get_close_matches(segments[0].capitalize(), ROOTS, n=1, cutoff=0.7)
+        why = f"; did you mean {close[0]!r}?" if close else ""
         return f"source {source!r} must start with Order. or Account.{why}"
     if len(segments) < 2:
         return f"source {source!r} names no field; e.g. {segments[0]}.Name"
@@ -316,7 +316,10 @@ class CustomerMapping:
         return sorted(f.target for f in self.fields)
 
     def sources(self) -> list[str]:
-        """Every source path the mapping reads, as written (Order.X / Account.X), in file order."""
+        """Every source path the mapping reads, as written (Order.X / Account.X), once each.
+
+        In target order (the plan is sorted by target, so key order in the file does not matter).
+        """
         return list(dict.fromkeys(s for f in self.fields for s in f.all_sources()))
 
     def soql_fields(self) -> list[str]:
@@ -383,12 +386,22 @@ def diff_payloads(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> list
     because an update leaves fields it does not name alone.
     """
     before = flatten(old or {})
+
+    def unset(value: Any) -> bool:
+        return value is None or value == "" or value == []
+
     changed = []
     for path, value in flatten(new).items():
-        was = before.get(path)
-        if old is None or (was if was not in (None, "") else "") != (
-            value if value is not None else ""
-        ):
+        if old is None:
+            changed.append(path)
+        elif path in before:
+            if before[path] != value and not (unset(before[path]) and unset(value)):
+                changed.append(path)
+        elif unset(value):
+            # "" on an object ("shipping": "") clears every field the old payload had under it.
+            if any(p.startswith(f"{path}.") and not unset(v) for p, v in before.items()):
+                changed.append(path)
+        else:
             changed.append(path)
     return sorted(changed)
 

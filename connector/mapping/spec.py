@@ -273,7 +273,9 @@ def _read_field(out: Collector, name: str, entry: Any) -> FieldSpec | None:
         key = "default" if default is not None else "transforms"
         out.at((*where, key), f"{name}: a static value takes no {key}")
         ok = False
-    elif value is None and "from" not in entry and not any(t.sources() for t, _ in transforms):
+    elif (
+        ok and value is None and "from" not in entry and not any(t.sources() for t, _ in transforms)
+    ):
         out.at(where, f"{name}: needs from (a source path) or value (a static value)")
         ok = False
     if not ok:
