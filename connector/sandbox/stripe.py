@@ -622,7 +622,7 @@ class StripeSandbox(SandboxServer):
             self.operations["replay"] += 1
             return Response(
                 stored.status, stored.body,
-                {"Content-Type": "application/json", "Idempotent-Replayed": "true", "Original-Request": stored.request_id},
+                {"Content-Type": "application/json;charset=UTF-8", "Idempotent-Replayed": "true", "Original-Request": stored.request_id},
             )
         resp = self._run(req)
         if not isinstance(resp, _NotStored):
