@@ -115,3 +115,25 @@ def test_empty_and_shapeless_files_are_problems_not_crashes(tmp_path: Path) -> N
         assert caught.value.problems, name
         for problem in caught.value.problems:
             assert problem.line >= 1 and problem.column >= 1
+
+
+def test_warnings_do_not_stop_loading(tmp_path: Path) -> None:
+    file = tmp_path / "customer.yaml"
+    file.write_text("target: customer\nfields:\n  phone: {from: Account.Phone}\n", encoding="utf-8")
+    mapping = load_mapping(file)
+    assert [(p.severity, p.line, p.column) for p in mapping.warnings] == [("warning", 3, 3)]
+    assert [p.severity for p in check_mappings(tmp_path)] == ["warning"]
+
+
+def test_soql_fields_never_select_a_field_twice(tmp_path: Path) -> None:
+    file = tmp_path / "customer.yaml"
+    file.write_text(
+        "target: customer\nfields:\n"
+        "  name: {from: Account.Name}\n"
+        "  shipping.name: {from: Account.NAME}\n"
+        "  shipping.address.city: {from: Account.ShippingCity}\n"
+        "  metadata.account: {from: Order.AccountId}\n",
+        encoding="utf-8",
+    )
+    # Salesforce refuses a query that selects the same field twice, in any case.
+    assert load_mapping(file).soql_fields() == ["Account.Name", "Account.ShippingCity", "AccountId"]

@@ -35,6 +35,7 @@ from connector.mapping.spec import (
 from connector.mapping.transforms import (
     EvalContext,
     Link,
+    Lookup,
     Transform,
     country_code,
     strip_control,
@@ -324,7 +325,11 @@ class CustomerMapping:
 
     def soql_fields(self) -> list[str]:
         """SOQL field paths relative to Order. AccountId is always there: links are keyed by it."""
-        return sorted({"AccountId", *(soql_path(s) for s in self.sources())})
+        # SOQL names are case-insensitive and Salesforce refuses a field selected twice.
+        unique: dict[str, str] = {}
+        for path in ("AccountId", *(soql_path(s) for s in self.sources())):
+            unique.setdefault(path.casefold(), path)
+        return sorted(unique.values())
 
     def evaluate(
         self,
@@ -481,6 +486,16 @@ def _check_static(
             f"{what} is {len(value.strip())} characters; Stripe allows {limit} for {target.path}",
         )
         return None
+    if value.strip() and finish(value, target) == "":
+        why = (
+            "not an email address"
+            if target.path == "email"
+            else "not a country; use a name or an ISO code like DE"
+            if target.path.endswith("country")
+            else "not a value it accepts"
+        )
+        out.at(located.where, f"Stripe would refuse {value!r} for {target.path}: {why}")
+        return None
     return value
 
 
@@ -578,6 +593,7 @@ def compile_spec(spec: MappingSpec, problems: Iterable[Problem] = ()) -> Compile
                     refs.append(SourceRef(source_path, item_where, False))
         if target is None:
             continue
+        _check_transforms_fit(out, target, spec_field)
         value = _check_static(out, target, spec_field.value, "value") if spec_field.value else None
         default = (
             _check_static(out, target, spec_field.default, "default")
@@ -606,6 +622,34 @@ def compile_spec(spec: MappingSpec, problems: Iterable[Problem] = ()) -> Compile
             spec.file, tuple(sorted(plans, key=lambda p: p.target)), spec.target, warnings
         )
     return Compiled(mapping, tuple(out.problems), tuple(refs), out)
+
+
+def _check_transforms_fit(out: Collector, target: TargetField, spec_field: FieldSpec) -> None:
+    """Transform arguments that cannot give a value the target accepts, and silent unsets."""
+    names = [t.name for t, _ in spec_field.transforms]
+    if target.kind == "enum":
+        for transform, where in spec_field.transforms:
+            if not isinstance(transform, Lookup):
+                continue
+            outputs: list[tuple[str, KeyPath]] = [
+                (v, (*where, "lookup", "map", k, "__value__")) for k, v in transform.table
+            ]
+            if transform.default is not None:
+                outputs.append((transform.default, (*where, "lookup", "default", "__value__")))
+            for value, value_where in outputs:
+                if value not in target.enum:
+                    allowed = ", ".join(repr(e) for e in target.enum if e)
+                    out.at(
+                        value_where,
+                        f"{value!r} is not a {target.path} Stripe accepts; use one of {allowed}",
+                    )
+    if target.path == "phone" and spec_field.sources and "phone" not in names:
+        out.at(
+            spec_field.where,
+            "phone without the phone transform: numbers typed with spaces or an extension often pass "
+            "Stripe's 20 characters and are then left unset; add transforms: [phone]",
+            "warning",
+        )
 
 
 def _check_whole(out: Collector, spec: MappingSpec) -> None:
