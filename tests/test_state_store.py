@@ -456,9 +456,9 @@ def test_resolve_conflict_records_who_and_when(store: StateStore) -> None:
     assert store.list_conflicts("resolved") == [resolved]
     assert store.list_conflicts(None) == [resolved]
     assert store.open_conflict_accounts("default") == set()
-    with pytest.raises(ConflictResolutionError, match="already resolved by alice@example.com"):
+    with pytest.raises(ConflictResolutionError, match=r"already resolved by alice@example\.com"):
         store.resolve_conflict(c.id, resolution="again", by="bob")
-    with pytest.raises(ConflictResolutionError, match="no conflict #999"):
+    with pytest.raises(ConflictResolutionError, match=r"no conflict #999"):
         store.resolve_conflict(999, resolution="x", by="bob")
     assert store.get_conflict(999) is None
     # once resolved, the same kind can be opened again for the account

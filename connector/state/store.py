@@ -186,7 +186,8 @@ class StateStore:
 
     def _refuse_unknown_revision(self) -> None:
         current = self.current_revision()
-        if current is not None and _script_directory().get_revision(current) is None:
+        known = {script.revision for script in _script_directory().walk_revisions()}
+        if current is not None and current not in known:
             raise ConfigError(
                 f"the state database {self._where()} is at schema revision {current}, which this "
                 "version of billing-connector does not know; it was upgraded by a newer version"
