@@ -29,7 +29,13 @@ import structlog
 from connector.billing.base import RESERVED_METADATA_KEYS, BillingTarget
 from connector.errors import ConnectorError, RecordError, TransientError, UnavailableError
 from connector.mapping import CustomerMapping, diff_payloads, payload_hash
-from connector.salesforce import OrderPage, OrderRow, WriteBackResult, parse_sf_datetime
+from connector.salesforce import (
+    DeletedAccount,
+    OrderPage,
+    OrderRow,
+    WriteBackResult,
+    parse_sf_datetime,
+)
 from connector.state.records import Intent, Link, OrderLink, Outcome
 from connector.state.store import StateStore
 
@@ -39,6 +45,7 @@ Mode = Literal["sync", "backfill", "recheck", "retry"]
 Action = Literal["create", "update", "adopt", "unchanged", "refused", "failed"]
 
 ORDERS_CURSOR = "salesforce.orders.modstamp"
+DELETIONS_CURSOR = "salesforce.accounts.deleted.modstamp"
 # Stripe keeps idempotency keys for at least 24 hours; an older intent cannot be replayed.
 IDEMPOTENCY_WINDOW = timedelta(hours=24)
 KEY_PREFIX = "bc1"
@@ -62,6 +69,8 @@ class Source(Protocol):
     ) -> Iterator[OrderPage]: ...
 
     def write_back(self, pairs: Sequence[tuple[str, str]]) -> list[WriteBackResult]: ...
+
+    def deleted_accounts(self, *, since: datetime | None) -> Iterator[list[DeletedAccount]]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,6 +234,10 @@ class Engine:
                 # A changed mapping can change every payload: re-evaluate every linked account.
                 log.info("run.mapping_changed", fingerprint=self.mapping.fingerprint)
                 effective = "recheck"
+            if mode in ("sync", "backfill"):
+                # Merges and deletes first, so the accounts they concern are held before any
+                # of their orders is planned.
+                self._process_deletions(run)
             completed = self._read_and_apply(run, effective, since=since, until=until)
             if completed and mode in ("sync", "retry"):
                 completed = self._process_retries(run, retry_all=retry_all or mode == "retry")
@@ -294,6 +307,20 @@ class Engine:
             self.store.set_cursor(backfill_cursor, "")
         return True
 
+    def _process_deletions(self, run: _Run) -> None:
+        """Deleted and merged accounts: links are marked, conflicts opened, billing untouched."""
+        cursor = parse_sf_datetime(self.store.get_cursor(DELETIONS_CURSOR))
+        since = cursor - self.overlap if cursor else None
+        newest: datetime | None = None
+        for page in self.source.deleted_accounts(since=since):
+            for d in page:
+                stamp = parse_sf_datetime(d.modstamp)
+                if stamp and (newest is None or stamp > newest):
+                    newest = stamp
+            run.apply_deletions(page)
+        if newest and not run.dry_run and (cursor is None or newest > cursor):
+            self.store.set_cursor(DELETIONS_CURSOR, newest.strftime("%Y-%m-%dT%H:%M:%S.000+0000"))
+
     def _process_retries(self, run: _Run, *, retry_all: bool) -> bool:
         for target in self.targets:
             items = self.store.all_retries(target.name) if retry_all else self.store.due_retries(target.name, now=self.now())
@@ -329,6 +356,12 @@ class _Run:
         self.held: dict[str, set[str]] = {
             t.name: engine.store.open_conflict_accounts(t.name) for t in engine.targets
         }
+        # Accounts an admin resolved with `conflicts resolve --new`: they get a new customer
+        # whatever their Stripe Id field says, once.
+        self.fresh: dict[str, dict[str, datetime]] = {t.name: {} for t in engine.targets}
+        for c in engine.store.list_conflicts("resolved"):
+            if c.resolution == "new" and c.billing_account in self.fresh and c.resolved_at is not None:
+                self.fresh[c.billing_account][c.account_id] = c.resolved_at
         self.intents: dict[str, dict[str, Intent]] = {
             t.name: {i.account_id: i for i in engine.store.open_intents(t.name)} for t in engine.targets
         }
@@ -364,13 +397,15 @@ class _Run:
                     self.plan.append(planned)
                     self.tally.count(planned.action)
                     continue
-                outcome, link = self._apply(target, planned, links.get(account_id), row)
+                prev = links.get(account_id)
+                outcome, link = self._apply(target, planned, prev, row)
                 self.tally.count(_action_of(outcome))
                 outcomes.append(outcome)
-                if link is not None:
+                if link is not None and link is not prev:
                     links[account_id] = link
-                    if outcome.outcome not in ("created",):  # creates are saved at once
+                    if outcome.outcome != "created":  # creates are saved at once, with their intent
                         saves.append(link)
+                if link is not None:
                     self._queue_writeback(target.name, link, row)
                 self.done.setdefault(target.name, set()).add(account_id)
             if not self.dry_run:
@@ -379,6 +414,56 @@ class _Run:
             self.e.on_progress(self.tally.orders_read)
         self.flush_writebacks(final=False)
         return True
+
+    def apply_deletions(self, page: Sequence[DeletedAccount]) -> None:
+        store = self.e.store
+        ids = [d.account_id for d in page] + [d.master_id for d in page if d.master_id]
+        for target in self.e.targets:
+            ba = target.name
+            links = store.get_links(ba, ids)
+            outcomes: list[Outcome] = []
+            for d in page:
+                loser = links.get(d.account_id)
+                if loser is None or loser.status == "merged" or (loser.status == "deleted" and not d.master_id):
+                    continue  # never synced (merging before sync is the documented way), or already handled
+                if d.master_id is None:
+                    if not self.dry_run:
+                        store.set_link_status(ba, d.account_id, "deleted")
+                    log.info("sync.account.deleted", account_id=d.account_id, customer_id=loser.customer_id)
+                    outcomes.append(Outcome(account_id=d.account_id, billing_account=ba, outcome="skipped",
+                                            customer_id=loser.customer_id, error_code="account_deleted",
+                                            error_message="the account was deleted in Salesforce; its customer is left as it is"))
+                    continue
+                winner = links.get(d.master_id)
+                if winner is not None and winner.status != "merged":
+                    kind, held, other = "merge_both_linked", d.account_id, d.master_id
+                    message = (f"account {d.account_id} (customer {loser.customer_id}) was merged into {d.master_id}, "
+                               f"which has its own customer {winner.customer_id}; both are kept, "
+                               f"{loser.customer_id} is no longer written")
+                else:
+                    kind, held, other = "merge_loser_linked", d.master_id, d.account_id
+                    message = (f"account {d.account_id} (customer {loser.customer_id}) was merged into {d.master_id}, "
+                               f"which has no customer; {d.master_id} is held until an admin decides")
+                log.warning("sync.merge.refused", kind=kind, loser=d.account_id, winner=d.master_id,
+                            customer_id=loser.customer_id)
+                self.tally.refused += 1
+                if self.dry_run:
+                    self.plan.append(PlannedWrite(account_id=held, billing_account=ba, action="refused", order_id="",
+                                                  customer_id=loser.customer_id, reason=message, error_code=kind))
+                    continue
+                with store.transaction():
+                    store.set_link_status(ba, d.account_id, "merged")
+                    store.open_conflict(kind, billing_account=ba, account_id=held, other_account_id=other,
+                                        customer_id=loser.customer_id,
+                                        details={"loser": d.account_id, "winner": d.master_id,
+                                                 "loser_customer": loser.customer_id,
+                                                 "winner_customer": winner.customer_id if winner else None,
+                                                 "message": message})
+                self.held[ba].add(held)
+                outcomes.append(Outcome(account_id=held, billing_account=ba, outcome="refused",
+                                        customer_id=loser.customer_id, error_code=kind, error_message=message))
+            if outcomes and not self.dry_run:
+                store.record_outcomes(self.run_id, outcomes)
 
     def _record(self, ba: str, outcomes: list[Outcome], saves: list[Link], rows: Sequence[OrderRow],
                 links: Mapping[str, Link] | None = None) -> None:
@@ -407,7 +492,8 @@ class _Run:
     def _plan(self, ba: str, row: OrderRow, link: Link | None, resolver: _LinkResolver) -> PlannedWrite:
         acc = row.account_id
         base = {"account_id": acc, "billing_account": ba, "order_id": row.order_id, "basis_activated_at": row.activated_at}
-        if acc in self.held[ba] or (link is not None and link.status in ("held", "merged")):
+        fresh = self._wants_new_customer(ba, acc, link)
+        if acc in self.held[ba] or (link is not None and link.status in ("held", "merged") and not fresh):
             return PlannedWrite(**base, action="refused", customer_id=link.customer_id if link else None,
                                 reason="an open conflict holds this account; see `billing-connector conflicts list`",
                                 error_code="conflict_open")
@@ -425,6 +511,10 @@ class _Run:
         meta.update(salesforce_account_id=acc, salesforce_org_id=self.e.source.org_id)
         payload["metadata"] = meta
         digest = payload_hash(payload)
+        if fresh:
+            # The admin chose a new customer for this account (`conflicts resolve --new`).
+            return PlannedWrite(**base, action="create", payload=payload, payload_hash=digest,
+                                changed_fields=tuple(_flat_keys(payload)), reason="new customer chosen by an admin")
         if link is None:
             if row.stripe_id_value:
                 owner = self.e.store.get_link_by_customer(ba, row.stripe_id_value)
@@ -439,14 +529,23 @@ class _Run:
             return PlannedWrite(**base, action="create", payload=payload, payload_hash=digest,
                                 changed_fields=tuple(_flat_keys(payload)))
         if row.stripe_id_value and row.stripe_id_value != link.customer_id:
+            owner = self.e.store.get_link_by_customer(ba, row.stripe_id_value)
+            kind = "winner_field_names_other_customer" if owner is not None else "stripe_id_field_mismatch"
             return PlannedWrite(**base, action="refused", payload=payload, payload_hash=digest,
-                                customer_id=link.customer_id, error_code="stripe_id_field_mismatch",
+                                customer_id=link.customer_id, error_code=kind,
                                 reason=f"the Account's Stripe Id field names {row.stripe_id_value} but the account "
                                        f"is linked to {link.customer_id}")
         if digest == link.payload_hash:
             return PlannedWrite(**base, action="unchanged", payload=payload, payload_hash=digest, customer_id=link.customer_id)
         return PlannedWrite(**base, action="update", payload=payload, payload_hash=digest, customer_id=link.customer_id,
                             changed_fields=tuple(diff_payloads(link.payload, payload)))
+
+    def _wants_new_customer(self, ba: str, account_id: str, link: Link | None) -> bool:
+        """True until the new customer an admin asked for (`--new`) has been created."""
+        resolved_at = self.fresh[ba].get(account_id)
+        if resolved_at is None:
+            return False
+        return link is None or link.last_synced_at is None or link.last_synced_at < resolved_at
 
     # --- applying ----------------------------------------------------------------------------
 
@@ -456,7 +555,7 @@ class _Run:
         now = self.e.now()
         try:
             if p.action == "refused":
-                if p.error_code in ("stripe_id_field_mismatch", "customer_linked_elsewhere"):
+                if p.error_code in ("stripe_id_field_mismatch", "customer_linked_elsewhere", "winner_field_names_other_customer"):
                     store.open_conflict(p.error_code, billing_account=ba, account_id=p.account_id,
                                         customer_id=p.customer_id, details={"reason": p.reason, "order_id": p.order_id})
                     self.held[ba].add(p.account_id)
@@ -466,9 +565,12 @@ class _Run:
                 log.warning("sync.record.failed", account_id=p.account_id, error=p.reason)
                 return self._outcome(p, "failed", error_code=p.error_code, message=p.reason), link
             if p.action == "unchanged":
-                if link is not None and link.mapping_fingerprint != self.e.mapping.fingerprint and p.payload_hash:
-                    link = _replace(link, mapping_fingerprint=self.e.mapping.fingerprint)
-                    return self._outcome(p, "unchanged"), link
+                fp = self.e.mapping.fingerprint
+                if link is not None and p.payload_hash and (link.mapping_fingerprint != fp or link.status == "deleted"):
+                    if link.status == "deleted":
+                        # Restored from the recycle bin: syncing resumes on the same customer.
+                        log.info("sync.account.restored", account_id=p.account_id, customer_id=link.customer_id)
+                    link = _replace(link, mapping_fingerprint=fp, status="active")
                 return self._outcome(p, "unchanged"), link
             if p.action == "create":
                 customer_id = self._create(target, p, now)
@@ -557,7 +659,7 @@ class _Run:
             if link.writeback_pending:
                 self.e.store.mark_written_back(ba, [link.account_id])
             return
-        if row.stripe_id_value and row.stripe_id_value != link.customer_id:
+        if row.stripe_id_value and row.stripe_id_value != link.customer_id and link.account_id not in self.fresh[ba]:
             return  # never overwrite a field that names another customer (a conflict is open)
         if link.account_id not in self._pending:
             self._pending.add(link.account_id)

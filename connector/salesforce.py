@@ -143,6 +143,15 @@ class OrderRow:
 
 
 @dataclass(frozen=True, slots=True)
+class DeletedAccount:
+    """An Account in the recycle bin; `master_id` is set when it was merged into another."""
+
+    account_id: str
+    master_id: str | None
+    modstamp: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class OrderPage:
     rows: list[OrderRow]
 
@@ -218,6 +227,20 @@ class SalesforceSource:
         soql = f"SELECT {', '.join(select)} FROM Order WHERE {' AND '.join(where)} ORDER BY {order_by}"
         for page in self.query_pages(soql):
             yield OrderPage(rows=[self._order_row(r, stamps) for r in page])
+
+    def deleted_accounts(self, *, since: datetime | None) -> Iterator[list[DeletedAccount]]:
+        """Accounts deleted or merged away since `since` (queryAll: the recycle bin included).
+
+        A merge shows as the losing account deleted with MasterRecordId naming the winner.
+        """
+        where = ["IsDeleted = true"]
+        if since is not None:
+            where.append(f"SystemModstamp >= {soql_datetime(since)}")
+        soql = (f"SELECT Id, MasterRecordId, SystemModstamp FROM Account WHERE {' AND '.join(where)} "
+                "ORDER BY SystemModstamp, Id")
+        for page in self.query_pages(soql, include_deleted=True):
+            yield [DeletedAccount(account_id=str(r["Id"]), master_id=r.get("MasterRecordId") or None,
+                                  modstamp=r.get("SystemModstamp")) for r in page]
 
     def _order_row(self, record: dict[str, Any], stamps: Sequence[str]) -> OrderRow:
         marks = [v for v in (_path(record, s) for s in stamps) if isinstance(v, str)]
