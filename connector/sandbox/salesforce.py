@@ -14,6 +14,7 @@ change, so cursors built on SystemModstamp see every change exactly once past th
 from __future__ import annotations
 
 import base64
+import contextlib
 import copy
 import csv
 import hmac
@@ -22,6 +23,7 @@ import itertools
 import random
 import re
 import secrets
+import socket
 import threading
 import time
 from collections import OrderedDict
@@ -43,6 +45,7 @@ _SOAP_TYPES = {
     "date": "xsd:date", "double": "xsd:double", "currency": "xsd:double", "percent": "xsd:double",
     "int": "xsd:int",
 }
+_STAMP_FIELDS = ("CreatedDate", "LastModifiedDate", "SystemModstamp")
 _SYSTEM = {"IsDeleted", "MasterRecordId", "CreatedDate", "LastModifiedDate", "SystemModstamp"}
 
 
@@ -312,7 +315,8 @@ class LogicalClock:
         self._follow_wall = start is None
         base = (start or datetime.now(UTC)).astimezone(UTC).replace(microsecond=0)
         self._offset = base - self._wall()
-        self._last = base - timedelta(seconds=1)
+        # Following the wall clock, a first bulk load may be stamped in the seconds before now.
+        self._last = base - timedelta(seconds=1) if start is not None else base - timedelta(days=1)
         self._lock = threading.Lock()
 
     @staticmethod
@@ -330,6 +334,15 @@ class LogicalClock:
         with self._lock:
             self._last = max(self._candidate(), self._last + timedelta(seconds=1))
             return self._last
+
+    def ticks(self, n: int) -> list[datetime]:
+        """`n` strictly increasing stamps that end about now (a bulk load that just happened)."""
+        with self._lock:
+            start = max(self._last + timedelta(seconds=1), self._candidate() - timedelta(seconds=n - 1))
+            out = [start + timedelta(seconds=i) for i in range(n)]
+            if out:
+                self._last = out[-1]
+            return out
 
     def advance(self, seconds: float) -> None:
         with self._lock:
@@ -460,6 +473,21 @@ class SalesforceSandbox(SandboxServer):
 
     def __enter__(self) -> SalesforceSandbox:
         return self.start() if self._httpd is None else self
+
+    def stop(self) -> None:
+        """Stop at once: serve_forever only checks for shutdown every 0.5 s unless woken up."""
+        httpd = self._httpd
+        if httpd is None:
+            return
+        closer = threading.Thread(target=httpd.shutdown, daemon=True)
+        closer.start()
+        address = httpd.server_address[:2]
+        while closer.is_alive():
+            with contextlib.suppress(OSError):
+                socket.create_connection(address, timeout=0.1).close()
+            closer.join(0.02)
+        httpd.server_close()
+        self._httpd = None
 
     def load(self, data: Mapping[str, Iterable[Mapping[str, Any]]], *, replace: bool = True) -> None:
         """Put `data` ({"Account": [...], ...}) in the org, replacing what is there unless asked."""
@@ -679,13 +707,19 @@ class SalesforceSandbox(SandboxServer):
         unknown = [k for k in data if self.catalog.object_name(k) is None]
         if unknown:
             raise ValueError(f"unknown sObject(s) in data: {', '.join(unknown)}")
+        batches = []
         for sobject, rows in data.items():
             obj = self._object(sobject)
             for row in rows or []:
                 self._check_known(obj, row)
-                self._insert(obj, row, loading=True)
+                batches.append((obj, row))
+        unstamped = sum(1 for _, row in batches if not any(k in row for k in _STAMP_FIELDS))
+        stamps = iter(self.clock.ticks(unstamped))
+        for obj, row in batches:
+            given = any(k in row for k in _STAMP_FIELDS)
+            self._insert(obj, row, loading=True, stamp=None if given else format_datetime(next(stamps)))
 
-    def _insert(self, obj: ObjectDef, fields: Mapping[str, Any], *, loading: bool = False) -> str:
+    def _insert(self, obj: ObjectDef, fields: Mapping[str, Any], *, loading: bool = False, stamp: str | None = None) -> str:
         given = {obj.field(k).name: v for k, v in fields.items()}  # type: ignore[union-attr]
         rid = given.pop("Id", None)
         if rid is None:
@@ -701,7 +735,7 @@ class SalesforceSandbox(SandboxServer):
         rec["IsDeleted"] = False
         if obj.field("SBQQ__Primary__c"):
             rec["SBQQ__Primary__c"] = False
-        stamps = {k: given.pop(k) for k in ("CreatedDate", "LastModifiedDate", "SystemModstamp") if k in given}
+        stamps = {k: given.pop(k) for k in _STAMP_FIELDS if k in given}
         for k, v in given.items():
             rec[k] = self._normalize(obj.field(k), v)  # type: ignore[arg-type]
         if obj.name in self._auto_numbers and rec.get(_auto_field(obj)) is None:
@@ -717,7 +751,7 @@ class SalesforceSandbox(SandboxServer):
             self.clock.observe(parse_datetime(rec["SystemModstamp"]))
             self._derive(obj, rec, previous_status=None, stamp=rec["SystemModstamp"])
         else:
-            stamp = format_datetime(self.clock.tick())
+            stamp = stamp or format_datetime(self.clock.tick())
             rec["CreatedDate"] = stamp
             rec["LastModifiedDate"] = stamp
             rec["SystemModstamp"] = stamp
