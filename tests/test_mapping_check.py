@@ -137,3 +137,18 @@ def test_soql_fields_never_select_a_field_twice(tmp_path: Path) -> None:
     )
     # Salesforce refuses a query that selects the same field twice, in any case.
     assert load_mapping(file).soql_fields() == ["Account.Name", "Account.ShippingCity", "AccountId"]
+
+
+def test_commented_examples_in_the_shipped_mapping_are_valid(tmp_path: Path) -> None:
+    """Admins copy the commented examples; uncommented, they must still pass check."""
+    lines = []
+    for line in (MAPPINGS / "customer.yaml").read_text(encoding="utf-8").splitlines():
+        if line.startswith("  # metadata.") or line.startswith("  # tax_exempt:"):
+            line = "  " + line[4:]
+        elif line.startswith("  #   "):
+            line = "    " + line[6:]
+        lines.append(line)
+    (tmp_path / "customer.yaml").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    assert check_mappings(tmp_path) == []
+    targets = load_mappings(tmp_path).targets()
+    assert {"metadata.region", "metadata.parent_customer", "tax_exempt"} <= set(targets)
