@@ -3,6 +3,7 @@
 Every PostgreSQL test gets its own schema (`bc_test_<random>`, reached through `search_path` in
 the URL) in the `test` database, dropped afterwards, so parallel runs never see each other.
 When no server answers the PostgreSQL cases skip with the reason; with CI=true they fail.
+BC_TEST_PG_URL points them at another server.
 """
 
 from __future__ import annotations
@@ -17,14 +18,21 @@ from pathlib import Path
 
 import psycopg
 import pytest
+import sqlalchemy as sa
 
 from connector.state.records import Link, OrderLink
 from connector.state.store import StateStore
 
 PG_URL = os.environ.get("BC_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
-PG_CONNINFO = os.environ.get(
-    "BC_TEST_PG_CONNINFO", "host=127.0.0.1 port=5432 user=postgres dbname=test"
+_pg = sa.make_url(PG_URL)
+PG_CONNINFO = psycopg.conninfo.make_conninfo(
+    host=_pg.host or "127.0.0.1",
+    port=_pg.port or 5432,
+    user=_pg.username or "postgres",
+    password=_pg.password,
+    dbname=_pg.database or "test",
 )
+PG_WHERE = f"{_pg.host or '127.0.0.1'}:{_pg.port or 5432}"
 
 BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
 
@@ -42,7 +50,7 @@ def require_postgres() -> None:
     problem = _postgres_problem()
     if problem is None:
         return
-    message = f"no PostgreSQL answers at {PG_CONNINFO} ({problem})"
+    message = f"no PostgreSQL answers at {PG_WHERE} ({problem})"
     if os.environ.get("CI", "").lower() == "true":
         pytest.fail(f"{message}; CI=true requires the PostgreSQL tests to run", pytrace=False)
     pytest.skip(message)

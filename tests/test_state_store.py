@@ -291,6 +291,11 @@ def test_record_and_read_outcomes(store: StateStore) -> None:
     assert store.outcomes_for_run("other") == []
 
 
+def test_outcomes_need_a_known_run(store: StateStore) -> None:
+    with pytest.raises(sa.exc.IntegrityError):
+        store.record_outcomes("no-such-run", _outcomes()[:1])
+
+
 def test_recent_failures_and_export(store: StateStore) -> None:
     old_run = store.start_run("sync", dry_run=False)
     store.record_outcomes(old_run, _outcomes(), now=T0)
@@ -369,8 +374,9 @@ def _intent(n: int, key: str = "k1") -> Intent:
 
 def test_intents_record_get_and_drop(store: StateStore) -> None:
     assert store.record_intent(_intent(1)) == _intent(1)
-    # an open intent wins: its key must be reused by the retried create
-    assert store.record_intent(_intent(1, key="k2")).idempotency_key == "k1"
+    # a new intent replaces the old one: what is stored is what is sent next
+    assert store.record_intent(_intent(1, key="k2")).idempotency_key == "k2"
+    store.record_intent(_intent(1))
     store.record_intent(_intent(2))
     assert store.get_intent("default", account_id(1)) == _intent(1)
     assert [i.account_id for i in store.open_intents("default")] == [account_id(1), account_id(2)]

@@ -121,7 +121,10 @@ class StateStore:
         elif backend == "postgresql":
             if parsed.drivername == "postgresql":
                 parsed = parsed.set(drivername="postgresql+psycopg")  # psycopg 3 is what we ship
-            engine, db_path = sa.create_engine(parsed, pool_pre_ping=True), None
+            # Fail in seconds, not minutes, when the server is unreachable (unless the URL says).
+            connect_args = {} if "connect_timeout" in parsed.query else {"connect_timeout": 10}
+            engine = sa.create_engine(parsed, pool_pre_ping=True, connect_args=connect_args)
+            db_path = None
         else:
             raise ConfigError(
                 f"unsupported database '{backend}'; use sqlite:///... or postgresql+psycopg://...",
@@ -177,7 +180,8 @@ class StateStore:
                     key = _advisory_key(conn, "migrate")
                     conn.execute(sa.select(sa.func.pg_advisory_xact_lock(key)))
                 cfg = AlembicConfig()
-                cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+                # configparser would read a '%' in the install path as interpolation
+                cfg.set_main_option("script_location", str(MIGRATIONS_DIR).replace("%", "%%"))
                 cfg.attributes["connection"] = conn
                 command.upgrade(cfg, "head")
 
@@ -710,13 +714,17 @@ class StateStore:
     # --- intents ------------------------------------------------------------------------------
 
     def record_intent(self, intent: Intent) -> Intent:
-        """Record a create about to be sent; returns the intent in force for the account.
+        """Record a create about to be sent, replacing any earlier intent for the account.
 
-        An intent already open for the account wins and is returned unchanged: its idempotency
-        key must be reused, so the billing system recognises the retried create. To replace it,
-        `drop_intent` first.
+        Whether an earlier intent must be replayed instead (same key, same payload) is the
+        engine's decision, taken before it records a new one; what is stored here is always the
+        key and payload actually sent next. Returns the intent as stored.
         """
-        stmt = self._upsert(t.intents, ["billing_account", "account_id"], None)
+        stmt = self._upsert(
+            t.intents,
+            ["billing_account", "account_id"],
+            ["idempotency_key", "payload_hash", "payload", "created_at"],
+        )
         row = {
             "billing_account": intent.billing_account,
             "account_id": intent.account_id,

@@ -1,0 +1,42 @@
+"""Times go in aware, in any zone, and come back as the same instant in UTC; comparisons in SQL
+(due retries, outcomes since) agree with Python's, also on SQLite where they are text."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from connector.state.records import Intent
+from connector.state.store import StateStore, retry_delay
+
+aware = st.datetimes(
+    min_value=datetime(1971, 1, 2), max_value=datetime(2200, 1, 1), timezones=st.timezones()
+)
+STORE = StateStore.open("sqlite:///:memory:")
+
+
+@settings(max_examples=60, deadline=None)
+@given(created=aware)
+def test_any_aware_time_round_trips_as_utc(created: datetime) -> None:
+    STORE.record_intent(Intent("default", "001000000000000001", "k", "h", created))
+    got = STORE.get_intent("default", "001000000000000001")
+    assert got is not None
+    assert got.created_at == created
+    assert got.created_at.tzinfo is UTC
+
+
+@settings(max_examples=60, deadline=None)
+@given(failed_at=aware, now=aware)
+def test_due_retries_compare_instants_not_text(failed_at: datetime, now: datetime) -> None:
+    STORE.clear_retries("default", ["001000000000000002"])
+    item = STORE.schedule_retry("default", "001000000000000002", "e", now=failed_at)
+    assert item.next_attempt_at == failed_at + retry_delay(1)
+    due = STORE.due_retries("default", now=now)
+    assert bool(due) == (failed_at + timedelta(minutes=1) <= now)
+
+
+@given(attempts=st.integers(min_value=1, max_value=10_000))
+def test_backoff_grows_and_stays_capped(attempts: int) -> None:
+    assert retry_delay(attempts) <= retry_delay(attempts + 1) <= timedelta(hours=6)
