@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from connector.mapping import CustomerMapping, load_mapping, payload_hash
 from connector.mapping.compile import METADATA_VALUE_MAX_LENGTH, customer_schema
-from connector.mapping.countries import alpha2_codes, to_alpha2
+from connector.mapping.countries import _TABLE, ALIASES, alpha2_codes, to_alpha2
 from connector.mapping.transforms import EvalContext, parse_transform, phone
 
 FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -99,6 +99,8 @@ def assert_stripe_accepts(payload: dict[str, Any]) -> None:
             if path.endswith("country"):
                 assert leaf_value == "" or leaf_value in alpha2_codes()
     assert len(payload.get("phone", "")) <= 20
+    email = payload.get("email", "")
+    assert email == "" or ("@" in email and not any(c.isspace() for c in email))
 
 
 @FAST
@@ -158,6 +160,16 @@ def test_payload_hash_is_stable_across_key_order(payload: dict[str, Any], seed: 
         return node
 
     assert payload_hash(shuffled(payload)) == payload_hash(payload)
+
+
+def test_every_code_and_name_in_the_table_gives_its_code() -> None:
+    for row in _TABLE.splitlines():
+        alpha2, alpha3, name = row[:2], row[3:6], row[7:]
+        assert to_alpha2(alpha2) == to_alpha2(alpha2.lower()) == alpha2
+        assert to_alpha2(alpha3) == alpha2, alpha3
+        assert to_alpha2(name) == to_alpha2(f"  {name.upper()} ") == alpha2, name
+    for alias, code in ALIASES.items():
+        assert to_alpha2(alias) == code, alias
 
 
 def test_country_table_names_are_unambiguous() -> None:

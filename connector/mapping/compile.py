@@ -181,7 +181,7 @@ def check_source_path(source: str) -> str | None:
     for segment in segments[1:-1]:
         if segment.lower().endswith("__c"):
             return f"source {source!r}: {segment!r} is a field, not a relationship; write {segment[:-3]}__r to follow it"
-        if segment.lower().endswith("id") and len(segment) > 2 and "__" not in segment:
+        if segment.endswith("Id") and len(segment) > 2 and "__" not in segment:
             return f"source {source!r}: {segment!r} is an id field, not a relationship; write {segment[:-2]} to follow it"
         if "__" in segment and not segment.lower().endswith("__r"):
             return f"source {source!r}: {segment!r} is not a relationship name (custom ones end in __r)"
