@@ -15,6 +15,7 @@ import binascii
 import copy
 import hashlib
 import json
+import operator
 import re
 import secrets
 import string
@@ -260,11 +261,15 @@ def parse_search_query(query: str) -> tuple[str, list[_Clause]]:
     return (joins.pop() if joins else "AND"), clauses
 
 
+_COMPARE: dict[str, Callable[[int, int], bool]] = {
+    ":": operator.eq, ">": operator.gt, "<": operator.lt, ">=": operator.ge, "<=": operator.le,
+}
+
+
 def _clause_matches(c: _Clause, obj: Mapping[str, Any]) -> bool:
     if c.field == "created":
-        have = obj.get("created")
         assert isinstance(c.value, int)
-        ok = {":": have == c.value, ">": have > c.value, "<": have < c.value, ">=": have >= c.value, "<=": have <= c.value}[c.op]
+        ok = _COMPARE[c.op](int(obj["created"]), c.value)
     elif c.field == "metadata":
         have = (obj.get("metadata") or {}).get(c.key)
         ok = have is None if c.value is None else have is not None and have.lower() == str(c.value).lower()
