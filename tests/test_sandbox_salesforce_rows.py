@@ -272,8 +272,9 @@ def test_a_custom_stripe_id_field_name_is_used_everywhere() -> None:
 def test_every_answer_reports_api_usage_and_limits_agree(org: SalesforceSandbox, sf: Salesforce) -> None:
     sf.query("SELECT Id FROM Account")
     assert sf.api_usage["api-usage"].used == 1 and sf.api_usage["api-usage"].total == 15000
-    sf.Account.get(ACME)
-    assert sf.Account.api_usage["api-usage"].used == 2  # SFType keeps its own copy of the header
+    account = sf.Account  # each SFType keeps its own copy of the header
+    account.get(ACME)
+    assert account.api_usage["api-usage"].used == 2
 
     limits = sf.limits()
     assert limits["DailyApiRequests"] == {"Max": 15000, "Remaining": 15000 - 3}
