@@ -31,6 +31,7 @@ from connector.mapping.spec import (
     Problem,
     Severity,
     read_spec,
+    value_path,
 )
 from connector.mapping.transforms import (
     EvalContext,
@@ -573,18 +574,12 @@ def compile_spec(spec: MappingSpec, problems: Iterable[Problem] = ()) -> Compile
                 refs.append(SourceRef(source.value, source.where, linked))
         for transform, where in spec_field.transforms:
             for i, source_path in enumerate(transform.sources()):
-                item_where: KeyPath = (
+                item_where = value_path(
+                    spec.doc,
                     (*where, "join", "sources", i)
                     if transform.name == "join"
-                    else (*where, "template")
+                    else (*where, "template"),
                 )
-                item_where = item_where if item_where in spec.doc.positions else where
-                if transform.name == "template":
-                    item_where = (
-                        (*item_where, "__value__")
-                        if (*item_where, "__value__") in spec.doc.positions
-                        else item_where
-                    )
                 why = check_source_path(source_path)
                 if why:
                     out.at(item_where, why)
@@ -594,14 +589,13 @@ def compile_spec(spec: MappingSpec, problems: Iterable[Problem] = ()) -> Compile
         if target is None:
             continue
         _check_transforms_fit(out, target, spec_field)
-        value = _check_static(out, target, spec_field.value, "value") if spec_field.value else None
-        default = (
-            _check_static(out, target, spec_field.default, "default")
-            if spec_field.default
-            else None
-        )
-        if (spec_field.value and value is None) or (spec_field.default and default is None):
-            ok = False
+        value = default = None
+        if spec_field.value is not None:
+            value = _check_static(out, target, spec_field.value, "value")
+            ok = ok and value is not None
+        if spec_field.default is not None:
+            default = _check_static(out, target, spec_field.default, "default")
+            ok = ok and default is not None
         if ok:
             plans.append(
                 FieldPlan(
@@ -786,6 +780,10 @@ def _mapping_files(directory: Path) -> list[Path]:
     )
 
 
+def _position(problem: Problem) -> tuple[int, int]:
+    return (problem.line, problem.column)
+
+
 def compile_file(path: Path) -> tuple[Compiled | None, list[Problem]]:
     try:
         text = path.read_text(encoding="utf-8")
@@ -796,7 +794,7 @@ def compile_file(path: Path) -> tuple[Compiled | None, list[Problem]]:
     if spec is None:
         return None, problems
     compiled = compile_spec(spec, problems)
-    return compiled, list(compiled.problems)
+    return compiled, sorted(compiled.problems, key=_position)
 
 
 def load_mapping(path: Path) -> CustomerMapping:
@@ -816,8 +814,8 @@ def _check_directory(
     customers: list[Compiled] = []
     for path in _mapping_files(directory):
         compiled, found = compile_file(path)
-        problems.extend(found)
         if compiled is None or compiled.collector is None:
+            problems.extend(found)
             continue
         target = (
             compiled.collector.doc.data.get("target")
@@ -830,10 +828,11 @@ def _check_directory(
                 compiled.collector.value_at(
                     ("target",), f"a second customer mapping (the first is {first}); keep one"
                 )
-                problems.append(compiled.collector.problems[-1])
+                found.append(compiled.collector.problems[-1])
             customers.append(compiled)
         if describe is not None:
-            problems.extend(check_against_describe(compiled, describe))
+            found.extend(check_against_describe(compiled, describe))
+        problems.extend(sorted(found, key=_position))
     if not customers and not any(p.severity == "error" for p in problems):
         problems.append(
             Problem(directory, 1, 1, "no mapping file with 'target: customer' in this directory")
