@@ -58,8 +58,18 @@ def test_the_lock_is_released_when_the_block_raises(db_url: str) -> None:
 
 
 def test_holder_details_are_recorded_while_held(db_url: str) -> None:
-    with StateStore.open(db_url) as store:
+    with StateStore.open(db_url) as store, StateStore.open(db_url) as other:
+        assert other.lock_holder() is None
         with store.lock(holder="daemon"):
+            seen = other.lock_holder()
+            assert seen is not None
+            assert (seen["holder"], seen["pid"], seen["host"]) == (
+                "daemon",
+                os.getpid(),
+                socket.gethostname(),
+            )
+            assert other.stats()["lock"] == seen
+            assert other.lock_holder("other") is None
             if store.dialect == "sqlite":
                 path = store.lock_path()
                 assert path is not None and path.name == "state.db.lock"
@@ -69,6 +79,7 @@ def test_holder_details_are_recorded_while_held(db_url: str) -> None:
                 with store._engine.connect() as conn:
                     row = conn.execute(sa.select(schema.locks)).one()
                 assert (row.name, row.holder, row.pid) == ("sync", "daemon", os.getpid())
+        assert other.lock_holder() is None
         if store.dialect == "sqlite":
             assert store.lock_path().read_text() == ""  # type: ignore[union-attr]
         else:
@@ -123,5 +134,6 @@ def test_in_memory_store_locks_within_the_process() -> None:
             store.lock(holder="cli"),
         ):
             pass
+        assert store.lock_holder() is None
         with store.lock(holder="cli"):
-            pass
+            assert store.lock_holder()["holder"] == "cli"  # type: ignore[index]

@@ -11,6 +11,7 @@ naming the file or server).
 from __future__ import annotations
 
 import fcntl
+import functools
 import hashlib
 import json
 import os
@@ -85,6 +86,7 @@ def _chunks(ids: Iterable[_T], size: int = LOOKUP_CHUNK) -> Iterator[list[_T]]:
         yield unique[start : start + size]
 
 
+@functools.cache
 def _script_directory() -> ScriptDirectory:
     return ScriptDirectory(str(MIGRATIONS_DIR))
 
@@ -377,8 +379,12 @@ class StateStore:
         return self.get_links(billing_account, [account_id]).get(account_id)
 
     def get_link_by_customer(self, billing_account: str, customer_id: str) -> Link | None:
-        query = sa.select(t.links).where(
-            t.links.c.billing_account == billing_account, t.links.c.customer_id == customer_id
+        # A merged-away account's link may share the customer with the survivor's: the link in
+        # use comes first.
+        query = (
+            sa.select(t.links)
+            .where(t.links.c.billing_account == billing_account, t.links.c.customer_id == customer_id)
+            .order_by(sa.case((t.links.c.status == "merged", 1), else_=0), t.links.c.account_id)
         )
         with self._conn() as conn:
             row = conn.execute(query).first()
@@ -455,6 +461,7 @@ class StateStore:
                 query = sa.select(t.links.c.customer_id, t.links.c.account_id).where(
                     t.links.c.billing_account == billing_account,
                     t.links.c.customer_id.in_(chunk),
+                    t.links.c.status != "merged",
                 )
                 for customer_id, holder in conn.execute(query):
                     if holder != wanted[customer_id].account_id:
@@ -902,6 +909,51 @@ class StateStore:
             with self._file_lock(name, info):
                 yield
 
+    def lock_holder(self, name: str = "sync") -> dict[str, Any] | None:
+        """Who holds the named lock now (holder, host, pid, since), or None; for `status`."""
+        if self.dialect == "postgresql":
+            with self._conn() as conn:
+                key = _advisory_key(conn, f"lock:{name}")
+                # A bigint advisory key shows in pg_locks split into classid (high) and objid (low).
+                held = conn.execute(
+                    sa.text(
+                        "SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted"
+                        " AND database = (SELECT oid FROM pg_database"
+                        "                 WHERE datname = current_database())"
+                        " AND classid = :hi AND objid = :lo AND objsubid = 1"
+                    ),
+                    {"hi": (key >> 32) & 0xFFFFFFFF, "lo": key & 0xFFFFFFFF},
+                ).first()
+                if held is None:
+                    return None
+                row = conn.execute(sa.select(t.locks).where(t.locks.c.name == name)).first()
+            if row is None:
+                return {"holder": None, "host": None, "pid": None, "since": None}
+            return {
+                "holder": row.holder,
+                "host": row.host,
+                "pid": row.pid,
+                "since": row.acquired_at.isoformat(timespec="seconds"),
+            }
+        if self.db_path is None:
+            return dict(self._memory_lock_info) if self._memory_lock.locked() else None
+        path = self.lock_path(name)
+        assert path is not None
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            info = _read_holder(path)
+            return {k: info.get(k) for k in ("holder", "host", "pid", "since")}
+        else:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return None
+        finally:
+            os.close(fd)
+
     def lock_path(self, name: str = "sync") -> Path | None:
         """The lock file for `name` next to the SQLite database (None on PostgreSQL/in memory)."""
         if self.db_path is None:
@@ -1028,6 +1080,7 @@ class StateStore:
                 sa.select(t.runs).order_by(t.runs.c.started_at.desc()).limit(1)
             ).first()
             revision = MigrationContext.configure(conn).get_current_revision()
+        lock = self.lock_holder()
         last_run = _run(last) if last is not None else None
         return {
             "database": {"dialect": self.dialect, "url": self.url, "revision": revision},
@@ -1036,6 +1089,7 @@ class StateStore:
             "retries": {"due": int(retries_due), "total": int(retries_total)},
             "open_intents": int(open_intents),
             "cursors": cursors,
+            "lock": lock,
             "last_run": None
             if last_run is None
             else {
