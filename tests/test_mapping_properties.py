@@ -10,6 +10,11 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from connector.billing.stripe_schema import (
+    coerce_params,
+    create_params_schema,
+    update_params_schema,
+)
 from connector.mapping import CustomerMapping, load_mapping, payload_hash
 from connector.mapping.compile import METADATA_VALUE_MAX_LENGTH, customer_schema
 from connector.mapping.countries import _TABLE, ALIASES, alpha2_codes, to_alpha2
@@ -88,7 +93,7 @@ def assert_stripe_accepts(payload: dict[str, Any]) -> None:
         for path, leaf_value in nested.items():
             leaf = leaves[path]
             if leaf.kind == "string_list":
-                assert leaf_value == "" or all(isinstance(i, str) and i for i in leaf_value)
+                assert all(isinstance(i, str) and i for i in leaf_value)
                 continue
             assert isinstance(leaf_value, str)
             assert "\x00" not in leaf_value
@@ -136,6 +141,9 @@ def test_evaluate_never_produces_a_value_stripe_refuses(raw: Any, other: Any) ->
     }
     payload = everything_mapping().evaluate(record, link=lambda account_id: account_id * 3)
     assert_stripe_accepts(payload)
+    # The same schema check the Stripe sandbox applies to create and update requests.
+    coerce_params(create_params_schema(), payload)
+    coerce_params(update_params_schema(), payload)
 
 
 JSONISH = st.recursive(

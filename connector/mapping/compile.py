@@ -342,7 +342,8 @@ class CustomerMapping:
         flat: dict[str, Any] = {}
         for plan in self.fields:
             value = plan.evaluate(ctx)
-            flat[plan.target] = value if value != [] else ""
+            # Stripe's schema has no "unset" for arrays (preferred_locales): an empty list it is.
+            flat[plan.target] = value
         shipping = [t for t in flat if t.startswith("shipping.")]
         if shipping:
             address = [flat[t] for t in shipping if t.startswith("shipping.address.")]
