@@ -38,8 +38,12 @@ app = typer.Typer(
 )
 mappings_app = typer.Typer(help="Check and preview the YAML field mappings.", no_args_is_help=True)
 db_app = typer.Typer(help="The local state store.", no_args_is_help=True)
+conflicts_app = typer.Typer(help="Merges and other states the connector refuses to resolve alone.", no_args_is_help=True)
+xref_app = typer.Typer(help="Cross-references between Salesforce accounts and billing customers.", no_args_is_help=True)
 app.add_typer(mappings_app, name="mappings")
 app.add_typer(db_app, name="db")
+app.add_typer(conflicts_app, name="conflicts")
+app.add_typer(xref_app, name="xref")
 
 out = Console()
 err = Console(stderr=True)
@@ -361,6 +365,163 @@ def _unflatten(flat: dict[str, Any]) -> dict[str, Any]:
             node = node.setdefault(part, {})
         node[parts[-1]] = v
     return result
+
+
+def _admin() -> str:
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+
+
+def _open_store(cfg: Config) -> Any:
+    from connector.state.store import StateStore
+
+    return StateStore.open(cfg.state_url, auto_migrate=cfg.state.auto_migrate)
+
+
+@conflicts_app.command("list")
+def conflicts_list(
+    config: ConfigOpt = Path("config.yaml"),
+    all_: Annotated[bool, typer.Option("--all", help="Include resolved conflicts.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Each conflict with what happened and the choices an admin has."""
+    from connector.engine import CONFLICT_CHOICES
+
+    with _errors():
+        cfg, _ = _load(config)
+        store = _open_store(cfg)
+        try:
+            conflicts = store.list_conflicts(None if all_ else "open")
+        finally:
+            store.close()
+    if as_json:
+        print(json.dumps([{"id": c.id, "kind": c.kind, "status": c.status, "billing_account": c.billing_account,
+                           "account_id": c.account_id, "other_account_id": c.other_account_id,
+                           "customer_id": c.customer_id, "details": c.details, "created_at": c.created_at.isoformat(),
+                           "resolution": c.resolution, "resolved_by": c.resolved_by,
+                           "resolved_at": c.resolved_at.isoformat() if c.resolved_at else None,
+                           "choices": list(CONFLICT_CHOICES.get(c.kind, ()))} for c in conflicts], default=str))
+        return
+    if not conflicts:
+        out.print("no open conflicts" if not all_ else "no conflicts")
+        return
+    for c in conflicts:
+        out.print(f"[bold]#{c.id} {c.kind}[/] ({c.status}) billing account {c.billing_account}, "
+                  f"account {c.account_id}, customer {c.customer_id or '-'}, since {c.created_at:%Y-%m-%d %H:%M}",
+                  highlight=False)
+        message = c.details.get("message") or c.details.get("reason")
+        if message:
+            out.print(f"   {message}", highlight=False)
+        if c.status == "open":
+            for choice in CONFLICT_CHOICES.get(c.kind, ()):
+                out.print(f"   billing-connector conflicts resolve {c.id} {choice}", highlight=False, markup=False)
+        else:
+            out.print(f"   resolved: {c.resolution} by {c.resolved_by} at {c.resolved_at:%Y-%m-%d %H:%M}", highlight=False)
+
+
+@conflicts_app.command("resolve")
+def conflicts_resolve(
+    conflict_id: Annotated[int, typer.Argument(help="The conflict's number, from `conflicts list`.")],
+    config: ConfigOpt = Path("config.yaml"),
+    link: Annotated[str | None, typer.Option("--link", help="Link the held account to this existing customer.")] = None,
+    new: Annotated[bool, typer.Option("--new", help="Create a new customer for the held account on the next run.")] = False,
+    ignore: Annotated[bool, typer.Option("--ignore", help="Close the conflict; normal rules apply again.")] = False,
+    by: Annotated[str | None, typer.Option("--by", help="Who decides (default: the current user).")] = None,
+) -> None:
+    """Record an admin's decision on a conflict (exactly one of --link, --new, --ignore)."""
+    from connector.app import build_targets
+    from connector.engine import resolve_conflict
+
+    if sum([link is not None, new, ignore]) != 1:
+        err.print("error: give exactly one of --link CUSTOMER, --new, --ignore")
+        raise typer.Exit(2)
+    choice = "link" if link else "new" if new else "ignore"
+    with _errors():
+        cfg, secrets = _load(config)
+        targets = build_targets(cfg, secrets) if choice == "link" else []
+        store = _open_store(cfg)
+        try:
+            resolved = resolve_conflict(store, targets, conflict_id, choice=choice, customer_id=link, by=by or _admin())
+        finally:
+            store.close()
+    out.print(f"conflict #{resolved.id} resolved: {resolved.resolution} by {resolved.resolved_by}", highlight=False)
+
+
+@xref_app.command("show")
+def xref_show(
+    account: Annotated[str, typer.Argument(help="Salesforce Account Id.")],
+    config: ConfigOpt = Path("config.yaml"),
+    as_json: JsonOpt = False,
+) -> None:
+    """Everything the store knows about one account: links, conflicts, retries, last outcomes."""
+    with _errors():
+        cfg, _ = _load(config)
+        store = _open_store(cfg)
+        try:
+            info: dict[str, Any] = {"account_id": account, "billing_accounts": []}
+            for acct in cfg.billing.accounts:
+                link = store.get_link(acct.id, account)
+                retries = [r for r in store.all_retries(acct.id) if r.account_id == account]
+                info["billing_accounts"].append({
+                    "billing_account": acct.id,
+                    "customer_id": link.customer_id if link else None,
+                    "status": link.status if link else None,
+                    "first_synced_at": link.first_synced_at.isoformat() if link and link.first_synced_at else None,
+                    "last_synced_at": link.last_synced_at.isoformat() if link and link.last_synced_at else None,
+                    "writeback_pending": link.writeback_pending if link else None,
+                    "basis_order_id": link.basis_order_id if link else None,
+                    "retry": {"attempts": retries[0].attempts, "next_attempt_at": retries[0].next_attempt_at.isoformat(),
+                              "last_error": retries[0].last_error} if retries else None,
+                })
+            info["conflicts"] = [{"id": c.id, "kind": c.kind, "status": c.status, "customer_id": c.customer_id,
+                                  "resolution": c.resolution}
+                                 for c in store.list_conflicts(None) if account in (c.account_id, c.other_account_id)]
+        finally:
+            store.close()
+    if as_json:
+        print(json.dumps(info, default=str))
+        return
+    for b in info["billing_accounts"]:
+        out.print(f"{account} -> {b['customer_id'] or '(not linked)'} in billing account {b['billing_account']}"
+                  + (f" [{b['status']}], last synced {b['last_synced_at']}, write-back "
+                     f"{'pending' if b['writeback_pending'] else 'done'}" if b["customer_id"] else ""), highlight=False)
+        if b["retry"]:
+            out.print(f"   failing: {b['retry']['last_error']} (attempt {b['retry']['attempts']}, next {b['retry']['next_attempt_at']})",
+                      highlight=False)
+    for c in info["conflicts"]:
+        out.print(f"   conflict #{c['id']} {c['kind']} ({c['status']}{', ' + c['resolution'] if c['resolution'] else ''})",
+                  highlight=False)
+
+
+@xref_app.command("link")
+def xref_link(
+    account: Annotated[str, typer.Argument(help="Salesforce Account Id.")],
+    customer: Annotated[str, typer.Argument(help="Existing billing customer id (cus_...).")],
+    config: ConfigOpt = Path("config.yaml"),
+    billing_account: Annotated[str | None, typer.Option("--billing-account", help="Billing account id (default: the first).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Move an existing link to this customer.")] = False,
+    by: Annotated[str | None, typer.Option("--by", help="Who decides (default: the current user).")] = None,
+) -> None:
+    """Link an account to an existing customer (support work); the next run updates it."""
+    from connector.app import build_targets
+    from connector.engine import link_account
+
+    with _errors():
+        cfg, secrets = _load(config)
+        targets = build_targets(cfg, secrets)
+        target = next((t for t in targets if t.name == (billing_account or targets[0].name)), None)
+        if target is None:
+            raise ConfigError(f"no billing account '{billing_account}' in the configuration")
+        store = _open_store(cfg)
+        try:
+            link_account(store, target, account, customer, by=by or _admin(), force=force)
+        finally:
+            store.close()
+    out.print(f"{account} linked to {customer} in billing account {target.name}; the next sync updates it", highlight=False)
 
 
 @app.command()

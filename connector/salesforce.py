@@ -209,7 +209,9 @@ class SalesforceSource:
         stamps = ["SystemModstamp", *[f"{w}.SystemModstamp" for w in watch]]
         base = ["Id", "AccountId", "ActivatedDate", *stamps, f"Account.{self.config.stripe_id_field}"]
         select = list(dict.fromkeys([*base, *fields]))
-        where = ["StatusCode = 'Activated'", "AccountId != null"]
+        # An order of an account in the recycle bin is not billed; when the account is
+        # restored its orders show again and syncing resumes on the same customer.
+        where = ["StatusCode = 'Activated'", "AccountId != null", "Account.IsDeleted = false"]
         if self.config.order_filter:
             where.append(f"({self.config.order_filter})")
         if changed_since is not None:

@@ -87,7 +87,13 @@ links = sa.Table(
     sa.Column("writeback_pending", sa.Boolean(), nullable=False),
     sa.Column("first_synced_at", UTCDateTime(), nullable=False),
     sa.Column("last_synced_at", UTCDateTime(), nullable=False),
-    sa.UniqueConstraint("billing_account", "customer_id"),
+    # One customer per account per billing account, among links still in use: the link of an
+    # account merged away is kept (status 'merged') while an admin may give its customer to the
+    # surviving account.
+    sa.Index(
+        "uq_links_billing_account_customer_id", "billing_account", "customer_id", unique=True,
+        sqlite_where=sa.text("status != 'merged'"), postgresql_where=sa.text("status != 'merged'"),
+    ),
     sa.Index(None, "billing_account", "status"),
     sa.Index(None, "billing_account", "writeback_pending"),
 )

@@ -40,9 +40,11 @@ def upgrade() -> None:
         sa.Column("first_synced_at", UTCDateTime(), nullable=False),
         sa.Column("last_synced_at", UTCDateTime(), nullable=False),
         sa.PrimaryKeyConstraint("billing_account", "account_id", name="pk_links"),
-        sa.UniqueConstraint(
-            "billing_account", "customer_id", name="uq_links_billing_account_customer_id"
-        ),
+    )
+    # Unique among links in use; a merged-away account's link keeps its customer id.
+    op.create_index(
+        "uq_links_billing_account_customer_id", "links", ["billing_account", "customer_id"], unique=True,
+        sqlite_where=sa.text("status != 'merged'"), postgresql_where=sa.text("status != 'merged'"),
     )
     op.create_index("ix_links_billing_account_status", "links", ["billing_account", "status"])
     op.create_index(

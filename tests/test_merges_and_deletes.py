@@ -1,0 +1,231 @@
+"""Merges after sync are refused, deletes never reach billing, admins decide explicitly.
+
+Each test merges or deletes accounts in the Salesforce sandbox the way Salesforce does
+(losers IsDeleted with MasterRecordId, children re-parented), runs the connector, and checks
+what Stripe holds, what the store links, which conflict is open and what the run reports."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from conftest import BILLED
+
+from connector.app import build_targets
+from connector.config import Config, SecretSource
+from connector.engine import RunReport, link_account, resolve_conflict
+from connector.errors import ConfigError
+from connector.sandbox.run import SandboxPair
+from connector.state.store import StateStore
+
+FIELD = "Stripe_Customer_Id__c"
+ACME, INITECH, MULTI, DRAFT_ONLY = "001000000000A01AAA", "001000000000A02AAA", "001000000000M01AAA", "001000000000D01AAA"
+
+
+def customers_of(sandboxes: SandboxPair, account_id: str) -> list[dict[str, Any]]:
+    return [c for c in sandboxes.stripe.customers() if c["metadata"].get("salesforce_account_id") == account_id]
+
+
+@pytest.fixture
+def store(db_url: str) -> Any:
+    s = StateStore.open(db_url)
+    yield s
+    s.close()
+
+
+def test_merge_where_only_the_loser_was_linked_holds_the_winner(
+    sandboxes: SandboxPair, run_sync: Callable[..., RunReport], store: StateStore
+) -> None:
+    # DRAFT_ONLY has no activated order, so it was never synced; ACME was.
+    run_sync("backfill")
+    acme_customer = store.get_link("default", ACME).customer_id
+    customers_before = len(sandboxes.stripe.customers())
+    writes_before = sandboxes.stripe.write_count
+
+    sandboxes.salesforce.merge(DRAFT_ONLY, [ACME])  # the never-synced account survives
+    report = run_sync("sync")
+
+    assert report.refused >= 1 and report.exit_code == 1
+    assert len(sandboxes.stripe.customers()) == customers_before  # no new customer for the winner
+    assert sandboxes.stripe.write_count == writes_before  # the loser's customer is not written
+    assert store.get_link("default", ACME).status == "merged"
+    assert store.get_link("default", ACME).customer_id == acme_customer  # the cross-reference is kept
+    assert store.get_link("default", DRAFT_ONLY) is None  # no adoption of the loser's customer
+    [conflict] = store.list_conflicts("open")
+    assert conflict.kind == "merge_loser_linked"
+    assert conflict.account_id == DRAFT_ONLY and conflict.other_account_id == ACME
+    assert conflict.customer_id == acme_customer
+
+    # Held on the next run too, though the winner now has the loser's activated order.
+    again = run_sync("sync")
+    assert again.created == 0 and len(sandboxes.stripe.customers()) == customers_before
+
+
+def test_an_admin_links_the_held_winner_to_the_losers_customer(
+    sandboxes: SandboxPair, run_sync: Callable[..., RunReport], store: StateStore,
+    make_config: Callable[..., Config], secrets: SecretSource,
+) -> None:
+    run_sync("backfill")
+    acme_customer = store.get_link("default", ACME).customer_id
+    sandboxes.salesforce.merge(DRAFT_ONLY, [ACME])
+    run_sync("sync")
+    [conflict] = store.list_conflicts("open")
+
+    resolved = resolve_conflict(store, build_targets(make_config(), secrets), conflict.id, choice="link",
+                                customer_id=acme_customer, by="ops@example.com")
+    report = run_sync("sync")
+
+    assert resolved.resolved_by == "ops@example.com" and resolved.resolution == f"link:{acme_customer}"
+    assert report.created == 0 and report.refused == 0 and report.failed == 0
+    assert store.get_link("default", DRAFT_ONLY).customer_id == acme_customer
+    customer = sandboxes.stripe.get_customer(acme_customer)
+    assert customer["name"] == "Draft Only Ltd"  # now synced from the surviving account
+    assert customer["metadata"]["salesforce_account_id"] == DRAFT_ONLY
+    assert sandboxes.salesforce.get("Account", DRAFT_ONLY)[FIELD] == acme_customer
+
+
+def test_an_admin_chooses_a_new_customer_for_the_held_winner(
+    sandboxes: SandboxPair, run_sync: Callable[..., RunReport], store: StateStore
+) -> None:
+    run_sync("backfill")
+    sandboxes.salesforce.merge(DRAFT_ONLY, [ACME])
+    run_sync("sync")
+    [conflict] = store.list_conflicts("open")
+    customers_before = len(sandboxes.stripe.customers())
+
+    resolve_conflict(store, [], conflict.id, choice="new", customer_id=None, by="ops")
+    first = run_sync("sync")
+    second = run_sync("sync")
+
+    assert first.created == 1 and second.created == 0
+    assert len(sandboxes.stripe.customers()) == customers_before + 1
+    [new_customer] = customers_of(sandboxes, DRAFT_ONLY)
+    assert store.get_link("default", DRAFT_ONLY).customer_id == new_customer["id"]
+    assert store.get_link("default", ACME).status == "merged"  # the loser's link is kept
+    with pytest.raises(ConfigError, match="already resolved"):
+        resolve_conflict(store, [], conflict.id, choice="ignore", customer_id=None, by="ops")
+
+
+def test_merge_of_two_linked_accounts_keeps_both_and_the_winner_syncs_on(
+    sandboxes: SandboxPair, run_sync: Callable[..., RunReport], store: StateStore
+) -> None:
+    run_sync("backfill")
+    loser_customer = store.get_link("default", ACME).customer_id
+    winner_customer = store.get_link("default", INITECH).customer_id
+    loser_before = sandboxes.stripe.get_customer(loser_customer)
+
+    sandboxes.salesforce.merge(INITECH, [ACME])
+    sandboxes.salesforce.update("Account", INITECH, {"Phone": "+49 30 5550000"})
+    report = run_sync("sync")
+
+    assert report.refused == 1
+    [conflict] = store.list_conflicts("open")
+    assert conflict.kind == "merge_both_linked" and conflict.account_id == ACME
+    assert store.get_link("default", ACME).status == "merged"
+    assert store.get_link("default", INITECH).customer_id == winner_customer
+    assert sandboxes.stripe.get_customer(winner_customer)["phone"] == "+49305550000"
+    assert sandboxes.stripe.get_customer(loser_customer) == loser_before  # never written again
+    assert len(sandboxes.stripe.customers()) == len(BILLED)
+
+
+def test_a_winner_whose_field_names_the_losers_customer_is_not_written(
+    sandboxes: SandboxPair, run_sync: Callable[..., RunReport], store: StateStore
+) -> None:
+    run_sync("backfill")
+    loser_customer = store.get_link("default", ACME).customer_id
+    winner_customer = store.get_link("default", INITECH).customer_id
+    before = {c["id"]: c for c in sandboxes.stripe.customers()}
+
+    # Salesforce's merge screen lets the user keep the loser's Stripe Id on the winner.
+    sandboxes.salesforce.merge(INITECH, [ACME], keep_from={FIELD: ACME})
+    sandboxes.salesforce.update("Account", INITECH, {"Name": "Initech Merged"})
+    report = run_sync("sync")
+
+    assert report.exit_code == 1
+    kinds = {c.kind for c in store.list_conflicts("open")}
+    assert kinds == {"merge_both_linked", "winner_field_names_other_customer"}
+    assert sandboxes.stripe.get_customer(loser_customer) == before[loser_customer]
+    assert sandboxes.stripe.get_customer(winner_customer) == before[winner_customer]
+    assert sandboxes.salesforce.get("Account", INITECH)[FIELD] == loser_customer  # not overwritten
+
+
+def test_merging_accounts_before_they_were_synced_is_not_a_conflict(
+    sandboxes: SandboxPair, run_sync: Callable[..., RunReport], store: StateStore
+) -> None:
+    sandboxes.salesforce.merge(INITECH, [ACME])  # before any sync: the documented way
+
+    report = run_sync("backfill")
+
+    assert report.refused == 0 and report.exit_code == 0
+    assert store.list_conflicts("open") == []
+    assert len(customers_of(sandboxes, INITECH)) == 1
+    assert customers_of(sandboxes, ACME) == []
+
+
+def test_a_deleted_account_is_marked_and_billing_is_untouched_then_restored_on_the_same_customer(
+    sandboxes: SandboxPair, run_sync: Callable[..., RunReport], store: StateStore
+) -> None:
+    run_sync("backfill")
+    customer = store.get_link("default", INITECH).customer_id
+    before = sandboxes.stripe.get_customer(customer)
+    writes = sandboxes.stripe.write_count
+
+    sandboxes.salesforce.delete("Account", INITECH)
+    deleted_run = run_sync("sync")
+
+    assert deleted_run.exit_code == 0
+    assert store.get_link("default", INITECH).status == "deleted"
+    assert store.get_link("default", INITECH).customer_id == customer
+    assert sandboxes.stripe.get_customer(customer) == before and sandboxes.stripe.write_count == writes
+
+    sandboxes.salesforce.undelete("Account", INITECH)
+    sandboxes.salesforce.update("Account", INITECH, {"Phone": "+49 30 1112223"})
+    restored = run_sync("sync")
+
+    assert restored.created == 0 and restored.updated == 1
+    assert store.get_link("default", INITECH).status == "active"
+    assert sandboxes.stripe.get_customer(customer)["phone"] == "+49301112223"
+    assert len(customers_of(sandboxes, INITECH)) == 1
+
+
+def test_a_customer_deleted_in_stripe_is_never_recreated_without_an_admin(
+    sandboxes: SandboxPair, run_sync: Callable[..., RunReport], store: StateStore
+) -> None:
+    run_sync("backfill")
+    customer = store.get_link("default", ACME).customer_id
+    sandboxes.stripe.delete_customer(customer)
+    sandboxes.salesforce.update("Account", ACME, {"Phone": "+1 217 555 0199"})
+
+    failed = run_sync("sync")
+    held = run_sync("sync")
+
+    assert failed.failed == 1 and failed.created == 0
+    assert held.created == 0 and held.refused == 1
+    assert store.get_link("default", ACME).customer_id == customer
+    [conflict] = store.list_conflicts("open")
+    assert conflict.kind == "customer_deleted_in_billing" and conflict.customer_id == customer
+
+    resolve_conflict(store, [], conflict.id, choice="new", customer_id=None, by="ops")
+    fixed = run_sync("sync")
+
+    assert fixed.created == 1
+    new_id = store.get_link("default", ACME).customer_id
+    assert new_id != customer
+    assert sandboxes.salesforce.get("Account", ACME)[FIELD] == new_id
+
+
+def test_xref_link_refuses_a_customer_linked_to_another_account(
+    sandboxes: SandboxPair, run_sync: Callable[..., RunReport], store: StateStore,
+    make_config: Callable[..., Config], secrets: SecretSource,
+) -> None:
+    run_sync("backfill")
+    [target] = build_targets(make_config(), secrets)
+    other = store.get_link("default", INITECH).customer_id
+
+    with pytest.raises(ConfigError, match="is linked to account"):
+        link_account(store, target, ACME, other, by="support")
+    with pytest.raises(ConfigError, match="does not exist"):
+        link_account(store, target, ACME, "cus_NoSuchCustomer1", by="support")
+
+    assert store.get_link("default", ACME).customer_id != other
