@@ -113,7 +113,9 @@ def problem_from_config_error(exc: ConfigError, file: Path) -> Problem:
     return Problem(exc.file or file, exc.line or 1, exc.column or 1, exc.message)
 
 
-def _drop_duplicate_keys(node: yaml.Node, file: Path, problems: list[Problem]) -> None:
+def _drop_duplicate_keys(
+    node: yaml.Node, file: Path, problems: list[Problem], depth: int = 0
+) -> None:
     """Report every repeated key (two mappings to one target) and keep the first, so that the
     rest of the file is still checked in the same pass."""
     if isinstance(node, yaml.MappingNode):
@@ -123,23 +125,25 @@ def _drop_duplicate_keys(node: yaml.Node, file: Path, problems: list[Problem]) -
             key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
             if isinstance(key, str) and key in seen:
                 first = seen[key].start_mark.line + 1
+                # Depth 1 is the mapping under `fields`: its keys are targets.
+                what = "is mapped twice" if depth == 1 else "appears twice"
                 problems.append(
                     Problem(
                         file,
                         key_node.start_mark.line + 1,
                         key_node.start_mark.column + 1,
-                        f"{key!r} is mapped twice (first at line {first}); keep one",
+                        f"{key!r} {what} (first at line {first}); keep one",
                     )
                 )
                 continue
             if isinstance(key, str):
                 seen[key] = key_node
             kept.append((key_node, value_node))
-            _drop_duplicate_keys(value_node, file, problems)
+            _drop_duplicate_keys(value_node, file, problems, depth + 1)
         node.value = kept
     elif isinstance(node, yaml.SequenceNode):
         for child in node.value:
-            _drop_duplicate_keys(child, file, problems)
+            _drop_duplicate_keys(child, file, problems, depth + 1)
 
 
 def parse_yaml(file: Path, text: str) -> tuple[PositionedYaml | None, list[Problem]]:
