@@ -472,7 +472,12 @@ def _check_static(
                 return None
         return tuple(items) if what == "value" else ";".join(items)
     if not isinstance(value, str):
-        hint = f' (write it in quotes: "{value}")' if isinstance(value, bool | int | float) else ""
+        # YAML reads unquoted 01234 as a number (dropping the zero) and yes/no as true/false.
+        hint = (
+            "; put it in quotes so that YAML keeps it as written"
+            if isinstance(value, bool | int | float)
+            else ""
+        )
         out.at(located.where, f"{target.path} takes text; {what} is {_kind_word(value)}{hint}")
         return None
     if target.kind == "enum" and value not in target.enum:
