@@ -1,0 +1,69 @@
+"""Stripe answering 5xx: a transient one is retried by stripe-python with the same idempotency
+key and leaves one customer; a persistent one fails the record into the retry list, and the
+next run completes it without a duplicate."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from conftest import BILLED
+from faults_helpers import STRIPE_CREATE, assert_one_customer_each, read_store, record_exchanges
+
+from connector.engine import RunReport
+from connector.sandbox.run import SandboxPair
+from connector.sandbox.stripe import api_error_body
+
+ACME = "001000000000A01AAA"  # the first billed account the engine handles (orders are read by Id)
+
+
+def _retries(make_config: Callable[..., Any], sandboxes: SandboxPair, n: int) -> Any:
+    return make_config(billing={"accounts": [{"id": "default", "api_base": sandboxes.stripe.url, "max_network_retries": n}]})
+
+
+def test_a_transient_500_is_retried_with_the_same_key_and_leaves_one_customer(
+    sandboxes: SandboxPair, run_sync: Callable[..., RunReport], db_url: str
+) -> None:
+    fault = sandboxes.stripe.inject_fault(status=500, body=api_error_body(), method="POST", path=STRIPE_CREATE, count=1)
+    seen = record_exchanges(sandboxes.stripe)
+
+    report = run_sync("sync")
+
+    assert fault.hits == 1
+    assert report.exit_code == 0 and report.failed == 0 and report.created == 3
+    creates = [e for e in seen if e.method == "POST" and e.path == "/v1/customers"]
+    assert [e.status for e in creates] == [500, 200, 200, 200]
+    assert creates[0].idempotency_key and creates[0].idempotency_key == creates[1].idempotency_key
+    customers = assert_one_customer_each(sandboxes, BILLED)
+    view = read_store(db_url)
+    view.assert_links_match(customers)
+    assert view.cursor is not None and not view.retries and not view.intents
+
+
+def test_a_persistent_5xx_fails_the_record_and_the_next_run_completes_it_once(
+    sandboxes: SandboxPair, run_sync: Callable[..., RunReport], make_config: Callable[..., Any], db_url: str
+) -> None:
+    cfg = _retries(make_config, sandboxes, 1)
+    # The first create and stripe-python's one retry both get 503: longer than the client waits.
+    fault = sandboxes.stripe.inject_fault(status=503, body=api_error_body("Service unavailable"), method="POST",
+                                          path=STRIPE_CREATE, count=2)
+
+    first = run_sync("sync", config=cfg)
+
+    assert fault.hits == 2
+    assert first.exit_code == 1 and first.failed == 1 and first.created == 2
+    customers = assert_one_customer_each(sandboxes, BILLED - {ACME})
+    view = read_store(db_url)
+    failed = view.outcome(first.run_id, ACME)
+    assert failed.outcome == "failed" and failed.error_code == "api_error" and "503" in (failed.error_message or "")
+    assert ACME in view.retries and ACME not in view.links
+    view.assert_links_match(customers)
+    assert view.cursor is not None
+
+    second = run_sync("sync", config=cfg, retry_all=True)
+
+    assert second.exit_code == 0 and second.failed == 0 and second.created == 1
+    customers = assert_one_customer_each(sandboxes, BILLED)
+    after = read_store(db_url)
+    after.assert_links_match(customers)
+    assert not after.retries and not after.intents
