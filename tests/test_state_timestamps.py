@@ -17,24 +17,27 @@ aware = st.datetimes(
 STORE = StateStore.open("sqlite:///:memory:")
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=30, deadline=None)
 @given(created=aware)
 def test_any_aware_time_round_trips_as_utc(created: datetime) -> None:
     STORE.record_intent(Intent("default", "001000000000000001", "k", "h", created))
     got = STORE.get_intent("default", "001000000000000001")
     assert got is not None
-    assert got.created_at == created
+    # PEP 495: a time in a DST fold or gap never compares equal across zones, so compare with
+    # the instant Python itself assigns it.
+    assert got.created_at == created.astimezone(UTC)
     assert got.created_at.tzinfo is UTC
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=30, deadline=None)
 @given(failed_at=aware, now=aware)
 def test_due_retries_compare_instants_not_text(failed_at: datetime, now: datetime) -> None:
     STORE.clear_retries("default", ["001000000000000002"])
     item = STORE.schedule_retry("default", "001000000000000002", "e", now=failed_at)
-    assert item.next_attempt_at == failed_at + retry_delay(1)
+    failed_utc, now_utc = failed_at.astimezone(UTC), now.astimezone(UTC)
+    assert item.next_attempt_at == failed_utc + retry_delay(1)
     due = STORE.due_retries("default", now=now)
-    assert bool(due) == (failed_at + timedelta(minutes=1) <= now)
+    assert bool(due) == (failed_utc + timedelta(minutes=1) <= now_utc)
 
 
 @given(attempts=st.integers(min_value=1, max_value=10_000))

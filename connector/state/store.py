@@ -73,6 +73,16 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def _utc(when: datetime | None) -> datetime:
+    """`when` (default: now) in UTC. Arithmetic is done in UTC: adding to a local wall-clock
+    time across a DST change would give the wrong instant."""
+    if when is None:
+        return utcnow()
+    if when.tzinfo is None or when.utcoffset() is None:
+        raise ValueError(f"naive datetime {when!r}: the state store only takes aware datetimes")
+    return when.astimezone(UTC)
+
+
 def retry_delay(attempts: int) -> timedelta:
     """Wait before the next try after `attempts` failures: 1 min, 2, 4, ... capped at 6 h."""
     exponent = min(max(attempts, 1) - 1, 30)  # 2**30 minutes is far past the cap already
@@ -383,7 +393,9 @@ class StateStore:
         # use comes first.
         query = (
             sa.select(t.links)
-            .where(t.links.c.billing_account == billing_account, t.links.c.customer_id == customer_id)
+            .where(
+                t.links.c.billing_account == billing_account, t.links.c.customer_id == customer_id
+            )
             .order_by(sa.case((t.links.c.status == "merged", 1), else_=0), t.links.c.account_id)
         )
         with self._conn() as conn:
@@ -572,7 +584,7 @@ class StateStore:
     def record_outcomes(
         self, run_id: str, outcomes: Iterable[Outcome], *, now: datetime | None = None
     ) -> None:
-        at = now or utcnow()
+        at = _utc(now)
         rows = [
             {
                 "run_id": run_id,
@@ -645,7 +657,7 @@ class StateStore:
         self, billing_account: str, errors: Mapping[str, str], *, now: datetime | None = None
     ) -> dict[str, RetryItem]:
         """`schedule_retry` for many accounts of one billing account, in one transaction."""
-        now = now or utcnow()
+        now = _utc(now)
         if not errors:
             return {}
         q = t.retry_queue
@@ -691,7 +703,7 @@ class StateStore:
         q = t.retry_queue
         query = (
             sa.select(q)
-            .where(q.c.billing_account == billing_account, q.c.next_attempt_at <= (now or utcnow()))
+            .where(q.c.billing_account == billing_account, q.c.next_attempt_at <= _utc(now))
             .order_by(q.c.next_attempt_at, q.c.account_id)
             .limit(limit)
         )
