@@ -184,6 +184,30 @@ def test_a_customer_linked_to_another_account_is_refused_and_nothing_written(
     store.save_links([make_link(account_id(2), customer_id="cus_A", billing_account="eu")])
 
 
+def test_a_merged_link_keeps_its_customer_while_the_survivor_takes_it(store: StateStore) -> None:
+    loser, winner = account_id(1), account_id(2)
+    store.save_links([make_link(loser, customer_id="cus_A")])
+    store.set_link_status("default", loser, "merged")
+    store.save_links([make_link(winner, customer_id="cus_A")])
+    links = store.get_links("default", [loser, winner])
+    assert (links[loser].status, links[loser].customer_id) == ("merged", "cus_A")
+    assert links[winner].customer_id == "cus_A"
+    owner = store.get_link_by_customer("default", "cus_A")
+    assert owner is not None and owner.account_id == winner  # the link in use comes first
+    # the same, in one batch: the loser is merged away and the survivor takes its customer
+    store.save_links([make_link(account_id(3), customer_id="cus_B")])
+    store.save_links(
+        [
+            make_link(account_id(4), customer_id="cus_B"),
+            make_link(account_id(3), customer_id="cus_B", status="merged"),
+        ]
+    )
+    assert store.get_link_by_customer("default", "cus_B").account_id == account_id(4)  # type: ignore[union-attr]
+    # but a merged link cannot be brought back into use while another account has its customer
+    with pytest.raises(ConflictError, match=f"already linked to account {winner}"):
+        store.save_links([make_link(loser, customer_id="cus_A")])
+
+
 def test_lookup_of_5000_ids_is_chunked(store: StateStore) -> None:
     ids = [account_id(n) for n in range(5000)]
     store.save_links([make_link(a) for a in ids[::2]])

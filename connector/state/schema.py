@@ -91,8 +91,12 @@ links = sa.Table(
     # account merged away is kept (status 'merged') while an admin may give its customer to the
     # surviving account.
     sa.Index(
-        "uq_links_billing_account_customer_id", "billing_account", "customer_id", unique=True,
-        sqlite_where=sa.text("status != 'merged'"), postgresql_where=sa.text("status != 'merged'"),
+        "uq_links_billing_account_customer_id",
+        "billing_account",
+        "customer_id",
+        unique=True,
+        sqlite_where=sa.text("status != 'merged'"),
+        postgresql_where=sa.text("status != 'merged'"),
     ),
     sa.Index(None, "billing_account", "status"),
     sa.Index(None, "billing_account", "writeback_pending"),

@@ -439,7 +439,8 @@ class StateStore:
         """Insert or update links by (billing_account, account_id); first_synced_at is kept.
 
         Raises `ConflictError` (code customer_already_linked) and writes nothing if a customer
-        is already linked to another account of the same billing account.
+        is already linked to another account of the same billing account whose link is not
+        merged away.
         """
         now = utcnow()
         by_key: dict[tuple[str, str], Link] = {}
@@ -447,7 +448,10 @@ class StateStore:
             by_key[(link.billing_account, link.account_id)] = link
         if not by_key:
             return
-        rows = [_link_values(link, now) for link in by_key.values()]
+        # Links merged away are written first, so a survivor taking over their customer in the
+        # same batch never meets the unique index while both are still in use.
+        ordered = sorted(by_key.values(), key=lambda link: link.status != "merged")
+        rows = [_link_values(link, now) for link in ordered]
         update = [
             c.name
             for c in t.links.columns
@@ -458,16 +462,20 @@ class StateStore:
             conn.execute(self._upsert(t.links, ["billing_account", "account_id"], update), rows)
 
     def _refuse_customer_reuse(self, conn: Connection, links: list[Link]) -> None:
-        """A customer belongs to one account per billing account (uq_links_billing_account_customer_id);
-        say which account holds it instead of failing on the constraint."""
+        """One customer per account per billing account among links not merged away (the
+        partial unique index uq_links_billing_account_customer_id); say which account holds it
+        instead of failing on the index."""
+        merged_here = {(k.billing_account, k.account_id) for k in links if k.status == "merged"}
         claimed: dict[tuple[str, str], Link] = {}
         for link in links:
+            if link.status == "merged":
+                continue
             other = claimed.setdefault((link.billing_account, link.customer_id), link)
             if other.account_id != link.account_id:
                 raise _customer_taken(link, other.account_id)
         by_account: dict[str, dict[str, Link]] = {}
-        for link in links:
-            by_account.setdefault(link.billing_account, {})[link.customer_id] = link
+        for (billing_account, customer_id), link in claimed.items():
+            by_account.setdefault(billing_account, {})[customer_id] = link
         for billing_account, wanted in by_account.items():
             for chunk in _chunks(wanted):
                 query = sa.select(t.links.c.customer_id, t.links.c.account_id).where(
@@ -476,8 +484,11 @@ class StateStore:
                     t.links.c.status != "merged",
                 )
                 for customer_id, holder in conn.execute(query):
-                    if holder != wanted[customer_id].account_id:
-                        raise _customer_taken(wanted[customer_id], holder)
+                    if holder == wanted[customer_id].account_id:
+                        continue
+                    if (billing_account, holder) in merged_here:
+                        continue  # this batch merges the holder away first (see save_links)
+                    raise _customer_taken(wanted[customer_id], holder)
 
     def set_link_status(self, billing_account: str, account_id: str, status: str) -> bool:
         """Set one link's status; False if there is no such link."""

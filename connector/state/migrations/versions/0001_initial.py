@@ -43,8 +43,12 @@ def upgrade() -> None:
     )
     # Unique among links in use; a merged-away account's link keeps its customer id.
     op.create_index(
-        "uq_links_billing_account_customer_id", "links", ["billing_account", "customer_id"], unique=True,
-        sqlite_where=sa.text("status != 'merged'"), postgresql_where=sa.text("status != 'merged'"),
+        "uq_links_billing_account_customer_id",
+        "links",
+        ["billing_account", "customer_id"],
+        unique=True,
+        sqlite_where=sa.text("status != 'merged'"),
+        postgresql_where=sa.text("status != 'merged'"),
     )
     op.create_index("ix_links_billing_account_status", "links", ["billing_account", "status"])
     op.create_index(
