@@ -329,7 +329,15 @@ _ADDRESS_KEYS = ("city", "country", "line1", "line2", "postal_code", "state")
 
 
 class StripeSandbox(SandboxServer):
-    """The customer part of a Stripe test-mode account, in memory."""
+    """The customer part of a Stripe test-mode account, in memory.
+
+    Keys: any `sk_test_`/`rk_test_` key, or exactly `api_keys` when given. Control API
+    besides the base's: POST /_sandbox/load, POST /_sandbox/reset, GET /_sandbox/customers
+    (?include_deleted=true), POST /_sandbox/customers/{id}/delete and /edit, POST
+    /_sandbox/idempotency/expire ({"older_than": s}); POST /_sandbox/faults also takes
+    {"kind": "lock_timeout" | "rate_limit" | "api_error", "count", "method", "path"}.
+    An injected fault without a body answers in Stripe's error shape.
+    """
 
     kind = "stripe"
 
