@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
@@ -37,11 +39,23 @@ def test_migrated_schema_matches_schema_py(db_url: str) -> None:
 
 
 def test_without_auto_migrate_an_empty_database_names_the_upgrade_command(db_url: str) -> None:
-    with pytest.raises(ConfigError, match=f"no schema yet; run `{UPGRADE_COMMAND}`"):
+    with pytest.raises(
+        ConfigError, match=f"(no schema yet|does not exist); run `{UPGRADE_COMMAND}`"
+    ):
         StateStore.open(db_url, auto_migrate=False)
     StateStore.open(db_url).close()
     with StateStore.open(db_url, auto_migrate=False) as store:
         assert store.current_revision() == "0001"
+
+
+def test_without_auto_migrate_a_missing_sqlite_file_is_not_created(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    with pytest.raises(ConfigError, match=f"{path} does not exist; run `{UPGRADE_COMMAND}`"):
+        StateStore.open(f"sqlite:///{path}", auto_migrate=False)
+    assert not path.exists()
+    path.touch()
+    with pytest.raises(ConfigError, match=f"{path} has no schema yet; run `{UPGRADE_COMMAND}`"):
+        StateStore.open(f"sqlite:///{path}", auto_migrate=False)
 
 
 def test_a_schema_behind_head_names_the_upgrade_command(

@@ -130,6 +130,13 @@ class StateStore:
         backend = parsed.get_backend_name()
         if backend == "sqlite":
             engine, db_path = _sqlite_engine(parsed, busy_timeout)
+            if not auto_migrate and db_path is not None and not db_path.exists():
+                engine.dispose()
+                # Opening would create an empty file; say what to run instead.
+                raise ConfigError(
+                    f"the state database {db_path} does not exist; run `{UPGRADE_COMMAND}` "
+                    "(or set state.auto_migrate: true)"
+                )
         elif backend == "postgresql":
             if parsed.drivername == "postgresql":
                 parsed = parsed.set(drivername="postgresql+psycopg")  # psycopg 3 is what we ship
