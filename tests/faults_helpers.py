@@ -27,7 +27,7 @@ BA = "default"
 FIELD = "Stripe_Customer_Id__c"
 # Paths the faults aim at.
 STRIPE_CREATE = r"^/v1/customers$"
-SF_QUERY = r"/services/data/v[\d.]+/query$"
+SF_QUERY = r"/services/data/v[\d.]+/query/?$"
 # A nextRecordsUrl: /services/data/v62.0/query/01g...-200 (the locator starts with 01g).
 SF_QUERY_MORE = r"/services/data/v[\d.]+/query/01g"
 SF_COLLECTION = r"/services/data/v[\d.]+/composite/sobjects$"
