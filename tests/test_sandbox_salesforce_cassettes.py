@@ -33,7 +33,12 @@ from connector.sandbox.sample import ACME_ADOPTED, load_sample
 CASSETTES = Path(__file__).parent / "cassettes" / "salesforce"
 SESSION_CASSETTE = "session.yaml"
 CLOCK = datetime(2026, 1, 5, 3, 41, 5, tzinfo=UTC)
-USER, PASSWORD, KEY, SECRET = "admin@example.com", "sandbox-password", "sandbox-consumer-key", "sandbox-consumer-secret"
+USER, PASSWORD, KEY, SECRET = (
+    "admin@example.com",
+    "sandbox-password",
+    "sandbox-consumer-key",
+    "sandbox-consumer-secret",
+)
 LOOPBACK = re.compile(r"http://127\.0\.0\.1:\d+")
 NORMAL_HOST = "http://127.0.0.1:0"
 SECRET_FORM_KEYS = {"password", "client_secret", "assertion", "client_assertion"}
@@ -48,7 +53,10 @@ def scrub_request(request: VcrRequest) -> VcrRequest:
     request.uri = normalise(request.uri)
     if request.path.endswith("/services/oauth2/token") and request.body:
         raw = request.body.decode() if isinstance(request.body, bytes) else str(request.body)
-        form = [(k, "REDACTED" if k in SECRET_FORM_KEYS else v) for k, v in parse_qsl(raw, keep_blank_values=True)]
+        form = [
+            (k, "REDACTED" if k in SECRET_FORM_KEYS else v)
+            for k, v in parse_qsl(raw, keep_blank_values=True)
+        ]
         request.body = urlencode(form).encode()
     return request
 
@@ -64,7 +72,9 @@ def scrub_response(response: dict[str, Any]) -> dict[str, Any]:
         data = {k: ("REDACTED" if k in SECRET_JSON_KEYS else v) for k, v in data.items()}
         text = json.dumps(data, separators=(",", ":"))
     response["body"]["string"] = normalise(text).encode("utf-8")
-    response["headers"] = {k: v for k, v in response["headers"].items() if k.lower() != "content-length"}
+    response["headers"] = {
+        k: v for k, v in response["headers"].items() if k.lower() != "content-length"
+    }
     return response
 
 
@@ -93,22 +103,47 @@ def org_data() -> dict[str, Any]:
 
 def scenario(target: str) -> dict[str, Any]:
     """The recorded session; returns everything the client saw, for comparison."""
-    sf = Salesforce(username=USER, password=PASSWORD, consumer_key=KEY, consumer_secret=SECRET,
-                    session=loopback_session(target), version="62.0")
+    sf = Salesforce(
+        username=USER,
+        password=PASSWORD,
+        consumer_key=KEY,
+        consumer_secret=SECRET,
+        session=loopback_session(target),
+        version="62.0",
+    )
     out: dict[str, Any] = {}
     page_opts = {"Sforce-Query-Options": "batchSize=200"}
-    accounts = sf.query_all("SELECT Id, Name, Parent.Name, Region__c FROM Account ORDER BY Name", headers=page_opts)
+    accounts = sf.query_all(
+        "SELECT Id, Name, Parent.Name, Region__c FROM Account ORDER BY Name", headers=page_opts
+    )
     out["accounts"] = [dict(r) for r in accounts["records"]]
     out["orders"] = sf.query(
         "SELECT OrderNumber, StatusCode, ActivatedDate, Account.Name, BillToContact.Email, "
         "SBQQ__Quote__r.SBQQ__PrimaryContact__r.Email FROM Order WHERE StatusCode = 'Activated' ORDER BY OrderNumber"
     )["records"]
     out["update"] = sf.Account.update(ACME_ADOPTED, {"Phone": "+1 602 555 0000"})
-    out["collection"] = sf.restful("composite/sobjects", method="PATCH", json={"allOrNone": False, "records": [
-        {"attributes": {"type": "Account"}, "id": ACME_ADOPTED, "Stripe_Customer_Id__c": "cus_Adopt000000001"},
-        {"attributes": {"type": "Account"}, "id": "001bad", "Stripe_Customer_Id__c": "cus_x"},
-    ]})
-    out["after"] = sf.query(f"SELECT Phone, SystemModstamp FROM Account WHERE Id = '{ACME_ADOPTED}'")["records"]
+    out["collection"] = sf.restful(
+        "composite/sobjects",
+        method="PATCH",
+        json={
+            "allOrNone": False,
+            "records": [
+                {
+                    "attributes": {"type": "Account"},
+                    "id": ACME_ADOPTED,
+                    "Stripe_Customer_Id__c": "cus_Adopt000000001",
+                },
+                {
+                    "attributes": {"type": "Account"},
+                    "id": "001bad",
+                    "Stripe_Customer_Id__c": "cus_x",
+                },
+            ],
+        },
+    )
+    out["after"] = sf.query(
+        f"SELECT Phone, SystemModstamp FROM Account WHERE Id = '{ACME_ADOPTED}'"
+    )["records"]
     out["limits"] = sf.limits()["DailyApiRequests"]
     try:
         sf.query("SELECT COUNT() FROM Account")
@@ -140,12 +175,17 @@ def network_blocked() -> Iterator[list[Any]]:
 
 def record(library: Path) -> None:
     (library / SESSION_CASSETTE).unlink(missing_ok=True)
-    with SalesforceSandbox(org_data(), clock_start=CLOCK) as sb, \
-            make_vcr(library, "all").use_cassette(SESSION_CASSETTE):
+    with (
+        SalesforceSandbox(org_data(), clock_start=CLOCK) as sb,
+        make_vcr(library, "all").use_cassette(SESSION_CASSETTE),
+    ):
         scenario(sb.url)
 
 
-@pytest.mark.skipif(not os.environ.get("SANDBOX_RECORD_CASSETTES"), reason="set SANDBOX_RECORD_CASSETTES=1 to re-record")
+@pytest.mark.skipif(
+    not os.environ.get("SANDBOX_RECORD_CASSETTES"),
+    reason="set SANDBOX_RECORD_CASSETTES=1 to re-record",
+)
 def test_record_the_committed_cassette() -> None:
     CASSETTES.mkdir(parents=True, exist_ok=True)
     record(CASSETTES)
@@ -173,7 +213,10 @@ def test_recording_scrubs_secrets_and_normalises_the_loopback_address(tmp_path: 
 
 def replay(library: Path) -> dict[str, Any]:
     """The scenario against the cassette only; the target port is one nothing listens on."""
-    with network_blocked() as attempts, make_vcr(library, "none").use_cassette(SESSION_CASSETTE) as cassette:
+    with (
+        network_blocked() as attempts,
+        make_vcr(library, "none").use_cassette(SESSION_CASSETTE) as cassette,
+    ):
         replayed = scenario("http://127.0.0.1:9")
     assert attempts == [], f"the replay tried to reach the network: {attempts}"
     assert cassette.all_played
@@ -192,6 +235,9 @@ def test_the_committed_cassette_replays_offline_with_the_same_results() -> None:
     # What the live sandbox answers today must still be what was recorded.
     assert replayed == live_run()
     assert replayed["update"] == 204
-    assert replayed["refused"]["class"] == "SalesforceMalformedRequest" and replayed["refused"]["status"] == 400
+    assert (
+        replayed["refused"]["class"] == "SalesforceMalformedRequest"
+        and replayed["refused"]["status"] == 400
+    )
     assert len(replayed["accounts"]) == 232 and replayed["collection"][1]["success"] is False
     assert replayed["orders"][0]["attributes"]["type"] == "Order"

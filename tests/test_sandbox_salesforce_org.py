@@ -32,7 +32,12 @@ from connector.sandbox.sample import (
 
 CLOCK = datetime(2026, 1, 5, 3, 41, 5, tzinfo=UTC)
 STAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+0000")
-WIN, LOSE1, LOSE2, OTHER = "001000000000001AAA", "001000000000002AAA", "001000000000003AAA", "001000000000004AAA"
+WIN, LOSE1, LOSE2, OTHER = (
+    "001000000000001AAA",
+    "001000000000002AAA",
+    "001000000000003AAA",
+    "001000000000004AAA",
+)
 
 
 def merge_data() -> dict[str, list[dict[str, Any]]]:
@@ -48,9 +53,24 @@ def merge_data() -> dict[str, list[dict[str, Any]]]:
             {"Id": "003000000000002AAA", "AccountId": WIN, "LastName": "Two"},
         ],
         "Order": [
-            {"Id": "801000000000001AAA", "AccountId": LOSE1, "Status": "Activated", "EffectiveDate": "2026-01-01"},
-            {"Id": "801000000000002AAA", "AccountId": LOSE2, "Status": "Draft", "EffectiveDate": "2026-01-01"},
-            {"Id": "801000000000003AAA", "AccountId": WIN, "Status": "Activated", "EffectiveDate": "2026-01-01"},
+            {
+                "Id": "801000000000001AAA",
+                "AccountId": LOSE1,
+                "Status": "Activated",
+                "EffectiveDate": "2026-01-01",
+            },
+            {
+                "Id": "801000000000002AAA",
+                "AccountId": LOSE2,
+                "Status": "Draft",
+                "EffectiveDate": "2026-01-01",
+            },
+            {
+                "Id": "801000000000003AAA",
+                "AccountId": WIN,
+                "Status": "Activated",
+                "EffectiveDate": "2026-01-01",
+            },
         ],
     }
 
@@ -62,7 +82,12 @@ def org() -> Iterator[SalesforceSandbox]:
 
 
 def client(sb: SalesforceSandbox) -> Salesforce:
-    return Salesforce(instance_url=sb.url, session_id=sb.access_token, session=loopback_session(sb.url), version="62.0")
+    return Salesforce(
+        instance_url=sb.url,
+        session_id=sb.access_token,
+        session=loopback_session(sb.url),
+        version="62.0",
+    )
 
 
 # --- start ------------------------------------------------------------------------------------
@@ -81,13 +106,27 @@ def test_the_sample_org_starts_and_answers_well_under_a_second() -> None:
     assert elapsed < 0.5, f"start took {elapsed:.3f}s"
 
 
+def test_a_query_round_trip_takes_milliseconds_not_a_delayed_ack() -> None:
+    with SalesforceSandbox(load_sample()["salesforce"]) as sb:
+        sf = client(sb)
+        sf.query("SELECT Id FROM Account")  # connection established
+        timings = []
+        for _ in range(15):
+            t0 = time.perf_counter()
+            sf.query("SELECT Id, Name, Account.Name FROM Order WHERE StatusCode = 'Activated'")
+            timings.append(time.perf_counter() - t0)
+    assert sorted(timings)[len(timings) // 2] < 0.03, timings
+
+
 # --- the Python API ------------------------------------------------------------------------------
 
 
 def test_generated_ids_have_the_key_prefix_and_a_valid_case_suffix(org: SalesforceSandbox) -> None:
     acc = org.create("Account", {"Name": "New"})
     contact = org.create("Contact", {"LastName": "X", "AccountId": acc})
-    order = org.create("Order", {"AccountId": acc, "Status": "Draft", "EffectiveDate": "2026-01-01"})
+    order = org.create(
+        "Order", {"AccountId": acc, "Status": "Draft", "EffectiveDate": "2026-01-01"}
+    )
     quote = org.create("SBQQ__Quote__c", {"SBQQ__Account__c": acc})
 
     for rid, prefix in ((acc, "001"), (contact, "003"), (order, "801"), (quote, "a0X")):
@@ -98,15 +137,25 @@ def test_generated_ids_have_the_key_prefix_and_a_valid_case_suffix(org: Salesfor
 
 
 def test_records_may_refer_to_each_other_by_15_or_18_character_ids() -> None:
-    with SalesforceSandbox({"Account": [{"Id": "001000000000001", "Name": "P"},
-                                        {"Id": "001000000000002AAA", "Name": "C", "ParentId": "001000000000001"}]}) as sb:
+    with SalesforceSandbox(
+        {
+            "Account": [
+                {"Id": "001000000000001", "Name": "P"},
+                {"Id": "001000000000002AAA", "Name": "C", "ParentId": "001000000000001"},
+            ]
+        }
+    ) as sb:
         child = sb.get("Account", "001000000000002")
         assert child is not None and child["ParentId"] == "001000000000001AAA"
-        rows = client(sb).query("SELECT Parent.Name FROM Account WHERE Id = '001000000000002AAA'")["records"]
+        rows = client(sb).query("SELECT Parent.Name FROM Account WHERE Id = '001000000000002AAA'")[
+            "records"
+        ]
         assert rows[0]["Parent"]["Name"] == "P"
 
 
-def test_get_includes_deleted_records_and_records_hides_them_unless_asked(org: SalesforceSandbox) -> None:
+def test_get_includes_deleted_records_and_records_hides_them_unless_asked(
+    org: SalesforceSandbox,
+) -> None:
     org.delete("Account", OTHER)
 
     assert org.get("Account", OTHER)["IsDeleted"] is True
@@ -126,7 +175,9 @@ def test_unknown_objects_and_fields_are_refused_by_the_python_api(org: Salesforc
         org.load({"Opportunity": []})
 
 
-def test_load_replaces_the_data_and_reset_returns_to_the_initial_data(org: SalesforceSandbox) -> None:
+def test_load_replaces_the_data_and_reset_returns_to_the_initial_data(
+    org: SalesforceSandbox,
+) -> None:
     org.create("Account", {"Name": "Extra"})
     org.load({"Account": [{"Name": "Only one"}]})
     assert [r["Name"] for r in org.records("Account")] == ["Only one"]
@@ -140,10 +191,16 @@ def test_load_replaces_the_data_and_reset_returns_to_the_initial_data(org: Sales
 
 
 def _all_stamps(sb: SalesforceSandbox) -> list[str]:
-    return [r["SystemModstamp"] for name in ("Account", "Contact", "Order") for r in sb.records(name, include_deleted=True)]
+    return [
+        r["SystemModstamp"]
+        for name in ("Account", "Contact", "Order")
+        for r in sb.records(name, include_deleted=True)
+    ]
 
 
-def test_every_change_moves_system_modstamp_strictly_forward_across_the_org(org: SalesforceSandbox) -> None:
+def test_every_change_moves_system_modstamp_strictly_forward_across_the_org(
+    org: SalesforceSandbox,
+) -> None:
     stamps = _all_stamps(org)
     assert all(STAMP.fullmatch(s) for s in stamps)
     assert len(set(stamps)) == len(stamps)  # a bulk load gets distinct stamps too
@@ -166,7 +223,9 @@ def test_advance_clock_moves_time_and_reset_never_moves_it_back(org: SalesforceS
     before = datetime.strptime(org.now(), "%Y-%m-%dT%H:%M:%S.000+0000")
     org.advance_clock(3600)
     org.update("Account", WIN, {"Phone": "9"})
-    stamp = datetime.strptime(org.get("Account", WIN)["SystemModstamp"], "%Y-%m-%dT%H:%M:%S.000+0000")
+    stamp = datetime.strptime(
+        org.get("Account", WIN)["SystemModstamp"], "%Y-%m-%dT%H:%M:%S.000+0000"
+    )
     assert stamp - before >= timedelta(seconds=3600)
 
     org.reset()  # the data comes back with new stamps, after everything before
@@ -183,13 +242,26 @@ def test_a_fixed_clock_start_makes_stamps_deterministic() -> None:
 def test_without_a_clock_start_stamps_follow_the_wall_clock() -> None:
     sb = SalesforceSandbox(merge_data())
     now = datetime.now(UTC)
-    newest = datetime.strptime(max(_all_stamps(sb)), "%Y-%m-%dT%H:%M:%S.000+0000").replace(tzinfo=UTC)
+    newest = datetime.strptime(max(_all_stamps(sb)), "%Y-%m-%dT%H:%M:%S.000+0000").replace(
+        tzinfo=UTC
+    )
     assert abs((newest - now).total_seconds()) < 5
 
 
 def test_given_stamps_are_kept_and_later_changes_come_after_them() -> None:
     future = "2030-01-01T00:00:00.000+0000"
-    sb = SalesforceSandbox({"Account": [{"Id": WIN, "Name": "A", "SystemModstamp": future, "CreatedDate": "2029-01-01T00:00:00Z"}]})
+    sb = SalesforceSandbox(
+        {
+            "Account": [
+                {
+                    "Id": WIN,
+                    "Name": "A",
+                    "SystemModstamp": future,
+                    "CreatedDate": "2029-01-01T00:00:00Z",
+                }
+            ]
+        }
+    )
     assert sb.get("Account", WIN)["SystemModstamp"] == future
     assert sb.get("Account", WIN)["CreatedDate"] == "2029-01-01T00:00:00.000+0000"
     sb.update("Account", WIN, {"Phone": "1"})
@@ -199,13 +271,22 @@ def test_given_stamps_are_kept_and_later_changes_come_after_them() -> None:
 # --- merge ---------------------------------------------------------------------------------------
 
 
-def test_merge_deletes_losers_reparents_children_and_keeps_chosen_values(org: SalesforceSandbox) -> None:
-    before = {name: {r["Id"]: r["SystemModstamp"] for r in org.records(name)} for name in ("Account", "Contact", "Order")}
+def test_merge_deletes_losers_reparents_children_and_keeps_chosen_values(
+    org: SalesforceSandbox,
+) -> None:
+    before = {
+        name: {r["Id"]: r["SystemModstamp"] for r in org.records(name)}
+        for name in ("Account", "Contact", "Order")
+    }
 
     org.merge(WIN, [LOSE1, LOSE2], keep_from={"Stripe_Customer_Id__c": LOSE1})
 
     winner = org.get("Account", WIN)
-    assert winner["Stripe_Customer_Id__c"] == "cus_FromLoser1" and winner["Phone"] == "1" and not winner["IsDeleted"]
+    assert (
+        winner["Stripe_Customer_Id__c"] == "cus_FromLoser1"
+        and winner["Phone"] == "1"
+        and not winner["IsDeleted"]
+    )
     assert winner["SystemModstamp"] > before["Account"][WIN]
     for loser in (LOSE1, LOSE2):
         rec = org.get("Account", loser)
@@ -217,8 +298,14 @@ def test_merge_deletes_losers_reparents_children_and_keeps_chosen_values(org: Sa
     assert org.get("Contact", "003000000000001AAA")["AccountId"] == WIN
     assert org.get("Account", OTHER)["ParentId"] == WIN
     # untouched records keep their stamp
-    assert org.get("Order", "801000000000003AAA")["SystemModstamp"] == before["Order"]["801000000000003AAA"]
-    assert org.get("Contact", "003000000000002AAA")["SystemModstamp"] == before["Contact"]["003000000000002AAA"]
+    assert (
+        org.get("Order", "801000000000003AAA")["SystemModstamp"]
+        == before["Order"]["801000000000003AAA"]
+    )
+    assert (
+        org.get("Contact", "003000000000002AAA")["SystemModstamp"]
+        == before["Contact"]["003000000000002AAA"]
+    )
 
 
 def test_merged_losers_show_only_in_query_all_with_master_record_id(org: SalesforceSandbox) -> None:
@@ -226,24 +313,37 @@ def test_merged_losers_show_only_in_query_all_with_master_record_id(org: Salesfo
     sf = client(org)
 
     assert LOSE1 not in {r["Id"] for r in sf.query("SELECT Id FROM Account")["records"]}
-    rows = sf.query("SELECT Id, MasterRecordId, MasterRecord.Name FROM Account "
-                    "WHERE IsDeleted = true AND MasterRecordId != null", include_deleted=True)["records"]
-    assert [(r["Id"], r["MasterRecordId"], r["MasterRecord"]["Name"]) for r in rows] == [(LOSE1, WIN, "Acme Corp")]
+    rows = sf.query(
+        "SELECT Id, MasterRecordId, MasterRecord.Name FROM Account "
+        "WHERE IsDeleted = true AND MasterRecordId != null",
+        include_deleted=True,
+    )["records"]
+    assert [(r["Id"], r["MasterRecordId"], r["MasterRecord"]["Name"]) for r in rows] == [
+        (LOSE1, WIN, "Acme Corp")
+    ]
     orders = sf.query(f"SELECT Id FROM Order WHERE AccountId = '{WIN}'")["records"]
     assert len(orders) == 2
 
 
-@pytest.mark.parametrize(("winner", "losers", "keep", "message"), [
-    (WIN, [LOSE1, LOSE2, OTHER], None, "one or two losers"),
-    (WIN, [], None, "one or two losers"),
-    (WIN, [WIN], None, "cannot also be a loser"),
-    (WIN, ["001000000000999AAA"], None, "no Account"),
-    (WIN, [LOSE1], {"Stripe_Customer_Id__c": LOSE2}, "not a loser"),
-    (WIN, [LOSE1], {"SystemModstamp": LOSE1}, "cannot keep"),
-    ("801000000000001AAA", ["801000000000002AAA"], None, "cannot be merged"),
-])
-def test_merges_salesforce_would_refuse_are_refused(org: SalesforceSandbox, winner: str, losers: list[str],
-                                                    keep: dict[str, str] | None, message: str) -> None:
+@pytest.mark.parametrize(
+    ("winner", "losers", "keep", "message"),
+    [
+        (WIN, [LOSE1, LOSE2, OTHER], None, "one or two losers"),
+        (WIN, [], None, "one or two losers"),
+        (WIN, [WIN], None, "cannot also be a loser"),
+        (WIN, ["001000000000999AAA"], None, "no Account"),
+        (WIN, [LOSE1], {"Stripe_Customer_Id__c": LOSE2}, "not a loser"),
+        (WIN, [LOSE1], {"SystemModstamp": LOSE1}, "cannot keep"),
+        ("801000000000001AAA", ["801000000000002AAA"], None, "cannot be merged"),
+    ],
+)
+def test_merges_salesforce_would_refuse_are_refused(
+    org: SalesforceSandbox,
+    winner: str,
+    losers: list[str],
+    keep: dict[str, str] | None,
+    message: str,
+) -> None:
     with pytest.raises(ValueError, match=message):
         org.merge(winner, losers, keep_from=keep)
     assert not org.get("Account", LOSE1)["IsDeleted"]
@@ -262,26 +362,45 @@ def test_control_api_shapes_the_org_without_counting_api_calls(org: SalesforceSa
     base = f"{org.url}/_sandbox"
     made = requests.post(f"{base}/records/Account", json={"Name": "Via control"}, timeout=5).json()
     assert made["ok"] is True and made["id"].startswith("001")
-    assert requests.patch(f"{base}/records/Account/{made['id']}", json={"Phone": "7"}, timeout=5).json() == {"ok": True}
+    assert requests.patch(
+        f"{base}/records/Account/{made['id']}", json={"Phone": "7"}, timeout=5
+    ).json() == {"ok": True}
     assert org.get("Account", made["id"])["Phone"] == "7"
-    assert requests.post(f"{base}/merge", json={"winner": WIN, "losers": [LOSE1],
-                                                "keep_from": {"Stripe_Customer_Id__c": LOSE1}}, timeout=5).ok
+    assert requests.post(
+        f"{base}/merge",
+        json={"winner": WIN, "losers": [LOSE1], "keep_from": {"Stripe_Customer_Id__c": LOSE1}},
+        timeout=5,
+    ).ok
     assert org.get("Account", WIN)["Stripe_Customer_Id__c"] == "cus_FromLoser1"
     bad = requests.post(f"{base}/merge", json={"winner": WIN, "losers": [LOSE1]}, timeout=5)
     assert bad.status_code == 400 and "already deleted" in bad.json()["error"]
 
-    assert requests.post(f"{base}/load", json={"Account": [{"Name": "Loaded"}]}, timeout=5).json()["records"]["Account"] == 1
+    assert (
+        requests.post(f"{base}/load", json={"Account": [{"Name": "Loaded"}]}, timeout=5).json()[
+            "records"
+        ]["Account"]
+        == 1
+    )
     assert [r["Name"] for r in org.records("Account")] == ["Loaded"]
     assert requests.post(f"{base}/reset", timeout=5).ok
     assert len(org.records("Account")) == 4
-    assert requests.post(f"{base}/clock", json={"advance": 60}, timeout=5).json()["now"] > org.get("Account", WIN)["SystemModstamp"]
+    assert (
+        requests.post(f"{base}/clock", json={"advance": 60}, timeout=5).json()["now"]
+        > org.get("Account", WIN)["SystemModstamp"]
+    )
     assert org.api_calls_used == 0
 
     sf = client(org)
     sf.query("SELECT Id FROM Account")
     assert requests.post(f"{base}/expire_sessions", timeout=5).ok
-    assert requests.get(f"{org.url}/services/data/v62.0/limits",
-                        headers={"Authorization": f"Bearer {org.access_token}"}, timeout=5).status_code == 401
+    assert (
+        requests.get(
+            f"{org.url}/services/data/v62.0/limits",
+            headers={"Authorization": f"Bearer {org.access_token}"},
+            timeout=5,
+        ).status_code
+        == 401
+    )
     assert requests.post(f"{base}/daily_limit", json={"max": 10}, timeout=5).json()["max"] == 10
     stats = requests.get(f"{base}/stats", timeout=5).json()
     assert stats["api_usage"] == {"used": 1, "max": 10} and stats["records"]["Account"] == 4
@@ -289,7 +408,11 @@ def test_control_api_shapes_the_org_without_counting_api_calls(org: SalesforceSa
 
 def test_faults_from_the_shared_base_apply_to_salesforce_calls(org: SalesforceSandbox) -> None:
     sf = client(org)
-    org.inject_fault(status=503, path="/query", body=[{"errorCode": "SERVER_UNAVAILABLE", "message": "try later"}])
+    org.inject_fault(
+        status=503,
+        path="/query",
+        body=[{"errorCode": "SERVER_UNAVAILABLE", "message": "try later"}],
+    )
     with pytest.raises(Exception) as err:
         sf.query("SELECT Id FROM Account")
     assert getattr(err.value, "status", None) == 503
@@ -305,16 +428,29 @@ def test_faults_from_the_shared_base_apply_to_salesforce_calls(org: SalesforceSa
 
 
 def test_bulk2_query_returns_csv_pages_with_locators() -> None:
-    data = {"Account": [{"Name": f"Bulk {i:03d}", "BillingCountry": "DE" if i % 2 else None} for i in range(250)]}
+    data = {
+        "Account": [
+            {"Name": f"Bulk {i:03d}", "BillingCountry": "DE" if i % 2 else None} for i in range(250)
+        ]
+    }
     with SalesforceSandbox(data) as sb:
         sf = client(sb)
-        pages = list(sf.bulk2.Account.query("SELECT Id, Name, BillingCountry FROM Account ORDER BY Name",
-                                            max_records=100, wait=0))
+        pages = list(
+            sf.bulk2.Account.query(
+                "SELECT Id, Name, BillingCountry FROM Account ORDER BY Name",
+                max_records=100,
+                wait=0,
+            )
+        )
 
     assert len(pages) == 3
     rows = [row for page in pages for row in csv.DictReader(io.StringIO(page))]
     assert len(rows) == 250 and list(rows[0]) == ["Id", "Name", "BillingCountry"]
-    assert rows[0]["Name"] == "Bulk 000" and rows[1]["BillingCountry"] == "DE" and rows[0]["BillingCountry"] == ""
+    assert (
+        rows[0]["Name"] == "Bulk 000"
+        and rows[1]["BillingCountry"] == "DE"
+        and rows[0]["BillingCountry"] == ""
+    )
     assert pages[0].startswith('"Id","Name","BillingCountry"\n"001')
 
 
@@ -350,9 +486,13 @@ def test_sample_data_has_the_shapes_the_connector_must_cope_with() -> None:
     assert all(c["Email"] is None or "@" in c["Email"] for c in sb.records("Contact"))
     assert accounts[ACME_ADOPTED]["Stripe_Customer_Id__c"] == ACME_STRIPE_CUSTOMER
     assert {"id": ACME_STRIPE_CUSTOMER, "metadata": {}}.items() <= next(
-        c for c in sample["stripe"]["customers"] if c["id"] == ACME_STRIPE_CUSTOMER).items()
+        c for c in sample["stripe"]["customers"] if c["id"] == ACME_STRIPE_CUSTOMER
+    ).items()
     quote = sb.get("SBQQ__Quote__c", STARK_QUOTE)
-    assert sb.get("Order", STARK_ORDER)["SBQQ__Quote__c"] == STARK_QUOTE and quote["SBQQ__PrimaryContact__c"] == PEPPER_POTTS
+    assert (
+        sb.get("Order", STARK_ORDER)["SBQQ__Quote__c"] == STARK_QUOTE
+        and quote["SBQQ__PrimaryContact__c"] == PEPPER_POTTS
+    )
 
 
 def test_load_sample_returns_a_fresh_copy_each_time() -> None:

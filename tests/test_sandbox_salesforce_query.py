@@ -22,7 +22,12 @@ from connector.sandbox.sample import GLOBEX_DE, GLOBEX_HOLDINGS, STARK_ORDER, lo
 GLOBEX_DE_ORDER = "801000000000001AAA"  # Globex Deutschland's first order, billed to Katrin Vogel
 CLOCK = datetime(2026, 1, 5, 3, 41, 5, tzinfo=UTC)
 
-A1, A2, A3, A4 = "001000000000001AAA", "001000000000002AAA", "001000000000003AAA", "001000000000004AAA"
+A1, A2, A3, A4 = (
+    "001000000000001AAA",
+    "001000000000002AAA",
+    "001000000000003AAA",
+    "001000000000004AAA",
+)
 O1, O2, O3 = "801000000000001AAA", "801000000000002AAA", "801000000000003AAA"
 Q1 = "a0X000000000001EAA"
 
@@ -36,9 +41,27 @@ def small_org() -> dict[str, list[dict[str, Any]]]:
             {"Id": A4, "Name": "Delta_x", "BillingCountry": "France", "ParentId": A1},
         ],
         "Order": [
-            {"Id": O1, "AccountId": A1, "Status": "Activated", "EffectiveDate": "2026-01-01", "TotalAmount": 100},
-            {"Id": O2, "AccountId": A2, "Status": "Draft", "EffectiveDate": "2026-02-01", "TotalAmount": 250.5},
-            {"Id": O3, "AccountId": A3, "Status": "Activated", "EffectiveDate": "2026-03-01", "SBQQ__Quote__c": Q1},
+            {
+                "Id": O1,
+                "AccountId": A1,
+                "Status": "Activated",
+                "EffectiveDate": "2026-01-01",
+                "TotalAmount": 100,
+            },
+            {
+                "Id": O2,
+                "AccountId": A2,
+                "Status": "Draft",
+                "EffectiveDate": "2026-02-01",
+                "TotalAmount": 250.5,
+            },
+            {
+                "Id": O3,
+                "AccountId": A3,
+                "Status": "Activated",
+                "EffectiveDate": "2026-03-01",
+                "SBQQ__Quote__c": Q1,
+            },
         ],
         "SBQQ__Quote__c": [{"Id": Q1, "SBQQ__Account__c": A3, "SBQQ__Primary__c": True}],
     }
@@ -57,7 +80,12 @@ def sample_org() -> Iterator[SalesforceSandbox]:
 
 
 def client(sb: SalesforceSandbox) -> Salesforce:
-    return Salesforce(instance_url=sb.url, session_id=sb.access_token, session=loopback_session(sb.url), version="62.0")
+    return Salesforce(
+        instance_url=sb.url,
+        session_id=sb.access_token,
+        session=loopback_session(sb.url),
+        version="62.0",
+    )
 
 
 @pytest.fixture
@@ -72,31 +100,50 @@ def ids(result: dict[str, Any]) -> set[str]:
 # --- shape ------------------------------------------------------------------------------------
 
 
-def test_records_carry_attributes_and_fields_in_select_order_with_canonical_names(sf: Salesforce) -> None:
+def test_records_carry_attributes_and_fields_in_select_order_with_canonical_names(
+    sf: Salesforce,
+) -> None:
     result = sf.query(f"select billingcountry, NAME, id from account where id = '{A1}'")
 
     assert result["totalSize"] == 1 and result["done"] is True and "nextRecordsUrl" not in result
     [rec] = result["records"]
     assert list(rec) == ["attributes", "BillingCountry", "Name", "Id"]
-    assert rec["attributes"] == {"type": "Account", "url": f"/services/data/v62.0/sobjects/Account/{A1}"}
+    assert rec["attributes"] == {
+        "type": "Account",
+        "url": f"/services/data/v62.0/sobjects/Account/{A1}",
+    }
     assert rec["Name"] == "Alpha" and rec["BillingCountry"] == "Germany"
 
 
 def test_an_empty_result_is_the_bare_envelope(sf: Salesforce) -> None:
-    assert dict(sf.query("SELECT Id FROM Account WHERE Name = 'nobody'")) == {"totalSize": 0, "done": True, "records": []}
+    assert dict(sf.query("SELECT Id FROM Account WHERE Name = 'nobody'")) == {
+        "totalSize": 0,
+        "done": True,
+        "records": [],
+    }
 
 
-def test_parent_relationships_nest_two_levels_and_empty_lookups_are_null(sample_org: SalesforceSandbox) -> None:
+def test_parent_relationships_nest_two_levels_and_empty_lookups_are_null(
+    sample_org: SalesforceSandbox,
+) -> None:
     sf = client(sample_org)
-    soql = ("SELECT Id, Account.Name, Account.Parent.Name, BillToContact.Email, "
-            "SBQQ__Quote__r.SBQQ__PrimaryContact__r.Email FROM Order WHERE Id IN ('{}', '{}') ORDER BY Id")
+    soql = (
+        "SELECT Id, Account.Name, Account.Parent.Name, BillToContact.Email, "
+        "SBQQ__Quote__r.SBQQ__PrimaryContact__r.Email FROM Order WHERE Id IN ('{}', '{}') ORDER BY Id"
+    )
     de, stark = sf.query(soql.format(GLOBEX_DE_ORDER, STARK_ORDER))["records"]
 
     assert de["Account"] == {
-        "attributes": {"type": "Account", "url": f"/services/data/v62.0/sobjects/Account/{GLOBEX_DE}"},
+        "attributes": {
+            "type": "Account",
+            "url": f"/services/data/v62.0/sobjects/Account/{GLOBEX_DE}",
+        },
         "Name": "Globex Deutschland GmbH",
         "Parent": {
-            "attributes": {"type": "Account", "url": f"/services/data/v62.0/sobjects/Account/{GLOBEX_HOLDINGS}"},
+            "attributes": {
+                "type": "Account",
+                "url": f"/services/data/v62.0/sobjects/Account/{GLOBEX_HOLDINGS}",
+            },
             "Name": "Globex Holdings",
         },
     }
@@ -105,12 +152,16 @@ def test_parent_relationships_nest_two_levels_and_empty_lookups_are_null(sample_
     assert stark["Account"]["Parent"] is None
     assert stark["BillToContact"] is None
     assert stark["SBQQ__Quote__r"]["attributes"]["type"] == "SBQQ__Quote__c"
-    assert stark["SBQQ__Quote__r"]["SBQQ__PrimaryContact__r"]["Email"] == "pepper.potts@stark.example"
+    assert (
+        stark["SBQQ__Quote__r"]["SBQQ__PrimaryContact__r"]["Email"] == "pepper.potts@stark.example"
+    )
     assert list(stark) == ["attributes", "Id", "Account", "BillToContact", "SBQQ__Quote__r"]
 
 
 def test_datetimes_are_in_rest_form_and_booleans_are_json(sf: Salesforce) -> None:
-    [rec] = sf.query(f"SELECT SystemModstamp, IsDeleted, ActivatedDate, EffectiveDate FROM Order WHERE Id = '{O1}'")["records"]
+    [rec] = sf.query(
+        f"SELECT SystemModstamp, IsDeleted, ActivatedDate, EffectiveDate FROM Order WHERE Id = '{O1}'"
+    )["records"]
 
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.000\+0000", rec["SystemModstamp"])
     assert rec["IsDeleted"] is False
@@ -134,7 +185,9 @@ def test_pages_follow_the_batch_size_with_a_query_locator_path(big_org: Salesfor
 
     first = sf.query("SELECT Id, Name FROM Account ORDER BY Name", headers=headers)
     assert (first["totalSize"], first["done"], len(first["records"])) == (450, False, 200)
-    assert re.fullmatch(r"/services/data/v62\.0/query/01g[A-Za-z0-9]{15}-200", first["nextRecordsUrl"])
+    assert re.fullmatch(
+        r"/services/data/v62\.0/query/01g[A-Za-z0-9]{15}-200", first["nextRecordsUrl"]
+    )
     second = sf.query_more(first["nextRecordsUrl"], identifier_is_url=True, headers=headers)
     assert (second["totalSize"], second["done"], len(second["records"])) == (450, False, 200)
     assert second["nextRecordsUrl"].endswith("-400")
@@ -145,7 +198,9 @@ def test_pages_follow_the_batch_size_with_a_query_locator_path(big_org: Salesfor
     assert names == [f"Account {i:04d}" for i in range(450)]
 
 
-def test_query_all_follows_every_page_and_a_locator_id_also_works(big_org: SalesforceSandbox) -> None:
+def test_query_all_follows_every_page_and_a_locator_id_also_works(
+    big_org: SalesforceSandbox,
+) -> None:
     sf = client(big_org)
     headers = {"Sforce-Query-Options": "batchSize=200"}
 
@@ -170,7 +225,9 @@ def test_unknown_used_up_or_expired_locators_are_refused(big_org: SalesforceSand
 
     with pytest.raises(SalesforceMalformedRequest) as bogus:
         sf.query_more("/services/data/v62.0/query/01gXXXXXXXXXXXXXXX-200", identifier_is_url=True)
-    assert bogus.value.content == [{"message": "invalid query locator", "errorCode": "INVALID_QUERY_LOCATOR"}]
+    assert bogus.value.content == [
+        {"message": "invalid query locator", "errorCode": "INVALID_QUERY_LOCATOR"}
+    ]
 
     big_org.expire_query_locators()
     with pytest.raises(SalesforceMalformedRequest) as expired:
@@ -188,7 +245,9 @@ def test_unknown_used_up_or_expired_locators_are_refused(big_org: SalesforceSand
 # --- query vs queryAll ------------------------------------------------------------------------
 
 
-def test_deleted_rows_only_come_back_through_query_all(org: SalesforceSandbox, sf: Salesforce) -> None:
+def test_deleted_rows_only_come_back_through_query_all(
+    org: SalesforceSandbox, sf: Salesforce
+) -> None:
     org.delete("Account", A2)
 
     assert A2 not in ids(sf.query("SELECT Id FROM Account"))
@@ -196,7 +255,9 @@ def test_deleted_rows_only_come_back_through_query_all(org: SalesforceSandbox, s
     everything = sf.query("SELECT Id, IsDeleted FROM Account", include_deleted=True)
     assert ids(everything) == {A1, A2, A3, A4}
     assert {r["Id"]: r["IsDeleted"] for r in everything["records"]}[A2] is True
-    assert ids(sf.query("SELECT Id FROM Account WHERE IsDeleted = true", include_deleted=True)) == {A2}
+    assert ids(sf.query("SELECT Id FROM Account WHERE IsDeleted = true", include_deleted=True)) == {
+        A2
+    }
 
 
 def test_query_all_pages_through_query_locators_too() -> None:
@@ -204,7 +265,11 @@ def test_query_all_pages_through_query_locators_too() -> None:
         for rec in sb.records("Account")[:10]:
             sb.delete("Account", rec["Id"])
         sf = client(sb)
-        first = sf.query("SELECT Id FROM Account", include_deleted=True, headers={"Sforce-Query-Options": "batchSize=200"})
+        first = sf.query(
+            "SELECT Id FROM Account",
+            include_deleted=True,
+            headers={"Sforce-Query-Options": "batchSize=200"},
+        )
         assert first["totalSize"] == 300 and "/query/" in first["nextRecordsUrl"]
         rest = sf.query_more(first["nextRecordsUrl"], identifier_is_url=True)
         assert len(first["records"]) + len(rest["records"]) == 300
@@ -242,7 +307,9 @@ OPERATOR_CASES = [
 
 
 @pytest.mark.parametrize(("where", "expected"), OPERATOR_CASES, ids=[c[0] for c in OPERATOR_CASES])
-def test_where_operators_select_the_right_accounts(sf: Salesforce, where: str, expected: set[str]) -> None:
+def test_where_operators_select_the_right_accounts(
+    sf: Salesforce, where: str, expected: set[str]
+) -> None:
     assert ids(sf.query(f"SELECT Id FROM Account WHERE {where}")) == expected
 
 
@@ -261,12 +328,16 @@ ORDER_CASES = [
 
 
 @pytest.mark.parametrize(("where", "expected"), ORDER_CASES, ids=[c[0] for c in ORDER_CASES])
-def test_where_on_numbers_dates_and_relationship_paths(sf: Salesforce, where: str, expected: set[str]) -> None:
+def test_where_on_numbers_dates_and_relationship_paths(
+    sf: Salesforce, where: str, expected: set[str]
+) -> None:
     assert ids(sf.query(f"SELECT Id FROM Order WHERE {where}")) == expected
 
 
 @pytest.mark.parametrize("literal", ["{z}", "{ms}", "{plus_one}", "{compact_plus_one}"])
-def test_datetime_literals_in_every_written_form_compare_by_instant(org: SalesforceSandbox, sf: Salesforce, literal: str) -> None:
+def test_datetime_literals_in_every_written_form_compare_by_instant(
+    org: SalesforceSandbox, sf: Salesforce, literal: str
+) -> None:
     stamp = org.get("Account", A3)["SystemModstamp"]  # e.g. 2026-01-05T03:41:07.000+0000
     day, time_ = stamp[:10], stamp[11:19]
     hour = int(time_[:2]) + 1
@@ -287,11 +358,36 @@ def test_order_by_several_fields_with_nulls_first_and_last(sf: Salesforce) -> No
     def names(soql: str) -> list[str]:
         return [r["Name"] for r in sf.query(soql)["records"]]
 
-    assert names("SELECT Name FROM Account ORDER BY BillingCountry, Name") == ["Gamma 100%", "beta", "Delta_x", "Alpha"]
-    assert names("SELECT Name FROM Account ORDER BY BillingCountry NULLS LAST") == ["beta", "Delta_x", "Alpha", "Gamma 100%"]
-    assert names("SELECT Name FROM Account ORDER BY BillingCountry DESC") == ["Alpha", "Delta_x", "beta", "Gamma 100%"]
-    assert names("SELECT Name FROM Account ORDER BY BillingCountry DESC NULLS FIRST") == ["Gamma 100%", "Alpha", "Delta_x", "beta"]
-    assert names("SELECT Name FROM Account ORDER BY Parent.Name DESC NULLS LAST, Name ASC") == ["Delta_x", "Gamma 100%", "Alpha", "beta"]
+    assert names("SELECT Name FROM Account ORDER BY BillingCountry, Name") == [
+        "Gamma 100%",
+        "beta",
+        "Delta_x",
+        "Alpha",
+    ]
+    assert names("SELECT Name FROM Account ORDER BY BillingCountry NULLS LAST") == [
+        "beta",
+        "Delta_x",
+        "Alpha",
+        "Gamma 100%",
+    ]
+    assert names("SELECT Name FROM Account ORDER BY BillingCountry DESC") == [
+        "Alpha",
+        "Delta_x",
+        "beta",
+        "Gamma 100%",
+    ]
+    assert names("SELECT Name FROM Account ORDER BY BillingCountry DESC NULLS FIRST") == [
+        "Gamma 100%",
+        "Alpha",
+        "Delta_x",
+        "beta",
+    ]
+    assert names("SELECT Name FROM Account ORDER BY Parent.Name DESC NULLS LAST, Name ASC") == [
+        "Delta_x",
+        "Gamma 100%",
+        "Alpha",
+        "beta",
+    ]
     assert names("SELECT Name FROM Account ORDER BY Name DESC LIMIT 2") == ["Gamma 100%", "Delta_x"]
 
 
@@ -336,7 +432,9 @@ REFUSED = [
 
 
 @pytest.mark.parametrize(("soql", "code"), REFUSED, ids=[r[0] for r in REFUSED])
-def test_unsupported_or_wrong_soql_is_refused_with_salesforce_error_body(sf: Salesforce, soql: str, code: str) -> None:
+def test_unsupported_or_wrong_soql_is_refused_with_salesforce_error_body(
+    sf: Salesforce, soql: str, code: str
+) -> None:
     with pytest.raises(SalesforceMalformedRequest) as err:
         sf.query(soql)
 
@@ -350,13 +448,15 @@ def test_unknown_field_message_has_the_caret_block(sf: Salesforce) -> None:
     with pytest.raises(SalesforceMalformedRequest) as err:
         sf.query("SELECT Id, Nmae FROM Account")
 
-    assert err.value.content == [{
-        "errorCode": "INVALID_FIELD",
-        "message": "\nSELECT Id, Nmae FROM Account\n           ^\nERROR at Row:1:Column:12\n"
-                   "No such column 'Nmae' on entity 'Account'. If you are attempting to use a custom field, be "
-                   "sure to append the '__c' after the custom field name. Please reference your WSDL or the "
-                   "describe call for the appropriate names.",
-    }]
+    assert err.value.content == [
+        {
+            "errorCode": "INVALID_FIELD",
+            "message": "\nSELECT Id, Nmae FROM Account\n           ^\nERROR at Row:1:Column:12\n"
+            "No such column 'Nmae' on entity 'Account'. If you are attempting to use a custom field, be "
+            "sure to append the '__c' after the custom field name. Please reference your WSDL or the "
+            "describe call for the appropriate names.",
+        }
+    ]
 
 
 def test_unknown_object_and_unexpected_token_messages(sf: Salesforce) -> None:
@@ -367,10 +467,15 @@ def test_unknown_object_and_unexpected_token_messages(sf: Salesforce) -> None:
     )
     with pytest.raises(SalesforceMalformedRequest) as tok:
         sf.query("SELECT Id FROM Account WHERE Name = 'a' AND Name = 'b' OR Name = 'c'")
-    assert tok.value.content[0]["message"].endswith("ERROR at Row:1:Column:56\nunexpected token: 'OR'")
+    assert tok.value.content[0]["message"].endswith(
+        "ERROR at Row:1:Column:56\nunexpected token: 'OR'"
+    )
 
 
 def test_a_missing_q_parameter_is_refused(org: SalesforceSandbox) -> None:
     session = loopback_session(org.url)
-    resp = session.get(f"{org.url}/services/data/v62.0/query/", headers={"Authorization": f"Bearer {org.access_token}"})
+    resp = session.get(
+        f"{org.url}/services/data/v62.0/query/",
+        headers={"Authorization": f"Bearer {org.access_token}"},
+    )
     assert resp.status_code == 400 and resp.json()[0]["errorCode"] == "MALFORMED_QUERY"

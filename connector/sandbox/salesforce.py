@@ -41,8 +41,14 @@ from connector.sandbox.soql import SoqlError, compile_query, parse_datetime
 # --- schema ---------------------------------------------------------------------------------
 
 _SOAP_TYPES = {
-    "id": "tns:ID", "reference": "tns:ID", "boolean": "xsd:boolean", "datetime": "xsd:dateTime",
-    "date": "xsd:date", "double": "xsd:double", "currency": "xsd:double", "percent": "xsd:double",
+    "id": "tns:ID",
+    "reference": "tns:ID",
+    "boolean": "xsd:boolean",
+    "datetime": "xsd:dateTime",
+    "date": "xsd:date",
+    "double": "xsd:double",
+    "currency": "xsd:double",
+    "percent": "xsd:double",
     "int": "xsd:int",
 }
 _STAMP_FIELDS = ("CreatedDate", "LastModifiedDate", "SystemModstamp")
@@ -71,7 +77,16 @@ class FieldDef:
     scale: int = 0
 
     def describe(self) -> dict[str, Any]:
-        string_like = self.type in ("string", "textarea", "picklist", "phone", "email", "url", "id", "reference")
+        string_like = self.type in (
+            "string",
+            "textarea",
+            "picklist",
+            "phone",
+            "email",
+            "url",
+            "id",
+            "reference",
+        )
         return {
             "name": self.name,
             "label": self.label,
@@ -137,15 +152,38 @@ class ObjectDef:
 def _sys(obj: str) -> list[FieldDef]:
     return [
         FieldDef("Id", "id", f"{obj} ID", 18, createable=False, updateable=False, nillable=False),
-        FieldDef("IsDeleted", "boolean", "Deleted", createable=False, updateable=False, nillable=False),
+        FieldDef(
+            "IsDeleted", "boolean", "Deleted", createable=False, updateable=False, nillable=False
+        ),
     ]
 
 
 def _stamps() -> list[FieldDef]:
     return [
-        FieldDef("CreatedDate", "datetime", "Created Date", createable=False, updateable=False, nillable=False),
-        FieldDef("LastModifiedDate", "datetime", "Last Modified Date", createable=False, updateable=False, nillable=False),
-        FieldDef("SystemModstamp", "datetime", "System Modstamp", createable=False, updateable=False, nillable=False),
+        FieldDef(
+            "CreatedDate",
+            "datetime",
+            "Created Date",
+            createable=False,
+            updateable=False,
+            nillable=False,
+        ),
+        FieldDef(
+            "LastModifiedDate",
+            "datetime",
+            "Last Modified Date",
+            createable=False,
+            updateable=False,
+            nillable=False,
+        ),
+        FieldDef(
+            "SystemModstamp",
+            "datetime",
+            "System Modstamp",
+            createable=False,
+            updateable=False,
+            nillable=False,
+        ),
     ]
 
 
@@ -178,80 +216,279 @@ def _region(country: Any) -> str | None:
 
 def build_schema(stripe_id_field: str) -> dict[str, ObjectDef]:
     """The objects the sandbox org has, with the configurable Stripe customer id field."""
-    account = ObjectDef("Account", "Account", "Accounts", "001", (
-        *_sys("Account"),
-        FieldDef("MasterRecordId", "reference", "Master Record ID", 18, "Account", "MasterRecord",
-                 createable=False, updateable=False),
-        FieldDef("Name", "string", "Account Name", 255, nillable=False, required=True),
-        FieldDef("Type", "picklist", "Account Type", 255,
-                 picklist=("Prospect", "Customer - Direct", "Customer - Channel", "Partner", "Other")),
-        FieldDef("ParentId", "reference", "Parent Account ID", 18, "Account", "Parent", "ChildAccounts"),
-        *_address("Billing", "Billing"),
-        *_address("Shipping", "Shipping"),
-        FieldDef("Phone", "phone", "Account Phone", 40),
-        FieldDef("Website", "url", "Website", 255),
-        FieldDef("AccountNumber", "string", "Account Number", 40),
-        FieldDef("Industry", "picklist", "Industry", 255,
-                 picklist=("Technology", "Manufacturing", "Retail", "Healthcare", "Finance", "Education", "Other")),
-        FieldDef("Description", "textarea", "Account Description", 32000),
-        *_stamps(),
-        FieldDef(stripe_id_field, "string", "Stripe Customer Id", 255, custom=True),
-        FieldDef("Region__c", "string", "Region", 1300, custom=True, calculated=True,
-                 formula=_REGION_FORMULA, createable=False, updateable=False),
-    ), mergeable=True)
-    contact = ObjectDef("Contact", "Contact", "Contacts", "003", (
-        *_sys("Contact"),
-        FieldDef("MasterRecordId", "reference", "Master Record ID", 18, "Contact", "MasterRecord",
-                 createable=False, updateable=False),
-        FieldDef("AccountId", "reference", "Account ID", 18, "Account", "Account", "Contacts"),
-        FieldDef("LastName", "string", "Last Name", 80, nillable=False, required=True),
-        FieldDef("FirstName", "string", "First Name", 40),
-        FieldDef("Salutation", "picklist", "Salutation", 40, picklist=("Mr.", "Ms.", "Mrs.", "Dr.", "Prof.")),
-        FieldDef("Name", "string", "Full Name", 121, createable=False, updateable=False, nillable=False),
-        FieldDef("Title", "string", "Title", 128),
-        FieldDef("Email", "email", "Email", 80),
-        FieldDef("Phone", "phone", "Business Phone", 40),
-        *_address("Mailing", "Mailing"),
-        FieldDef("Description", "textarea", "Contact Description", 32000),
-        *_stamps(),
-    ), mergeable=True)
-    quote = ObjectDef("SBQQ__Quote__c", "Quote", "Quotes", "a0X", (
-        *_sys("Record"),
-        FieldDef("Name", "string", "Quote Number", 80, createable=False, updateable=False,
-                 nillable=False, auto_number=True),
-        FieldDef("SBQQ__Account__c", "reference", "Account", 18, "Account", "SBQQ__Account__r",
-                 "SBQQ__Quotes__r", custom=True),
-        FieldDef("SBQQ__PrimaryContact__c", "reference", "Primary Contact", 18, "Contact",
-                 "SBQQ__PrimaryContact__r", "SBQQ__Quotes__r", custom=True),
-        FieldDef("SBQQ__Primary__c", "boolean", "Primary", custom=True, nillable=False),
-        FieldDef("SBQQ__Status__c", "picklist", "Status", 255, custom=True,
-                 picklist=("Draft", "In Review", "Approved", "Presented", "Accepted", "Rejected")),
-        FieldDef("SBQQ__NetAmount__c", "currency", "Net Amount", custom=True, precision=18, scale=2),
-        *_stamps(),
-    ), custom=True)
-    order = ObjectDef("Order", "Order", "Orders", "801", (
-        *_sys("Order"),
-        FieldDef("OrderNumber", "string", "Order Number", 30, createable=False, updateable=False,
-                 nillable=False, auto_number=True),
-        FieldDef("AccountId", "reference", "Account ID", 18, "Account", "Account", "Orders", required=True),
-        FieldDef("Status", "picklist", "Status", 40, nillable=False, required=True, picklist=("Draft", "Activated")),
-        FieldDef("StatusCode", "picklist", "Status Category", 40, createable=False, updateable=False,
-                 nillable=False, picklist=("Draft", "Activated")),
-        FieldDef("EffectiveDate", "date", "Order Start Date", nillable=False, required=True),
-        FieldDef("EndDate", "date", "Order End Date"),
-        FieldDef("ActivatedDate", "datetime", "Activated Date", createable=False, updateable=False),
-        FieldDef("BillToContactId", "reference", "Bill To Contact ID", 18, "Contact", "BillToContact", "OrdersBillTo"),
-        FieldDef("ShipToContactId", "reference", "Ship To Contact ID", 18, "Contact", "ShipToContact", "OrdersShipTo"),
-        FieldDef("SBQQ__Quote__c", "reference", "Quote", 18, "SBQQ__Quote__c", "SBQQ__Quote__r",
-                 "SBQQ__Orders__r", custom=True),
-        FieldDef("Type", "picklist", "Order Type", 255, picklist=("New", "Renewal", "Amendment")),
-        FieldDef("PoNumber", "string", "PO Number", 80),
-        FieldDef("TotalAmount", "currency", "Order Amount", createable=False, updateable=False,
-                 precision=18, scale=2),
-        FieldDef("Description", "textarea", "Description", 32000),
-        *_address("Billing", "Billing"),
-        *_stamps(),
-    ))
+    account = ObjectDef(
+        "Account",
+        "Account",
+        "Accounts",
+        "001",
+        (
+            *_sys("Account"),
+            FieldDef(
+                "MasterRecordId",
+                "reference",
+                "Master Record ID",
+                18,
+                "Account",
+                "MasterRecord",
+                createable=False,
+                updateable=False,
+            ),
+            FieldDef("Name", "string", "Account Name", 255, nillable=False, required=True),
+            FieldDef(
+                "Type",
+                "picklist",
+                "Account Type",
+                255,
+                picklist=(
+                    "Prospect",
+                    "Customer - Direct",
+                    "Customer - Channel",
+                    "Partner",
+                    "Other",
+                ),
+            ),
+            FieldDef(
+                "ParentId",
+                "reference",
+                "Parent Account ID",
+                18,
+                "Account",
+                "Parent",
+                "ChildAccounts",
+            ),
+            *_address("Billing", "Billing"),
+            *_address("Shipping", "Shipping"),
+            FieldDef("Phone", "phone", "Account Phone", 40),
+            FieldDef("Website", "url", "Website", 255),
+            FieldDef("AccountNumber", "string", "Account Number", 40),
+            FieldDef(
+                "Industry",
+                "picklist",
+                "Industry",
+                255,
+                picklist=(
+                    "Technology",
+                    "Manufacturing",
+                    "Retail",
+                    "Healthcare",
+                    "Finance",
+                    "Education",
+                    "Other",
+                ),
+            ),
+            FieldDef("Description", "textarea", "Account Description", 32000),
+            *_stamps(),
+            FieldDef(stripe_id_field, "string", "Stripe Customer Id", 255, custom=True),
+            FieldDef(
+                "Region__c",
+                "string",
+                "Region",
+                1300,
+                custom=True,
+                calculated=True,
+                formula=_REGION_FORMULA,
+                createable=False,
+                updateable=False,
+            ),
+        ),
+        mergeable=True,
+    )
+    contact = ObjectDef(
+        "Contact",
+        "Contact",
+        "Contacts",
+        "003",
+        (
+            *_sys("Contact"),
+            FieldDef(
+                "MasterRecordId",
+                "reference",
+                "Master Record ID",
+                18,
+                "Contact",
+                "MasterRecord",
+                createable=False,
+                updateable=False,
+            ),
+            FieldDef("AccountId", "reference", "Account ID", 18, "Account", "Account", "Contacts"),
+            FieldDef("LastName", "string", "Last Name", 80, nillable=False, required=True),
+            FieldDef("FirstName", "string", "First Name", 40),
+            FieldDef(
+                "Salutation",
+                "picklist",
+                "Salutation",
+                40,
+                picklist=("Mr.", "Ms.", "Mrs.", "Dr.", "Prof."),
+            ),
+            FieldDef(
+                "Name",
+                "string",
+                "Full Name",
+                121,
+                createable=False,
+                updateable=False,
+                nillable=False,
+            ),
+            FieldDef("Title", "string", "Title", 128),
+            FieldDef("Email", "email", "Email", 80),
+            FieldDef("Phone", "phone", "Business Phone", 40),
+            *_address("Mailing", "Mailing"),
+            FieldDef("Description", "textarea", "Contact Description", 32000),
+            *_stamps(),
+        ),
+        mergeable=True,
+    )
+    quote = ObjectDef(
+        "SBQQ__Quote__c",
+        "Quote",
+        "Quotes",
+        "a0X",
+        (
+            *_sys("Record"),
+            FieldDef(
+                "Name",
+                "string",
+                "Quote Number",
+                80,
+                createable=False,
+                updateable=False,
+                nillable=False,
+                auto_number=True,
+            ),
+            FieldDef(
+                "SBQQ__Account__c",
+                "reference",
+                "Account",
+                18,
+                "Account",
+                "SBQQ__Account__r",
+                "SBQQ__Quotes__r",
+                custom=True,
+            ),
+            FieldDef(
+                "SBQQ__PrimaryContact__c",
+                "reference",
+                "Primary Contact",
+                18,
+                "Contact",
+                "SBQQ__PrimaryContact__r",
+                "SBQQ__Quotes__r",
+                custom=True,
+            ),
+            FieldDef("SBQQ__Primary__c", "boolean", "Primary", custom=True, nillable=False),
+            FieldDef(
+                "SBQQ__Status__c",
+                "picklist",
+                "Status",
+                255,
+                custom=True,
+                picklist=("Draft", "In Review", "Approved", "Presented", "Accepted", "Rejected"),
+            ),
+            FieldDef(
+                "SBQQ__NetAmount__c", "currency", "Net Amount", custom=True, precision=18, scale=2
+            ),
+            *_stamps(),
+        ),
+        custom=True,
+    )
+    order = ObjectDef(
+        "Order",
+        "Order",
+        "Orders",
+        "801",
+        (
+            *_sys("Order"),
+            FieldDef(
+                "OrderNumber",
+                "string",
+                "Order Number",
+                30,
+                createable=False,
+                updateable=False,
+                nillable=False,
+                auto_number=True,
+            ),
+            FieldDef("Name", "string", "Order Name", 80),
+            FieldDef(
+                "AccountId",
+                "reference",
+                "Account ID",
+                18,
+                "Account",
+                "Account",
+                "Orders",
+                required=True,
+            ),
+            FieldDef(
+                "Status",
+                "picklist",
+                "Status",
+                40,
+                nillable=False,
+                required=True,
+                picklist=("Draft", "Activated"),
+            ),
+            FieldDef(
+                "StatusCode",
+                "picklist",
+                "Status Category",
+                40,
+                createable=False,
+                updateable=False,
+                nillable=False,
+                picklist=("Draft", "Activated"),
+            ),
+            FieldDef("EffectiveDate", "date", "Order Start Date", nillable=False, required=True),
+            FieldDef("EndDate", "date", "Order End Date"),
+            FieldDef(
+                "ActivatedDate", "datetime", "Activated Date", createable=False, updateable=False
+            ),
+            FieldDef(
+                "BillToContactId",
+                "reference",
+                "Bill To Contact ID",
+                18,
+                "Contact",
+                "BillToContact",
+                "OrdersBillTo",
+            ),
+            FieldDef(
+                "ShipToContactId",
+                "reference",
+                "Ship To Contact ID",
+                18,
+                "Contact",
+                "ShipToContact",
+                "OrdersShipTo",
+            ),
+            FieldDef(
+                "SBQQ__Quote__c",
+                "reference",
+                "Quote",
+                18,
+                "SBQQ__Quote__c",
+                "SBQQ__Quote__r",
+                "SBQQ__Orders__r",
+                custom=True,
+            ),
+            FieldDef(
+                "Type", "picklist", "Order Type", 255, picklist=("New", "Renewal", "Amendment")
+            ),
+            FieldDef("PoNumber", "string", "PO Number", 80),
+            FieldDef(
+                "TotalAmount",
+                "currency",
+                "Order Amount",
+                createable=False,
+                updateable=False,
+                precision=18,
+                scale=2,
+            ),
+            FieldDef("Description", "textarea", "Description", 32000),
+            *_address("Billing", "Billing"),
+            *_stamps(),
+        ),
+    )
     return {o.name: o for o in (account, contact, quote, order)}
 
 
@@ -338,7 +575,9 @@ class LogicalClock:
     def ticks(self, n: int) -> list[datetime]:
         """`n` strictly increasing stamps that end about now (a bulk load that just happened)."""
         with self._lock:
-            start = max(self._last + timedelta(seconds=1), self._candidate() - timedelta(seconds=n - 1))
+            start = max(
+                self._last + timedelta(seconds=1), self._candidate() - timedelta(seconds=n - 1)
+            )
             out = [start + timedelta(seconds=i) for i in range(n)]
             if out:
                 self._last = out[-1]
@@ -377,7 +616,9 @@ def _err(code: str, message: str, fields: list[str] | None = None) -> dict[str, 
     return {"message": message, "errorCode": code, "fields": fields or []}
 
 
-def _error_response(status: int, code: str, message: str, fields: list[str] | None = None) -> Response:
+def _error_response(
+    status: int, code: str, message: str, fields: list[str] | None = None
+) -> Response:
     body: dict[str, Any] = {"message": message, "errorCode": code}
     if fields is not None:
         body["fields"] = fields
@@ -385,7 +626,9 @@ def _error_response(status: int, code: str, message: str, fields: list[str] | No
 
 
 _SESSION_EXPIRED = [{"message": "Session expired or invalid", "errorCode": "INVALID_SESSION_ID"}]
-_LIMIT_EXCEEDED = [{"message": "TotalRequests Limit exceeded.", "errorCode": "REQUEST_LIMIT_EXCEEDED"}]
+_LIMIT_EXCEEDED = [
+    {"message": "TotalRequests Limit exceeded.", "errorCode": "REQUEST_LIMIT_EXCEEDED"}
+]
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
 _MAX_OPEN_LOCATORS = 10  # Salesforce keeps 10 open query cursors per user
@@ -469,6 +712,11 @@ class SalesforceSandbox(SandboxServer):
 
     def start(self) -> SalesforceSandbox:
         super().start()
+        assert self._httpd is not None
+        # The base handler sends headers and body separately; with Nagle on, a keep-alive
+        # client waits for the delayed ACK (~40 ms per answer with a body).
+        handler: Any = self._httpd.RequestHandlerClass
+        handler.disable_nagle_algorithm = True
         return self
 
     def __enter__(self) -> SalesforceSandbox:
@@ -481,15 +729,17 @@ class SalesforceSandbox(SandboxServer):
             return
         closer = threading.Thread(target=httpd.shutdown, daemon=True)
         closer.start()
-        address = httpd.server_address[:2]
+        host, port = httpd.server_address[:2]
         while closer.is_alive():
             with contextlib.suppress(OSError):
-                socket.create_connection(address, timeout=0.1).close()
+                socket.create_connection((str(host), int(port)), timeout=0.1).close()
             closer.join(0.02)
         httpd.server_close()
         self._httpd = None
 
-    def load(self, data: Mapping[str, Iterable[Mapping[str, Any]]], *, replace: bool = True) -> None:
+    def load(
+        self, data: Mapping[str, Iterable[Mapping[str, Any]]], *, replace: bool = True
+    ) -> None:
         """Put `data` ({"Account": [...], ...}) in the org, replacing what is there unless asked."""
         with self.lock:
             if replace:
@@ -545,9 +795,19 @@ class SalesforceSandbox(SandboxServer):
     def records(self, sobject: str, include_deleted: bool = False) -> list[dict[str, Any]]:
         with self.lock:
             obj = self._object(sobject)
-            return [dict(r) for r in self._records[obj.name].values() if include_deleted or not r["IsDeleted"]]
+            return [
+                dict(r)
+                for r in self._records[obj.name].values()
+                if include_deleted or not r["IsDeleted"]
+            ]
 
-    def merge(self, winner_id: str, loser_ids: Iterable[str], *, keep_from: Mapping[str, str] | None = None) -> None:
+    def merge(
+        self,
+        winner_id: str,
+        loser_ids: Iterable[str],
+        *,
+        keep_from: Mapping[str, str] | None = None,
+    ) -> None:
         """Merge like Salesforce: losers deleted with MasterRecordId, their children re-parented.
 
         `keep_from` maps a field to the loser whose value the winner keeps. Salesforce merges at
@@ -587,8 +847,11 @@ class SalesforceSandbox(SandboxServer):
                 rec["MasterRecordId"] = winner["Id"]
                 self._touch(obj, rec)
             for child_obj in self.schema.values():
-                refs = [f for f in child_obj.fields
-                        if f.reference_to == obj.name and f.name != "MasterRecordId"]
+                refs = [
+                    f
+                    for f in child_obj.fields
+                    if f.reference_to == obj.name and f.name != "MasterRecordId"
+                ]
                 for child in self._records[child_obj.name].values():
                     changed = False
                     for f in refs:
@@ -663,7 +926,9 @@ class SalesforceSandbox(SandboxServer):
     def _object(self, sobject: str) -> ObjectDef:
         name = self.catalog.object_name(sobject)
         if name is None:
-            raise ValueError(f"unknown sObject {sobject!r}; the sandbox has {', '.join(self.schema)}")
+            raise ValueError(
+                f"unknown sObject {sobject!r}; the sandbox has {', '.join(self.schema)}"
+            )
         return self.schema[name]
 
     def _object_for_id(self, record_id: str) -> ObjectDef:
@@ -676,6 +941,12 @@ class SalesforceSandbox(SandboxServer):
         for k in fields:
             if obj.field(k) is None:
                 raise ValueError(f"No such column '{k}' on sobject of type {obj.name}")
+
+    def _field(self, obj: ObjectDef, name: str) -> FieldDef:
+        f = obj.field(name)
+        if f is None:
+            raise ValueError(f"No such column '{name}' on sobject of type {obj.name}")
+        return f
 
     def _find(self, obj: ObjectDef, record_id: Any) -> dict[str, Any] | None:
         if not _well_formed(record_id):
@@ -717,16 +988,28 @@ class SalesforceSandbox(SandboxServer):
         stamps = iter(self.clock.ticks(unstamped))
         for obj, row in batches:
             given = any(k in row for k in _STAMP_FIELDS)
-            self._insert(obj, row, loading=True, stamp=None if given else format_datetime(next(stamps)))
+            self._insert(
+                obj, row, loading=True, stamp=None if given else format_datetime(next(stamps))
+            )
 
-    def _insert(self, obj: ObjectDef, fields: Mapping[str, Any], *, loading: bool = False, stamp: str | None = None) -> str:
-        given = {obj.field(k).name: v for k, v in fields.items()}  # type: ignore[union-attr]
+    def _insert(
+        self,
+        obj: ObjectDef,
+        fields: Mapping[str, Any],
+        *,
+        loading: bool = False,
+        stamp: str | None = None,
+    ) -> str:
+        defs = {f.name: f for f in (self._field(obj, k) for k in fields)}
+        given = {self._field(obj, k).name: v for k, v in fields.items()}
         rid = given.pop("Id", None)
         if rid is None:
             rid = self._new_id(obj)
         else:
             if not _well_formed(rid) or not str(rid).startswith(obj.key_prefix):
-                raise ValueError(f"{obj.name} Id {rid!r} is not an 18-character id starting with {obj.key_prefix}")
+                raise ValueError(
+                    f"{obj.name} Id {rid!r} is not an 18-character id starting with {obj.key_prefix}"
+                )
             rid = id18(rid) if len(rid) == 15 else rid
             if rid[:15] in self._records[obj.name]:
                 raise ValueError(f"duplicate {obj.name} Id {rid}")
@@ -737,13 +1020,17 @@ class SalesforceSandbox(SandboxServer):
             rec["SBQQ__Primary__c"] = False
         stamps = {k: given.pop(k) for k in _STAMP_FIELDS if k in given}
         for k, v in given.items():
-            rec[k] = self._normalize(obj.field(k), v)  # type: ignore[arg-type]
+            rec[k] = self._normalize(defs[k], v)
         if obj.name in self._auto_numbers and rec.get(_auto_field(obj)) is None:
             n = next(self._auto_numbers[obj.name])
             rec[_auto_field(obj)] = f"{n:08d}" if obj.name == "Order" else f"Q-{n:05d}"
         self._records[obj.name][rid[:15]] = rec
         if loading and stamps:
-            created = stamps.get("CreatedDate") or stamps.get("SystemModstamp") or stamps.get("LastModifiedDate")
+            created = (
+                stamps.get("CreatedDate")
+                or stamps.get("SystemModstamp")
+                or stamps.get("LastModifiedDate")
+            )
             modified = stamps.get("SystemModstamp") or stamps.get("LastModifiedDate") or created
             rec["CreatedDate"] = self._normalize_dt(created)
             rec["LastModifiedDate"] = self._normalize_dt(stamps.get("LastModifiedDate") or modified)
@@ -756,14 +1043,21 @@ class SalesforceSandbox(SandboxServer):
             rec["LastModifiedDate"] = stamp
             rec["SystemModstamp"] = stamp
             self._derive(obj, rec, previous_status=None, stamp=stamp)
-        return rid
+        return str(rid)
 
     def _apply(self, obj: ObjectDef, rec: dict[str, Any], fields: Mapping[str, Any]) -> None:
         previous = rec.get("Status")
         for k, v in fields.items():
             f = obj.field(k)
             assert f is not None
-            if f.name in ("Id", "IsDeleted", "SystemModstamp", "LastModifiedDate", "CreatedDate", "MasterRecordId"):
+            if f.name in (
+                "Id",
+                "IsDeleted",
+                "SystemModstamp",
+                "LastModifiedDate",
+                "CreatedDate",
+                "MasterRecordId",
+            ):
                 continue
             rec[f.name] = self._normalize(f, v)
         stamp = self._touch(obj, rec)
@@ -775,10 +1069,14 @@ class SalesforceSandbox(SandboxServer):
         rec["LastModifiedDate"] = stamp
         return stamp
 
-    def _derive(self, obj: ObjectDef, rec: dict[str, Any], *, previous_status: Any, stamp: str) -> None:
+    def _derive(
+        self, obj: ObjectDef, rec: dict[str, Any], *, previous_status: Any, stamp: str
+    ) -> None:
         """Fields Salesforce computes: Contact.Name, Order.StatusCode/ActivatedDate, formulas."""
         if obj.name == "Contact":
-            rec["Name"] = " ".join(p for p in (rec.get("FirstName"), rec.get("LastName")) if p) or None
+            rec["Name"] = (
+                " ".join(p for p in (rec.get("FirstName"), rec.get("LastName")) if p) or None
+            )
         elif obj.name == "Order":
             activated = rec.get("Status") == "Activated"
             rec["StatusCode"] = "Activated" if activated else "Draft"
@@ -816,7 +1114,9 @@ class SalesforceSandbox(SandboxServer):
 
     # --- REST validation -----------------------------------------------------------------------
 
-    def _validate(self, obj: ObjectDef, fields: Mapping[str, Any], *, creating: bool) -> list[dict[str, Any]]:
+    def _validate(
+        self, obj: ObjectDef, fields: Mapping[str, Any], *, creating: bool
+    ) -> list[dict[str, Any]]:
         """What Salesforce would refuse in a create or update body, as error objects."""
         errors: list[dict[str, Any]] = []
         readonly: list[str] = []
@@ -825,7 +1125,9 @@ class SalesforceSandbox(SandboxServer):
                 continue
             f = obj.field(k)
             if f is None:
-                errors.append(_err("INVALID_FIELD", f"No such column '{k}' on sobject of type {obj.name}"))
+                errors.append(
+                    _err("INVALID_FIELD", f"No such column '{k}' on sobject of type {obj.name}")
+                )
                 continue
             if (creating and not f.createable) or (not creating and not f.updateable):
                 readonly.append(f.name)
@@ -834,34 +1136,59 @@ class SalesforceSandbox(SandboxServer):
             if problem:
                 errors.append(problem)
         if readonly:
-            errors.append(_err(
-                "INVALID_FIELD_FOR_INSERT_UPDATE",
-                f"Unable to create/update fields: {', '.join(readonly)}. Please check the security "
-                "settings of this field and verify that it is read/write for your profile or permission set.",
-                readonly,
-            ))
-        given = {obj.field(k).name: v for k, v in fields.items() if k != "attributes" and obj.field(k)}  # type: ignore[union-attr]
+            errors.append(
+                _err(
+                    "INVALID_FIELD_FOR_INSERT_UPDATE",
+                    f"Unable to create/update fields: {', '.join(readonly)}. Please check the security "
+                    "settings of this field and verify that it is read/write for your profile or permission set.",
+                    readonly,
+                )
+            )
+        known = {k: obj.field(k) for k in fields if k != "attributes"}
+        given = {f.name: fields[k] for k, f in known.items() if f is not None}
         missing = [
-            f.name for f in obj.fields
-            if f.required and (given.get(f.name) in (None, "") if (creating or f.name in given) else False)
+            f.name
+            for f in obj.fields
+            if f.required
+            and (given.get(f.name) in (None, "") if (creating or f.name in given) else False)
         ]
         if missing:
-            errors.append(_err("REQUIRED_FIELD_MISSING", f"Required fields are missing: [{', '.join(missing)}]", missing))
+            errors.append(
+                _err(
+                    "REQUIRED_FIELD_MISSING",
+                    f"Required fields are missing: [{', '.join(missing)}]",
+                    missing,
+                )
+            )
         return errors
 
     def _check_value(self, f: FieldDef, v: Any) -> dict[str, Any] | None:
         if v is None:
             return None
-        bad = _err("JSON_PARSER_ERROR", f"Cannot deserialize instance of {f.type} from value {v!r} for field {f.name}", [f.name])
+        bad = _err(
+            "JSON_PARSER_ERROR",
+            f"Cannot deserialize instance of {f.type} from value {v!r} for field {f.name}",
+            [f.name],
+        )
         if f.type in ("string", "textarea", "picklist", "phone", "email", "url"):
             if not isinstance(v, str):
                 return bad
             if f.length and len(v) > f.length:
-                return _err("STRING_TOO_LONG", f"{f.label}: data value too large: {v[:40]} (max length={f.length})", [f.name])
+                return _err(
+                    "STRING_TOO_LONG",
+                    f"{f.label}: data value too large: {v[:40]} (max length={f.length})",
+                    [f.name],
+                )
             if f.type == "email" and v and not _EMAIL.match(v):
-                return _err("INVALID_EMAIL_ADDRESS", f"{f.label}: invalid email address: {v}", [f.name])
+                return _err(
+                    "INVALID_EMAIL_ADDRESS", f"{f.label}: invalid email address: {v}", [f.name]
+                )
             if f.picklist and f.name in ("Status",) and v not in f.picklist:
-                return _err("INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST", f"{f.label}: bad value for restricted picklist field: {v}", [f.name])
+                return _err(
+                    "INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST",
+                    f"{f.label}: bad value for restricted picklist field: {v}",
+                    [f.name],
+                )
         elif f.type == "boolean":
             if not isinstance(v, bool):
                 return bad
@@ -931,7 +1258,9 @@ class SalesforceSandbox(SandboxServer):
         with self.lock:
             if self._is_rest(req):
                 if req.path.startswith("/services/data/latest"):
-                    req.path = req.path.replace("/services/data/latest", f"/services/data/v{self.api_version}", 1)
+                    req.path = req.path.replace(
+                        "/services/data/latest", f"/services/data/v{self.api_version}", 1
+                    )
                 if not self._authorized(req):
                     return Response.json(_SESSION_EXPIRED, 401)
                 if self._api_used >= self.daily_api_limit:
@@ -953,19 +1282,32 @@ class SalesforceSandbox(SandboxServer):
         return resp
 
     def not_found(self, req: Request) -> Response:
-        return Response.json([{"errorCode": "NOT_FOUND", "message": "The requested resource does not exist"}], 404)
+        return Response.json(
+            [{"errorCode": "NOT_FOUND", "message": "The requested resource does not exist"}], 404
+        )
 
     def method_not_allowed(self, req: Request) -> Response:
         allowed = sorted({m for m, p, _ in self._routes if p.fullmatch(req.path)})
-        return Response.json([{
-            "errorCode": "METHOD_NOT_ALLOWED",
-            "message": f"HTTP Method '{req.method}' not allowed. Allowed are {','.join(allowed)}",
-        }], 405)
+        return Response.json(
+            [
+                {
+                    "errorCode": "METHOD_NOT_ALLOWED",
+                    "message": f"HTTP Method '{req.method}' not allowed. Allowed are {','.join(allowed)}",
+                }
+            ],
+            405,
+        )
 
     def rate_limited_response(self, req: Request) -> Response:
-        return Response.json([{
-            "message": "ConcurrentPerOrgLongTxn Limit exceeded.", "errorCode": "REQUEST_LIMIT_EXCEEDED",
-        }], 403)
+        return Response.json(
+            [
+                {
+                    "message": "ConcurrentPerOrgLongTxn Limit exceeded.",
+                    "errorCode": "REQUEST_LIMIT_EXCEEDED",
+                }
+            ],
+            403,
+        )
 
     def _url_for(self, version: str) -> Any:
         return lambda sobject, rid: f"/services/data/v{version}/sobjects/{sobject}/{rid}"
@@ -984,10 +1326,16 @@ class SalesforceSandbox(SandboxServer):
 
     def _versions(self, req: Request) -> Response:
         top = int(float(self.api_version))
-        return Response.json([
-            {"label": _version_label(f"{n}.0"), "url": f"/services/data/v{n}.0", "version": f"{n}.0"}
-            for n in range(31, top + 1)
-        ])
+        return Response.json(
+            [
+                {
+                    "label": _version_label(f"{n}.0"),
+                    "url": f"/services/data/v{n}.0",
+                    "version": f"{n}.0",
+                }
+                for n in range(31, top + 1)
+            ]
+        )
 
     def _resources(self, req: Request) -> Response:
         base = f"/services/data/v{req.params['version']}"
@@ -998,40 +1346,69 @@ class SalesforceSandbox(SandboxServer):
         def entry(mx: int, remaining: int) -> dict[str, int]:
             return {"Max": mx, "Remaining": remaining}
 
-        return Response.json({
-            "DailyApiRequests": entry(self.daily_api_limit, self.api_calls_remaining),
-            "DailyBulkV2QueryJobs": entry(10000, 10000 - len(self._jobs)),
-            "DailyBulkV2QueryFileStorageMB": entry(976562, 976562),
-            "DataStorageMB": entry(5, 5),
-            "FileStorageMB": entry(20, 20),
-            "ConcurrentAsyncGetReportInstances": entry(200, 200),
-        })
+        return Response.json(
+            {
+                "DailyApiRequests": entry(self.daily_api_limit, self.api_calls_remaining),
+                "DailyBulkV2QueryJobs": entry(10000, 10000 - len(self._jobs)),
+                "DailyBulkV2QueryFileStorageMB": entry(976562, 976562),
+                "DataStorageMB": entry(5, 5),
+                "FileStorageMB": entry(20, 20),
+                "ConcurrentAsyncGetReportInstances": entry(200, 200),
+            }
+        )
 
     def _sobject_summary(self, obj: ObjectDef, version: str) -> dict[str, Any]:
         base = f"/services/data/v{version}/sobjects/{obj.name}"
         return {
-            "name": obj.name, "label": obj.label, "labelPlural": obj.label_plural,
-            "keyPrefix": obj.key_prefix, "custom": obj.custom, "customSetting": False,
-            "createable": True, "updateable": True, "deletable": True, "queryable": True,
-            "searchable": True, "retrieveable": True, "undeletable": True, "mergeable": obj.mergeable,
-            "replicateable": True, "triggerable": True, "layoutable": True, "feedEnabled": False,
-            "activateable": False, "compactLayoutable": True, "deprecatedAndHidden": False,
-            "hasSubtypes": False, "isSubtype": False, "mruEnabled": True, "isInterface": False,
-            "urls": {"sobject": base, "describe": f"{base}/describe", "rowTemplate": f"{base}/{{ID}}"},
+            "name": obj.name,
+            "label": obj.label,
+            "labelPlural": obj.label_plural,
+            "keyPrefix": obj.key_prefix,
+            "custom": obj.custom,
+            "customSetting": False,
+            "createable": True,
+            "updateable": True,
+            "deletable": True,
+            "queryable": True,
+            "searchable": True,
+            "retrieveable": True,
+            "undeletable": True,
+            "mergeable": obj.mergeable,
+            "replicateable": True,
+            "triggerable": True,
+            "layoutable": True,
+            "feedEnabled": False,
+            "activateable": False,
+            "compactLayoutable": True,
+            "deprecatedAndHidden": False,
+            "hasSubtypes": False,
+            "isSubtype": False,
+            "mruEnabled": True,
+            "isInterface": False,
+            "urls": {
+                "sobject": base,
+                "describe": f"{base}/describe",
+                "rowTemplate": f"{base}/{{ID}}",
+            },
         }
 
     def _global_describe(self, req: Request) -> Response:
         version = req.params["version"]
-        return Response.json({
-            "encoding": "UTF-8", "maxBatchSize": 200,
-            "sobjects": [self._sobject_summary(o, version) for o in self.schema.values()],
-        })
+        return Response.json(
+            {
+                "encoding": "UTF-8",
+                "maxBatchSize": 200,
+                "sobjects": [self._sobject_summary(o, version) for o in self.schema.values()],
+            }
+        )
 
     def _object_info(self, req: Request) -> Response:
         obj = self._rest_object(req)
         if obj is None:
             return self.not_found(req)
-        return Response.json({"objectDescribe": self._sobject_summary(obj, req.params["version"]), "recentItems": []})
+        return Response.json(
+            {"objectDescribe": self._sobject_summary(obj, req.params["version"]), "recentItems": []}
+        )
 
     def _describe(self, req: Request) -> Response:
         obj = self._rest_object(req)
@@ -1040,50 +1417,85 @@ class SalesforceSandbox(SandboxServer):
         version = req.params["version"]
         out = self._sobject_summary(obj, version)
         base = f"/services/data/v{version}/sobjects/{obj.name}"
-        out["urls"].update({
-            "uiDetailTemplate": "https://sandbox.invalid/{ID}",
-            "uiEditTemplate": "https://sandbox.invalid/{ID}/e",
-            "uiNewRecord": f"https://sandbox.invalid/{obj.key_prefix}/e",
-            "layouts": f"{base}/describe/layouts", "compactLayouts": f"{base}/describe/compactLayouts",
-            "approvalLayouts": f"{base}/describe/approvalLayouts", "listviews": f"{base}/listviews",
-            "quickActions": f"{base}/quickActions", "defaultValues": f"{base}/defaultValues?recordTypeId&fields",
-        })
+        out["urls"].update(
+            {
+                "uiDetailTemplate": "https://sandbox.invalid/{ID}",
+                "uiEditTemplate": "https://sandbox.invalid/{ID}/e",
+                "uiNewRecord": f"https://sandbox.invalid/{obj.key_prefix}/e",
+                "layouts": f"{base}/describe/layouts",
+                "compactLayouts": f"{base}/describe/compactLayouts",
+                "approvalLayouts": f"{base}/describe/approvalLayouts",
+                "listviews": f"{base}/listviews",
+                "quickActions": f"{base}/quickActions",
+                "defaultValues": f"{base}/defaultValues?recordTypeId&fields",
+            }
+        )
         children = []
         for child in self.schema.values():
             for f in child.fields:
                 if f.reference_to == obj.name and f.child_relationship:
-                    children.append({
-                        "childSObject": child.name, "field": f.name, "relationshipName": f.child_relationship,
-                        "cascadeDelete": False, "restrictedDelete": False, "deprecatedAndHidden": False,
-                        "junctionIdListNames": [], "junctionReferenceTo": [],
-                    })
-        out.update({
-            "fields": [f.describe() for f in obj.fields],
-            "childRelationships": children,
-            "recordTypeInfos": [{
-                "active": True, "available": True, "defaultRecordTypeMapping": True, "developerName": "Master",
-                "master": True, "name": "Master", "recordTypeId": "012000000000000AAA",
-                "urls": {"layout": f"{base}/describe/layouts/012000000000000AAA"},
-            }],
-            "namedLayoutInfos": [], "supportedScopes": [{"label": "All", "name": "everything"}],
-            "actionOverrides": [], "networkScopeFieldName": None, "listviewable": None, "lookupLayoutable": None,
-            "searchLayoutable": True, "sobjectDescribeOption": "FULL", "associateEntityType": None,
-            "associateParentEntity": None, "defaultImplementation": None, "extendedBy": None,
-            "extendsInterfaces": None, "implementedBy": None, "implementsInterfaces": None,
-            "dataTranslationEnabled": False,
-        })
+                    children.append(
+                        {
+                            "childSObject": child.name,
+                            "field": f.name,
+                            "relationshipName": f.child_relationship,
+                            "cascadeDelete": False,
+                            "restrictedDelete": False,
+                            "deprecatedAndHidden": False,
+                            "junctionIdListNames": [],
+                            "junctionReferenceTo": [],
+                        }
+                    )
+        out.update(
+            {
+                "fields": [f.describe() for f in obj.fields],
+                "childRelationships": children,
+                "recordTypeInfos": [
+                    {
+                        "active": True,
+                        "available": True,
+                        "defaultRecordTypeMapping": True,
+                        "developerName": "Master",
+                        "master": True,
+                        "name": "Master",
+                        "recordTypeId": "012000000000000AAA",
+                        "urls": {"layout": f"{base}/describe/layouts/012000000000000AAA"},
+                    }
+                ],
+                "namedLayoutInfos": [],
+                "supportedScopes": [{"label": "All", "name": "everything"}],
+                "actionOverrides": [],
+                "networkScopeFieldName": None,
+                "listviewable": None,
+                "lookupLayoutable": None,
+                "searchLayoutable": True,
+                "sobjectDescribeOption": "FULL",
+                "associateEntityType": None,
+                "associateParentEntity": None,
+                "defaultImplementation": None,
+                "extendedBy": None,
+                "extendsInterfaces": None,
+                "implementedBy": None,
+                "implementsInterfaces": None,
+                "dataTranslationEnabled": False,
+            }
+        )
         return Response.json(out)
 
     # --- HTTP: query ---------------------------------------------------------------------------
 
-    def run_query(self, soql: str, *, include_deleted: bool = False, version: str | None = None) -> list[dict[str, Any]]:
+    def run_query(
+        self, soql: str, *, include_deleted: bool = False, version: str | None = None
+    ) -> list[dict[str, Any]]:
         """All rows of `soql` shaped as REST returns them (no paging, no API call counted)."""
         with self.lock:
             cq = compile_query(soql, self.catalog)
             return self._shaped(cq, include_deleted, version or self.api_version)
 
     def _shaped(self, cq: Any, include_deleted: bool, version: str) -> list[dict[str, Any]]:
-        records = (r for r in self._records[cq.sobject].values() if include_deleted or not r["IsDeleted"])
+        records = (
+            r for r in self._records[cq.sobject].values() if include_deleted or not r["IsDeleted"]
+        )
         rows = cq.run(records, self._lookup)
         url_for = self._url_for(version)
         return [cq.shape(r, self._lookup, url_for) for r in rows]
@@ -1109,7 +1521,9 @@ class SalesforceSandbox(SandboxServer):
                 return min(2000, max(200, int(value.strip())))
         return 2000
 
-    def _page(self, rows: list[dict[str, Any]], batch: int, version: str, locator: str | None, offset: int) -> Response:
+    def _page(
+        self, rows: list[dict[str, Any]], batch: int, version: str, locator: str | None, offset: int
+    ) -> Response:
         page = rows[offset : offset + batch]
         end = offset + len(page)
         body: dict[str, Any] = {"totalSize": len(rows), "done": end >= len(rows)}
@@ -1132,7 +1546,11 @@ class SalesforceSandbox(SandboxServer):
         for key in [k for k, c in self._cursors.items() if now - c.touched > _LOCATOR_TTL]:
             del self._cursors[key]
         cursor = self._cursors.get(loc)
-        if cursor is None or not offset_text.isdigit() or not 0 < int(offset_text) < len(cursor.rows):
+        if (
+            cursor is None
+            or not offset_text.isdigit()
+            or not 0 < int(offset_text) < len(cursor.rows)
+        ):
             return _error_response(400, "INVALID_QUERY_LOCATOR", "invalid query locator")
         cursor.touched = now
         self._cursors.move_to_end(loc)
@@ -1156,9 +1574,18 @@ class SalesforceSandbox(SandboxServer):
             for w in wanted.split(","):
                 f = obj.field(w.strip())
                 if f is None:
-                    return _error_response(400, "INVALID_FIELD", f"No such column '{w.strip()}' on sobject of type {obj.name}")
+                    return _error_response(
+                        400,
+                        "INVALID_FIELD",
+                        f"No such column '{w.strip()}' on sobject of type {obj.name}",
+                    )
                 names.append(f.name)
-        out: dict[str, Any] = {"attributes": {"type": obj.name, "url": self._url_for(req.params["version"])(obj.name, rec["Id"])}}
+        out: dict[str, Any] = {
+            "attributes": {
+                "type": obj.name,
+                "url": self._url_for(req.params["version"])(obj.name, rec["Id"]),
+            }
+        }
         out.update({n: rec[n] for n in names})
         return Response.json(out)
 
@@ -1168,7 +1595,9 @@ class SalesforceSandbox(SandboxServer):
             return self.not_found(req)
         body = self._body(req)
         if not isinstance(body, dict):
-            return _error_response(400, "JSON_PARSER_ERROR", "The request body must be a JSON object")
+            return _error_response(
+                400, "JSON_PARSER_ERROR", "The request body must be a JSON object"
+            )
         errors = self._validate(obj, body, creating=True)
         if errors:
             return Response.json(errors, 400)
@@ -1181,7 +1610,9 @@ class SalesforceSandbox(SandboxServer):
             return self.not_found(req)
         body = self._body(req)
         if not isinstance(body, dict):
-            return _error_response(400, "JSON_PARSER_ERROR", "The request body must be a JSON object")
+            return _error_response(
+                400, "JSON_PARSER_ERROR", "The request body must be a JSON object"
+            )
         rec = self._find(obj, req.params["id"])
         if rec is None:
             return self.not_found(req)
@@ -1211,10 +1642,16 @@ class SalesforceSandbox(SandboxServer):
     def _collection_records(self, req: Request) -> tuple[list[Any], bool] | Response:
         body = self._body(req)
         if not isinstance(body, dict) or not isinstance(body.get("records"), list):
-            return _error_response(400, "JSON_PARSER_ERROR", "The request body needs a 'records' list")
+            return _error_response(
+                400, "JSON_PARSER_ERROR", "The request body needs a 'records' list"
+            )
         records = body["records"]
         if len(records) > 200:
-            return _error_response(400, "EXCEEDED_ID_LIMIT", "record limit reached. cannot submit more than 200 records into this call")
+            return _error_response(
+                400,
+                "EXCEEDED_ID_LIMIT",
+                "record limit reached. cannot submit more than 200 records into this call",
+            )
         return records, bool(body.get("allOrNone", False))
 
     def _collection_update(self, req: Request) -> Response:
@@ -1225,9 +1662,16 @@ class SalesforceSandbox(SandboxServer):
         plans: list[tuple[ObjectDef, dict[str, Any], dict[str, Any]] | list[dict[str, Any]]] = []
         for item in records:
             plans.append(self._plan_update(item))
-        return self._collection_answer(plans, all_or_none, lambda p: self._apply(p[0], p[1], p[2]) or p[1]["Id"])
 
-    def _plan_update(self, item: Any) -> tuple[ObjectDef, dict[str, Any], dict[str, Any]] | list[dict[str, Any]]:
+        def save(p: tuple[ObjectDef, dict[str, Any], dict[str, Any]]) -> str:
+            self._apply(p[0], p[1], p[2])
+            return str(p[1]["Id"])
+
+        return self._collection_answer(plans, all_or_none, save)
+
+    def _plan_update(
+        self, item: Any
+    ) -> tuple[ObjectDef, dict[str, Any], dict[str, Any]] | list[dict[str, Any]]:
         if not isinstance(item, dict):
             return [_err("JSON_PARSER_ERROR", "each record must be a JSON object")]
         sobject = (item.get("attributes") or {}).get("type")
@@ -1242,7 +1686,9 @@ class SalesforceSandbox(SandboxServer):
         if not rid:
             return [_err("MISSING_ARGUMENT", "Id not specified in an update call", ["Id"])]
         if not _well_formed(rid) or not str(rid).startswith(obj.key_prefix):
-            return [_err("MALFORMED_ID", f"{obj.label} ID: id value of incorrect type: {rid}", ["Id"])]
+            return [
+                _err("MALFORMED_ID", f"{obj.label} ID: id value of incorrect type: {rid}", ["Id"])
+            ]
         rec = self._find(obj, rid)
         if rec is None:
             return [_err("INVALID_CROSS_REFERENCE_KEY", "invalid cross reference id", [])]
@@ -1275,7 +1721,11 @@ class SalesforceSandbox(SandboxServer):
     def _collection_delete(self, req: Request) -> Response:
         ids = [i for i in (req.query_one("ids") or "").split(",") if i]
         if len(ids) > 200:
-            return _error_response(400, "EXCEEDED_ID_LIMIT", "record limit reached. cannot submit more than 200 records into this call")
+            return _error_response(
+                400,
+                "EXCEEDED_ID_LIMIT",
+                "record limit reached. cannot submit more than 200 records into this call",
+            )
         all_or_none = (req.query_one("allOrNone") or "false").lower() == "true"
         plans: list[Any] = []
         for rid in ids:
@@ -1285,8 +1735,14 @@ class SalesforceSandbox(SandboxServer):
                 obj = None
             rec = self._find(obj, rid) if obj else None
             if obj is None or rec is None:
-                plans.append([_err("MALFORMED_ID" if obj is None else "INVALID_CROSS_REFERENCE_KEY",
-                                   f"malformed id {rid}" if obj is None else "invalid cross reference id")])
+                plans.append(
+                    [
+                        _err(
+                            "MALFORMED_ID" if obj is None else "INVALID_CROSS_REFERENCE_KEY",
+                            f"malformed id {rid}" if obj is None else "invalid cross reference id",
+                        )
+                    ]
+                )
             elif rec["IsDeleted"]:
                 plans.append([_err("ENTITY_IS_DELETED", "entity is deleted")])
             else:
@@ -1301,10 +1757,19 @@ class SalesforceSandbox(SandboxServer):
 
     def _collection_answer(self, plans: list[Any], all_or_none: bool, do: Any) -> Response:
         """SaveResults in request order; failed items carry no id and use statusCode."""
+
         def failure(errors: list[dict[str, Any]]) -> dict[str, Any]:
-            return {"success": False, "errors": [
-                {"statusCode": e["errorCode"], "message": e["message"], "fields": e.get("fields", [])} for e in errors
-            ]}
+            return {
+                "success": False,
+                "errors": [
+                    {
+                        "statusCode": e["errorCode"],
+                        "message": e["message"],
+                        "fields": e.get("fields", []),
+                    }
+                    for e in errors
+                ],
+            }
 
         failed = any(isinstance(p, list) for p in plans)
         results: list[dict[str, Any]] = []
@@ -1314,11 +1779,16 @@ class SalesforceSandbox(SandboxServer):
                     results.append(failure(p))
                 else:
                     rid = p[1]["Id"] if isinstance(p[1], dict) and "Id" in p[1] else None
-                    rolled = {"success": False, "errors": [{
-                        "statusCode": "ALL_OR_NONE_OPERATION_ROLLED_BACK",
-                        "message": "Record rolled back because not all records were valid and the request was using AllOrNone header",
-                        "fields": [],
-                    }]}
+                    rolled = {
+                        "success": False,
+                        "errors": [
+                            {
+                                "statusCode": "ALL_OR_NONE_OPERATION_ROLLED_BACK",
+                                "message": "Record rolled back because not all records were valid and the request was using AllOrNone header",
+                                "fields": [],
+                            }
+                        ],
+                    }
                     results.append({"id": rid, **rolled} if rid else rolled)
             return Response.json(results)
         for p in plans:
@@ -1332,20 +1802,41 @@ class SalesforceSandbox(SandboxServer):
 
     def _job_info(self, job: _BulkJob, *, full: bool) -> dict[str, Any]:
         info: dict[str, Any] = {
-            "id": job.id, "operation": job.operation, "object": job.sobject,
-            "createdById": "005000000000001AAA", "createdDate": job.created, "systemModstamp": job.created,
-            "state": "JobComplete" if full else "UploadComplete", "concurrencyMode": "Parallel",
-            "contentType": "CSV", "apiVersion": float(job.version), "lineEnding": "LF", "columnDelimiter": "COMMA",
+            "id": job.id,
+            "operation": job.operation,
+            "object": job.sobject,
+            "createdById": "005000000000001AAA",
+            "createdDate": job.created,
+            "systemModstamp": job.created,
+            "state": "JobComplete" if full else "UploadComplete",
+            "concurrencyMode": "Parallel",
+            "contentType": "CSV",
+            "apiVersion": float(job.version),
+            "lineEnding": "LF",
+            "columnDelimiter": "COMMA",
         }
         if full:
-            info.update({"jobType": "V2Query", "numberRecordsProcessed": len(job.rows), "retries": 0,
-                         "totalProcessingTime": 10, "isPkChunkingSupported": True})
+            info.update(
+                {
+                    "jobType": "V2Query",
+                    "numberRecordsProcessed": len(job.rows),
+                    "retries": 0,
+                    "totalProcessingTime": 10,
+                    "isPkChunkingSupported": True,
+                }
+            )
         return info
 
     def _bulk_create(self, req: Request) -> Response:
         body = self._body(req)
-        if not isinstance(body, dict) or body.get("operation") not in ("query", "queryAll") or not body.get("query"):
-            return _error_response(400, "INVALIDJOB", "InvalidJob : operation must be query or queryAll, with a query")
+        if (
+            not isinstance(body, dict)
+            or body.get("operation") not in ("query", "queryAll")
+            or not body.get("query")
+        ):
+            return _error_response(
+                400, "INVALIDJOB", "InvalidJob : operation must be query or queryAll, with a query"
+            )
         q = str(body["query"])
         try:
             cq = compile_query(q, self.catalog)
@@ -1355,12 +1846,27 @@ class SalesforceSandbox(SandboxServer):
         columns = [".".join([h.relationship for h in p.hops] + [p.field]) for p in cq.select]
         table = [[_csv_value(_dig(row, c)) for c in columns] for row in rows]
         job_id = id18("750" + "".join(self._rng.choice(_BASE62) for _ in range(12)))
-        job = _BulkJob(job_id, body["operation"], cq.sobject, req.params["version"], self.now(), table, columns, {})
+        job = _BulkJob(
+            job_id,
+            body["operation"],
+            cq.sobject,
+            req.params["version"],
+            self.now(),
+            table,
+            columns,
+            {},
+        )
         self._jobs[job_id] = job
         return Response.json(self._job_info(job, full=False))
 
     def _bulk_list(self, req: Request) -> Response:
-        return Response.json({"done": True, "records": [self._job_info(j, full=True) for j in self._jobs.values()], "nextRecordsUrl": None})
+        return Response.json(
+            {
+                "done": True,
+                "records": [self._job_info(j, full=True) for j in self._jobs.values()],
+                "nextRecordsUrl": None,
+            }
+        )
 
     def _bulk_info(self, req: Request) -> Response:
         job = self._jobs.get(req.params["job"])
@@ -1403,9 +1909,15 @@ class SalesforceSandbox(SandboxServer):
         writer = csv.writer(buf, quoting=csv.QUOTE_ALL, lineterminator="\n")
         writer.writerow(job.columns)
         writer.writerows(chunk)
-        return Response(200, buf.getvalue().encode("utf-8"), {
-            "Content-Type": "text/csv", "Sforce-NumberOfRecords": str(len(chunk)), "Sforce-Locator": next_locator,
-        })
+        return Response(
+            200,
+            buf.getvalue().encode("utf-8"),
+            {
+                "Content-Type": "text/csv",
+                "Sforce-NumberOfRecords": str(len(chunk)),
+                "Sforce-Locator": next_locator,
+            },
+        )
 
     # --- HTTP: OAuth ---------------------------------------------------------------------------
 
@@ -1421,7 +1933,9 @@ class SalesforceSandbox(SandboxServer):
             if not hmac.compare_digest(form.get("client_secret", ""), self.consumer_secret):
                 return self._oauth_error("invalid_client", "invalid client credentials")
             user = form.get("username", "")
-            if user not in self.users or not hmac.compare_digest(form.get("password", ""), self.users[user]):
+            if user not in self.users or not hmac.compare_digest(
+                form.get("password", ""), self.users[user]
+            ):
                 return self._oauth_error("invalid_grant", "authentication failure")
             return self._token_answer(user, signed=True)
         if grant == "urn:ietf:params:oauth:grant-type:jwt-bearer":
@@ -1431,14 +1945,18 @@ class SalesforceSandbox(SandboxServer):
             auth = req.header("Authorization") or ""
             if auth.lower().startswith("basic "):
                 try:
-                    key, _, secret = base64.b64decode(auth[6:].strip()).decode("utf-8").partition(":")
+                    key, _, secret = (
+                        base64.b64decode(auth[6:].strip()).decode("utf-8").partition(":")
+                    )
                 except ValueError:
                     return self._oauth_error("invalid_client", "invalid client credentials")
             if key != self.consumer_key:
                 return self._oauth_error("invalid_client_id", "client identifier invalid")
             if not hmac.compare_digest(secret, self.consumer_secret):
                 return self._oauth_error("invalid_client", "invalid client credentials")
-            return self._token_answer(next(iter(self.users), "integration@example.com"), signed=True)
+            return self._token_answer(
+                next(iter(self.users), "integration@example.com"), signed=True
+            )
         return self._oauth_error("unsupported_grant_type", "grant type not supported")
 
     def _jwt_grant(self, assertion: str) -> Response:
@@ -1447,8 +1965,12 @@ class SalesforceSandbox(SandboxServer):
             if header.get("alg") != "RS256":
                 return self._oauth_error("invalid_grant", "invalid assertion")
             if self.jwt_public_key is not None:
-                claims = jwt.decode(assertion, self.jwt_public_key, algorithms=["RS256"],
-                                    options={"verify_exp": False, "verify_aud": False})
+                claims = jwt.decode(
+                    assertion,
+                    self.jwt_public_key,
+                    algorithms=["RS256"],
+                    options={"verify_exp": False, "verify_aud": False},
+                )
             else:
                 claims = jwt.decode(assertion, options={"verify_signature": False})
         except jwt.PyJWTError:
@@ -1461,7 +1983,7 @@ class SalesforceSandbox(SandboxServer):
         if not any(a in allowed_aud for a in auds):
             return self._oauth_error("invalid_grant", "audience is invalid")
         try:
-            exp = int(claims.get("exp"))  # simple-salesforce sends it as a string
+            exp = int(str(claims.get("exp")))  # simple-salesforce sends it as a string
         except (TypeError, ValueError):
             return self._oauth_error("invalid_grant", "invalid assertion")
         if exp < time.time():
@@ -1499,21 +2021,32 @@ class SalesforceSandbox(SandboxServer):
         return Response.json({"ok": True, **(result or {})})
 
     def _ctl_load(self, req: Request) -> Response:
-        return self._ctl(lambda: self.load(req.json() or {}) or {"records": self.stats()["records"]})
+        def load() -> dict[str, Any]:
+            self.load(req.json() or {})
+            return {"records": self.stats()["records"]}
+
+        return self._ctl(load)
 
     def _ctl_reset(self, req: Request) -> Response:
         return self._ctl(self.reset)
 
     def _ctl_merge(self, req: Request) -> Response:
         body = req.json() or {}
-        return self._ctl(lambda: self.merge(body["winner"], body["losers"], keep_from=body.get("keep_from")))
+        return self._ctl(
+            lambda: self.merge(body["winner"], body["losers"], keep_from=body.get("keep_from"))
+        )
 
     def _ctl_expire(self, req: Request) -> Response:
         return self._ctl(self.expire_sessions)
 
     def _ctl_clock(self, req: Request) -> Response:
         body = req.json() or {}
-        return self._ctl(lambda: self.advance_clock(float(body.get("advance", 0))) or {"now": self.now()})
+
+        def advance() -> dict[str, Any]:
+            self.advance_clock(float(body.get("advance", 0)))
+            return {"now": self.now()}
+
+        return self._ctl(advance)
 
     def _ctl_daily_limit(self, req: Request) -> Response:
         body = req.json() or {}
@@ -1529,7 +2062,9 @@ class SalesforceSandbox(SandboxServer):
 
     def _ctl_list(self, req: Request) -> Response:
         include = (req.query_one("include_deleted") or "").lower() in ("1", "true")
-        return self._ctl(lambda: {"records": self.records(req.params["obj"], include_deleted=include)})
+        return self._ctl(
+            lambda: {"records": self.records(req.params["obj"], include_deleted=include)}
+        )
 
     def _ctl_create(self, req: Request) -> Response:
         return self._ctl(lambda: {"id": self.create(req.params["obj"], req.json() or {})})
@@ -1582,4 +2117,11 @@ def _load_public_key(key: str | bytes) -> Any:
     return load_pem_public_key(data)
 
 
-__all__ = ["LogicalClock", "SalesforceSandbox", "SalesforceSandboxError", "build_schema", "format_datetime", "id18"]
+__all__ = [
+    "LogicalClock",
+    "SalesforceSandbox",
+    "SalesforceSandboxError",
+    "build_schema",
+    "format_datetime",
+    "id18",
+]

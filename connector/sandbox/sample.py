@@ -33,9 +33,15 @@ DUNDER_MIFFLIN = "001000000000032AAA"  # activated order without a bill-to conta
 
 def load_sample() -> dict[str, Any]:
     """{"salesforce": {"Account": [...], ...}, "stripe": {"customers": [...]}}, a fresh copy."""
-    text = resources.files("connector.sandbox").joinpath("data", SAMPLE_FILE).read_text(encoding="utf-8")
+    text = (
+        resources.files("connector.sandbox")
+        .joinpath("data", SAMPLE_FILE)
+        .read_text(encoding="utf-8")
+    )
     data = yaml.safe_load(text)
     if not isinstance(data, dict) or "salesforce" not in data:
-        raise ValueError(f"{SAMPLE_FILE}: expected a mapping with 'salesforce' and 'stripe' sections")
+        raise ValueError(
+            f"{SAMPLE_FILE}: expected a mapping with 'salesforce' and 'stripe' sections"
+        )
     data.setdefault("stripe", {"customers": []})
     return data

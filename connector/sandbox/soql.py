@@ -81,7 +81,16 @@ _DATETIME = re.compile(
 _DATE = re.compile(r"(\d{4})-(\d{2})-(\d{2})(?![\dT])")
 _NUMBER = re.compile(r"-?\d+(\.\d+)?(?![\w.])")
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_STRING_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "b": "\b", "f": "\f", "'": "'", '"': '"', "\\": "\\"}
+_STRING_ESCAPES = {
+    "n": "\n",
+    "t": "\t",
+    "r": "\r",
+    "b": "\b",
+    "f": "\f",
+    "'": "'",
+    '"': '"',
+    "\\": "\\",
+}
 
 
 def tokenize(query: str) -> list[Token]:
@@ -129,7 +138,16 @@ def tokenize(query: str) -> list[Token]:
             tokens.append(Token("OP", "!=" if two == "<>" else two, i))
             i += 2
             continue
-        simple = {"=": "OP", "<": "OP", ">": "OP", ",": "COMMA", ".": "DOT", "(": "LPAREN", ")": "RPAREN", ":": "COLON"}
+        simple = {
+            "=": "OP",
+            "<": "OP",
+            ">": "OP",
+            ",": "COMMA",
+            ".": "DOT",
+            "(": "LPAREN",
+            ")": "RPAREN",
+            ":": "COLON",
+        }
         if c in simple:
             tokens.append(Token(simple[c], c, i))
             i += 1
@@ -160,14 +178,20 @@ def _read_string(query: str, start: int) -> tuple[str, int]:
             elif nxt in "%_":
                 out.append("\\" + nxt)  # kept escaped: only LIKE gives it a meaning
             else:
-                raise SoqlError("MALFORMED_QUERY", f"Invalid string literal: illegal escape sequence '\\{nxt}'", i)
+                raise SoqlError(
+                    "MALFORMED_QUERY",
+                    f"Invalid string literal: illegal escape sequence '\\{nxt}'",
+                    i,
+                )
             i += 2
             continue
         if c == "'":
             return "".join(out), i + 1
         out.append(c)
         i += 1
-    raise SoqlError("MALFORMED_QUERY", "unexpected token: '<EOF>': unterminated string literal", start)
+    raise SoqlError(
+        "MALFORMED_QUERY", "unexpected token: '<EOF>': unterminated string literal", start
+    )
 
 
 def _parse_datetime_literal(m: re.Match[str], pos: int) -> datetime:
@@ -248,10 +272,26 @@ class Query:
 
 
 # Words that end a clause; they cannot be used as an alias or a field name in those places.
-_CLAUSE_WORDS = {"WHERE", "ORDER", "LIMIT", "OFFSET", "GROUP", "HAVING", "WITH", "FOR", "USING", "UPDATE"}
+_CLAUSE_WORDS = {
+    "WHERE",
+    "ORDER",
+    "LIMIT",
+    "OFFSET",
+    "GROUP",
+    "HAVING",
+    "WITH",
+    "FOR",
+    "USING",
+    "UPDATE",
+}
 _UNSUPPORTED_CLAUSES = {
-    "GROUP": "GROUP BY", "HAVING": "HAVING", "OFFSET": "OFFSET", "WITH": "WITH",
-    "FOR": "FOR VIEW/REFERENCE/UPDATE", "USING": "USING SCOPE", "UPDATE": "UPDATE TRACKING/VIEWSTAT",
+    "GROUP": "GROUP BY",
+    "HAVING": "HAVING",
+    "OFFSET": "OFFSET",
+    "WITH": "WITH",
+    "FOR": "FOR VIEW/REFERENCE/UPDATE",
+    "USING": "USING SCOPE",
+    "UPDATE": "UPDATE TRACKING/VIEWSTAT",
 }
 
 
@@ -485,7 +525,17 @@ class ResolvedPath:
     type: str
 
 
-_STRINGISH = {"string", "textarea", "picklist", "multipicklist", "phone", "email", "url", "combobox", "encryptedstring"}
+_STRINGISH = {
+    "string",
+    "textarea",
+    "picklist",
+    "multipicklist",
+    "phone",
+    "email",
+    "url",
+    "combobox",
+    "encryptedstring",
+}
 _IDISH = {"id", "reference"}
 _NUMERIC = {"double", "currency", "percent", "int", "long"}
 
@@ -540,9 +590,13 @@ class CompiledQuery:
             rows = rows[: self.limit]
         return rows
 
-    def shape(self, record: Record, lookup: Lookup, url_for: Callable[[str, str], str]) -> dict[str, Any]:
+    def shape(
+        self, record: Record, lookup: Lookup, url_for: Callable[[str, str], str]
+    ) -> dict[str, Any]:
         """One record as REST returns it: attributes, then fields in SELECT order, parents nested."""
-        out: dict[str, Any] = {"attributes": {"type": self.sobject, "url": url_for(self.sobject, record["Id"])}}
+        out: dict[str, Any] = {
+            "attributes": {"type": self.sobject, "url": url_for(self.sobject, record["Id"])}
+        }
         for path in self.select:
             node: dict[str, Any] = out
             rec: Record | None = record
@@ -552,8 +606,14 @@ class CompiledQuery:
                     parent_id = rec.get(hop.foreign_key)
                     parent = lookup(hop.target, parent_id) if parent_id else None
                     node[hop.relationship] = (
-                        None if parent is None
-                        else {"attributes": {"type": hop.target, "url": url_for(hop.target, parent["Id"])}}
+                        None
+                        if parent is None
+                        else {
+                            "attributes": {
+                                "type": hop.target,
+                                "url": url_for(hop.target, parent["Id"]),
+                            }
+                        }
                     )
                 if node[hop.relationship] is None:
                     rec = None
@@ -570,7 +630,11 @@ def compile_query(query: str, catalog: Catalog) -> CompiledQuery:
     tree = parse(query)
     sobject = catalog.object_name(tree.sobject)
     if sobject is None:
-        raise SoqlError("INVALID_TYPE", f"sObject type '{tree.sobject}' is not supported. {_TYPE_HINT}", tree.sobject_pos)
+        raise SoqlError(
+            "INVALID_TYPE",
+            f"sObject type '{tree.sobject}' is not supported. {_TYPE_HINT}",
+            tree.sobject_pos,
+        )
     select: list[ResolvedPath] = []
     seen: set[str] = set()
     for p in tree.fields:
@@ -581,7 +645,9 @@ def compile_query(query: str, catalog: Catalog) -> CompiledQuery:
         seen.add(key)
         select.append(resolved)
     where = _compile_condition(tree.where, catalog, sobject) if tree.where is not None else None
-    order = tuple((_resolve(catalog, sobject, o.path), o.descending, o.nulls_last) for o in tree.order_by)
+    order = tuple(
+        (_resolve(catalog, sobject, o.path), o.descending, o.nulls_last) for o in tree.order_by
+    )
     return CompiledQuery(query, sobject, tuple(select), where, order, tree.limit)
 
 
@@ -593,10 +659,12 @@ def value_of(record: Record, path: ResolvedPath, lookup: Lookup) -> Any:
         rec = lookup(hop.target, parent_id) if parent_id else None
         if rec is None:
             return None
-    return rec.get(path.field)
+    return rec.get(path.field) if rec is not None else None
 
 
-def _compile_condition(cond: Condition, catalog: Catalog, sobject: str) -> Callable[[Record, Lookup], bool]:
+def _compile_condition(
+    cond: Condition, catalog: Catalog, sobject: str
+) -> Callable[[Record, Lookup], bool]:
     if isinstance(cond, BoolOp):
         parts = [_compile_condition(c, catalog, sobject) for c in cond.items]
         if cond.op == "AND":
@@ -608,7 +676,9 @@ def _compile_condition(cond: Condition, catalog: Catalog, sobject: str) -> Calla
     return _compile_comparison(cond, catalog, sobject)
 
 
-def _compile_comparison(cmp: Comparison, catalog: Catalog, sobject: str) -> Callable[[Record, Lookup], bool]:
+def _compile_comparison(
+    cmp: Comparison, catalog: Catalog, sobject: str
+) -> Callable[[Record, Lookup], bool]:
     path = _resolve(catalog, sobject, cmp.path)
     literals = cmp.value if isinstance(cmp.value, tuple) else (cmp.value,)
     for lit in literals:
@@ -619,9 +689,13 @@ def _compile_comparison(cmp: Comparison, catalog: Catalog, sobject: str) -> Call
         if lit.kind != "STRING":
             raise SoqlError("MALFORMED_QUERY", "LIKE needs a string literal", lit.pos)
         if path.type not in _STRINGISH and path.type not in _IDISH:
-            raise SoqlError("INVALID_FIELD", f"invalid operator on {path.type} field: LIKE", cmp.pos)
+            raise SoqlError(
+                "INVALID_FIELD", f"invalid operator on {path.type} field: LIKE", cmp.pos
+            )
         pattern = _like_pattern(lit.value)
-        return lambda r, lk: (v := value_of(r, path, lk)) is not None and pattern.fullmatch(str(v)) is not None
+        return lambda r, lk: (
+            (v := value_of(r, path, lk)) is not None and pattern.fullmatch(str(v)) is not None
+        )
     if op in ("IN", "NOTIN"):
         keys = {_key(path.type, lit.value) for lit in literals}
         if op == "IN":
@@ -633,7 +707,9 @@ def _compile_comparison(cmp: Comparison, catalog: Catalog, sobject: str) -> Call
             return lambda r, lk: value_of(r, path, lk) is None
         if op == "!=":
             return lambda r, lk: value_of(r, path, lk) is not None
-        raise SoqlError("MALFORMED_QUERY", f"null can only be compared with = or !=, not {op}", lit.pos)
+        raise SoqlError(
+            "MALFORMED_QUERY", f"null can only be compared with = or !=, not {op}", lit.pos
+        )
     want = _key(path.type, lit.value)
     if op in ("<", "<=", ">", ">=") and path.type == "boolean":
         raise SoqlError("INVALID_FIELD", f"invalid operator on boolean field: {op}", cmp.pos)
@@ -664,17 +740,32 @@ def _check_literal(path: ResolvedPath, lit: Literal, cmp: Comparison) -> None:
         return
     t = path.type
     expected = (
-        "STRING" if t in _STRINGISH or t in _IDISH
-        else "NUMBER" if t in _NUMERIC
-        else "BOOLEAN" if t == "boolean"
-        else "DATETIME" if t == "datetime"
-        else "DATE" if t == "date"
+        "STRING"
+        if t in _STRINGISH or t in _IDISH
+        else "NUMBER"
+        if t in _NUMERIC
+        else "BOOLEAN"
+        if t == "boolean"
+        else "DATETIME"
+        if t == "datetime"
+        else "DATE"
+        if t == "date"
         else None
     )
     if expected is None or lit.kind == expected:
         return
-    names = {"STRING": "string", "NUMBER": "number", "BOOLEAN": "boolean", "DATETIME": "dateTime", "DATE": "date"}
-    quoted = "and should be enclosed in quotes" if expected == "STRING" else "and should not be enclosed in quotes"
+    names = {
+        "STRING": "string",
+        "NUMBER": "number",
+        "BOOLEAN": "boolean",
+        "DATETIME": "dateTime",
+        "DATE": "date",
+    }
+    quoted = (
+        "and should be enclosed in quotes"
+        if expected == "STRING"
+        else "and should not be enclosed in quotes"
+    )
     raise SoqlError(
         "INVALID_FIELD",
         f"value of filter criterion for field '{path.field}' must be of type {names[expected]} {quoted}",
