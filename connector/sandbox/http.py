@@ -246,6 +246,9 @@ class SandboxServer:
 
         class _Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # Headers and body go out in two writes; without this, Nagle's algorithm waits for
+            # the client's delayed ACK and every keep-alive answer takes ~40 ms.
+            disable_nagle_algorithm = True
 
             def log_message(self, format: str, *args: Any) -> None:  # quiet by default
                 pass
@@ -286,7 +289,9 @@ class SandboxServer:
             request_queue_size = 128
 
         self._httpd = _Server((HOST, self._port), _Handler)
-        self._thread = threading.Thread(target=self._httpd.serve_forever, name=f"{self.kind}-sandbox", daemon=True)
+        # A short poll interval lets stop() return quickly (tests start and stop servers often).
+        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
+                                        name=f"{self.kind}-sandbox", daemon=True)
         self._thread.start()
         return self
 
