@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,28 +114,32 @@ def add_billed_accounts(sf: SalesforceSandbox, accounts: int, *, orders_each: in
     return ids
 
 
-class ExpireSessionsOn(Fault):
-    """When a matching request arrives, every session expires before it is authorised.
+class OnRequest(Fault):
+    """Runs `action` once, when the first matching request arrives, before the server answers it.
 
-    The request itself is not failed by the fault: the sandbox answers it as Salesforce does
-    for a dead session (401 INVALID_SESSION_ID), and so does every later request that still
-    carries an old token. A login flow gets a new token that works.
+    The request itself is not failed by this fault: it is answered as the server would answer
+    it after `action` (e.g. 401 INVALID_SESSION_ID once the sessions are expired).
     """
 
-    sandbox: SalesforceSandbox | None = None
+    action: Callable[[], object] | None = None
 
     def matches(self, req: Request) -> bool:
-        if super().matches(req) and self.sandbox is not None:
-            self.sandbox.expire_sessions()
+        if super().matches(req) and self.action is not None and self.count > 0:
             self.count = 0  # once
+            self.action()
         return False
 
 
-def expire_sessions_on(sf: SalesforceSandbox, path: str, method: str = "GET") -> ExpireSessionsOn:
-    fault = ExpireSessionsOn(count=1, path=path, method=method)
-    fault.sandbox = sf
-    sf.inject_fault(fault)
+def on_request(sandbox: Any, path: str, action: Callable[[], object], method: str = "GET") -> OnRequest:
+    fault = OnRequest(count=1, path=path, method=method)
+    fault.action = action
+    sandbox.inject_fault(fault)
     return fault
+
+
+def expire_sessions_on(sf: SalesforceSandbox, path: str, method: str = "GET") -> OnRequest:
+    """Every Salesforce session expires when the first request to `path` arrives."""
+    return on_request(sf, path, sf.expire_sessions, method)
 
 
 def cli(*args: str, env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
