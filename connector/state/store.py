@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
+import structlog
 from alembic import command
 from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
@@ -45,6 +46,8 @@ from connector.state.records import (
     RetryItem,
     RunRecord,
 )
+
+log = structlog.get_logger("connector.state")
 
 # Ids per `IN (...)` query. SQLite builds before 3.32 allow only 999 bound variables.
 LOOKUP_CHUNK = 500
@@ -202,7 +205,11 @@ class StateStore:
                 # configparser would read a '%' in the install path as interpolation
                 cfg.set_main_option("script_location", str(MIGRATIONS_DIR).replace("%", "%%"))
                 cfg.attributes["connection"] = conn
+                before = MigrationContext.configure(conn).get_current_revision()
                 command.upgrade(cfg, "head")
+                after = MigrationContext.configure(conn).get_current_revision()
+        if after != before:
+            log.info("state.migrated", url=self.url, from_revision=before, to_revision=after)
 
     def _where(self) -> str:
         return str(self.db_path) if self.db_path is not None else self.url
