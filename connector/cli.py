@@ -155,20 +155,15 @@ def _run(config_file: Path, mode: str, *, dry_run: bool, as_json: bool, since: s
 
 
 def _print_report(report: Any, *, state: str | None = None) -> None:
-    title = f"{report.mode} {'(dry run) ' if report.dry_run else ''}{report.status} - run {report.run_id}"
-    t = Table(title=title, show_header=True)
-    for col in ("orders read", "accounts", "created", "updated", "unchanged", "refused", "failed", "Salesforce calls", "Stripe calls"):
-        t.add_column(col, justify="right")
-    t.add_row(*(str(x) for x in (report.orders_read, report.accounts_seen, report.created, report.updated,
-                                  report.unchanged, report.refused, report.failed, report.salesforce_calls, report.stripe_calls)))
-    out.print(t)
+    out.print(f"[bold]{report.mode}{' (dry run)' if report.dry_run else ''}[/] {report.status}, run {report.run_id}",
+              highlight=False)
+    out.print(report.summary(), highlight=False)
     if report.dry_run and report.plan:
         plan = Table(title="plan (nothing was written)")
         for col in ("action", "account", "billing account", "customer", "changed fields / reason"):
             plan.add_column(col)
         for p in report.plan:
-            detail = p.reason if p.action in ("refused", "failed") else ", ".join(p.changed_fields)
-            plan.add_row(p.action, p.account_id, p.billing_account, p.customer_id or "-", detail or "")
+            plan.add_row(p.action, p.account_id, p.billing_account, p.customer_id or "-", p.detail())
         out.print(plan)
     if state:
         out.print(f"state: {state}", highlight=False)
@@ -275,7 +270,7 @@ def mappings_check(
 
     with _errors():
         cfg: Config | None = None
-        if mappings_dir is None or online:
+        if online or (mappings_dir is None and config.exists()):
             cfg, secrets = _load(config)
         folder = mappings_dir or (cfg.mappings_path if cfg else Path("mappings"))
         describe = None

@@ -95,6 +95,14 @@ class PlannedWrite:
     error_code: str | None = None
     basis_activated_at: str | None = None
 
+    def detail(self) -> str:
+        """What this write changes (or why it is refused), short enough for one line."""
+        if self.action in ("refused", "failed"):
+            return str(self.reason or self.error_code or "")
+        if self.action == "create":
+            return f"new customer ({len(self.changed_fields)} fields)"
+        return ", ".join(self.changed_fields)
+
 
 @dataclass(frozen=True, slots=True)
 class RunReport:
@@ -119,6 +127,13 @@ class RunReport:
         keys = ("run_id", "mode", "orders_read", "accounts_seen", "created", "updated", "unchanged",
                 "refused", "failed", "salesforce_calls", "stripe_calls")
         return {k: getattr(self, k) for k in keys}
+
+    def summary(self) -> str:
+        """One line for people: what happened and what it cost."""
+        return (f"created {self.created}, updated {self.updated}, unchanged {self.unchanged}, "
+                f"refused {self.refused}, failed {self.failed} | orders read {self.orders_read}, "
+                f"accounts {self.accounts_seen} | Salesforce calls {self.salesforce_calls}, "
+                f"Stripe calls {self.stripe_calls}")
 
     @property
     def exit_code(self) -> int:

@@ -8,6 +8,7 @@ way to make them listen elsewhere.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import socket
@@ -267,10 +268,8 @@ class SandboxServer:
                 resp = server._handle(req)
                 if resp is None:  # drop the connection
                     self.close_connection = True
-                    try:
+                    with contextlib.suppress(OSError):
                         self.connection.shutdown(socket.SHUT_RDWR)
-                    except OSError:
-                        pass
                     return
                 self.send_response(resp.status)
                 payload = resp.body or b""

@@ -92,7 +92,14 @@ def run_demo(state_dir: Path, *, console: Console) -> int:
             shutil.rmtree(state_dir)
         state_dir.mkdir(parents=True)
         state_file = (state_dir / "state.db").resolve()
-        cfg = Config.model_validate(pair.config_dict(state_url=f"sqlite:///{state_file}", mappings_dir=str(repo_mappings_dir())))
+        cfg_data = pair.config_dict(state_url=f"sqlite:///{state_file}", mappings_dir=str(repo_mappings_dir()))
+        cfg = Config.model_validate(cfg_data)
+        # Left behind so `status`, `conflicts list` and `xref show` can read the demo's store.
+        (state_dir / "config.yaml").write_text(
+            "# Written by `billing-connector demo`. The sandbox URLs below are gone once the demo\n"
+            "# ends; commands that only read the store (status, conflicts list, xref show) work.\n"
+            + yaml.safe_dump(cfg_data, sort_keys=False)
+        )
         secrets = SecretSource(pair.secrets())
         console.print(f"[bold]Sandbox[/]: Salesforce {pair.salesforce.url}, Stripe {pair.stripe.url} (sample data)")
         worst = 0
@@ -119,8 +126,8 @@ def run_demo(state_dir: Path, *, console: Console) -> int:
             t.add_row(c["id"], c.get("name") or "", c.get("email") or "", (c.get("address") or {}).get("country") or "",
                       (c.get("metadata") or {}).get("salesforce_account_id", ""))
         console.print(t)
-        console.print(f"\nState file: {state_file}\nTry: billing-connector status -c <config> "
-                      "(run `billing-connector sandbox` for servers that stay up)")
+        console.print(f"\nState file: {state_file}\nNext: billing-connector status -c {state_dir / 'config.yaml'}\n"
+                      "      billing-connector sandbox   (servers that stay up, with a ready config)", highlight=False)
         return worst
     finally:
         pair.stop()
@@ -147,17 +154,11 @@ def _edit_some_accounts(pair: SandboxPair) -> str:
 
 
 def _print(console: Console, title: str, report: Any) -> None:
-    t = Table(title=f"{title}  [{report.status}]", title_justify="left")
-    for col in ("orders read", "accounts", "created", "updated", "unchanged", "refused", "failed", "SF calls", "Stripe calls"):
-        t.add_column(col, justify="right")
-    t.add_row(*(str(x) for x in (report.orders_read, report.accounts_seen, report.created, report.updated,
-                                  report.unchanged, report.refused, report.failed, report.salesforce_calls,
-                                  report.stripe_calls)))
-    console.print(t)
+    console.print(f"\n[bold]{title}[/] ({report.status})", highlight=False)
+    console.print(f"   {report.summary()}", highlight=False)
     if report.dry_run:
         for p in report.plan:
             if p.action != "unchanged":
-                detail = p.reason if p.action in ("refused", "failed") else ", ".join(p.changed_fields)
-                console.print(f"   would {p.action:<8} {p.account_id}  {detail}", highlight=False)
+                console.print(f"   would {p.action:<8} {p.account_id}  {p.detail()}", highlight=False)
     if report.error:
         console.print(f"[red]error:[/] {report.error}")
