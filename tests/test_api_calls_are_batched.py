@@ -98,3 +98,33 @@ def test_the_sandbox_command_serves_until_interrupted(tmp_path: Path) -> None:
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=20)
     assert proc.returncode == 0
+
+
+def test_a_crashed_backfill_resumes_after_the_last_page_it_finished(
+    sandboxes: SandboxPair, run_sync: Callable[..., RunReport], make_config: Callable[..., Any]
+) -> None:
+    add_billed_accounts(sandboxes, N)
+    cfg = make_config(salesforce={"page_size": 200},
+                      billing={"accounts": [{"id": "default", "api_base": sandboxes.stripe.url, "max_requests_per_second": 1000}]})
+    # The second page of orders never arrives: Salesforce fails, the run stops.
+    sandboxes.salesforce.inject_fault(method="GET", path=r"/query/01g", status=503, count=10,
+                                      body=[{"errorCode": "SERVER_UNAVAILABLE", "message": "try later"}])
+
+    crashed = run_sync("backfill", config=cfg)
+
+    assert crashed.status == "failed" and crashed.exit_code == 3
+    assert crashed.orders_read == 200 and crashed.created == crashed.accounts_seen
+    sandboxes.salesforce.clear_faults()
+    resumed = run_sync("backfill", config=cfg)
+
+    assert resumed.exit_code == 0
+    assert resumed.orders_read == N + 4 - 200  # the finished page is not read again
+    assert resumed.created == N + 3 - crashed.created
+    per_account: dict[str, int] = {}
+    for c in sandboxes.stripe.customers():
+        key = c["metadata"]["salesforce_account_id"]
+        per_account[key] = per_account.get(key, 0) + 1
+    assert len(per_account) == N + 3 and set(per_account.values()) == {1}
+
+    full_again = run_sync("backfill", config=cfg)  # a finished backfill starts from the beginning
+    assert full_again.orders_read == N + 4 and full_again.stripe_calls == 0
