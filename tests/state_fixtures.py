@@ -12,6 +12,7 @@ import functools
 import os
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -66,8 +67,17 @@ def pg_schema_url() -> Iterator[str]:
     try:
         yield f"{PG_URL}?options=-csearch_path%3D{schema}"
     finally:
-        with psycopg.connect(PG_CONNINFO, autocommit=True) as admin:
-            admin.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        # Dropped in the background while the next test runs; the executor's thread is joined
+        # at interpreter exit, so nothing is left behind.
+        _DROPPER.submit(_drop_schema, schema)
+
+
+def _drop_schema(schema: str) -> None:
+    with psycopg.connect(PG_CONNINFO, autocommit=True) as admin:
+        admin.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+_DROPPER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="drop-test-schema")
 
 
 def sqlite_url(tmp_path: Path) -> str:
