@@ -287,9 +287,9 @@ def mappings_check(
     for p in problems:
         (err if p.severity == "error" else out).print(str(p), highlight=False, markup=False, soft_wrap=True)
     if errors:
-        err.print(f"{len(errors)} error(s) in {folder}", highlight=False)
+        err.print(f"{len(errors)} error(s) in {folder}", highlight=False, soft_wrap=True)
         raise typer.Exit(2)
-    out.print(f"mappings in {folder}: ok ({len(problems)} warning(s))", highlight=False)
+    out.print(f"mappings in {folder}: ok ({len(problems)} warning(s))", highlight=False, soft_wrap=True)
 
 
 @mappings_app.command("preview")

@@ -127,3 +127,27 @@ def test_conflicts_list_shows_the_choices_and_resolve_records_who(
     assert "merge_loser_linked" in listed.stdout and "conflicts resolve" in listed.stdout
     assert resolved.returncode == 0, resolved.stderr
     assert after[0]["status"] == "resolved" and after[0]["resolved_by"] == "alice"
+
+
+def test_mappings_check_online_asks_salesforce_and_warns_about_formula_fields(
+    sandboxes: SandboxPair, cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    folder = mapping_copy(tmp_path / "online", "  metadata.region:\n    from: Account.Region__c\n"
+                                                "  metadata.tier:\n    from: Account.Tier__c\n")
+    cfg = Path(cli_env["BILLING_CONNECTOR_CONFIG"])
+    cfg.write_text("\n".join(f"mappings_dir: {folder}" if ln.startswith("mappings_dir:") else ln
+                             for ln in cfg.read_text().splitlines()))
+
+    offline = _cli(["mappings", "check"], cli_env)
+    online = _cli(["mappings", "check", "--online"], cli_env)
+
+    assert offline.returncode == 0, offline.stderr  # the file itself is well formed
+    assert online.returncode == 2
+    text = online.stdout + online.stderr
+    lines = (folder / "customer.yaml").read_text().splitlines()
+    # The added entries are the last ones (the shipped file mentions Region__c in a comment too).
+    tier_line = max(i for i, ln in enumerate(lines, 1) if "from: Account.Tier__c" in ln)
+    region_line = max(i for i, ln in enumerate(lines, 1) if "from: Account.Region__c" in ln)
+    assert f"customer.yaml:{tier_line}:" in text and "Tier__c" in text
+    assert f"customer.yaml:{region_line}:" in text and "formula" in text.lower()
+    assert sandboxes.stripe.stats()["total"] == 0  # only Salesforce's describe was asked
