@@ -901,7 +901,7 @@ class StateStore:
         if result.rowcount == 0:
             raise ConflictResolutionError(
                 f"conflict #{id} was already resolved by {conflict.resolved_by} at "
-                f"{conflict.resolved_at:%Y-%m-%d %H:%M:%S} UTC: {conflict.resolution}",
+                f"{_when(conflict.resolved_at)}: {conflict.resolution}",
                 conflict_id=id,
             )
         return conflict
@@ -1220,6 +1220,10 @@ def _held_message(name: str, info: Mapping[str, Any], where: str) -> str:
         f"the '{name}' lock is held by {who} [{where}]; only one runner may sync at a time. "
         "Wait for it to finish; a holder that crashed releases the lock automatically"
     )
+
+
+def _when(at: datetime | None) -> str:
+    return f"{at:%Y-%m-%d %H:%M:%S} UTC" if at is not None else "an unknown time"
 
 
 def _customer_taken(link: Link, holder: str) -> ConflictError:
