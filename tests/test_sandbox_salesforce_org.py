@@ -349,6 +349,24 @@ def test_merges_salesforce_would_refuse_are_refused(
     assert not org.get("Account", LOSE1)["IsDeleted"]
 
 
+def test_contacts_merge_too_and_orders_follow_the_surviving_contact(org: SalesforceSandbox) -> None:
+    one, two = "003000000000001AAA", "003000000000002AAA"
+    order = org.create(
+        "Order",
+        {
+            "AccountId": WIN,
+            "Status": "Draft",
+            "EffectiveDate": "2026-01-01",
+            "BillToContactId": two,
+        },
+    )
+
+    org.merge(one, [two])
+
+    assert org.get("Contact", two)["MasterRecordId"] == one and org.get("Contact", two)["IsDeleted"]
+    assert org.get("Order", order)["BillToContactId"] == one
+
+
 def test_a_deleted_loser_cannot_be_merged_again(org: SalesforceSandbox) -> None:
     org.merge(WIN, [LOSE1])
     with pytest.raises(ValueError, match="already deleted"):
@@ -452,6 +470,22 @@ def test_bulk2_query_returns_csv_pages_with_locators() -> None:
         and rows[0]["BillingCountry"] == ""
     )
     assert pages[0].startswith('"Id","Name","BillingCountry"\n"001')
+
+
+def test_bulk2_csv_writes_datetimes_in_z_form_and_flattens_relationships(
+    org: SalesforceSandbox,
+) -> None:
+    [page] = client(org).bulk2.Order.query(
+        "SELECT Id, Account.Name, ActivatedDate, SystemModstamp FROM Order WHERE StatusCode = 'Activated' ORDER BY Id",
+        wait=0,
+    )
+    rows = list(csv.DictReader(io.StringIO(page)))
+
+    assert list(rows[0]) == ["Id", "Account.Name", "ActivatedDate", "SystemModstamp"]
+    assert rows[0]["Account.Name"] == "ACME Corporation"
+    stamp = org.get("Order", rows[0]["Id"])["SystemModstamp"]
+    assert rows[0]["SystemModstamp"] == stamp.replace("+0000", "Z")
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.000Z", rows[0]["ActivatedDate"])
 
 
 def test_bulk2_query_of_bad_soql_is_refused(org: SalesforceSandbox) -> None:

@@ -426,6 +426,11 @@ REFUSED = [
     ("SELECT Id FROM Account ORDER BY Foo__c", "INVALID_FIELD"),
     ("SELECT Id FROM Account WHERE Name = 5", "INVALID_FIELD"),
     ("SELECT Id FROM Account WHERE CreatedDate > '2026-01-01'", "INVALID_FIELD"),
+    ("SELECT Id FROM Account WHERE Id = 'abc'", "INVALID_QUERY_FILTER_OPERATOR"),
+    (
+        "SELECT Id FROM Order WHERE AccountId IN ('001000000000001AAA', 'nope')",
+        "INVALID_QUERY_FILTER_OPERATOR",
+    ),
     ("SELECT Id FROM Acount", "INVALID_TYPE"),
     ("SELECT Id FROM Opportunity", "INVALID_TYPE"),
 ]

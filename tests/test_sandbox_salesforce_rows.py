@@ -487,6 +487,8 @@ def test_an_expired_or_unknown_token_is_401_invalid_session_id(
         instance_url=org.url, session_id=fresh, session=loopback_session(org.url), version="62.0"
     )
     assert sf2.query("SELECT Id FROM Account")["totalSize"] == 2
+    org.accept_token(org.access_token)
+    assert sf.query("SELECT Id FROM Account")["totalSize"] == 2
     stranger = Salesforce(
         instance_url=org.url, session_id="nope", session=loopback_session(org.url), version="62.0"
     )

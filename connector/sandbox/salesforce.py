@@ -870,6 +870,11 @@ class SalesforceSandbox(SandboxServer):
         with self.lock:
             self._tokens.clear()
 
+    def accept_token(self, token: str) -> None:
+        """Make `token` valid again (e.g. the static `access_token` after `expire_sessions()`)."""
+        with self.lock:
+            self._tokens.add(token)
+
     def issue_token(self) -> str:
         """A fresh valid session token, as a login would give."""
         token = f"{self.org_id[:15]}!AQ{secrets.token_urlsafe(48)}"
@@ -1844,7 +1849,11 @@ class SalesforceSandbox(SandboxServer):
             return _error_response(400, "INVALIDJOB", exc.message(q))
         rows = self._shaped(cq, body["operation"] == "queryAll", req.params["version"])
         columns = [".".join([h.relationship for h in p.hops] + [p.field]) for p in cq.select]
-        table = [[_csv_value(_dig(row, c)) for c in columns] for row in rows]
+        types = [p.type for p in cq.select]
+        table = [
+            [_csv_value(_dig(row, c), t) for c, t in zip(columns, types, strict=True)]
+            for row in rows
+        ]
         job_id = id18("750" + "".join(self._rng.choice(_BASE62) for _ in range(12)))
         job = _BulkJob(
             job_id,
@@ -2096,13 +2105,14 @@ def _dig(row: Mapping[str, Any], column: str) -> Any:
     return node
 
 
-def _csv_value(value: Any) -> str:
+def _csv_value(value: Any, ftype: str) -> str:
+    """A value as Bulk API 2.0 writes it in CSV (datetimes in Z form, unlike REST's +0000)."""
     if value is None:
         return ""
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, float) and value.is_integer():
-        return str(value)
+    if ftype == "datetime":
+        return format_datetime(parse_datetime(str(value))).replace("+0000", "Z")
     return str(value)
 
 

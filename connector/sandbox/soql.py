@@ -735,23 +735,26 @@ _OPERATORS: dict[str, Callable[[Any, Any], bool]] = {
 }
 
 
+_LITERAL_FOR_TYPE = {
+    **dict.fromkeys(_STRINGISH | _IDISH, "STRING"),
+    **dict.fromkeys(_NUMERIC, "NUMBER"),
+    "boolean": "BOOLEAN",
+    "datetime": "DATETIME",
+    "date": "DATE",
+}
+
+
+def _is_id(value: str) -> bool:
+    return len(value) in (15, 18) and value.isascii() and value.isalnum()
+
+
 def _check_literal(path: ResolvedPath, lit: Literal, cmp: Comparison) -> None:
     if lit.kind == "NULL":
         return
-    t = path.type
-    expected = (
-        "STRING"
-        if t in _STRINGISH or t in _IDISH
-        else "NUMBER"
-        if t in _NUMERIC
-        else "BOOLEAN"
-        if t == "boolean"
-        else "DATETIME"
-        if t == "datetime"
-        else "DATE"
-        if t == "date"
-        else None
-    )
+    expected = _LITERAL_FOR_TYPE.get(path.type)
+    if lit.kind == "STRING" and path.type in _IDISH and lit.value and not _is_id(lit.value):
+        # Salesforce checks id literals before running anything.
+        raise SoqlError("INVALID_QUERY_FILTER_OPERATOR", f"invalid ID field: {lit.value}", lit.pos)
     if expected is None or lit.kind == expected:
         return
     names = {
