@@ -173,6 +173,10 @@ def test_unknown_objects_and_fields_are_refused_by_the_python_api(org: Salesforc
         org.update("Account", WIN, {"Nmae": "x"})
     with pytest.raises(ValueError, match="Opportunity"):
         org.load({"Opportunity": []})
+    with pytest.raises(ValueError, match="SystemModstamp cannot be updated"):
+        org.update("Account", WIN, {"SystemModstamp": "2020-01-01T00:00:00.000+0000"})
+    with pytest.raises(ValueError, match="IsDeleted cannot be updated"):
+        org.update("Account", WIN, {"IsDeleted": True})
 
 
 def test_load_replaces_the_data_and_reset_returns_to_the_initial_data(
@@ -323,6 +327,21 @@ def test_merged_losers_show_only_in_query_all_with_master_record_id(org: Salesfo
     ]
     orders = sf.query(f"SELECT Id FROM Order WHERE AccountId = '{WIN}'")["records"]
     assert len(orders) == 2
+
+
+def test_deleted_and_updated_resources_list_ids_changed_in_a_window(org: SalesforceSandbox) -> None:
+    sf = client(org)
+    org.advance_clock(3600)
+    start = datetime.strptime(org.now(), "%Y-%m-%dT%H:%M:%S.000+0000").replace(tzinfo=UTC)
+    org.merge(WIN, [LOSE1])
+    end = start + timedelta(hours=1)
+
+    deleted = sf.Account.deleted(start, end)
+    assert [d["id"] for d in deleted["deletedRecords"]] == [LOSE1]
+    assert deleted["deletedRecords"][0]["deletedDate"] == org.get("Account", LOSE1)["SystemModstamp"]
+    assert set(sf.Account.updated(start, end)["ids"]) == {WIN}
+    assert set(sf.Order.updated(start, end)["ids"]) == {"801000000000001AAA"}
+    assert sf.Account.deleted(start - timedelta(days=1), start - timedelta(hours=2))["deletedRecords"] == []
 
 
 @pytest.mark.parametrize(

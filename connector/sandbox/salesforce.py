@@ -1,7 +1,7 @@
 """A local Salesforce org: Account, Contact, Order and the CPQ quote, over REST as the real
 service answers it, and a Python API for tests to shape the org directly.
 
-It speaks enough of REST (query/queryAll with paging, sObject rows, sObject Collections,
+It speaks enough of REST (query/queryAll with paging, sObject rows, deleted/updated, sObject Collections,
 describe, limits, OAuth token logins, Bulk API 2.0 query) that the unmodified simple-salesforce
 client works against it through `connector.salesforce.loopback_session`. What it must never do
 is answer something it does not understand: SOQL beyond the supported subset is refused with
@@ -51,6 +51,10 @@ _SOAP_TYPES = {
     "percent": "xsd:double",
     "int": "xsd:int",
 }
+# Fields only the org itself changes, through a change, a delete or a merge.
+_ORG_MANAGED = frozenset(
+    {"Id", "IsDeleted", "MasterRecordId", "CreatedDate", "LastModifiedDate", "SystemModstamp"}
+)
 _STAMP_FIELDS = ("CreatedDate", "LastModifiedDate", "SystemModstamp")
 _SYSTEM = {"IsDeleted", "MasterRecordId", "CreatedDate", "LastModifiedDate", "SystemModstamp"}
 
@@ -764,6 +768,12 @@ class SalesforceSandbox(SandboxServer):
         with self.lock:
             obj = self._object(sobject)
             self._check_known(obj, fields)
+            managed = sorted({self._field(obj, k).name for k in fields} & _ORG_MANAGED)
+            if managed:
+                raise ValueError(
+                    f"{', '.join(managed)} cannot be updated: the org sets them "
+                    "(use delete(), undelete(), merge() or advance_clock())"
+                )
             rec = self._require(obj, record_id)
             self._apply(obj, rec, fields)
 
@@ -1055,14 +1065,7 @@ class SalesforceSandbox(SandboxServer):
         for k, v in fields.items():
             f = obj.field(k)
             assert f is not None
-            if f.name in (
-                "Id",
-                "IsDeleted",
-                "SystemModstamp",
-                "LastModifiedDate",
-                "CreatedDate",
-                "MasterRecordId",
-            ):
+            if f.name in _ORG_MANAGED:
                 continue
             rec[f.name] = self._normalize(f, v)
         stamp = self._touch(obj, rec)
@@ -1226,6 +1229,7 @@ class SalesforceSandbox(SandboxServer):
         r("GET", v + r"/limits", self._limits)
         r("GET", v + r"/sobjects", self._global_describe)
         r("GET", v + r"/sobjects/(?P<obj>\w+)/describe", self._describe)
+        r("GET", v + r"/sobjects/(?P<obj>\w+)/(?P<kind>deleted|updated)", self._replication)
         r("GET", v + r"/sobjects/(?P<obj>\w+)", self._object_info)
         r("POST", v + r"/sobjects/(?P<obj>\w+)", self._rest_create)
         r("GET", v + r"/sobjects/(?P<obj>\w+)/(?P<id>[^/]+)", self._rest_get)
@@ -1486,6 +1490,43 @@ class SalesforceSandbox(SandboxServer):
             }
         )
         return Response.json(out)
+
+    def _replication(self, req: Request) -> Response:
+        """`sobjects/X/deleted` and `sobjects/X/updated`: ids changed between start and end."""
+        obj = self._rest_object(req)
+        if obj is None:
+            return self.not_found(req)
+        try:
+            start = parse_datetime(req.query_one("start") or "")
+            end = parse_datetime(req.query_one("end") or "")
+        except ValueError:
+            return _error_response(
+                400, "INVALID_REPLICATION_DATE", "start and end must be ISO 8601 date-times"
+            )
+        if end < start:
+            return _error_response(
+                400, "INVALID_REPLICATION_DATE", "start date must be earlier than end date"
+            )
+        covered = min(end, self.clock.now()).replace(second=0)
+        rows = [
+            r
+            for r in self._records[obj.name].values()
+            if start <= parse_datetime(r["SystemModstamp"]) <= end
+        ]
+        if req.params["kind"] == "updated":
+            ids = [r["Id"] for r in rows if not r["IsDeleted"]]
+            return Response.json({"ids": ids, "latestDateCovered": format_datetime(covered)})
+        deleted = [
+            {"id": r["Id"], "deletedDate": r["SystemModstamp"]} for r in rows if r["IsDeleted"]
+        ]
+        earliest = min((d["deletedDate"] for d in deleted), default=format_datetime(start))
+        return Response.json(
+            {
+                "deletedRecords": deleted,
+                "earliestDateAvailable": earliest,
+                "latestDateCovered": format_datetime(covered),
+            }
+        )
 
     # --- HTTP: query ---------------------------------------------------------------------------
 
