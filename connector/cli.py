@@ -99,7 +99,7 @@ def _parse_date(value: str | None, name: str) -> datetime | None:
 def _stop_on_signals() -> Iterator[threading.Event]:
     """SIGTERM/SIGINT finish the record in progress and stop; a second signal exits at once."""
     stop = threading.Event()
-    previous: dict[int, Any] = {}
+    previous: dict[signal.Signals, Any] = {}
 
     def handler(signum: int, frame: object) -> None:
         if stop.is_set():
@@ -148,10 +148,16 @@ def _run(config_file: Path, mode: str, *, dry_run: bool, as_json: bool, since: s
         if as_json:
             print(json.dumps(report.as_json()))
         else:
-            _print_report(report, state=cfg.state_url)
+            _print_report(report, state=_safe_url(cfg.state_url))
         if report.error:
             err.print(f"[bold red]error:[/] {report.error}")
         raise typer.Exit(report.exit_code)
+
+
+def _safe_url(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
 
 
 def _print_report(report: Any, *, state: str | None = None) -> None:
@@ -226,8 +232,8 @@ def status(config: ConfigOpt = Path("config.yaml"), as_json: JsonOpt = False) ->
     for col in ("started", "mode", "status", "created", "updated", "unchanged", "refused", "failed", "error"):
         t.add_column(col)
     for r in runs:
-        c = r.counts
-        t.add_row(r.started_at.strftime("%Y-%m-%d %H:%M:%S"), r.mode, r.status, *(str(c.get(k, 0)) for k in
+        counts = r.counts
+        t.add_row(r.started_at.strftime("%Y-%m-%d %H:%M:%S"), r.mode, r.status, *(str(counts.get(k, 0)) for k in
                   ("created", "updated", "unchanged", "refused", "failed")), (r.error or "")[:60])
     out.print(t)
     if failures:
@@ -244,7 +250,7 @@ def status(config: ConfigOpt = Path("config.yaml"), as_json: JsonOpt = False) ->
         for c in conflicts:
             k.add_row(str(c.id), c.kind, c.account_id, c.customer_id or "-", c.created_at.strftime("%Y-%m-%d %H:%M"))
         out.print(k)
-    out.print(f"state: {cfg.state_url}", highlight=False)
+    out.print(f"state: {store.url}", highlight=False)
 
 
 @db_app.command("upgrade")
@@ -317,7 +323,12 @@ def mappings_preview(
             result: dict[str, Any] = {"account_id": row.account_id, "order_id": row.order_id, "billing_accounts": []}
             for target in p.targets:
                 link = p.store.get_link(target.name, row.account_id)
-                payload = p.mapping.evaluate(row.record, link=lambda a, t=target: (lambda ln: ln.customer_id if ln else None)(p.store.get_link(t.name, a)))
+
+                def linked(account_id: str, ba: str = target.name) -> str | None:
+                    other = p.store.get_link(ba, account_id)
+                    return other.customer_id if other and other.status == "active" else None
+
+                payload = p.mapping.evaluate(row.record, link=linked)
                 entry: dict[str, Any] = {"billing_account": target.name, "payload": payload,
                                          "customer_id": link.customer_id if link else None}
                 if link:

@@ -22,6 +22,7 @@ import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any, Literal, Protocol
 
 import structlog
@@ -505,8 +506,9 @@ class _Run:
                 self.e.store.save_order_links(order_links)
             # Unchanged records are counted in the run, not stored one by one.
             self.e.store.record_outcomes(self.run_id, [o for o in outcomes if o.outcome != "unchanged"])
-            for o in failed:
-                self.e.store.schedule_retry(ba, o.account_id, f"{o.error_code}: {o.error_message}", now=self.e.now())
+            if failed:
+                self.e.store.schedule_retries(
+                    ba, {o.account_id: f"{o.error_code}: {o.error_message}" for o in failed}, now=self.e.now())
             if ok:
                 self.e.store.clear_retries(ba, ok)
 
@@ -514,10 +516,11 @@ class _Run:
 
     def _plan(self, ba: str, row: OrderRow, link: Link | None, resolver: _LinkResolver) -> PlannedWrite:
         acc = row.account_id
-        base = {"account_id": acc, "billing_account": ba, "order_id": row.order_id, "basis_activated_at": row.activated_at}
+        make = partial(PlannedWrite, account_id=acc, billing_account=ba, order_id=row.order_id,
+                       basis_activated_at=row.activated_at)
         fresh = self._wants_new_customer(ba, acc, link)
         if acc in self.held[ba] or (link is not None and link.status in ("held", "merged") and not fresh):
-            return PlannedWrite(**base, action="refused", customer_id=link.customer_id if link else None,
+            return make(action="refused", customer_id=link.customer_id if link else None,
                                 reason="an open conflict holds this account; see `billing-connector conflicts list`",
                                 error_code="conflict_open")
         if link is not None and link.basis_order_id and link.basis_order_id != row.order_id and \
@@ -525,42 +528,42 @@ class _Run:
                 link.mapping_fingerprint == self.e.mapping.fingerprint:
             # Only the account's latest activated order decides its customer; an older order
             # that changed (or whose contact changed) does not.
-            return PlannedWrite(**base, action="unchanged", customer_id=link.customer_id, reason="older order")
+            return make(action="unchanged", customer_id=link.customer_id, reason="older order")
         try:
             payload = dict(self.e.mapping.evaluate(row.record, link=resolver))
         except ConnectorError as exc:
-            return PlannedWrite(**base, action="failed", reason=str(exc), error_code="mapping_error")
+            return make(action="failed", reason=str(exc), error_code="mapping_error")
         meta = {k: v for k, v in dict(payload.get("metadata") or {}).items() if k not in RESERVED_METADATA_KEYS}
         meta.update(salesforce_account_id=acc, salesforce_org_id=self.e.source.org_id)
         payload["metadata"] = meta
         digest = payload_hash(payload)
         if fresh:
             # The admin chose a new customer for this account (`conflicts resolve --new`).
-            return PlannedWrite(**base, action="create", payload=payload, payload_hash=digest,
+            return make(action="create", payload=payload, payload_hash=digest,
                                 changed_fields=tuple(_flat_keys(payload)), reason="new customer chosen by an admin")
         if link is None:
             if row.stripe_id_value:
                 owner = self.e.store.get_link_by_customer(ba, row.stripe_id_value)
                 if owner is not None and owner.account_id != acc:
-                    return PlannedWrite(**base, action="refused", payload=payload, payload_hash=digest,
+                    return make(action="refused", payload=payload, payload_hash=digest,
                                         customer_id=row.stripe_id_value, error_code="customer_linked_elsewhere",
                                         reason=f"the Account's Stripe Id field names {row.stripe_id_value}, "
                                                f"which is linked to account {owner.account_id}")
-                return PlannedWrite(**base, action="adopt", payload=payload, payload_hash=digest,
+                return make(action="adopt", payload=payload, payload_hash=digest,
                                     customer_id=row.stripe_id_value, changed_fields=tuple(_flat_keys(payload)),
                                     reason="Stripe Id field already set: adopt that customer")
-            return PlannedWrite(**base, action="create", payload=payload, payload_hash=digest,
+            return make(action="create", payload=payload, payload_hash=digest,
                                 changed_fields=tuple(_flat_keys(payload)))
         if row.stripe_id_value and row.stripe_id_value != link.customer_id:
             owner = self.e.store.get_link_by_customer(ba, row.stripe_id_value)
             kind = "winner_field_names_other_customer" if owner is not None else "stripe_id_field_mismatch"
-            return PlannedWrite(**base, action="refused", payload=payload, payload_hash=digest,
+            return make(action="refused", payload=payload, payload_hash=digest,
                                 customer_id=link.customer_id, error_code=kind,
                                 reason=f"the Account's Stripe Id field names {row.stripe_id_value} but the account "
                                        f"is linked to {link.customer_id}")
         if digest == link.payload_hash:
-            return PlannedWrite(**base, action="unchanged", payload=payload, payload_hash=digest, customer_id=link.customer_id)
-        return PlannedWrite(**base, action="update", payload=payload, payload_hash=digest, customer_id=link.customer_id,
+            return make(action="unchanged", payload=payload, payload_hash=digest, customer_id=link.customer_id)
+        return make(action="update", payload=payload, payload_hash=digest, customer_id=link.customer_id,
                             changed_fields=tuple(diff_payloads(link.payload, payload)))
 
     def _wants_new_customer(self, ba: str, account_id: str, link: Link | None) -> bool:
@@ -822,7 +825,7 @@ def link_account(store: StateStore, target: BillingTarget, account_id: str, cust
         raise ConfigError(f"customer {customer_id} {'was deleted' if remote else 'does not exist'} in billing account "
                           f"'{target.name}'; nothing was changed")
     owner = store.get_link_by_customer(target.name, customer_id)
-    if owner is not None and owner.account_id != account_id and owner.status not in ("merged", "deleted"):
+    if owner is not None and owner.account_id != account_id and owner.status != "merged":
         raise ConfigError(f"customer {customer_id} is linked to account {owner.account_id}; nothing was changed")
     current = store.get_link(target.name, account_id)
     if current is not None and current.customer_id != customer_id and current.status == "active" and not force:

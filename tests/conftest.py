@@ -13,12 +13,12 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from connector.app import open_pipeline  # noqa: E402
-from connector.config import Config, SecretSource  # noqa: E402
-from connector.engine import RunReport  # noqa: E402
-from connector.sandbox.run import SANDBOX_ORG_ID, SANDBOX_STRIPE_KEY, SANDBOX_TOKEN, SandboxPair  # noqa: E402
-from connector.sandbox.salesforce import SalesforceSandbox  # noqa: E402
-from connector.sandbox.stripe import StripeSandbox  # noqa: E402
+from connector.app import open_pipeline
+from connector.config import Config, SecretSource
+from connector.engine import RunReport
+from connector.sandbox.run import SANDBOX_ORG_ID, SANDBOX_STRIPE_KEY, SANDBOX_TOKEN, SandboxPair
+from connector.sandbox.salesforce import SalesforceSandbox
+from connector.sandbox.stripe import StripeSandbox
 
 REPO = Path(__file__).resolve().parents[1]
 MAPPINGS = REPO / "mappings"

@@ -4,7 +4,6 @@ payload changed; preview and dry runs show what would be sent without writing an
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from collections.abc import Callable

@@ -189,7 +189,7 @@ def test_a_stripe_id_field_naming_a_missing_customer_fails_without_creating_one(
     store = StateStore.open(db_url)
     try:
         assert store.get_link("default", "001000000000A02AAA") is None
-        failure = [o for _, _, o in store.recent_failures() if o.account_id == "001000000000A02AAA"][0]
+        failure = next(o for _, _, o in store.recent_failures() if o.account_id == "001000000000A02AAA")
         assert failure.error_code == "adopt_customer_missing"
         assert "cus_DoesNotExist01" in (failure.error_message or "")
         # The field is left as the admin set it.
