@@ -338,10 +338,15 @@ def test_deleted_and_updated_resources_list_ids_changed_in_a_window(org: Salesfo
 
     deleted = sf.Account.deleted(start, end)
     assert [d["id"] for d in deleted["deletedRecords"]] == [LOSE1]
-    assert deleted["deletedRecords"][0]["deletedDate"] == org.get("Account", LOSE1)["SystemModstamp"]
+    assert (
+        deleted["deletedRecords"][0]["deletedDate"] == org.get("Account", LOSE1)["SystemModstamp"]
+    )
     assert set(sf.Account.updated(start, end)["ids"]) == {WIN}
     assert set(sf.Order.updated(start, end)["ids"]) == {"801000000000001AAA"}
-    assert sf.Account.deleted(start - timedelta(days=1), start - timedelta(hours=2))["deletedRecords"] == []
+    assert (
+        sf.Account.deleted(start - timedelta(days=1), start - timedelta(hours=2))["deletedRecords"]
+        == []
+    )
 
 
 @pytest.mark.parametrize(
@@ -412,6 +417,8 @@ def test_control_api_shapes_the_org_without_counting_api_calls(org: SalesforceSa
     bad = requests.post(f"{base}/merge", json={"winner": WIN, "losers": [LOSE1]}, timeout=5)
     assert bad.status_code == 400 and "already deleted" in bad.json()["error"]
 
+    broken = requests.post(f"{base}/merge", data=b"{not json", timeout=5)
+    assert broken.status_code == 400 and broken.json()["ok"] is False
     assert (
         requests.post(f"{base}/load", json={"Account": [{"Name": "Loaded"}]}, timeout=5).json()[
             "records"

@@ -1,9 +1,9 @@
 """A local Salesforce org: Account, Contact, Order and the CPQ quote, over REST as the real
 service answers it, and a Python API for tests to shape the org directly.
 
-It speaks enough of REST (query/queryAll with paging, sObject rows, deleted/updated, sObject Collections,
-describe, limits, OAuth token logins, Bulk API 2.0 query) that the unmodified simple-salesforce
-client works against it through `connector.salesforce.loopback_session`. What it must never do
+It speaks enough of REST (query/queryAll with paging, sObject rows, deleted/updated, sObject
+Collections, describe, limits, OAuth token logins, Bulk API 2.0 query) that the unmodified
+simple-salesforce client works against it through `connector.salesforce.loopback_session`. What it must never do
 is answer something it does not understand: SOQL beyond the supported subset is refused with
 MALFORMED_QUERY, unknown fields and objects with Salesforce's own error codes.
 
@@ -27,7 +27,7 @@ import socket
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -663,7 +663,22 @@ class _BulkJob:
 
 
 class SalesforceSandbox(SandboxServer):
-    """A Salesforce org on 127.0.0.1 with the REST API and a Python API for tests."""
+    """A Salesforce org on 127.0.0.1 with the REST API and a Python API for tests.
+
+    `data` is `{"Account": [...], "Contact": [...], "Order": [...], "SBQQ__Quote__c": [...]}`;
+    records may give their `Id` (15 or 18 characters) and refer to each other by it. Logins:
+    `users` (username -> password) for the password flow and as JWT subjects, `consumer_key` /
+    `consumer_secret` for the connected app, `jwt_public_key` (PEM key or certificate) to verify
+    JWT assertions (unverified signatures are accepted when it is None), and the static
+    `access_token` for direct use. `clock_start` fixes the clock (deterministic stamps); without
+    it SystemModstamp follows the wall clock, still one second or more per change.
+
+    Control API (not counted as API calls), besides the base's faults/latency/rate_limit/stats:
+    POST /_sandbox/load (body: data), POST /_sandbox/reset, POST /_sandbox/merge
+    {"winner", "losers", "keep_from"}, POST /_sandbox/expire_sessions, POST /_sandbox/clock
+    {"advance": seconds}, POST /_sandbox/daily_limit {"max", "reset_usage"},
+    GET|POST /_sandbox/records/{Object}, PATCH|DELETE /_sandbox/records/{Object}/{id}.
+    """
 
     kind = "salesforce"
 
@@ -2063,67 +2078,63 @@ class SalesforceSandbox(SandboxServer):
 
     # --- control API ---------------------------------------------------------------------------
 
-    def _ctl(self, fn: Any) -> Response:
+    def _ctl(self, req: Request, fn: Callable[[Any], Mapping[str, Any] | None]) -> Response:
+        """Run `fn(json body)`; a refusal is 400 with the reason, anything else {"ok": true}."""
         try:
-            result = fn()
+            result = fn(req.json() or {})
         except (ValueError, KeyError, TypeError) as exc:
             return Response.json({"ok": False, "error": str(exc)}, 400)
         return Response.json({"ok": True, **(result or {})})
 
     def _ctl_load(self, req: Request) -> Response:
-        def load() -> dict[str, Any]:
-            self.load(req.json() or {})
+        def load(body: Any) -> dict[str, Any]:
+            self.load(body)
             return {"records": self.stats()["records"]}
 
-        return self._ctl(load)
+        return self._ctl(req, load)
 
     def _ctl_reset(self, req: Request) -> Response:
-        return self._ctl(self.reset)
+        return self._ctl(req, lambda _: self.reset())
 
     def _ctl_merge(self, req: Request) -> Response:
-        body = req.json() or {}
         return self._ctl(
-            lambda: self.merge(body["winner"], body["losers"], keep_from=body.get("keep_from"))
+            req, lambda b: self.merge(b["winner"], b["losers"], keep_from=b.get("keep_from"))
         )
 
     def _ctl_expire(self, req: Request) -> Response:
-        return self._ctl(self.expire_sessions)
+        return self._ctl(req, lambda _: self.expire_sessions())
 
     def _ctl_clock(self, req: Request) -> Response:
-        body = req.json() or {}
-
-        def advance() -> dict[str, Any]:
+        def advance(body: Any) -> dict[str, Any]:
             self.advance_clock(float(body.get("advance", 0)))
             return {"now": self.now()}
 
-        return self._ctl(advance)
+        return self._ctl(req, advance)
 
     def _ctl_daily_limit(self, req: Request) -> Response:
-        body = req.json() or {}
-
-        def change() -> dict[str, Any]:
+        def change(body: Any) -> dict[str, Any]:
             if "max" in body:
                 self.set_daily_limit(int(body["max"]))
             if body.get("reset_usage"):
                 self.reset_api_usage()
             return {"used": self._api_used, "max": self.daily_api_limit}
 
-        return self._ctl(change)
+        return self._ctl(req, change)
 
     def _ctl_list(self, req: Request) -> Response:
         include = (req.query_one("include_deleted") or "").lower() in ("1", "true")
         return self._ctl(
-            lambda: {"records": self.records(req.params["obj"], include_deleted=include)}
+            req, lambda _: {"records": self.records(req.params["obj"], include_deleted=include)}
         )
 
     def _ctl_create(self, req: Request) -> Response:
-        return self._ctl(lambda: {"id": self.create(req.params["obj"], req.json() or {})})
+        return self._ctl(req, lambda b: {"id": self.create(req.params["obj"], b)})
 
     def _ctl_update(self, req: Request) -> Response:
-        return self._ctl(lambda: self.update(req.params["obj"], req.params["id"], req.json() or {}))
+        return self._ctl(req, lambda b: self.update(req.params["obj"], req.params["id"], b))
 
     def _ctl_delete(self, req: Request) -> Response:
-        return self._ctl(lambda: self.delete(req.params["obj"], req.params["id"]))
+        return self._ctl(req, lambda _: self.delete(req.params["obj"], req.params["id"]))
 
 
 class _BadJsonType:
