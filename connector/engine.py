@@ -599,15 +599,22 @@ class _Run:
                     link = _replace(link, mapping_fingerprint=fp, status="active")
                 return self._outcome(p, "unchanged"), link
             if p.action == "create":
-                customer_id = self._create(target, p, now)
+                customer_id, written = self._create(target, p, now)
+                # `written` is what the customer holds now: a replayed intent may carry an older
+                # payload, and then the next run sees the difference and updates it.
                 new = Link(billing_account=ba, account_id=p.account_id, customer_id=customer_id, status="active",
-                           payload_hash=p.payload_hash, payload=dict(p.payload),
+                           payload_hash=payload_hash(written), payload=dict(written),
                            mapping_fingerprint=self.e.mapping.fingerprint, basis_order_id=p.order_id,
                            basis_order_activated_at=p.basis_activated_at, writeback_pending=True,
                            first_synced_at=now, last_synced_at=now)
                 store.complete_create(new, [OrderLink(ba, p.order_id, p.account_id, customer_id)])
                 self.intents[ba].pop(p.account_id, None)
                 log.info("sync.record.created", account_id=p.account_id, customer_id=customer_id)
+                if new.payload_hash != p.payload_hash:
+                    # The account changed since the lost create: bring the customer up to date now.
+                    target.update_customer(customer_id, p.payload, idempotency_key=update_key(new, p.payload_hash))
+                    new = _replace(new, payload_hash=p.payload_hash, payload=dict(p.payload), last_synced_at=self.e.now())
+                    store.save_links([new])
                 return self._outcome(p, "created", customer_id=customer_id), new
             if p.action == "adopt":
                 assert p.customer_id is not None
@@ -653,28 +660,32 @@ class _Run:
             log.warning("sync.record.failed", account_id=p.account_id, code=code, error=str(exc))
             return self._outcome(p, "failed", error_code=code, message=str(exc)), link
 
-    def _create(self, target: BillingTarget, p: PlannedWrite, now: datetime) -> str:
+    def _create(self, target: BillingTarget, p: PlannedWrite, now: datetime) -> tuple[str, Mapping[str, Any]]:
+        """Create the customer, or finish a create a crash interrupted. Returns the id and the
+        payload the customer was written with."""
         ba = target.name
         intent = self.intents[ba].get(p.account_id)
         if intent is not None:
             if now - intent.created_at < IDEMPOTENCY_WINDOW and intent.payload is not None:
                 # A create was sent and its answer lost: replay it exactly; Stripe answers with
-                # the customer it made (or makes it now). A changed payload is applied by the
-                # next run as an ordinary update.
+                # the customer it made (or makes it now).
                 log.info("sync.intent.replayed", account_id=p.account_id, key=intent.idempotency_key)
-                return target.create_customer(intent.payload, idempotency_key=intent.idempotency_key)
+                return target.create_customer(intent.payload, idempotency_key=intent.idempotency_key), intent.payload
+            # Older than Stripe keeps keys: look the customer up by the metadata every customer
+            # carries before making a new one (search lags by about a minute, not by a day).
             found = [c for c in target.find_by_salesforce_account(p.account_id) if not c.deleted]
-            if len(found) == 1:
-                log.info("sync.intent.reconciled", account_id=p.account_id, customer_id=found[0].id)
-                target.update_customer(found[0].id, p.payload, idempotency_key=f"{KEY_PREFIX}-{ba}-{p.account_id}-reconcile-{p.payload_hash[:32]}")
-                return found[0].id
             if len(found) > 1:
                 raise RecordError(f"{len(found)} customers already carry salesforce_account_id={p.account_id}; "
                                   "link the right one with `billing-connector xref link`", code="duplicate_customers")
+            if found:
+                log.info("sync.intent.reconciled", account_id=p.account_id, customer_id=found[0].id)
+                target.update_customer(found[0].id, p.payload,
+                                       idempotency_key=f"{KEY_PREFIX}-{ba}-{p.account_id}-reconcile-{p.payload_hash[:32]}")
+                return found[0].id, p.payload
         key = create_key(ba, p.account_id, p.payload_hash)
         self.e.store.record_intent(Intent(billing_account=ba, account_id=p.account_id, idempotency_key=key,
                                           payload_hash=p.payload_hash, created_at=now, payload=dict(p.payload)))
-        return target.create_customer(p.payload, idempotency_key=key)
+        return target.create_customer(p.payload, idempotency_key=key), p.payload
 
     def _outcome(self, p: PlannedWrite, kind: str, *, customer_id: str | None = None,
                  error_code: str | None = None, message: str | None = None) -> Outcome:

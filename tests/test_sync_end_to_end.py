@@ -244,3 +244,26 @@ def test_orders_read_incrementally_after_the_first_run(sandboxes: SandboxPair, r
 
     assert report.updated == 1 and report.stripe_calls == 1
     assert report.orders_read <= quiet.orders_read + 1
+
+
+def test_a_lost_create_is_finished_with_its_own_key_even_after_the_account_changed(
+    sandboxes: SandboxPair, run_sync: Callable[..., RunReport]
+) -> None:
+    # The first create is applied by Stripe but its answer is lost, also on the client's two
+    # retries with the same key: the record fails with the customer already made.
+    sandboxes.stripe.inject_fault(method="POST", path=r"^/v1/customers$", drop="after", count=3)
+    first = run_sync("backfill")
+    assert first.failed == 1 and first.created == 2
+    assert len(sandboxes.stripe.customers()) == 3
+    sandboxes.salesforce.update("Account", "001000000000A01AAA", {"Name": "Acme Renamed Meanwhile"})
+    sandboxes.salesforce.update("Account", "001000000000A02AAA", {"Name": "Initech Renamed Meanwhile"})
+    sandboxes.salesforce.update("Account", "001000000000M01AAA", {"Name": "Multi Renamed Meanwhile"})
+
+    second = run_sync("sync")
+
+    assert second.failed == 0
+    by_account = customers_by_account(sandboxes)
+    assert set(by_account) == BILLED and all(len(v) == 1 for v in by_account.values())
+    assert len(sandboxes.stripe.customers()) == 3
+    assert {c["name"] for c in sandboxes.stripe.customers()} == {
+        "Acme Renamed Meanwhile", "Initech Renamed Meanwhile", "Multi Renamed Meanwhile"}
