@@ -514,3 +514,11 @@ def test_unknown_paths_methods_and_rate_limits_answer_in_salesforce_list_form(
     with pytest.raises(SalesforceRefusedRequest) as limited:
         sf.query("SELECT Id FROM Account")
     assert limited.value.content[0]["errorCode"] == "REQUEST_LIMIT_EXCEEDED"
+
+
+def test_a_blank_text_value_is_stored_as_null(org: SalesforceSandbox, sf: Salesforce) -> None:
+    sf.Account.update(ACME, {"BillingCountry": "", "Phone": "  +1 555  "})
+
+    rec = sf.Account.get(ACME)
+    assert rec["BillingCountry"] is None and rec["Region__c"] is None
+    assert rec["Phone"] == "  +1 555  "  # the API keeps surrounding whitespace

@@ -55,6 +55,7 @@ _SOAP_TYPES = {
 _ORG_MANAGED = frozenset(
     {"Id", "IsDeleted", "MasterRecordId", "CreatedDate", "LastModifiedDate", "SystemModstamp"}
 )
+_TEXT_TYPES = frozenset({"string", "textarea", "picklist", "phone", "email", "url", "reference"})
 _STAMP_FIELDS = ("CreatedDate", "LastModifiedDate", "SystemModstamp")
 _SYSTEM = {"IsDeleted", "MasterRecordId", "CreatedDate", "LastModifiedDate", "SystemModstamp"}
 
@@ -1113,6 +1114,8 @@ class SalesforceSandbox(SandboxServer):
     def _normalize(self, f: FieldDef, value: Any) -> Any:
         if value is None:
             return None
+        if value == "" and f.type in _TEXT_TYPES:
+            return None  # Salesforce stores a blank text value as null
         if f.type == "datetime":
             return self._normalize_dt(value)
         if f.type == "date":
