@@ -46,7 +46,7 @@ def open_pipeline(
     config: Config,
     secrets: SecretSource,
     *,
-    on_progress: Callable[[int], None] | None = None,
+    on_progress: Callable[[int, int | None], None] | None = None,
     stop: threading.Event | None = None,
     lock: bool = True,
 ) -> Iterator[Pipeline]:

@@ -117,17 +117,25 @@ def _stop_on_signals() -> Iterator[threading.Event]:
             signal.signal(sig, h)
 
 
-def _progress(enabled: bool) -> tuple[Callable[[int], None] | None, Callable[[], None]]:
+def _progress(enabled: bool) -> tuple[Callable[[int, int | None], None] | None, Callable[[], None]]:
+    """A progress bar on a terminal; log lines print above it (see log.configure)."""
     if not enabled:
         return None, lambda: None
-    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
-    progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err, transient=True)
-    task = progress.add_task("orders read: 0", total=None)
+    progress = Progress("orders", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
+                        console=err, transient=True)
+    task = progress.add_task("orders", total=None)
     progress.start()
 
-    def update(n: int) -> None:
-        progress.update(task, description=f"orders read: {n}")
+    def update(done: int, total: int | None) -> None:
+        progress.update(task, completed=done, total=total)
 
     return update, progress.stop
 
@@ -541,11 +549,13 @@ def sandbox(
 
     with _errors():
         pair = start_sandboxes(data, salesforce_port=salesforce_port, stripe_port=stripe_port)
-    out.print(f"Salesforce sandbox: {pair.salesforce.url}\nStripe sandbox:     {pair.stripe.url}\n", highlight=False)
-    out.print("config.yaml for these servers:\n", highlight=False)
-    out.print(pair.config_snippet(), highlight=False, markup=False)
-    out.print(f"\nexport SALESFORCE_ACCESS_TOKEN={pair.access_token}\nexport STRIPE_API_KEY={pair.stripe_key}\n", highlight=False, markup=False)
-    out.print("Ctrl-C to stop.")
+    # Plain print: these lines are meant to be copied, so no wrapping or markup.
+    print(f"Salesforce sandbox: {pair.salesforce.url}\nStripe sandbox:     {pair.stripe.url}\n")
+    print("config.yaml for these servers:\n")
+    print(pair.config_snippet())
+    print("Secrets for the sandbox only (they are not secret; real ones never go in files):")
+    print(f"export SALESFORCE_ACCESS_TOKEN='{pair.access_token}'\nexport STRIPE_API_KEY='{pair.stripe_key}'\n")
+    print("Ctrl-C to stop.", flush=True)
     try:
         while True:
             time.sleep(3600)

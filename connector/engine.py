@@ -211,7 +211,7 @@ class Engine:
         writeback_billing_account: str | None = None,
         writeback_batch: int = 200,
         salesforce_calls: Callable[[], int] = lambda: 0,
-        on_progress: Callable[[int], None] | None = None,
+        on_progress: Callable[[int, int | None], None] | None = None,
         stop: threading.Event | None = None,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
@@ -322,6 +322,7 @@ class Engine:
             after_id=after_id,
         )
         for page in pages:
+            run.expected_total = page.total
             if not run.apply_page(page.rows):
                 return False
             if backfill_cursor and not run.dry_run and page.rows:
@@ -376,6 +377,7 @@ class _Run:
         self.tally = tally
         self.plan = plan
         self.done: dict[str, set[str]] = {}
+        self.expected_total: int | None = None
         self.writebacks: list[tuple[str, str]] = []
         self.held: dict[str, set[str]] = {
             t.name: engine.store.open_conflict_accounts(t.name) for t in engine.targets
@@ -400,6 +402,7 @@ class _Run:
     # --- one page ---------------------------------------------------------------------------
 
     def apply_page(self, rows: Sequence[OrderRow], only: Sequence[BillingTarget] | None = None) -> bool:
+        orders_before = self.tally.orders_read
         best: dict[str, OrderRow] = {}
         for row in rows:
             self.tally.see(row)
@@ -411,7 +414,9 @@ class _Run:
             resolver = _LinkResolver(self.e.store, target.name)
             outcomes: list[Outcome] = []
             saves: list[Link] = []
-            for account_id, row in best.items():
+            for done, (account_id, row) in enumerate(best.items(), start=1):
+                if self.e.on_progress:
+                    self.e.on_progress(orders_before + len(rows) * done // len(best), self.expected_total)
                 if self.e.stop.is_set():
                     # Finish cleanly: what was applied is recorded, the rest is read again.
                     self._record(target.name, outcomes, saves, rows, links)
@@ -434,8 +439,6 @@ class _Run:
                 self.done.setdefault(target.name, set()).add(account_id)
             if not self.dry_run:
                 self._record(target.name, outcomes, saves, rows, links)
-        if self.e.on_progress:
-            self.e.on_progress(self.tally.orders_read)
         self.flush_writebacks(final=False)
         return True
 

@@ -70,7 +70,7 @@ REDACTOR = Redactor()
 
 def configure(*, level: str = "info", fmt: str = "auto", stream: TextIO | None = None, secrets: Iterable[str] = ()) -> None:
     """Configure structlog for the process. JSON by default, console output on a terminal."""
-    out = stream or sys.stderr
+    out: Any = stream or _StderrNow()
     REDACTOR.add(*secrets)
     use_console = fmt == "console" or (fmt == "auto" and out.isatty())
     processors: list[Processor] = [
@@ -88,6 +88,20 @@ def configure(*, level: str = "info", fmt: str = "auto", stream: TextIO | None =
         logger_factory=structlog.PrintLoggerFactory(out),
         cache_logger_on_first_use=False,
     )
+
+
+class _StderrNow:
+    """Writes to whatever sys.stderr is at the time of the write, so that a progress bar that
+    redirects stderr (rich) prints log lines above itself instead of through it."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+    def isatty(self) -> bool:
+        return sys.stderr.isatty()
 
 
 def get_logger(name: str) -> Any:

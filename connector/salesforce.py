@@ -154,6 +154,7 @@ class DeletedAccount:
 @dataclass(frozen=True, slots=True)
 class OrderPage:
     rows: list[OrderRow]
+    total: int | None = None  # the query's totalSize: every order this read will return
 
 
 def _path(record: dict[str, Any], path: str) -> Any:
@@ -174,6 +175,7 @@ class SalesforceSource:
     usage: ApiUsage
     org_id: str
     budget_start_remaining: int | None = field(default=None)
+    last_total_size: int | None = field(default=None)
 
     # --- queries ---------------------------------------------------------------------------
 
@@ -181,6 +183,7 @@ class SalesforceSource:
         """Yield one list of records per Salesforce page; memory is bounded by the page size."""
         headers = {"Sforce-Query-Options": f"batchSize={self.config.page_size}"}
         result = self._guard(lambda: self.sf.query(soql, include_deleted=include_deleted, headers=headers))
+        self.last_total_size = result.get("totalSize")
         while True:
             yield [_strip(r) for r in result.get("records", [])]
             if result.get("done", True):
@@ -228,7 +231,7 @@ class SalesforceSource:
         order_by = "Id" if changed_since is None else "SystemModstamp, Id"
         soql = f"SELECT {', '.join(select)} FROM Order WHERE {' AND '.join(where)} ORDER BY {order_by}"
         for page in self.query_pages(soql):
-            yield OrderPage(rows=[self._order_row(r, stamps) for r in page])
+            yield OrderPage(rows=[self._order_row(r, stamps) for r in page], total=self.last_total_size)
 
     def deleted_accounts(self, *, since: datetime | None) -> Iterator[list[DeletedAccount]]:
         """Accounts deleted or merged away since `since` (queryAll: the recycle bin included).
