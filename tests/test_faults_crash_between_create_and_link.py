@@ -13,7 +13,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
-import pytest
 import stripe
 from conftest import BILLED
 from faults_helpers import BA, assert_one_customer_each, opened, read_store
@@ -97,12 +96,6 @@ def test_a_stale_intent_whose_create_never_reached_stripe_creates_exactly_one(
     assert not view.intents
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "engine _Run._apply(create): after _create replays an intent whose payload differs from the new "
-    "plan, the link is saved with the NEW plan's payload_hash/payload although Stripe holds the intent's "
-    "(old) payload, so every later run sees 'unchanged' and the new values never reach Stripe. Fix: when "
-    "the create was a replay, save the link with intent.payload_hash/intent.payload (next run updates), "
-    "or update the customer with p.payload right after the replay"))
 def test_an_intent_replayed_after_the_account_changed_still_ends_with_the_new_values(
     sandboxes: SandboxPair, run_sync: Callable[..., RunReport], db_url: str
 ) -> None:
