@@ -180,26 +180,3 @@ def record_exchanges(sandbox: Any) -> list[Exchange]:
 
     sandbox._handle = spy
     return seen
-
-
-def fail_record_updates(sf: SalesforceSandbox, failures: dict[str, tuple[str, str]], *, times: int = 1) -> dict[str, int]:
-    """Make sObject Collection updates of the given record ids fail per record, `times` times each.
-
-    `failures` maps an id to (statusCode, message), e.g. UNABLE_TO_LOCK_ROW. The other records
-    of the same call are applied and answered as usual, so the answer is the mixed SaveResult
-    list Salesforce gives with allOrNone=false. Returns the per-id count of failures served.
-    """
-    served = {rid[:15]: 0 for rid in failures}
-    wanted = {rid[:15]: v for rid, v in failures.items()}
-    plan_update = sf._plan_update
-
-    def plan(item: Any) -> Any:
-        rid = str((item or {}).get("id") or (item or {}).get("Id") or "")[:15] if isinstance(item, dict) else ""
-        if rid in wanted and served[rid] < times:
-            served[rid] += 1
-            code, message = wanted[rid]
-            return [{"message": message, "errorCode": code, "fields": []}]
-        return plan_update(item)
-
-    sf._plan_update = plan  # type: ignore[method-assign]
-    return served

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import MAPPINGS
-from faults_helpers import STRIPE_CREATE, cli, fail_record_updates
+from faults_helpers import STRIPE_CREATE, cli
 
 from connector import log as logsetup
 from connector.config import SecretSource
@@ -62,7 +62,7 @@ def test_a_full_debug_run_never_prints_a_secret(sandboxes: SandboxPair, tmp_path
     sandboxes.stripe.inject_fault(status=500, method="POST", path=STRIPE_CREATE, count=3,
                                   body=api_error_body(f"upstream rejected Authorization: Bearer {sandboxes.stripe_key}"))
     echo = sandboxes.access_token if auth == "access_token" else env["SALESFORCE_CONSUMER_SECRET"]
-    fail_record_updates(sandboxes.salesforce, {INITECH: ("UNABLE_TO_LOCK_ROW", f"row locked by session {echo}")})
+    sandboxes.salesforce.fail_record_updates(INITECH, "UNABLE_TO_LOCK_ROW", f"row locked by session {echo}")
 
     backfill = cli("backfill", env=env)
     sync = cli("sync", "--json", env=env)

@@ -721,6 +721,7 @@ class SalesforceSandbox(SandboxServer):
         self._rng = random.Random(org_id)
         self._cursors: OrderedDict[str, _Cursor] = OrderedDict()
         self._jobs: dict[str, _BulkJob] = {}
+        self._record_failures: dict[str, list[Any]] = {}  # 15-char id -> [errorCode, message, times left]
         self._signing_key = secrets.token_bytes(32)
         with self.lock:
             self._reset_counters()
@@ -933,6 +934,17 @@ class SalesforceSandbox(SandboxServer):
     def expire_query_locators(self) -> None:
         with self.lock:
             self._cursors.clear()
+
+    def fail_record_updates(self, record_id: str, code: str = "UNABLE_TO_LOCK_ROW",
+                            message: str = "unable to obtain exclusive access to this record", *, times: int = 1) -> None:
+        """The next `times` sObject Collection updates of `record_id` fail for that record only.
+
+        The rest of the call is applied, and the answer is the mixed SaveResult list Salesforce
+        gives with allOrNone=false (or a rollback of every record with allOrNone=true): a row
+        lock held by another transaction, a validation rule, a trigger's error.
+        """
+        with self.lock:
+            self._record_failures[str(record_id)[:15]] = [code, message, int(times)]
 
     def stats(self) -> dict[str, Any]:
         out = super().stats()
@@ -1738,6 +1750,10 @@ class SalesforceSandbox(SandboxServer):
     ) -> tuple[ObjectDef, dict[str, Any], dict[str, Any]] | list[dict[str, Any]]:
         if not isinstance(item, dict):
             return [_err("JSON_PARSER_ERROR", "each record must be a JSON object")]
+        failure = self._record_failures.get(str(item.get("id") or item.get("Id") or "")[:15])
+        if failure is not None and failure[2] > 0:
+            failure[2] -= 1
+            return [_err(failure[0], failure[1])]
         sobject = (item.get("attributes") or {}).get("type")
         if not sobject:
             return [_err("INVALID_TYPE", "Must send a concrete entity type.")]
