@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,14 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from conftest import BILLED, MAPPINGS
-from faults_helpers import SF_QUERY, assert_one_customer_each, cli, on_request, read_store
+from faults_helpers import (
+    SF_QUERY,
+    STRIPE_CREATE,
+    assert_one_customer_each,
+    cli,
+    on_request,
+    read_store,
+)
 
 from connector.app import open_pipeline
 from connector.config import Config, SecretSource
@@ -31,8 +39,34 @@ def sqlite_state(tmp_path: Path) -> tuple[Path, str]:
     return path, url
 
 
+class WriteLock:
+    """Another process's exclusive write transaction on the SQLite file, from `take()` until
+    `hold` seconds later: past the store's 5 s busy timeout, so the write in progress fails,
+    and short enough that the run can still record how it ended."""
+
+    def __init__(self, path: Path, hold: float = 6.0) -> None:
+        self.conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self.hold = hold
+        self.timer: threading.Timer | None = None
+
+    def take(self) -> None:
+        self.conn.execute("BEGIN EXCLUSIVE")
+        self.timer = threading.Timer(self.hold, self.release)
+        self.timer.start()
+
+    def release(self) -> None:
+        if self.conn.in_transaction:
+            self.conn.rollback()
+
+    def close(self) -> None:
+        if self.timer is not None:
+            self.timer.join()
+        self.release()
+        self.conn.close()
+
+
 def test_a_state_database_locked_mid_run_stops_with_exit_3_before_anything_reaches_stripe(
-    sandboxes: SandboxPair, sqlite_state: tuple[Path, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    sandboxes: SandboxPair, sqlite_state: tuple[Path, str], tmp_path: Path
 ) -> None:
     path, url = sqlite_state
     cfg = tmp_path / "config.yaml"
@@ -41,24 +75,58 @@ def test_a_state_database_locked_mid_run_stops_with_exit_3_before_anything_reach
            **sandboxes.secrets(), "BILLING_CONNECTOR_CONFIG": str(cfg)}
     # Another process (a second runner, the sqlite3 shell) takes the write lock just as the
     # connector reads the orders: every record's intent must be written before its create.
-    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    on_request(sandboxes.salesforce, SF_QUERY, lambda: holder.execute("BEGIN EXCLUSIVE"))
+    lock = WriteLock(path)
+    on_request(sandboxes.salesforce, SF_QUERY, lock.take)
     try:
         result = cli("sync", env=env)
     finally:
-        holder.close()
+        lock.close()
 
     assert result.returncode == 3, result.stderr
     assert "is locked by another process" in result.stderr and str(path) in result.stderr
     assert sandboxes.stripe.stats()["total"] == 0
     assert sandboxes.stripe.customers() == []
+    assert read_store(url).runs[0].status == "failed"
 
     again = cli("sync", env=env)
 
     assert again.returncode == 0, again.stderr
     customers = assert_one_customer_each(sandboxes, BILLED)
+    read_store(url).assert_links_match(customers)
+
+
+def test_a_state_database_locked_between_create_and_link_loses_nothing_and_never_duplicates(
+    sandboxes: SandboxPair, sqlite_state: tuple[Path, str]
+) -> None:
+    path, url = sqlite_state
+    cfg = Config.model_validate(sandboxes.config_dict(state_url=url, mappings_dir=str(MAPPINGS)))
+    secrets = SecretSource(sandboxes.secrets())
+    # The lock is taken while Stripe applies the first create: the customer exists, its link
+    # cannot be saved. Only the intent recorded before the create can prevent a second one.
+    lock = WriteLock(path)
+    on_request(sandboxes.stripe, STRIPE_CREATE, lock.take, method="POST")
+    try:
+        with open_pipeline(cfg, secrets) as p:
+            report = p.engine.run("sync")
+    finally:
+        lock.close()
+
+    assert report.exit_code == 3 and "locked" in (report.error or "")
+    [made] = sandboxes.stripe.customers()
+    account = made["metadata"]["salesforce_account_id"]
     view = read_store(url)
-    view.assert_links_match(customers)
+    assert account not in view.links and account in view.intents
+    assert view.cursor is None and view.runs[0].status == "failed"
+
+    with open_pipeline(cfg, secrets) as p:
+        again = p.engine.run("sync")
+
+    assert again.exit_code == 0 and again.failed == 0
+    customers = assert_one_customer_each(sandboxes, BILLED)
+    assert customers[account] == made["id"]
+    after = read_store(url)
+    after.assert_links_match(customers)
+    assert not after.intents
 
 
 @pytest.fixture
