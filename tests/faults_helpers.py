@@ -51,7 +51,9 @@ def assert_one_customer_each(sandboxes: SandboxPair, accounts: set[str]) -> dict
     by_account = customers_by_account(sandboxes)
     dupes = {k: [c["id"] for c in v] for k, v in by_account.items() if len(v) != 1}
     assert not dupes, f"duplicate customers: {dupes}"
-    assert set(by_account) == accounts, f"customers for {sorted(by_account)}, expected {sorted(accounts)}"
+    assert set(by_account) == accounts, (
+        f"customers for {sorted(by_account)}, expected {sorted(accounts)}"
+    )
     return {k: v[0]["id"] for k, v in by_account.items()}
 
 
@@ -68,7 +70,9 @@ class StoreView:
 
     def outcome(self, run_id: str, account_id: str) -> Outcome:
         found = [o for o in self.outcomes.get(run_id, []) if o.account_id == account_id]
-        assert found, f"no outcome recorded for {account_id} in run {run_id}: {self.outcomes.get(run_id)}"
+        assert found, (
+            f"no outcome recorded for {account_id} in run {run_id}: {self.outcomes.get(run_id)}"
+        )
         return found[-1]
 
     def assert_links_match(self, customers: dict[str, str]) -> None:
@@ -101,15 +105,23 @@ def read_store(db_url: str, billing_account: str = BA) -> StoreView:
         )
 
 
-def add_billed_accounts(sf: SalesforceSandbox, accounts: int, *, orders_each: int = 1,
-                        name: str = "Fault Co") -> list[str]:
+def add_billed_accounts(
+    sf: SalesforceSandbox, accounts: int, *, orders_each: int = 1, name: str = "Fault Co"
+) -> list[str]:
     """New accounts, each with `orders_each` activated orders, created one account at a time
     (so their SystemModstamps, and the query's order, follow creation)."""
     ids = []
     for n in range(accounts):
         acc = sf.create("Account", {"Name": f"{name} {n:03d}", "BillingCountry": "Germany"})
         for k in range(orders_each):
-            sf.create("Order", {"AccountId": acc, "Status": "Activated", "EffectiveDate": f"2026-04-{1 + k % 28:02d}"})
+            sf.create(
+                "Order",
+                {
+                    "AccountId": acc,
+                    "Status": "Activated",
+                    "EffectiveDate": f"2026-04-{1 + k % 28:02d}",
+                },
+            )
         ids.append(acc)
     return ids
 
@@ -130,7 +142,9 @@ class OnRequest(Fault):
         return False
 
 
-def on_request(sandbox: Any, path: str, action: Callable[[], object], method: str = "GET") -> OnRequest:
+def on_request(
+    sandbox: Any, path: str, action: Callable[[], object], method: str = "GET"
+) -> OnRequest:
     fault = OnRequest(count=1, path=path, method=method)
     fault.action = action
     sandbox.inject_fault(fault)
@@ -143,8 +157,13 @@ def expire_sessions_on(sf: SalesforceSandbox, path: str, method: str = "GET") ->
 
 
 def cli(*args: str, env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "connector", *args], env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "connector", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def requests_seen(sandboxes: SandboxPair) -> int:
@@ -174,8 +193,14 @@ def record_exchanges(sandbox: Any) -> list[Exchange]:
     def spy(req: Request) -> Any:
         resp = handle(req)
         if not req.path.startswith("/_sandbox/"):
-            seen.append(Exchange(req.method, req.path, resp.status if resp is not None else None,
-                                 req.header("Idempotency-Key")))
+            seen.append(
+                Exchange(
+                    req.method,
+                    req.path,
+                    resp.status if resp is not None else None,
+                    req.header("Idempotency-Key"),
+                )
+            )
         return resp
 
     sandbox._handle = spy

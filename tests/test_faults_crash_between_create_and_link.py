@@ -25,22 +25,38 @@ from connector.state.records import Intent
 INITECH = "001000000000A02AAA"
 
 
-def crash_after_create(sandboxes: SandboxPair, run_sync: Callable[..., RunReport], db_url: str, account_id: str,
-                       *, intent_age: timedelta = timedelta(0), send: bool = True) -> tuple[PlannedWrite, str | None]:
+def crash_after_create(
+    sandboxes: SandboxPair,
+    run_sync: Callable[..., RunReport],
+    db_url: str,
+    account_id: str,
+    *,
+    intent_age: timedelta = timedelta(0),
+    send: bool = True,
+) -> tuple[PlannedWrite, str | None]:
     """Leave the store and Stripe as a process killed right after its create was applied."""
     plan = {p.account_id: p for p in run_sync("sync", dry_run=True).plan}
     planned = plan[account_id]
     assert planned.action == "create"
     key = create_key(BA, account_id, planned.payload_hash)
     with opened(db_url) as store:
-        store.record_intent(Intent(billing_account=BA, account_id=account_id, idempotency_key=key,
-                                   payload_hash=planned.payload_hash, created_at=datetime.now(UTC) - intent_age,
-                                   payload=dict(planned.payload)))
+        store.record_intent(
+            Intent(
+                billing_account=BA,
+                account_id=account_id,
+                idempotency_key=key,
+                payload_hash=planned.payload_hash,
+                created_at=datetime.now(UTC) - intent_age,
+                payload=dict(planned.payload),
+            )
+        )
     if not send:
         return planned, None
     client = stripe.StripeClient(SANDBOX_STRIPE_KEY, base_addresses={"api": sandboxes.stripe.url})
-    customer = client.v1.customers.create(params=StripeTarget._params(planned.payload),  # type: ignore[arg-type]
-                                          options={"idempotency_key": key})
+    customer = client.v1.customers.create(
+        params=StripeTarget._params(planned.payload),  # type: ignore[arg-type]
+        options={"idempotency_key": key},
+    )
     return planned, str(customer.id)
 
 
@@ -54,7 +70,9 @@ def test_an_open_intent_is_replayed_with_its_key_and_links_the_same_customer(
 
     assert report.exit_code == 0 and report.failed == 0 and report.created == 3
     assert sandboxes.stripe.stats()["idempotent_replays"] == 1
-    assert sandboxes.stripe.operations["create"] == creates_before + 2  # only the two other accounts
+    assert (
+        sandboxes.stripe.operations["create"] == creates_before + 2
+    )  # only the two other accounts
     customers = assert_one_customer_each(sandboxes, BILLED)
     assert customers[INITECH] == made
     view = read_store(db_url)
@@ -65,7 +83,9 @@ def test_an_open_intent_is_replayed_with_its_key_and_links_the_same_customer(
 def test_an_intent_older_than_the_idempotency_window_is_reconciled_by_search_not_recreated(
     sandboxes: SandboxPair, run_sync: Callable[..., RunReport], db_url: str
 ) -> None:
-    _, made = crash_after_create(sandboxes, run_sync, db_url, INITECH, intent_age=IDEMPOTENCY_WINDOW + timedelta(hours=1))
+    _, made = crash_after_create(
+        sandboxes, run_sync, db_url, INITECH, intent_age=IDEMPOTENCY_WINDOW + timedelta(hours=1)
+    )
     # Stripe has forgotten the key: replaying it now would create a second customer.
     assert sandboxes.stripe.expire_idempotency_keys() >= 1
     creates_before = sandboxes.stripe.operations["create"]
@@ -85,7 +105,14 @@ def test_an_intent_older_than_the_idempotency_window_is_reconciled_by_search_not
 def test_a_stale_intent_whose_create_never_reached_stripe_creates_exactly_one(
     sandboxes: SandboxPair, run_sync: Callable[..., RunReport], db_url: str
 ) -> None:
-    crash_after_create(sandboxes, run_sync, db_url, INITECH, intent_age=IDEMPOTENCY_WINDOW + timedelta(hours=1), send=False)
+    crash_after_create(
+        sandboxes,
+        run_sync,
+        db_url,
+        INITECH,
+        intent_age=IDEMPOTENCY_WINDOW + timedelta(hours=1),
+        send=False,
+    )
 
     report = run_sync("sync")
 

@@ -30,10 +30,14 @@ def idle_sandboxes() -> Iterator[SandboxPair]:
         pair.stop()
 
 
-def setup(sandboxes: SandboxPair, tmp_path: Path, mappings: Path = MAPPINGS) -> tuple[dict[str, str], Path, Path]:
+def setup(
+    sandboxes: SandboxPair, tmp_path: Path, mappings: Path = MAPPINGS
+) -> tuple[dict[str, str], Path, Path]:
     state = tmp_path / "state.db"
     cfg = tmp_path / "config.yaml"
-    cfg.write_text(sandboxes.config_snippet(state_url=f"sqlite:///{state}", mappings_dir=str(mappings)))
+    cfg.write_text(
+        sandboxes.config_snippet(state_url=f"sqlite:///{state}", mappings_dir=str(mappings))
+    )
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SALESFORCE_", "STRIPE_"))}
     env.update(sandboxes.secrets(), BILLING_CONNECTOR_CONFIG=str(cfg))
     return env, cfg, state
@@ -45,9 +49,15 @@ def expected_place(file: Path) -> str:
     return ":".join(line.removeprefix("# expect: ").split(":")[:2])
 
 
-@pytest.mark.parametrize(("broken", "command"), [
-    ("not_yaml", "sync"), ("metadata_reserved_key", "sync"), ("source_too_deep", "sync"), ("transform_unknown", "backfill"),
-])
+@pytest.mark.parametrize(
+    ("broken", "command"),
+    [
+        ("not_yaml", "sync"),
+        ("metadata_reserved_key", "sync"),
+        ("source_too_deep", "sync"),
+        ("transform_unknown", "backfill"),
+    ],
+)
 def test_a_malformed_mapping_exits_2_naming_the_place_and_touches_nothing(
     idle_sandboxes: SandboxPair, tmp_path: Path, broken: str, command: str
 ) -> None:
@@ -60,19 +70,34 @@ def test_a_malformed_mapping_exits_2_naming_the_place_and_touches_nothing(
     result = cli(command, env=env)
 
     assert result.returncode == 2, result.stderr
-    assert f"{mappings / 'customer.yaml'}:{expected_place(BROKEN / f'{broken}.yaml')}:" in result.stderr
+    assert (
+        f"{mappings / 'customer.yaml'}:{expected_place(BROKEN / f'{broken}.yaml')}:"
+        in result.stderr
+    )
     assert requests_seen(idle_sandboxes) == seen
     assert not state.exists()
     assert "Traceback" not in result.stderr
 
 
-@pytest.mark.parametrize(("mistake", "replace", "by", "says"), [
-    ("not YAML", "billing:", "billing: [", "not valid YAML"),
-    ("unknown key", "  - id: default", "  - id: default\n    max_requests_per_secnd: 5", "max_requests_per_secnd"),
-    ("auth without what it needs", "auth: access_token", "auth: password", "username"),
-    ("plain http to a remote host", "instance_url: http://127.0.0.1", "instance_url: http://salesforce.example.com",
-     "plain http"),
-])
+@pytest.mark.parametrize(
+    ("mistake", "replace", "by", "says"),
+    [
+        ("not YAML", "billing:", "billing: [", "not valid YAML"),
+        (
+            "unknown key",
+            "  - id: default",
+            "  - id: default\n    max_requests_per_secnd: 5",
+            "max_requests_per_secnd",
+        ),
+        ("auth without what it needs", "auth: access_token", "auth: password", "username"),
+        (
+            "plain http to a remote host",
+            "instance_url: http://127.0.0.1",
+            "instance_url: http://salesforce.example.com",
+            "plain http",
+        ),
+    ],
+)
 def test_a_malformed_config_exits_2_and_touches_nothing(
     idle_sandboxes: SandboxPair, tmp_path: Path, mistake: str, replace: str, by: str, says: str
 ) -> None:

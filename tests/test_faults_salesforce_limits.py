@@ -26,8 +26,11 @@ PAGE = 200
 
 @pytest.mark.parametrize("when", ["at_start", "mid_paging"])
 def test_request_limit_exceeded_stops_the_run_with_exit_3_and_keeps_the_cursor(
-    sandboxes: SandboxPair, run_sync: Callable[..., RunReport], make_config: Callable[..., Config],
-    db_url: str, when: str,
+    sandboxes: SandboxPair,
+    run_sync: Callable[..., RunReport],
+    make_config: Callable[..., Config],
+    db_url: str,
+    when: str,
 ) -> None:
     cfg = make_config(salesforce={"page_size": PAGE})
     run_sync("sync", config=cfg)
@@ -37,8 +40,13 @@ def test_request_limit_exceeded_stops_the_run_with_exit_3_and_keeps_the_cursor(
         # The org itself has no calls left: the sandbox answers 403 REQUEST_LIMIT_EXCEEDED.
         sandboxes.salesforce.set_daily_limit(sandboxes.salesforce.api_calls_used)
     else:
-        sandboxes.salesforce.inject_fault(status=403, body=sf_errors("REQUEST_LIMIT_EXCEEDED", "TotalRequests Limit exceeded."),
-                                          method="GET", path=SF_QUERY_MORE, count=1)
+        sandboxes.salesforce.inject_fault(
+            status=403,
+            body=sf_errors("REQUEST_LIMIT_EXCEEDED", "TotalRequests Limit exceeded."),
+            method="GET",
+            path=SF_QUERY_MORE,
+            count=1,
+        )
     writes = sandboxes.stripe.write_count
 
     report = run_sync("sync", config=cfg)
@@ -65,7 +73,10 @@ def test_request_limit_exceeded_stops_the_run_with_exit_3_and_keeps_the_cursor(
 
 
 def test_the_budget_guard_stops_before_the_run_exceeds_its_share(
-    sandboxes: SandboxPair, run_sync: Callable[..., RunReport], make_config: Callable[..., Config], db_url: str
+    sandboxes: SandboxPair,
+    run_sync: Callable[..., RunReport],
+    make_config: Callable[..., Config],
+    db_url: str,
 ) -> None:
     cfg = make_config(salesforce={"page_size": PAGE, "api_budget_share": 0.1})
     run_sync("sync", config=cfg)

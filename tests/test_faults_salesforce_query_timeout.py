@@ -25,7 +25,10 @@ def test_a_query_timeout_fails_the_run_keeps_the_cursor_and_the_next_run_is_fine
     before = read_store(db_url)
     sandboxes.salesforce.update("Account", ACME, {"Name": "Acme Timeout Inc"})
     fault = sandboxes.salesforce.inject_fault(
-        status=status, method="GET", path=SF_QUERY, count=1,
+        status=status,
+        method="GET",
+        path=SF_QUERY,
+        count=1,
         body=sf_errors("QUERY_TIMEOUT", "Your query request was running for too long."),
     )
     writes = sandboxes.stripe.write_count

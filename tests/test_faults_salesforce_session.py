@@ -40,7 +40,9 @@ def run(cfg: Config, secrets: SecretSource, mode: str = "sync", **kw: Any) -> Ru
 
 
 def two_pages_of_new_orders(sandboxes: SandboxPair) -> list[str]:
-    return add_billed_accounts(sandboxes.salesforce, ACCOUNTS, orders_each=ORDERS_EACH, name="Paged Co")
+    return add_billed_accounts(
+        sandboxes.salesforce, ACCOUNTS, orders_each=ORDERS_EACH, name="Paged Co"
+    )
 
 
 def test_an_expired_access_token_mid_paging_stops_with_exit_3_and_keeps_the_cursor(
@@ -68,7 +70,12 @@ def test_an_expired_access_token_mid_paging_stops_with_exit_3_and_keeps_the_curs
     assert {o.account_id for o in view.outcomes[report.run_id] if o.outcome == "created"} == done
 
     # A fresh token (what the admin would set) finishes the job: the rest once, nothing twice.
-    fresh = SecretSource({"SALESFORCE_ACCESS_TOKEN": sandboxes.salesforce.issue_token(), "STRIPE_API_KEY": SANDBOX_STRIPE_KEY})
+    fresh = SecretSource(
+        {
+            "SALESFORCE_ACCESS_TOKEN": sandboxes.salesforce.issue_token(),
+            "STRIPE_API_KEY": SANDBOX_STRIPE_KEY,
+        }
+    )
     again = run(cfg, fresh)
 
     assert again.exit_code == 0 and again.failed == 0
@@ -83,15 +90,26 @@ def _login(kind: str, sandboxes: SandboxPair) -> tuple[dict[str, Any], dict[str,
     sf = sandboxes.salesforce
     user = next(iter(sf.users))
     if kind == "password":
-        return ({"auth": "password", "username": user, "consumer_key": sf.consumer_key},
-                {"SALESFORCE_PASSWORD": sf.users[user], "SALESFORCE_CONSUMER_SECRET": sf.consumer_secret})
+        return (
+            {"auth": "password", "username": user, "consumer_key": sf.consumer_key},
+            {
+                "SALESFORCE_PASSWORD": sf.users[user],
+                "SALESFORCE_CONSUMER_SECRET": sf.consumer_secret,
+            },
+        )
     if kind == "client_credentials":
-        return ({"auth": "client_credentials", "consumer_key": sf.consumer_key, "domain": "acme.my"},
-                {"SALESFORCE_CONSUMER_SECRET": sf.consumer_secret})
+        return (
+            {"auth": "client_credentials", "consumer_key": sf.consumer_key, "domain": "acme.my"},
+            {"SALESFORCE_CONSUMER_SECRET": sf.consumer_secret},
+        )
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                            serialization.NoEncryption()).decode()
-    return ({"auth": "jwt", "username": user, "consumer_key": sf.consumer_key}, {"SALESFORCE_PRIVATE_KEY": pem})
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+    return (
+        {"auth": "jwt", "username": user, "consumer_key": sf.consumer_key},
+        {"SALESFORCE_PRIVATE_KEY": pem},
+    )
 
 
 @pytest.mark.parametrize("kind", ["password", "jwt", "client_credentials"])
@@ -113,7 +131,9 @@ def test_with_a_login_flow_an_expired_session_mid_paging_logs_in_again_and_compl
     statuses = [(e.path.rsplit("/", 2)[-2:], e.status) for e in seen]
     refused = [i for i, e in enumerate(seen) if e.status == 401]
     logins = [i for i, e in enumerate(seen) if e.path == "/services/oauth2/token"]
-    assert refused and any(i > refused[0] for i in logins), statuses  # logged in again after the 401
+    assert refused and any(i > refused[0] for i in logins), (
+        statuses
+    )  # logged in again after the 401
     customers = assert_one_customer_each(sandboxes, BILLED | set(new))
     view = read_store(db_url)
     view.assert_links_match(customers)

@@ -23,10 +23,16 @@ from connector.sandbox.run import SandboxPair
 INITECH = "001000000000A02AAA"
 
 
-@pytest.mark.parametrize(("code", "message"), [
-    ("UNABLE_TO_LOCK_ROW", "unable to obtain exclusive access to this record or 1 records: 001000000000A02AAA"),
-    ("FIELD_CUSTOM_VALIDATION_EXCEPTION", "Accounts in Germany need a VAT number"),
-])
+@pytest.mark.parametrize(
+    ("code", "message"),
+    [
+        (
+            "UNABLE_TO_LOCK_ROW",
+            "unable to obtain exclusive access to this record or 1 records: 001000000000A02AAA",
+        ),
+        ("FIELD_CUSTOM_VALIDATION_EXCEPTION", "Accounts in Germany need a VAT number"),
+    ],
+)
 def test_a_per_record_writeback_failure_keeps_the_link_pending_and_the_next_run_writes_it(
     sandboxes: SandboxPair, run_sync: Callable[..., RunReport], db_url: str, code: str, message: str
 ) -> None:
@@ -56,17 +62,24 @@ def test_a_per_record_writeback_failure_keeps_the_link_pending_and_the_next_run_
     assert not [a for a, ln in after.links.items() if ln.writeback_pending]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "engine _Run.flush_writebacks: when the whole composite/sobjects call fails (TransientError, e.g. "
-    "UNABLE_TO_LOCK_ROW or a 5xx for the request) it only logs 'writeback.deferred'; no outcome is recorded "
-    "and the run reports 'succeeded' with exit 0 although no id reached Salesforce. Fix: record a failed "
-    "outcome per account of the batch (error_code writeback_<code>, customer id, 'pending, retried next "
-    "run') and count them in tally.failed, as the per-record branch already does"))
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "engine _Run.flush_writebacks: when the whole composite/sobjects call fails (TransientError, e.g. "
+        "UNABLE_TO_LOCK_ROW or a 5xx for the request) it only logs 'writeback.deferred'; no outcome is recorded "
+        "and the run reports 'succeeded' with exit 0 although no id reached Salesforce. Fix: record a failed "
+        "outcome per account of the batch (error_code writeback_<code>, customer id, 'pending, retried next "
+        "run') and count them in tally.failed, as the per-record branch already does"
+    ),
+)
 def test_a_writeback_call_refused_as_a_whole_keeps_every_link_pending_and_says_so(
     sandboxes: SandboxPair, run_sync: Callable[..., RunReport], db_url: str
 ) -> None:
     fault = sandboxes.salesforce.inject_fault(
-        status=400, method="PATCH", path=SF_COLLECTION, count=1,
+        status=400,
+        method="PATCH",
+        path=SF_COLLECTION,
+        count=1,
         body=sf_errors("UNABLE_TO_LOCK_ROW", "unable to obtain exclusive access to this record"),
     )
 
@@ -79,7 +92,9 @@ def test_a_writeback_call_refused_as_a_whole_keeps_every_link_pending_and_says_s
     assert all(ln.writeback_pending for ln in view.links.values())
     # A user must see that three ids did not reach Salesforce: not a clean exit 0.
     assert first.exit_code != 0
-    recorded = [o for o in view.outcomes[first.run_id] if "UNABLE_TO_LOCK_ROW" in (o.error_code or "")]
+    recorded = [
+        o for o in view.outcomes[first.run_id] if "UNABLE_TO_LOCK_ROW" in (o.error_code or "")
+    ]
     assert {o.account_id for o in recorded} == BILLED
 
     second = run_sync("sync")

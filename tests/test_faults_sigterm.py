@@ -28,8 +28,13 @@ def test_sigterm_mid_run_finishes_the_record_in_progress_and_marks_the_run_inter
     sandboxes.stripe.set_latency(LATENCY)
     creates = sandboxes.stripe.operations["create"]
 
-    proc = subprocess.Popen([sys.executable, "-m", "connector", "sync", "--json"], env=cli_env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "connector", "sync", "--json"],
+        env=cli_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 30
         while sandboxes.stripe.operations["create"] < creates + 2:

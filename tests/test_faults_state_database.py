@@ -71,8 +71,11 @@ def test_a_state_database_locked_mid_run_stops_with_exit_3_before_anything_reach
     path, url = sqlite_state
     cfg = tmp_path / "config.yaml"
     cfg.write_text(sandboxes.config_snippet(state_url=url, mappings_dir=str(MAPPINGS)))
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith(("SALESFORCE_", "STRIPE_"))},
-           **sandboxes.secrets(), "BILLING_CONNECTOR_CONFIG": str(cfg)}
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("SALESFORCE_", "STRIPE_"))},
+        **sandboxes.secrets(),
+        "BILLING_CONNECTOR_CONFIG": str(cfg),
+    }
     # Another process (a second runner, the sqlite3 shell) takes the write lock just as the
     # connector reads the orders: every record's intent must be written before its create.
     lock = WriteLock(path)
@@ -174,11 +177,15 @@ def test_a_full_state_database_stops_with_exit_3_and_sends_nothing_to_stripe(
     read_store(url).assert_links_match(customers)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "nothing calls StateStore.mark_interrupted_runs: a run whose process died, or whose finish_run could "
-    "not be written (the locked-database case above leaves one), stays 'running' forever in `status`. "
-    "Fix: open_pipeline (or Engine.run) calls store.mark_interrupted_runs() right after taking the "
-    "single-runner lock, before start_run"))
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "nothing calls StateStore.mark_interrupted_runs: a run whose process died, or whose finish_run could "
+        "not be written (the locked-database case above leaves one), stays 'running' forever in `status`. "
+        "Fix: open_pipeline (or Engine.run) calls store.mark_interrupted_runs() right after taking the "
+        "single-runner lock, before start_run"
+    ),
+)
 def test_a_run_left_running_by_a_dead_process_is_marked_interrupted_by_the_next_run(
     sandboxes: SandboxPair, sqlite_state: tuple[Path, str]
 ) -> None:

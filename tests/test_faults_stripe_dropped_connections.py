@@ -18,12 +18,22 @@ ACME = "001000000000A01AAA"  # the first billed account the engine handles (orde
 
 
 def _retries(make_config: Callable[..., Any], sandboxes: SandboxPair, n: int) -> Any:
-    return make_config(billing={"accounts": [{"id": "default", "api_base": sandboxes.stripe.url, "max_network_retries": n}]})
+    return make_config(
+        billing={
+            "accounts": [
+                {"id": "default", "api_base": sandboxes.stripe.url, "max_network_retries": n}
+            ]
+        }
+    )
 
 
 @pytest.mark.parametrize("drop", ["before", "after"])
 def test_a_dropped_create_is_resent_with_its_key_and_makes_one_customer(
-    sandboxes: SandboxPair, run_sync: Callable[..., RunReport], make_config: Callable[..., Any], db_url: str, drop: str
+    sandboxes: SandboxPair,
+    run_sync: Callable[..., RunReport],
+    make_config: Callable[..., Any],
+    db_url: str,
+    drop: str,
 ) -> None:
     fault = sandboxes.stripe.inject_fault(method="POST", path=STRIPE_CREATE, drop=drop, count=1)
     seen = record_exchanges(sandboxes.stripe)
@@ -35,7 +45,9 @@ def test_a_dropped_create_is_resent_with_its_key_and_makes_one_customer(
     creates = [e for e in seen if e.method == "POST" and e.path == "/v1/customers"]
     assert creates[0].status is None and creates[1].idempotency_key == creates[0].idempotency_key
     if drop == "after":
-        assert sandboxes.stripe.stats()["idempotent_replays"] == 1  # Stripe answered with the first customer
+        assert (
+            sandboxes.stripe.stats()["idempotent_replays"] == 1
+        )  # Stripe answered with the first customer
     customers = assert_one_customer_each(sandboxes, BILLED)
     view = read_store(db_url)
     view.assert_links_match(customers)
@@ -44,7 +56,11 @@ def test_a_dropped_create_is_resent_with_its_key_and_makes_one_customer(
 
 @pytest.mark.parametrize("drop", ["before", "after"])
 def test_without_client_retries_the_next_run_completes_the_create_once(
-    sandboxes: SandboxPair, run_sync: Callable[..., RunReport], make_config: Callable[..., Any], db_url: str, drop: str
+    sandboxes: SandboxPair,
+    run_sync: Callable[..., RunReport],
+    make_config: Callable[..., Any],
+    db_url: str,
+    drop: str,
 ) -> None:
     cfg = _retries(make_config, sandboxes, 0)
     sandboxes.stripe.inject_fault(method="POST", path=STRIPE_CREATE, drop=drop, count=1)

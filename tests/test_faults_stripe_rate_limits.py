@@ -39,7 +39,9 @@ def test_a_rate_capped_stripe_account_slows_the_run_down_but_fails_nothing(
 def test_injected_rate_limit_429s_are_retried_with_the_same_key(
     sandboxes: SandboxPair, run_sync: Callable[..., RunReport], db_url: str
 ) -> None:
-    fault = sandboxes.stripe.inject_fault(status=429, body=rate_limit_body(), method="POST", path=STRIPE_CREATE, count=3)
+    fault = sandboxes.stripe.inject_fault(
+        status=429, body=rate_limit_body(), method="POST", path=STRIPE_CREATE, count=3
+    )
     seen = record_exchanges(sandboxes.stripe)
 
     report = run_sync("sync")
@@ -66,7 +68,9 @@ def test_lock_timeout_on_an_update_is_retried_until_it_goes_through(
     sandboxes.salesforce.update("Account", ACME, {"Phone": "+1 217 555 0199"})
     # Four in a row: more than stripe-python's own retries (Stripe-Should-Retry: true) absorb,
     # so the target's 429 handling has to carry the rest.
-    fault = sandboxes.stripe.inject_lock_timeout(count=4, method="POST", path=rf"^/v1/customers/{customers[ACME]}$")
+    fault = sandboxes.stripe.inject_lock_timeout(
+        count=4, method="POST", path=rf"^/v1/customers/{customers[ACME]}$"
+    )
 
     report = run_sync("sync")
 
@@ -81,14 +85,23 @@ def test_lock_timeout_on_an_update_is_retried_until_it_goes_through(
 
 
 def test_429s_that_outlast_the_retries_fail_the_record_and_the_next_run_creates_it_once(
-    sandboxes: SandboxPair, run_sync: Callable[..., RunReport], make_config: Callable[..., Any],
-    db_url: str, monkeypatch: pytest.MonkeyPatch,
+    sandboxes: SandboxPair,
+    run_sync: Callable[..., RunReport],
+    make_config: Callable[..., Any],
+    db_url: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # Fewer target retries and a zero Retry-After keep the test fast; the behaviour is the same.
     monkeypatch.setattr(stripe_target, "RATE_LIMIT_RETRIES", 2)
     cfg = make_config(salesforce={"overlap_seconds": 0})
-    fault = sandboxes.stripe.inject_fault(status=429, body=rate_limit_body(), headers={"Retry-After": "0"},
-                                          method="POST", path=STRIPE_CREATE, count=3)
+    fault = sandboxes.stripe.inject_fault(
+        status=429,
+        body=rate_limit_body(),
+        headers={"Retry-After": "0"},
+        method="POST",
+        path=STRIPE_CREATE,
+        count=3,
+    )
 
     first = run_sync("sync", config=cfg)
 

@@ -18,13 +18,21 @@ ACME = "001000000000A01AAA"  # the first billed account the engine handles (orde
 
 
 def _retries(make_config: Callable[..., Any], sandboxes: SandboxPair, n: int) -> Any:
-    return make_config(billing={"accounts": [{"id": "default", "api_base": sandboxes.stripe.url, "max_network_retries": n}]})
+    return make_config(
+        billing={
+            "accounts": [
+                {"id": "default", "api_base": sandboxes.stripe.url, "max_network_retries": n}
+            ]
+        }
+    )
 
 
 def test_a_transient_500_is_retried_with_the_same_key_and_leaves_one_customer(
     sandboxes: SandboxPair, run_sync: Callable[..., RunReport], db_url: str
 ) -> None:
-    fault = sandboxes.stripe.inject_fault(status=500, body=api_error_body(), method="POST", path=STRIPE_CREATE, count=1)
+    fault = sandboxes.stripe.inject_fault(
+        status=500, body=api_error_body(), method="POST", path=STRIPE_CREATE, count=1
+    )
     seen = record_exchanges(sandboxes.stripe)
 
     report = run_sync("sync")
@@ -41,12 +49,20 @@ def test_a_transient_500_is_retried_with_the_same_key_and_leaves_one_customer(
 
 
 def test_a_persistent_5xx_fails_the_record_and_the_next_run_completes_it_once(
-    sandboxes: SandboxPair, run_sync: Callable[..., RunReport], make_config: Callable[..., Any], db_url: str
+    sandboxes: SandboxPair,
+    run_sync: Callable[..., RunReport],
+    make_config: Callable[..., Any],
+    db_url: str,
 ) -> None:
     cfg = _retries(make_config, sandboxes, 1)
     # The first create and stripe-python's one retry both get 503: longer than the client waits.
-    fault = sandboxes.stripe.inject_fault(status=503, body=api_error_body("Service unavailable"), method="POST",
-                                          path=STRIPE_CREATE, count=2)
+    fault = sandboxes.stripe.inject_fault(
+        status=503,
+        body=api_error_body("Service unavailable"),
+        method="POST",
+        path=STRIPE_CREATE,
+        count=2,
+    )
 
     first = run_sync("sync", config=cfg)
 
@@ -55,7 +71,11 @@ def test_a_persistent_5xx_fails_the_record_and_the_next_run_completes_it_once(
     customers = assert_one_customer_each(sandboxes, BILLED - {ACME})
     view = read_store(db_url)
     failed = view.outcome(first.run_id, ACME)
-    assert failed.outcome == "failed" and failed.error_code == "api_error" and "503" in (failed.error_message or "")
+    assert (
+        failed.outcome == "failed"
+        and failed.error_code == "api_error"
+        and "503" in (failed.error_message or "")
+    )
     assert ACME in view.retries and ACME not in view.links
     view.assert_links_match(customers)
     assert view.cursor is not None
