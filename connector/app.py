@@ -57,6 +57,9 @@ def open_pipeline(
     try:
         lock_cm = store.lock("sync", holder=holder_name()) if lock else _null()
         with lock_cm:
+            if lock:
+                # Holding the lock, any run still marked running belongs to a dead process.
+                store.mark_interrupted_runs()
             source = connect(config.salesforce, secrets)
             engine = Engine(
                 source=source,

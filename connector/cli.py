@@ -22,11 +22,13 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from connector import log as logsetup
 from connector.config import Config, SecretSource, load_config
 from connector.errors import ConfigError, ConnectorError
+from connector.log import REDACTOR
 from connector.mapping import diff_payloads, flatten
 
 app = typer.Typer(
@@ -64,7 +66,8 @@ def main() -> None:
 
 
 def _fail(exc: ConnectorError) -> None:
-    err.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True, soft_wrap=True)
+    # Error texts can quote what a service answered; they pass the same redaction as logs.
+    err.print(f"[bold red]error:[/] {escape(REDACTOR.scrub(str(exc)))}", highlight=False, soft_wrap=True)
     raise typer.Exit(exc.exit_code)
 
 
@@ -158,7 +161,7 @@ def _run(config_file: Path, mode: str, *, dry_run: bool, as_json: bool, since: s
         else:
             _print_report(report, state=_safe_url(cfg.state_url))
         if report.error:
-            err.print(f"[bold red]error:[/] {report.error}")
+            err.print(f"[bold red]error:[/] {escape(REDACTOR.scrub(report.error))}", highlight=False, soft_wrap=True)
         raise typer.Exit(report.exit_code)
 
 
@@ -227,10 +230,11 @@ def status(config: ConfigOpt = Path("config.yaml"), as_json: JsonOpt = False) ->
     if as_json:
         print(json.dumps({
             "runs": [{"run_id": r.run_id, "mode": r.mode, "status": r.status, "started_at": r.started_at.isoformat(),
-                      "finished_at": r.finished_at.isoformat() if r.finished_at else None, **r.counts, "error": r.error}
+                      "finished_at": r.finished_at.isoformat() if r.finished_at else None, **r.counts,
+                      "error": REDACTOR.scrub(r.error) if r.error else None}
                      for r in runs],
             "failures": [{"at": at.isoformat(), "run_id": run_id, "account_id": o.account_id, "billing_account": o.billing_account,
-                          "error_code": o.error_code, "error": o.error_message} for at, run_id, o in failures],
+                          "error_code": o.error_code, "error": REDACTOR.scrub(o.error_message or "")} for at, run_id, o in failures],
             "conflicts": [{"id": c.id, "kind": c.kind, "account_id": c.account_id, "customer_id": c.customer_id,
                            "created_at": c.created_at.isoformat()} for c in conflicts],
             "stats": stats,
@@ -242,14 +246,14 @@ def status(config: ConfigOpt = Path("config.yaml"), as_json: JsonOpt = False) ->
     for r in runs:
         counts = r.counts
         t.add_row(r.started_at.strftime("%Y-%m-%d %H:%M:%S"), r.mode, r.status, *(str(counts.get(k, 0)) for k in
-                  ("created", "updated", "unchanged", "refused", "failed")), (r.error or "")[:60])
+                  ("created", "updated", "unchanged", "refused", "failed")), REDACTOR.scrub(r.error or "")[:60])
     out.print(t)
     if failures:
         f = Table(title="failing records")
         for col in ("at", "account", "billing account", "error"):
             f.add_column(col)
         for at, _run_id, o in failures:
-            f.add_row(at.strftime("%Y-%m-%d %H:%M:%S"), o.account_id, o.billing_account, f"{o.error_code}: {o.error_message}")
+            f.add_row(at.strftime("%Y-%m-%d %H:%M:%S"), o.account_id, o.billing_account, REDACTOR.scrub(f"{o.error_code}: {o.error_message}"))
         out.print(f)
     if conflicts:
         k = Table(title="open conflicts")

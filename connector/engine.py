@@ -35,6 +35,7 @@ from connector.errors import (
     TransientError,
     UnavailableError,
 )
+from connector.log import REDACTOR
 from connector.mapping import CustomerMapping, diff_payloads, payload_hash
 from connector.salesforce import (
     DeletedAccount,
@@ -273,11 +274,11 @@ class Engine:
         except (UnavailableError, TransientError) as exc:
             # The run could not go on (login, limits, a query that kept failing): exit 3. What
             # was applied is recorded; the cursor did not move, so nothing is skipped.
-            status, error, error_exit = "failed", str(exc), UnavailableError.exit_code
-            log.error("run.failed", error=str(exc))
+            status, error, error_exit = "failed", REDACTOR.scrub(str(exc)), UnavailableError.exit_code
+            log.error("run.failed", error=error)
         except ConnectorError as exc:
-            status, error, error_exit = "failed", str(exc), exc.exit_code
-            log.error("run.failed", error=str(exc))
+            status, error, error_exit = "failed", REDACTOR.scrub(str(exc)), exc.exit_code
+            log.error("run.failed", error=error)
         finally:
             structlog.contextvars.unbind_contextvars("run_id")
         report = RunReport(
@@ -692,9 +693,11 @@ class _Run:
 
     def _outcome(self, p: PlannedWrite, kind: str, *, customer_id: str | None = None,
                  error_code: str | None = None, message: str | None = None) -> Outcome:
+        # Error texts are kept and shown by `status`: a service may echo a key or token in them.
         return Outcome(account_id=p.account_id, billing_account=p.billing_account, outcome=kind,  # type: ignore[arg-type]
                        customer_id=customer_id or p.customer_id, order_id=p.order_id, error_code=error_code,
-                       error_message=message, changed_fields=p.changed_fields if kind != "unchanged" else ())
+                       error_message=REDACTOR.scrub(message) if message else None,
+                       changed_fields=p.changed_fields if kind != "unchanged" else ())
 
     # --- write-back --------------------------------------------------------------------------
 
@@ -721,8 +724,11 @@ class _Run:
             try:
                 results = self.e.source.write_back(batch)
             except TransientError as exc:
+                # The links stay pending and the next run writes them back; the records are
+                # reported now, so nobody believes the ids reached Salesforce.
                 log.warning("writeback.deferred", accounts=len(batch), error=str(exc))
-                continue  # links stay pending; the next run writes them back
+                results = [WriteBackResult(a, False, exc.code or "TRANSIENT", f"{exc} (pending, retried next run)",
+                                           transient=True) for a, _ in batch]
             ok = [r.account_id for r in results if r.ok]
             if ok:
                 self.e.store.mark_written_back(ba, ok)
@@ -730,7 +736,7 @@ class _Run:
             outcomes = [
                 Outcome(account_id=r.account_id, billing_account=ba, outcome="failed",
                         customer_id=dict(batch).get(r.account_id), error_code=f"writeback_{r.code}",
-                        error_message=f"writing the customer id to Account.{self._field()} failed: {r.message}")
+                        error_message=REDACTOR.scrub(f"writing the customer id to Account.{self._field()} failed: {r.message}"))
                 for r in failures
             ]
             for r in failures:

@@ -62,16 +62,6 @@ def test_a_per_record_writeback_failure_keeps_the_link_pending_and_the_next_run_
     assert not [a for a, ln in after.links.items() if ln.writeback_pending]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "engine _Run.flush_writebacks: when the whole composite/sobjects call fails (TransientError, e.g. "
-        "UNABLE_TO_LOCK_ROW or a 5xx for the request) it only logs 'writeback.deferred'; no outcome is recorded "
-        "and the run reports 'succeeded' with exit 0 although no id reached Salesforce. Fix: record a failed "
-        "outcome per account of the batch (error_code writeback_<code>, customer id, 'pending, retried next "
-        "run') and count them in tally.failed, as the per-record branch already does"
-    ),
-)
 def test_a_writeback_call_refused_as_a_whole_keeps_every_link_pending_and_says_so(
     sandboxes: SandboxPair, run_sync: Callable[..., RunReport], db_url: str
 ) -> None:

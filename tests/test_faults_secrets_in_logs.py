@@ -140,16 +140,6 @@ def test_a_logged_traceback_with_a_key_in_its_message_is_redacted(sandboxes: San
     assert REDACTED in events[0]["exception"] and REDACTED in events[1]["exception"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "secrets echoed in error messages bypass the log redactor: cli._run prints report.error (and _fail "
-        "prints ConnectorError text) with rich directly, and `status`/`status --json` print runs.error and "
-        "record_outcomes.error_message exactly as stored, so the Salesforce token and the Stripe key appear "
-        "on the terminal and in the state database. Fix: scrub with connector.log.REDACTOR.scrub before storing "
-        "(Engine._outcome / flush_writebacks / finish_run error) and in every CLI print of an error text"
-    ),
-)
 def test_error_messages_the_command_prints_or_stores_are_redacted(
     sandboxes: SandboxPair, tmp_path: Path
 ) -> None:

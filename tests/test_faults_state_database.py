@@ -177,15 +177,6 @@ def test_a_full_state_database_stops_with_exit_3_and_sends_nothing_to_stripe(
     read_store(url).assert_links_match(customers)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "nothing calls StateStore.mark_interrupted_runs: a run whose process died, or whose finish_run could "
-        "not be written (the locked-database case above leaves one), stays 'running' forever in `status`. "
-        "Fix: open_pipeline (or Engine.run) calls store.mark_interrupted_runs() right after taking the "
-        "single-runner lock, before start_run"
-    ),
-)
 def test_a_run_left_running_by_a_dead_process_is_marked_interrupted_by_the_next_run(
     sandboxes: SandboxPair, sqlite_state: tuple[Path, str]
 ) -> None:
