@@ -5,10 +5,18 @@ next run completes it without a duplicate."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from conftest import BILLED
-from faults_helpers import STRIPE_CREATE, assert_one_customer_each, read_store, record_exchanges
+from faults_helpers import (
+    STRIPE_CREATE,
+    assert_one_customer_each,
+    customers_by_account,
+    opened,
+    read_store,
+    record_exchanges,
+)
 
 from connector.engine import RunReport
 from connector.sandbox.run import SandboxPair
@@ -83,6 +91,53 @@ def test_a_persistent_5xx_fails_the_record_and_the_next_run_completes_it_once(
     second = run_sync("sync", config=cfg, retry_all=True)
 
     assert second.exit_code == 0 and second.failed == 0 and second.created == 1
+    customers = assert_one_customer_each(sandboxes, BILLED)
+    after = read_store(db_url)
+    after.assert_links_match(customers)
+    assert not after.retries and not after.intents
+
+
+def test_a_failed_record_waits_for_its_backoff_and_is_then_retried_by_a_plain_sync(
+    sandboxes: SandboxPair,
+    run_sync: Callable[..., RunReport],
+    make_config: Callable[..., Any],
+    db_url: str,
+) -> None:
+    # No overlap: after the first run, ACME's order is older than the cursor and is not read
+    # again by the incremental query; only the retry list brings it back.
+    cfg = make_config(
+        salesforce={"overlap_seconds": 0},
+        billing={
+            "accounts": [
+                {"id": "default", "api_base": sandboxes.stripe.url, "max_network_retries": 0}
+            ]
+        },
+    )
+    sandboxes.stripe.inject_fault(
+        status=503,
+        body=api_error_body("Service unavailable"),
+        method="POST",
+        path=STRIPE_CREATE,
+        count=1,
+    )
+    first = run_sync("sync", config=cfg)
+    assert first.failed == 1
+    retry = read_store(db_url).retries[ACME]
+    assert retry.attempts == 1 and retry.next_attempt_at > datetime.now(UTC)
+
+    early = run_sync("sync", config=cfg)
+
+    assert early.created == 0 and early.failed == 0
+    assert ACME not in customers_by_account(sandboxes)
+    assert read_store(db_url).retries[ACME].attempts == 1  # not due yet: not tried
+
+    with opened(db_url) as store:  # the backoff has passed
+        store.schedule_retry(
+            "default", ACME, "api_error: 503", now=datetime.now(UTC) - timedelta(hours=1)
+        )
+    due = run_sync("sync", config=cfg)
+
+    assert due.exit_code == 0 and due.created == 1
     customers = assert_one_customer_each(sandboxes, BILLED)
     after = read_store(db_url)
     after.assert_links_match(customers)
