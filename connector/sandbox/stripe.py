@@ -478,14 +478,6 @@ class StripeSandbox(SandboxServer):
             method=method, path=path,
         )
 
-    def set_rate_limit(self, per_second: float | None, *, burst: float = 1.0) -> None:
-        """Cap requests at `per_second`, allowing `burst` back-to-back (default 1: a strict cap).
-
-        Over any window of T seconds at most `burst + per_second * T` requests are let
-        through, so a benchmark measuring over a second or more sees the cap itself.
-        """
-        self._bucket = _Bucket(per_second, burst) if per_second else None  # type: ignore[assignment]
-
     def stats(self) -> dict[str, Any]:
         with self.lock:
             return {
@@ -1014,28 +1006,3 @@ class StripeSandbox(SandboxServer):
         return Response.json({"ok": True, "expired": self.expire_idempotency_keys(older)})
 
 
-class _Bucket:
-    """A token bucket refilled continuously from the monotonic clock.
-
-    Starts with `burst` tokens; each request takes one. Over any window of T seconds it lets
-    through at most `burst + rate * T` requests.
-    """
-
-    def __init__(self, rate: float, burst: float = 1.0) -> None:
-        import threading
-
-        self.rate = float(rate)
-        self.capacity = max(1.0, float(burst))
-        self.tokens = self.capacity
-        self.stamp = time.monotonic()
-        self.lock = threading.Lock()
-
-    def take(self) -> bool:
-        with self.lock:
-            now = time.monotonic()
-            self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
-            self.stamp = now
-            if self.tokens >= 1.0:
-                self.tokens -= 1.0
-                return True
-            return False
