@@ -71,3 +71,45 @@ def test_sigterm_mid_run_finishes_the_record_in_progress_and_marks_the_run_inter
     after = read_store(db_url)
     after.assert_links_match(customers)
     assert after.cursor is not None and before.cursor is not None and after.cursor > before.cursor
+
+
+def test_a_second_sigterm_exits_at_once_and_the_next_run_still_makes_no_duplicate(
+    sandboxes: SandboxPair, cli_env: dict[str, str], run_sync: Callable[..., RunReport], db_url: str
+) -> None:
+    new = add_billed_accounts(sandboxes.salesforce, 16)
+    sandboxes.stripe.set_latency(1.0)  # a create in flight when the second signal lands
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "connector", "sync"],
+        env=cli_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while sandboxes.stripe.stats()["requests"].get("POST /v1/customers", 0) < 2:
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "the run never reached Stripe"
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        stopped_at = time.monotonic()
+        proc.communicate(timeout=15)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+    assert time.monotonic() - stopped_at < 0.9  # did not wait for the create in flight
+    assert proc.returncode != 0
+
+    sandboxes.stripe.set_latency(0)
+    again = run_sync("sync")
+
+    assert again.exit_code == 0 and again.failed == 0
+    customers = assert_one_customer_each(sandboxes, BILLED | set(new))
+    after = read_store(db_url)
+    after.assert_links_match(customers)
+    assert not after.intents
