@@ -9,6 +9,7 @@ import io
 import re
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -221,6 +222,30 @@ def test_every_change_moves_system_modstamp_strictly_forward_across_the_org(
         assert latest > seen[-1]
         seen.append(latest)
     assert org.get("Account", WIN)["LastModifiedDate"] == org.get("Account", WIN)["SystemModstamp"]
+
+
+def test_concurrent_writes_through_rest_get_distinct_increasing_stamps(
+    org: SalesforceSandbox,
+) -> None:
+    ids = [org.create("Account", {"Name": f"Parallel {i}"}) for i in range(8)]
+    before = max(_all_stamps(org))
+
+    def work(rid: str) -> list[str]:
+        sf = client(org)
+        stamps = []
+        for n in range(10):
+            sf.Account.update(rid, {"Phone": str(n)})
+            stamps.append(org.get("Account", rid)["SystemModstamp"])
+        return stamps
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        per_thread = list(pool.map(work, ids))
+
+    for stamps in per_thread:
+        assert stamps == sorted(stamps) and len(set(stamps)) == len(stamps)
+    finals = [org.get("Account", rid)["SystemModstamp"] for rid in ids]
+    assert len(set(finals)) == len(finals) and min(finals) > before
+    assert org.api_calls_used == 80
 
 
 def test_advance_clock_moves_time_and_reset_never_moves_it_back(org: SalesforceSandbox) -> None:
