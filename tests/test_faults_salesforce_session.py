@@ -16,6 +16,8 @@ from conftest import BILLED
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from faults_helpers import (
+    FIELD,
+    SF_COLLECTION,
     SF_QUERY_MORE,
     add_billed_accounts,
     assert_one_customer_each,
@@ -138,3 +140,34 @@ def test_with_a_login_flow_an_expired_session_mid_paging_logs_in_again_and_compl
     view = read_store(db_url)
     view.assert_links_match(customers)
     assert before.cursor is not None and view.cursor is not None and view.cursor > before.cursor
+
+
+def test_an_expired_access_token_at_write_back_keeps_links_pending_for_the_next_run(
+    sandboxes: SandboxPair, make_config: Callable[..., Config], secrets: SecretSource, db_url: str
+) -> None:
+    cfg = make_config()
+    expire_sessions_on(sandboxes.salesforce, SF_COLLECTION, method="PATCH")
+
+    report = run(cfg, secrets)
+
+    assert report.exit_code == 3 and "SALESFORCE_ACCESS_TOKEN" in (report.error or "")
+    customers = assert_one_customer_each(sandboxes, BILLED)
+    view = read_store(db_url)
+    view.assert_links_match(customers)
+    assert all(ln.writeback_pending for ln in view.links.values())
+    assert view.cursor is None  # the run did not finish: everything is read again
+
+    fresh = SecretSource(
+        {
+            "SALESFORCE_ACCESS_TOKEN": sandboxes.salesforce.issue_token(),
+            "STRIPE_API_KEY": SANDBOX_STRIPE_KEY,
+        }
+    )
+    again = run(cfg, fresh)
+
+    assert again.exit_code == 0 and again.created == 0
+    assert assert_one_customer_each(sandboxes, BILLED) == customers
+    after = read_store(db_url)
+    assert not [a for a, ln in after.links.items() if ln.writeback_pending]
+    for account_id, customer_id in customers.items():
+        assert sandboxes.salesforce.get("Account", account_id)[FIELD] == customer_id  # type: ignore[index]
