@@ -113,3 +113,50 @@ def test_a_second_sigterm_exits_at_once_and_the_next_run_still_makes_no_duplicat
     after = read_store(db_url)
     after.assert_links_match(customers)
     assert not after.intents
+
+
+def test_sigkill_while_stripe_applies_a_create_is_completed_by_the_next_run(
+    sandboxes: SandboxPair, cli_env: dict[str, str], run_sync: Callable[..., RunReport], db_url: str
+) -> None:
+    # No chance to clean up: the process dies with a create in flight; Stripe applies it anyway.
+    new = add_billed_accounts(sandboxes.salesforce, 6)
+    sandboxes.stripe.set_latency(1.0)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "connector", "sync"],
+        env=cli_env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while sandboxes.stripe.stats()["requests"].get("POST /v1/customers", 0) < 2:
+            assert proc.poll() is None
+            assert time.monotonic() < deadline, "the run never reached Stripe"
+            time.sleep(0.02)
+        proc.kill()
+        proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    while sandboxes.stripe.operations["create"] < 2:  # the create in flight lands
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+
+    crashed = read_store(db_url)
+    made = {c["metadata"]["salesforce_account_id"]: c["id"] for c in sandboxes.stripe.customers()}
+    orphan = [a for a in made if a not in crashed.links]
+    assert len(made) == 2 and len(orphan) == 1  # created in Stripe, never linked
+    assert orphan[0] in crashed.intents  # ... but its intent was recorded before the create
+    assert crashed.runs[0].status == "running"
+
+    sandboxes.stripe.set_latency(0)
+    again = run_sync("sync")
+
+    assert again.exit_code == 0 and again.failed == 0
+    customers = assert_one_customer_each(sandboxes, BILLED | set(new))
+    assert customers[orphan[0]] == made[orphan[0]]
+    after = read_store(db_url)
+    after.assert_links_match(customers)
+    assert not after.intents
+    assert {r.run_id: r.status for r in after.runs}[crashed.runs[0].run_id] == "interrupted"
