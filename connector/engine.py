@@ -389,6 +389,8 @@ class _Run:
         for c in engine.store.list_conflicts("resolved"):
             if c.resolution == "new" and c.billing_account in self.fresh and c.resolved_at is not None:
                 self.fresh[c.billing_account][c.account_id] = c.resolved_at
+        # Accounts whose Stripe Id field an admin's explicit link overrides in this run.
+        self.overwrite_field: dict[str, set[str]] = {t.name: set() for t in engine.targets}
         self.intents: dict[str, dict[str, Intent]] = {
             t.name: {i.account_id: i for i in engine.store.open_intents(t.name)} for t in engine.targets
         }
@@ -558,7 +560,12 @@ class _Run:
                                     reason="Stripe Id field already set: adopt that customer")
             return make(action="create", payload=payload, payload_hash=digest,
                                 changed_fields=tuple(_flat_keys(payload)))
-        if row.stripe_id_value and row.stripe_id_value != link.customer_id:
+        admin_linked = link.payload_hash is None and link.mapping_fingerprint is None
+        if row.stripe_id_value and row.stripe_id_value != link.customer_id and admin_linked:
+            # An admin linked this account by hand (`xref link`, `conflicts resolve --link`):
+            # that decision wins over the field, which is overwritten with the linked id.
+            self.overwrite_field[ba].add(acc)
+        elif row.stripe_id_value and row.stripe_id_value != link.customer_id:
             owner = self.e.store.get_link_by_customer(ba, row.stripe_id_value)
             kind = "winner_field_names_other_customer" if owner is not None else "stripe_id_field_mismatch"
             return make(action="refused", payload=payload, payload_hash=digest,
@@ -708,7 +715,8 @@ class _Run:
             if link.writeback_pending:
                 self.e.store.mark_written_back(ba, [link.account_id])
             return
-        if row.stripe_id_value and row.stripe_id_value != link.customer_id and link.account_id not in self.fresh[ba]:
+        decided = link.account_id in self.fresh[ba] or link.account_id in self.overwrite_field[ba]
+        if row.stripe_id_value and row.stripe_id_value != link.customer_id and not decided:
             return  # never overwrite a field that names another customer (a conflict is open)
         if link.account_id not in self._pending:
             self._pending.add(link.account_id)

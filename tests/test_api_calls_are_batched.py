@@ -128,3 +128,35 @@ def test_a_crashed_backfill_resumes_after_the_last_page_it_finished(
 
     full_again = run_sync("backfill", config=cfg)  # a finished backfill starts from the beginning
     assert full_again.orders_read == N + 4 and full_again.stripe_calls == 0
+
+
+def test_the_sandbox_command_loads_a_data_file(tmp_path: Path) -> None:
+    data = tmp_path / "org.yaml"
+    data.write_text(
+        "salesforce:\n  Account:\n    - {Id: 001000000000X01AAA, Name: From A File}\n"
+        "stripe:\n  customers:\n    - {id: cus_FromAFile00001, name: Filed}\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-m", "connector", "sandbox", "--data", str(data),
+                             "--salesforce-port", "0", "--stripe-port", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        text = ""
+        for line in proc.stdout:
+            text += line
+            if "Ctrl-C" in line:
+                break
+        sf_url = re.search(r"Salesforce sandbox: (http://127\.0\.0\.1:\d+)", text)
+        st_url = re.search(r"Stripe sandbox:\s+(http://127\.0\.0\.1:\d+)", text)
+        token = re.search(r"SALESFORCE_ACCESS_TOKEN='([^']+)'", text)
+        assert sf_url and st_url and token, text
+        import requests
+
+        accounts = requests.get(f"{sf_url.group(1)}/services/data/v62.0/query/", params={"q": "SELECT Name FROM Account"},
+                                headers={"Authorization": f"Bearer {token.group(1)}"}, timeout=5).json()
+        customers = requests.get(f"{st_url.group(1)}/_sandbox/customers", timeout=5).json()["data"]
+        assert [r["Name"] for r in accounts["records"]] == ["From A File"]
+        assert [c["id"] for c in customers] == ["cus_FromAFile00001"]
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=20)

@@ -150,3 +150,35 @@ def test_mappings_check_online_asks_salesforce_and_warns_about_formula_fields(
     assert f"customer.yaml:{tier_line}:" in text and "Tier__c" in text
     assert f"customer.yaml:{region_line}:" in text and "formula" in text.lower()
     assert sandboxes.stripe.stats()["total"] == 0  # only Salesforce's describe was asked
+
+
+def test_preview_by_order_uses_that_orders_contact(sandboxes: SandboxPair, cli_env: dict[str, str]) -> None:
+    # The multi-order account: its older order's bill-to contact differs from the latest one's.
+    result = _cli(["mappings", "preview", "--order", "801000000000O04AAA", "--json"], cli_env)
+
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["order_id"] == "801000000000O04AAA"
+    assert data["billing_accounts"][0]["payload"]["email"] == "old@multi.example"
+    assert data["billing_accounts"][0]["customer_id"] is None  # not linked yet: it would be created
+    assert sandboxes.stripe.write_count == 0
+
+
+def test_xref_show_and_link_for_support_work(sandboxes: SandboxPair, cli_env: dict[str, str]) -> None:
+    assert _cli(["sync"], cli_env).returncode == 0
+    spare = sandboxes.stripe.load({"customers": [{"id": "cus_SupportSpare01", "name": "Spare"}]})[0]
+
+    shown = json.loads(_cli(["xref", "show", ACME, "--json"], cli_env).stdout)
+    refused = _cli(["xref", "link", ACME, spare], cli_env)
+    moved = _cli(["xref", "link", ACME, spare, "--force", "--by", "support@example.com"], cli_env)
+    after = json.loads(_cli(["xref", "show", ACME, "--json"], cli_env).stdout)
+    synced = _cli(["sync", "--json"], cli_env)
+
+    [entry] = shown["billing_accounts"]
+    assert entry["customer_id"].startswith("cus_") and entry["status"] == "active" and entry["writeback_pending"] is False
+    assert refused.returncode == 2 and "--force" in refused.stderr
+    assert moved.returncode == 0, moved.stderr
+    assert after["billing_accounts"][0]["customer_id"] == spare
+    assert json.loads(synced.stdout)["updated"] == 1  # the next sync writes the mapping to it
+    assert sandboxes.stripe.get_customer(spare)["name"] == "Acme Corp"
+    assert sandboxes.salesforce.get("Account", ACME)["Stripe_Customer_Id__c"] == spare
