@@ -14,7 +14,6 @@ change, so cursors built on SystemModstamp see every change exactly once past th
 from __future__ import annotations
 
 import base64
-import contextlib
 import copy
 import csv
 import hmac
@@ -23,7 +22,6 @@ import itertools
 import random
 import re
 import secrets
-import socket
 import threading
 import time
 from collections import OrderedDict
@@ -733,30 +731,10 @@ class SalesforceSandbox(SandboxServer):
 
     def start(self) -> SalesforceSandbox:
         super().start()
-        assert self._httpd is not None
-        # The base handler sends headers and body separately; with Nagle on, a keep-alive
-        # client waits for the delayed ACK (~40 ms per answer with a body).
-        handler: Any = self._httpd.RequestHandlerClass
-        handler.disable_nagle_algorithm = True
         return self
 
     def __enter__(self) -> SalesforceSandbox:
         return self.start() if self._httpd is None else self
-
-    def stop(self) -> None:
-        """Stop at once: serve_forever only checks for shutdown every 0.5 s unless woken up."""
-        httpd = self._httpd
-        if httpd is None:
-            return
-        closer = threading.Thread(target=httpd.shutdown, daemon=True)
-        closer.start()
-        host, port = httpd.server_address[:2]
-        while closer.is_alive():
-            with contextlib.suppress(OSError):
-                socket.create_connection((str(host), int(port)), timeout=0.1).close()
-            closer.join(0.02)
-        httpd.server_close()
-        self._httpd = None
 
     def load(
         self, data: Mapping[str, Iterable[Mapping[str, Any]]], *, replace: bool = True

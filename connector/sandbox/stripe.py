@@ -380,10 +380,6 @@ class StripeSandbox(SandboxServer):
 
     def start(self) -> StripeSandbox:
         super().start()
-        assert self._httpd is not None
-        # The base handler writes headers and body in two sends; with Nagle on, a keep-alive
-        # client waits for its delayed ACK (~40 ms a request). TCP_NODELAY keeps it sub-ms.
-        self._httpd.RequestHandlerClass.disable_nagle_algorithm = True  # type: ignore[attr-defined]
         return self
 
     # --- Python API ------------------------------------------------------------------------
