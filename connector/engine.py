@@ -279,6 +279,14 @@ class Engine:
         except ConnectorError as exc:
             status, error, error_exit = "failed", REDACTOR.scrub(str(exc)), exc.exit_code
             log.error("run.failed", error=error)
+        except BaseException as exc:
+            # A bug or an interpreter exit: the run is recorded as failed before it propagates,
+            # so `status` never shows it running forever.
+            if not dry_run:
+                self.store.finish_run(run_id, status="failed", counts={},
+                                      error=REDACTOR.scrub(f"internal error: {type(exc).__name__}: {exc}"))
+            log.exception("run.crashed")
+            raise
         finally:
             structlog.contextvars.unbind_contextvars("run_id")
         report = RunReport(
@@ -299,7 +307,8 @@ class Engine:
         fp = self.mapping.fingerprint
         for target in self.targets:
             for link in self.store.iter_links(target.name, status="active"):
-                if link.mapping_fingerprint != fp:
+                # Links an admin set by hand carry no fingerprint until their first sync.
+                if link.mapping_fingerprint is not None and link.mapping_fingerprint != fp:
                     return True
         return False
 
