@@ -306,10 +306,11 @@ class SandboxServer:
     def _handle(self, req: Request) -> Response | None:
         control = req.path.startswith("/_sandbox/")
         if not control:
-            if self.latency:
-                time.sleep(self.latency)
+            # Counted on arrival, before the latency: a test can act while a request is in flight.
             if self.counts_as_call(req):
                 self.requests[f"{req.method} {req.path}"] += 1
+            if self.latency:
+                time.sleep(self.latency)
             if self._bucket is not None and not self._bucket.take():
                 self.rate_limited += 1
                 return self.decorate(req, self.rate_limited_response(req))
