@@ -59,7 +59,18 @@ DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="Print the plan; chan
 
 
 def main() -> None:
-    app()
+    try:
+        app()
+    except (SystemExit, KeyboardInterrupt):
+        raise
+    except Exception as exc:
+        # A bug: say so plainly, and keep secrets out of the traceback the user will paste.
+        import traceback
+
+        text = REDACTOR.scrub("".join(traceback.format_exception(exc)))
+        err.print(text, highlight=False, markup=False, soft_wrap=True)
+        err.print("internal error: this is a bug in billing-connector; the run was recorded as failed", highlight=False)
+        raise SystemExit(1) from None
 
 
 # --- shared plumbing ---------------------------------------------------------------------------

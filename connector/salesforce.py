@@ -278,7 +278,14 @@ class SalesforceSource:
                 "records": [{"attributes": {"type": "Account"}, "id": acc, fld: cus} for acc, cus in chunk],
             }
             results = self._guard(lambda b=body: self.sf.restful("composite/sobjects", method="PATCH", data=json.dumps(b)))
-            for (acc, _cus), res in zip(chunk, results or [], strict=False):
+            if not isinstance(results, list) or not all(isinstance(r, dict) for r in results):
+                raise TransientError("Salesforce answered the write-back with something other than a list of "
+                                     "results; the ids stay pending", code="MALFORMED_RESULT")
+            # Results come back in request order; a record without one did not demonstrably save.
+            padded = results + [{"success": False, "errors": [{"statusCode": "NO_RESULT",
+                                                               "message": "Salesforce returned no result for this record"}]}
+                                ] * (len(chunk) - len(results))
+            for (acc, _cus), res in zip(chunk, padded, strict=False):
                 if res.get("success"):
                     out.append(WriteBackResult(acc, True))
                 else:
@@ -286,7 +293,7 @@ class SalesforceSource:
                     code = err.get("statusCode") or "UNKNOWN"
                     out.append(WriteBackResult(
                         acc, False, code, err.get("message"),
-                        transient=code in {"UNABLE_TO_LOCK_ROW", "ALL_OR_NONE_OPERATION_ROLLED_BACK"},
+                        transient=code in {"UNABLE_TO_LOCK_ROW", "ALL_OR_NONE_OPERATION_ROLLED_BACK", "NO_RESULT"},
                     ))
         return out
 

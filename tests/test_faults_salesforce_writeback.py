@@ -94,17 +94,6 @@ def test_a_writeback_call_refused_as_a_whole_keeps_every_link_pending_and_says_s
     assert not [a for a, ln in read_store(db_url).links.items() if ln.writeback_pending]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "SalesforceSource.write_back zips the chunk with the answer (strict=False) and calls res.get: "
-        "an answer with fewer results than records leaves those accounts with no WriteBackResult at all "
-        "(pending, no outcome, run 'succeeded', exit 0), and a 200 body that is not a list raises "
-        "AttributeError out of Engine.run (traceback, run never finished). Fix: check the answer is a list "
-        "of dicts with one entry per record; every record without a result gets "
-        "WriteBackResult(ok=False, code='NO_RESULT', transient=True), and a malformed body a TransientError"
-    ),
-)
 @pytest.mark.parametrize("body", [[], {"unexpected": "shape"}], ids=["empty_list", "not_a_list"])
 def test_a_writeback_answer_without_a_result_per_record_keeps_the_links_pending_and_says_so(
     sandboxes: SandboxPair, run_sync: Callable[..., RunReport], db_url: str, body: object
