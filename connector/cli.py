@@ -69,7 +69,8 @@ def main() -> None:
 
         text = REDACTOR.scrub("".join(traceback.format_exception(exc)))
         err.print(text, highlight=False, markup=False, soft_wrap=True)
-        err.print("internal error: this is a bug in billing-connector; the run was recorded as failed", highlight=False)
+        err.print("internal error: this is a bug in billing-connector (a run in progress was recorded as failed)",
+                  highlight=False)
         raise SystemExit(1) from None
 
 

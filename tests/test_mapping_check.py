@@ -152,3 +152,19 @@ def test_commented_examples_in_the_shipped_mapping_are_valid(tmp_path: Path) -> 
     assert check_mappings(tmp_path) == []
     targets = load_mappings(tmp_path).targets()
     assert {"metadata.region", "metadata.parent_customer", "tax_exempt"} <= set(targets)
+
+
+@pytest.mark.parametrize("file", BROKEN_FILES, ids=lambda p: p.stem)
+def test_the_check_command_prints_each_problem_and_exits_2(file: Path, tmp_path: Path) -> None:
+    """`billing-connector mappings check` on a folder holding only this broken file."""
+    from typer.testing import CliRunner
+
+    from connector.cli import app
+
+    shutil.copy(file, tmp_path / file.name)
+    result = CliRunner().invoke(app, ["mappings", "check", "--dir", str(tmp_path)], catch_exceptions=False)
+
+    assert result.exit_code == 2
+    printed = result.output.splitlines()
+    for line in expected(file):
+        assert line.replace(str(file), str(tmp_path / file.name)) in printed
