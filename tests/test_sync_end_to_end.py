@@ -267,3 +267,39 @@ def test_a_lost_create_is_finished_with_its_own_key_even_after_the_account_chang
     assert len(sandboxes.stripe.customers()) == 3
     assert {c["name"] for c in sandboxes.stripe.customers()} == {
         "Acme Renamed Meanwhile", "Initech Renamed Meanwhile", "Multi Renamed Meanwhile"}
+
+
+def test_a_windowed_backfill_takes_only_orders_activated_in_the_window(
+    sandboxes: SandboxPair, run_sync: Callable[..., RunReport], db_url: str
+) -> None:
+    from datetime import UTC, datetime
+
+    report = run_sync("backfill", since=datetime(2026, 1, 2, tzinfo=UTC), until=datetime(2026, 2, 15, tzinfo=UTC))
+
+    # O01 (Jan 5, Acme) and O02 (Feb 1, Initech) are in; O04 (Jan 1) and O05 (Mar 1) are not.
+    assert report.orders_read == 2 and report.created == 2
+    assert set(customers_by_account(sandboxes)) == {"001000000000A01AAA", "001000000000A02AAA"}
+    store = StateStore.open(db_url)
+    try:
+        # A windowed backfill did not read everything, so the incremental cursor stays unset
+        # and the first sync still reads every activated order.
+        assert store.get_cursor(ORDERS_CURSOR) is None
+    finally:
+        store.close()
+    assert run_sync("sync").created == 1
+
+
+def test_metadata_is_trimmed_and_stripes_limits_are_enforced_before_sending() -> None:
+    import pytest
+
+    from connector.billing.stripe import check_metadata
+    from connector.errors import RecordError
+
+    assert check_metadata({" region ": "  EMEA \n", "empty": "   ", "n": None}) == {"region": "EMEA", "empty": "", "n": ""}
+    with pytest.raises(RecordError, match="longer than 40"):
+        check_metadata({"k" * 41: "v"})
+    with pytest.raises(RecordError, match="longer than 500"):
+        check_metadata({"k": "v" * 501})
+    with pytest.raises(RecordError, match="more than 50"):
+        check_metadata({f"k{i}": "v" for i in range(51)})
+    assert len(check_metadata({f"k{i}": "v" for i in range(50)})) == 50
