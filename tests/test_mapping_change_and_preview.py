@@ -182,3 +182,27 @@ def test_xref_show_and_link_for_support_work(sandboxes: SandboxPair, cli_env: di
     assert json.loads(synced.stdout)["updated"] == 1  # the next sync writes the mapping to it
     assert sandboxes.stripe.get_customer(spare)["name"] == "Acme Corp"
     assert sandboxes.salesforce.get("Account", ACME)["Stripe_Customer_Id__c"] == spare
+
+
+def test_relationship_sources_and_the_link_transform_end_to_end(
+    sandboxes: SandboxPair, run_sync: Callable[..., RunReport], make_config: Callable[..., Config], tmp_path: Path
+) -> None:
+    # Initech becomes a child of Acme, which has its own activated order (so its own customer).
+    sandboxes.salesforce.update("Account", INITECH, {"ParentId": ACME})
+    folder = mapping_copy(tmp_path, "  metadata.parent_name:\n    from: Account.Parent.Name\n    transforms: [trim]\n"
+                                    "  metadata.parent_customer:\n    from: Account.ParentId\n    transforms: [link]\n")
+    cfg = make_config(mappings_dir=folder)
+
+    run_sync("backfill", config=cfg)
+
+    by_account = {c["metadata"]["salesforce_account_id"]: c for c in sandboxes.stripe.customers()}
+    assert by_account[INITECH]["metadata"]["parent_name"] == "Acme Corp"
+    assert by_account[INITECH]["metadata"]["parent_customer"] == by_account[ACME]["id"]
+    assert "parent_customer" not in by_account[ACME]["metadata"]  # its parent has no customer: unset
+
+    # A change on the parent reaches the child's customer through the watched relationship.
+    sandboxes.salesforce.update("Account", ACME, {"Name": "Acme Holding"})
+    report = run_sync("sync", config=cfg)
+
+    assert report.updated == 2  # Acme's own name, and Initech's parent_name
+    assert sandboxes.stripe.get_customer(by_account[INITECH]["id"])["metadata"]["parent_name"] == "Acme Holding"
