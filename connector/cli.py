@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -31,6 +31,9 @@ from connector.errors import ConfigError, ConnectorError
 from connector.log import REDACTOR
 from connector.mapping import diff_payloads, flatten
 
+if TYPE_CHECKING:
+    from connector.engine import Mode
+
 app = typer.Typer(
     name="billing-connector",
     help="Keep Stripe customers in step with activated Salesforce orders.",
@@ -40,8 +43,12 @@ app = typer.Typer(
 )
 mappings_app = typer.Typer(help="Check and preview the YAML field mappings.", no_args_is_help=True)
 db_app = typer.Typer(help="The local state store.", no_args_is_help=True)
-conflicts_app = typer.Typer(help="Merges and other states the connector refuses to resolve alone.", no_args_is_help=True)
-xref_app = typer.Typer(help="Cross-references between Salesforce accounts and billing customers.", no_args_is_help=True)
+conflicts_app = typer.Typer(
+    help="Merges and other states the connector refuses to resolve alone.", no_args_is_help=True
+)
+xref_app = typer.Typer(
+    help="Cross-references between Salesforce accounts and billing customers.", no_args_is_help=True
+)
 app.add_typer(mappings_app, name="mappings")
 app.add_typer(db_app, name="db")
 app.add_typer(conflicts_app, name="conflicts")
@@ -55,7 +62,9 @@ ConfigOpt = Annotated[
     typer.Option("--config", "-c", envvar="BILLING_CONNECTOR_CONFIG", help="Path to config.yaml."),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")]
-DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="Print the plan; change nothing anywhere.")]
+DryRunOpt = Annotated[
+    bool, typer.Option("--dry-run", help="Print the plan; change nothing anywhere.")
+]
 
 
 def main() -> None:
@@ -69,8 +78,10 @@ def main() -> None:
 
         text = REDACTOR.scrub("".join(traceback.format_exception(exc)))
         err.print(text, highlight=False, markup=False, soft_wrap=True)
-        err.print("internal error: this is a bug in billing-connector (a run in progress was recorded as failed)",
-                  highlight=False)
+        err.print(
+            "internal error: this is a bug in billing-connector (a run in progress was recorded as failed)",
+            highlight=False,
+        )
         raise SystemExit(1) from None
 
 
@@ -79,7 +90,9 @@ def main() -> None:
 
 def _fail(exc: ConnectorError) -> None:
     # Error texts can quote what a service answered; they pass the same redaction as logs.
-    err.print(f"[bold red]error:[/] {escape(REDACTOR.scrub(str(exc)))}", highlight=False, soft_wrap=True)
+    err.print(
+        f"[bold red]error:[/] {escape(REDACTOR.scrub(str(exc)))}", highlight=False, soft_wrap=True
+    )
     raise typer.Exit(exc.exit_code)
 
 
@@ -107,7 +120,9 @@ def _parse_date(value: str | None, name: str) -> datetime | None:
         d = date.fromisoformat(value)
         return datetime(d.year, d.month, d.day, tzinfo=UTC)
     except ValueError:
-        raise ConfigError(f"{name} must be a date like 2026-01-31 or 2026-01-31T00:00:00Z, not {value!r}") from None
+        raise ConfigError(
+            f"{name} must be a date like 2026-01-31 or 2026-01-31T00:00:00Z, not {value!r}"
+        ) from None
 
 
 @contextmanager
@@ -144,8 +159,15 @@ def _progress(enabled: bool) -> tuple[Callable[[int, int | None], None] | None, 
         TimeRemainingColumn,
     )
 
-    progress = Progress("orders", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
-                        console=err, transient=True)
+    progress = Progress(
+        "orders",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        transient=True,
+    )
     task = progress.add_task("orders", total=None)
     progress.start()
 
@@ -155,17 +177,32 @@ def _progress(enabled: bool) -> tuple[Callable[[int, int | None], None] | None, 
     return update, progress.stop
 
 
-def _run(config_file: Path, mode: str, *, dry_run: bool, as_json: bool, since: str | None = None,
-         until: str | None = None, retry_all: bool = False) -> None:
+def _run(
+    config_file: Path,
+    mode: Mode,
+    *,
+    dry_run: bool,
+    as_json: bool,
+    since: str | None = None,
+    until: str | None = None,
+    retry_all: bool = False,
+) -> None:
     from connector.app import open_pipeline
 
     with _errors():
         cfg, secrets = _load(config_file)
         start, end = _parse_date(since, "--since"), _parse_date(until, "--until")
-        on_progress, stop_progress = _progress(mode == "backfill" and not as_json and err.is_terminal)
-        with _stop_on_signals() as stop, open_pipeline(cfg, secrets, on_progress=on_progress, stop=stop) as p:
+        on_progress, stop_progress = _progress(
+            mode == "backfill" and not as_json and err.is_terminal
+        )
+        with (
+            _stop_on_signals() as stop,
+            open_pipeline(cfg, secrets, on_progress=on_progress, stop=stop) as p,
+        ):
             try:
-                report = p.engine.run(mode, dry_run=dry_run, since=start, until=end, retry_all=retry_all)  # type: ignore[arg-type]
+                report = p.engine.run(
+                    mode, dry_run=dry_run, since=start, until=end, retry_all=retry_all
+                )
             finally:
                 stop_progress()
         if as_json:
@@ -173,7 +210,11 @@ def _run(config_file: Path, mode: str, *, dry_run: bool, as_json: bool, since: s
         else:
             _print_report(report, state=_safe_url(cfg.state_url))
         if report.error:
-            err.print(f"[bold red]error:[/] {escape(REDACTOR.scrub(report.error))}", highlight=False, soft_wrap=True)
+            err.print(
+                f"[bold red]error:[/] {escape(REDACTOR.scrub(report.error))}",
+                highlight=False,
+                soft_wrap=True,
+            )
         raise typer.Exit(report.exit_code)
 
 
@@ -184,15 +225,19 @@ def _safe_url(url: str) -> str:
 
 
 def _print_report(report: Any, *, state: str | None = None) -> None:
-    out.print(f"[bold]{report.mode}{' (dry run)' if report.dry_run else ''}[/] {report.status}, run {report.run_id}",
-              highlight=False)
+    out.print(
+        f"[bold]{report.mode}{' (dry run)' if report.dry_run else ''}[/] {report.status}, run {report.run_id}",
+        highlight=False,
+    )
     out.print(report.summary(), highlight=False)
     if report.dry_run and report.plan:
         plan = Table(title="plan (nothing was written)")
         for col in ("action", "account", "billing account", "customer", "changed fields / reason"):
             plan.add_column(col)
         for p in report.plan:
-            plan.add_row(p.action, p.account_id, p.billing_account, p.customer_id or "-", p.detail())
+            plan.add_row(
+                p.action, p.account_id, p.billing_account, p.customer_id or "-", p.detail()
+            )
         out.print(plan)
     if state:
         out.print(f"state: {state}", highlight=False)
@@ -206,7 +251,10 @@ def sync(
     config: ConfigOpt = Path("config.yaml"),
     dry_run: DryRunOpt = False,
     as_json: JsonOpt = False,
-    retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Retry every failed record now, not only those due.")] = False,
+    retry_failed: Annotated[
+        bool,
+        typer.Option("--retry-failed", help="Retry every failed record now, not only those due."),
+    ] = False,
 ) -> None:
     """One incremental pass: orders, accounts and contacts changed since the last run."""
     _run(config, "sync", dry_run=dry_run, as_json=as_json, retry_all=retry_failed)
@@ -215,8 +263,12 @@ def sync(
 @app.command()
 def backfill(
     config: ConfigOpt = Path("config.yaml"),
-    since: Annotated[str | None, typer.Option(help="Only orders activated on or after this date.")] = None,
-    until: Annotated[str | None, typer.Option(help="Only orders activated before this date.")] = None,
+    since: Annotated[
+        str | None, typer.Option(help="Only orders activated on or after this date.")
+    ] = None,
+    until: Annotated[
+        str | None, typer.Option(help="Only orders activated before this date.")
+    ] = None,
     dry_run: DryRunOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -240,39 +292,98 @@ def status(config: ConfigOpt = Path("config.yaml"), as_json: JsonOpt = False) ->
         finally:
             store.close()
     if as_json:
-        print(json.dumps({
-            "runs": [{"run_id": r.run_id, "mode": r.mode, "status": r.status, "started_at": r.started_at.isoformat(),
-                      "finished_at": r.finished_at.isoformat() if r.finished_at else None, **r.counts,
-                      "error": REDACTOR.scrub(r.error) if r.error else None}
-                     for r in runs],
-            "failures": [{"at": at.isoformat(), "run_id": run_id, "account_id": o.account_id, "billing_account": o.billing_account,
-                          "error_code": o.error_code, "error": REDACTOR.scrub(o.error_message or "")} for at, run_id, o in failures],
-            "conflicts": [{"id": c.id, "kind": c.kind, "account_id": c.account_id, "customer_id": c.customer_id,
-                           "created_at": c.created_at.isoformat()} for c in conflicts],
-            "stats": stats,
-        }, default=str))
+        print(
+            json.dumps(
+                {
+                    "runs": [
+                        {
+                            "run_id": r.run_id,
+                            "mode": r.mode,
+                            "status": r.status,
+                            "started_at": r.started_at.isoformat(),
+                            "finished_at": r.finished_at.isoformat() if r.finished_at else None,
+                            **r.counts,
+                            "error": REDACTOR.scrub(r.error) if r.error else None,
+                        }
+                        for r in runs
+                    ],
+                    "failures": [
+                        {
+                            "at": at.isoformat(),
+                            "run_id": run_id,
+                            "account_id": o.account_id,
+                            "billing_account": o.billing_account,
+                            "error_code": o.error_code,
+                            "error": REDACTOR.scrub(o.error_message or ""),
+                        }
+                        for at, run_id, o in failures
+                    ],
+                    "conflicts": [
+                        {
+                            "id": c.id,
+                            "kind": c.kind,
+                            "account_id": c.account_id,
+                            "customer_id": c.customer_id,
+                            "created_at": c.created_at.isoformat(),
+                        }
+                        for c in conflicts
+                    ],
+                    "stats": stats,
+                },
+                default=str,
+            )
+        )
         return
     t = Table(title="last runs")
-    for col in ("started", "mode", "status", "created", "updated", "unchanged", "refused", "failed", "error"):
+    for col in (
+        "started",
+        "mode",
+        "status",
+        "created",
+        "updated",
+        "unchanged",
+        "refused",
+        "failed",
+        "error",
+    ):
         t.add_column(col)
     for r in runs:
         counts = r.counts
-        t.add_row(r.started_at.strftime("%Y-%m-%d %H:%M:%S"), r.mode, r.status, *(str(counts.get(k, 0)) for k in
-                  ("created", "updated", "unchanged", "refused", "failed")), REDACTOR.scrub(r.error or "")[:60])
+        t.add_row(
+            r.started_at.strftime("%Y-%m-%d %H:%M:%S"),
+            r.mode,
+            r.status,
+            *(
+                str(counts.get(k, 0))
+                for k in ("created", "updated", "unchanged", "refused", "failed")
+            ),
+            REDACTOR.scrub(r.error or "")[:60],
+        )
     out.print(t)
     if failures:
         f = Table(title="failing records")
         for col in ("at", "account", "billing account", "error"):
             f.add_column(col)
         for at, _run_id, o in failures:
-            f.add_row(at.strftime("%Y-%m-%d %H:%M:%S"), o.account_id, o.billing_account, REDACTOR.scrub(f"{o.error_code}: {o.error_message}"))
+            f.add_row(
+                at.strftime("%Y-%m-%d %H:%M:%S"),
+                o.account_id,
+                o.billing_account,
+                REDACTOR.scrub(f"{o.error_code}: {o.error_message}"),
+            )
         out.print(f)
     if conflicts:
         k = Table(title="open conflicts")
         for col in ("id", "kind", "account", "customer", "since"):
             k.add_column(col)
         for c in conflicts:
-            k.add_row(str(c.id), c.kind, c.account_id, c.customer_id or "-", c.created_at.strftime("%Y-%m-%d %H:%M"))
+            k.add_row(
+                str(c.id),
+                c.kind,
+                c.account_id,
+                c.customer_id or "-",
+                c.created_at.strftime("%Y-%m-%d %H:%M"),
+            )
         out.print(k)
     out.print(f"state: {store.url}", highlight=False)
 
@@ -285,15 +396,22 @@ def db_upgrade(config: ConfigOpt = Path("config.yaml")) -> None:
     with _errors():
         cfg, _ = _load(config)
         store = StateStore.open(cfg.state_url, auto_migrate=True)
-        out.print(f"state store at revision {store.current_revision()}: {store.url}", highlight=False)
+        out.print(
+            f"state store at revision {store.current_revision()}: {store.url}", highlight=False
+        )
         store.close()
 
 
 @mappings_app.command("check")
 def mappings_check(
     config: ConfigOpt = Path("config.yaml"),
-    mappings_dir: Annotated[Path | None, typer.Option("--dir", help="Mappings folder (default: from config, else ./mappings).")] = None,
-    online: Annotated[bool, typer.Option("--online", help="Also ask Salesforce that every source field exists.")] = False,
+    mappings_dir: Annotated[
+        Path | None,
+        typer.Option("--dir", help="Mappings folder (default: from config, else ./mappings)."),
+    ] = None,
+    online: Annotated[
+        bool, typer.Option("--online", help="Also ask Salesforce that every source field exists.")
+    ] = False,
 ) -> None:
     """Validate every mapping file; print each problem as file:line:column: message."""
     from connector.mapping import check_mappings
@@ -306,7 +424,9 @@ def mappings_check(
         describe = None
         if online:
             assert cfg is not None
-            problems = check_mappings(folder)  # offline first: never contact Salesforce with a broken file
+            problems = check_mappings(
+                folder
+            )  # offline first: never contact Salesforce with a broken file
             if not any(p.severity == "error" for p in problems):
                 from connector.salesforce import connect
 
@@ -315,11 +435,15 @@ def mappings_check(
         problems = check_mappings(folder, describe=describe)
     errors = [p for p in problems if p.severity == "error"]
     for p in problems:
-        (err if p.severity == "error" else out).print(str(p), highlight=False, markup=False, soft_wrap=True)
+        (err if p.severity == "error" else out).print(
+            str(p), highlight=False, markup=False, soft_wrap=True
+        )
     if errors:
         err.print(f"{len(errors)} error(s) in {folder}", highlight=False, soft_wrap=True)
         raise typer.Exit(2)
-    out.print(f"mappings in {folder}: ok ({len(problems)} warning(s))", highlight=False, soft_wrap=True)
+    out.print(
+        f"mappings in {folder}: ok ({len(problems)} warning(s))", highlight=False, soft_wrap=True
+    )
 
 
 @mappings_app.command("preview")
@@ -338,13 +462,26 @@ def mappings_preview(
     with _errors():
         cfg, secrets = _load(config)
         with open_pipeline(cfg, secrets, lock=False) as p:
-            rows = [r for page in p.source.activated_orders(p.engine.fields, watch=p.engine.watch,
-                                                            account_ids=[account] if account else None)
-                    for r in page.rows if not order or r.order_id == order]
+            rows = [
+                r
+                for page in p.source.activated_orders(
+                    p.engine.fields,
+                    watch=p.engine.watch,
+                    account_ids=[account] if account else None,
+                )
+                for r in page.rows
+                if not order or r.order_id == order
+            ]
             if not rows:
-                raise ConfigError(f"no activated order found for {'account ' + account if account else 'order ' + str(order)}")
+                raise ConfigError(
+                    f"no activated order found for {'account ' + account if account else 'order ' + str(order)}"
+                )
             row = max(rows, key=lambda r: r.basis_key)
-            result: dict[str, Any] = {"account_id": row.account_id, "order_id": row.order_id, "billing_accounts": []}
+            result: dict[str, Any] = {
+                "account_id": row.account_id,
+                "order_id": row.order_id,
+                "billing_accounts": [],
+            }
             for target in p.targets:
                 link = p.store.get_link(target.name, row.account_id)
 
@@ -353,27 +490,41 @@ def mappings_preview(
                     return other.customer_id if other and other.status == "active" else None
 
                 payload = p.mapping.evaluate(row.record, link=linked)
-                entry: dict[str, Any] = {"billing_account": target.name, "payload": payload,
-                                         "customer_id": link.customer_id if link else None}
+                entry: dict[str, Any] = {
+                    "billing_account": target.name,
+                    "payload": payload,
+                    "customer_id": link.customer_id if link else None,
+                }
                 if link:
                     remote = target.fetch_customer(link.customer_id)
                     if remote is not None:
                         current = {k: _dig(remote.payload, k) for k in flatten(payload)}
-                        entry["changes"] = {k: {"stripe": current.get(k), "new": v} for k, v in flatten(payload).items()
-                                            if k in diff_payloads(_unflatten(current), payload)}
+                        entry["changes"] = {
+                            k: {"stripe": current.get(k), "new": v}
+                            for k, v in flatten(payload).items()
+                            if k in diff_payloads(_unflatten(current), payload)
+                        }
                 result["billing_accounts"].append(entry)
     if as_json:
         print(json.dumps(result, default=str))
         return
     out.print(f"account {result['account_id']} (from order {result['order_id']})", highlight=False)
     for entry in result["billing_accounts"]:
-        t = Table(title=f"billing account {entry['billing_account']}: customer {entry['customer_id'] or '(would be created)'}")
+        t = Table(
+            title=f"billing account {entry['billing_account']}: customer {entry['customer_id'] or '(would be created)'}"
+        )
         t.add_column("field")
         t.add_column("would send")
         t.add_column("in Stripe now")
         changes = entry.get("changes", {})
         for k, v in flatten(entry["payload"]).items():
-            t.add_row(k, repr(v), repr(changes[k]["stripe"]) if k in changes else ("(same)" if entry["customer_id"] else ""))
+            t.add_row(
+                k,
+                repr(v),
+                repr(changes[k]["stripe"])
+                if k in changes
+                else ("(same)" if entry["customer_id"] else ""),
+            )
         out.print(t)
 
 
@@ -429,38 +580,75 @@ def conflicts_list(
         finally:
             store.close()
     if as_json:
-        print(json.dumps([{"id": c.id, "kind": c.kind, "status": c.status, "billing_account": c.billing_account,
-                           "account_id": c.account_id, "other_account_id": c.other_account_id,
-                           "customer_id": c.customer_id, "details": c.details, "created_at": c.created_at.isoformat(),
-                           "resolution": c.resolution, "resolved_by": c.resolved_by,
-                           "resolved_at": c.resolved_at.isoformat() if c.resolved_at else None,
-                           "choices": list(CONFLICT_CHOICES.get(c.kind, ()))} for c in conflicts], default=str))
+        print(
+            json.dumps(
+                [
+                    {
+                        "id": c.id,
+                        "kind": c.kind,
+                        "status": c.status,
+                        "billing_account": c.billing_account,
+                        "account_id": c.account_id,
+                        "other_account_id": c.other_account_id,
+                        "customer_id": c.customer_id,
+                        "details": c.details,
+                        "created_at": c.created_at.isoformat(),
+                        "resolution": c.resolution,
+                        "resolved_by": c.resolved_by,
+                        "resolved_at": c.resolved_at.isoformat() if c.resolved_at else None,
+                        "choices": list(CONFLICT_CHOICES.get(c.kind, ())),
+                    }
+                    for c in conflicts
+                ],
+                default=str,
+            )
+        )
         return
     if not conflicts:
         out.print("no open conflicts" if not all_ else "no conflicts")
         return
     for c in conflicts:
-        out.print(f"[bold]#{c.id} {c.kind}[/] ({c.status}) billing account {c.billing_account}, "
-                  f"account {c.account_id}, customer {c.customer_id or '-'}, since {c.created_at:%Y-%m-%d %H:%M}",
-                  highlight=False)
+        out.print(
+            f"[bold]#{c.id} {c.kind}[/] ({c.status}) billing account {c.billing_account}, "
+            f"account {c.account_id}, customer {c.customer_id or '-'}, since {c.created_at:%Y-%m-%d %H:%M}",
+            highlight=False,
+        )
         message = c.details.get("message") or c.details.get("reason")
         if message:
             out.print(f"   {message}", highlight=False)
         if c.status == "open":
             for choice in CONFLICT_CHOICES.get(c.kind, ()):
-                out.print(f"   billing-connector conflicts resolve {c.id} {choice}", highlight=False, markup=False)
+                out.print(
+                    f"   billing-connector conflicts resolve {c.id} {choice}",
+                    highlight=False,
+                    markup=False,
+                )
         else:
-            out.print(f"   resolved: {c.resolution} by {c.resolved_by} at {c.resolved_at:%Y-%m-%d %H:%M}", highlight=False)
+            out.print(
+                f"   resolved: {c.resolution} by {c.resolved_by} at {c.resolved_at:%Y-%m-%d %H:%M}",
+                highlight=False,
+            )
 
 
 @conflicts_app.command("resolve")
 def conflicts_resolve(
-    conflict_id: Annotated[int, typer.Argument(help="The conflict's number, from `conflicts list`.")],
+    conflict_id: Annotated[
+        int, typer.Argument(help="The conflict's number, from `conflicts list`.")
+    ],
     config: ConfigOpt = Path("config.yaml"),
-    link: Annotated[str | None, typer.Option("--link", help="Link the held account to this existing customer.")] = None,
-    new: Annotated[bool, typer.Option("--new", help="Create a new customer for the held account on the next run.")] = False,
-    ignore: Annotated[bool, typer.Option("--ignore", help="Close the conflict; normal rules apply again.")] = False,
-    by: Annotated[str | None, typer.Option("--by", help="Who decides (default: the current user).")] = None,
+    link: Annotated[
+        str | None, typer.Option("--link", help="Link the held account to this existing customer.")
+    ] = None,
+    new: Annotated[
+        bool,
+        typer.Option("--new", help="Create a new customer for the held account on the next run."),
+    ] = False,
+    ignore: Annotated[
+        bool, typer.Option("--ignore", help="Close the conflict; normal rules apply again.")
+    ] = False,
+    by: Annotated[
+        str | None, typer.Option("--by", help="Who decides (default: the current user).")
+    ] = None,
 ) -> None:
     """Record an admin's decision on a conflict (exactly one of --link, --new, --ignore)."""
     from connector.app import build_targets
@@ -475,10 +663,15 @@ def conflicts_resolve(
         targets = build_targets(cfg, secrets) if choice == "link" else []
         store = _open_store(cfg)
         try:
-            resolved = resolve_conflict(store, targets, conflict_id, choice=choice, customer_id=link, by=by or _admin())
+            resolved = resolve_conflict(
+                store, targets, conflict_id, choice=choice, customer_id=link, by=by or _admin()
+            )
         finally:
             store.close()
-    out.print(f"conflict #{resolved.id} resolved: {resolved.resolution} by {resolved.resolved_by}", highlight=False)
+    out.print(
+        f"conflict #{resolved.id} resolved: {resolved.resolution} by {resolved.resolved_by}",
+        highlight=False,
+    )
 
 
 @xref_app.command("show")
@@ -496,35 +689,65 @@ def xref_show(
             for acct in cfg.billing.accounts:
                 link = store.get_link(acct.id, account)
                 retries = [r for r in store.all_retries(acct.id) if r.account_id == account]
-                info["billing_accounts"].append({
-                    "billing_account": acct.id,
-                    "customer_id": link.customer_id if link else None,
-                    "status": link.status if link else None,
-                    "first_synced_at": link.first_synced_at.isoformat() if link and link.first_synced_at else None,
-                    "last_synced_at": link.last_synced_at.isoformat() if link and link.last_synced_at else None,
-                    "writeback_pending": link.writeback_pending if link else None,
-                    "basis_order_id": link.basis_order_id if link else None,
-                    "retry": {"attempts": retries[0].attempts, "next_attempt_at": retries[0].next_attempt_at.isoformat(),
-                              "last_error": retries[0].last_error} if retries else None,
-                })
-            info["conflicts"] = [{"id": c.id, "kind": c.kind, "status": c.status, "customer_id": c.customer_id,
-                                  "resolution": c.resolution}
-                                 for c in store.list_conflicts(None) if account in (c.account_id, c.other_account_id)]
+                info["billing_accounts"].append(
+                    {
+                        "billing_account": acct.id,
+                        "customer_id": link.customer_id if link else None,
+                        "status": link.status if link else None,
+                        "first_synced_at": link.first_synced_at.isoformat()
+                        if link and link.first_synced_at
+                        else None,
+                        "last_synced_at": link.last_synced_at.isoformat()
+                        if link and link.last_synced_at
+                        else None,
+                        "writeback_pending": link.writeback_pending if link else None,
+                        "basis_order_id": link.basis_order_id if link else None,
+                        "retry": {
+                            "attempts": retries[0].attempts,
+                            "next_attempt_at": retries[0].next_attempt_at.isoformat(),
+                            "last_error": retries[0].last_error,
+                        }
+                        if retries
+                        else None,
+                    }
+                )
+            info["conflicts"] = [
+                {
+                    "id": c.id,
+                    "kind": c.kind,
+                    "status": c.status,
+                    "customer_id": c.customer_id,
+                    "resolution": c.resolution,
+                }
+                for c in store.list_conflicts(None)
+                if account in (c.account_id, c.other_account_id)
+            ]
         finally:
             store.close()
     if as_json:
         print(json.dumps(info, default=str))
         return
     for b in info["billing_accounts"]:
-        out.print(f"{account} -> {b['customer_id'] or '(not linked)'} in billing account {b['billing_account']}"
-                  + (f" [{b['status']}], last synced {b['last_synced_at']}, write-back "
-                     f"{'pending' if b['writeback_pending'] else 'done'}" if b["customer_id"] else ""), highlight=False)
+        out.print(
+            f"{account} -> {b['customer_id'] or '(not linked)'} in billing account {b['billing_account']}"
+            + (
+                f" [{b['status']}], last synced {b['last_synced_at']}, write-back "
+                f"{'pending' if b['writeback_pending'] else 'done'}"
+                if b["customer_id"]
+                else ""
+            ),
+            highlight=False,
+        )
         if b["retry"]:
-            out.print(f"   failing: {b['retry']['last_error']} (attempt {b['retry']['attempts']}, next {b['retry']['next_attempt_at']})",
-                      highlight=False)
+            out.print(
+                f"   failing: {b['retry']['last_error']} (attempt {b['retry']['attempts']}, next {b['retry']['next_attempt_at']})",
+                highlight=False,
+            )
     for c in info["conflicts"]:
-        out.print(f"   conflict #{c['id']} {c['kind']} ({c['status']}{', ' + c['resolution'] if c['resolution'] else ''})",
-                  highlight=False)
+        out.print(
+            f"   conflict #{c['id']} {c['kind']} ({c['status']}{', ' + c['resolution'] if c['resolution'] else ''})",
+            highlight=False,
+        )
 
 
 @xref_app.command("link")
@@ -532,9 +755,16 @@ def xref_link(
     account: Annotated[str, typer.Argument(help="Salesforce Account Id.")],
     customer: Annotated[str, typer.Argument(help="Existing billing customer id (cus_...).")],
     config: ConfigOpt = Path("config.yaml"),
-    billing_account: Annotated[str | None, typer.Option("--billing-account", help="Billing account id (default: the first).")] = None,
-    force: Annotated[bool, typer.Option("--force", help="Move an existing link to this customer.")] = False,
-    by: Annotated[str | None, typer.Option("--by", help="Who decides (default: the current user).")] = None,
+    billing_account: Annotated[
+        str | None,
+        typer.Option("--billing-account", help="Billing account id (default: the first)."),
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Move an existing link to this customer.")
+    ] = False,
+    by: Annotated[
+        str | None, typer.Option("--by", help="Who decides (default: the current user).")
+    ] = None,
 ) -> None:
     """Link an account to an existing customer (support work); the next run updates it."""
     from connector.app import build_targets
@@ -551,14 +781,23 @@ def xref_link(
             link_account(store, target, account, customer, by=by or _admin(), force=force)
         finally:
             store.close()
-    out.print(f"{account} linked to {customer} in billing account {target.name}; the next sync updates it", highlight=False)
+    out.print(
+        f"{account} linked to {customer} in billing account {target.name}; the next sync updates it",
+        highlight=False,
+    )
 
 
 @app.command()
 def sandbox(
-    data: Annotated[Path | None, typer.Option("--data", help="YAML or JSON data set (default: the sample).")] = None,
-    salesforce_port: Annotated[int, typer.Option(help="Port of the Salesforce sandbox (0: any free port).")] = 8701,
-    stripe_port: Annotated[int, typer.Option(help="Port of the Stripe sandbox (0: any free port).")] = 8702,
+    data: Annotated[
+        Path | None, typer.Option("--data", help="YAML or JSON data set (default: the sample).")
+    ] = None,
+    salesforce_port: Annotated[
+        int, typer.Option(help="Port of the Salesforce sandbox (0: any free port).")
+    ] = 8701,
+    stripe_port: Annotated[
+        int, typer.Option(help="Port of the Stripe sandbox (0: any free port).")
+    ] = 8702,
 ) -> None:
     """Run the local Salesforce org and Stripe account until interrupted."""
     from connector.sandbox.run import start_sandboxes
@@ -570,7 +809,9 @@ def sandbox(
     print("config.yaml for these servers:\n")
     print(pair.config_snippet())
     print("Secrets for the sandbox only (they are not secret; real ones never go in files):")
-    print(f"export SALESFORCE_ACCESS_TOKEN='{pair.access_token}'\nexport STRIPE_API_KEY='{pair.stripe_key}'\n")
+    print(
+        f"export SALESFORCE_ACCESS_TOKEN='{pair.access_token}'\nexport STRIPE_API_KEY='{pair.stripe_key}'\n"
+    )
     print("Ctrl-C to stop.", flush=True)
     try:
         while True:
@@ -583,7 +824,9 @@ def sandbox(
 
 @app.command()
 def demo(
-    state_dir: Annotated[Path, typer.Option(help="Where the demo keeps its state file.")] = Path("demo-state"),
+    state_dir: Annotated[Path, typer.Option(help="Where the demo keeps its state file.")] = Path(
+        "demo-state"
+    ),
 ) -> None:
     """Start the sandbox with the sample data, backfill, change a few accounts, sync, and show what happened."""
     from connector.sandbox.run import run_demo

@@ -158,8 +158,12 @@ class Config(_Model):
     def state_url(self) -> str:
         url = self.state.url
         prefix = "sqlite:///"
-        if url.startswith(prefix) and not url.startswith("sqlite:////") and url != "sqlite:///:memory:":
-            return prefix + str(self.resolve_path(Path(url[len(prefix):])))
+        if (
+            url.startswith(prefix)
+            and not url.startswith("sqlite:////")
+            and url != "sqlite:///:memory:"
+        ):
+            return prefix + str(self.resolve_path(Path(url[len(prefix) :])))
         return url
 
 
@@ -195,7 +199,10 @@ def _refuse_literal_secrets(doc: PositionedYaml) -> None:
                     raise ConfigError(
                         f"secrets are never read from config files; remove '{k}' and set the "
                         f"environment variable {_SECRET_KEYS[k]} (or {_SECRET_KEYS[k]}_FILE naming a file)",
-                        file=doc.file, line=pos.line, column=pos.column, key=".".join(map(str, (*path, k))),
+                        file=doc.file,
+                        line=pos.line,
+                        column=pos.column,
+                        key=".".join(map(str, (*path, k))),
                     )
                 visit(v, (*path, k))
         elif isinstance(node, list):
@@ -205,11 +212,18 @@ def _refuse_literal_secrets(doc: PositionedYaml) -> None:
             for pattern, var in _SECRET_PATTERNS:
                 if pattern.search(node):
                     pos = doc.where(path)
-                    alt = "a .pgpass file named by PGPASSFILE" if var == "PGPASSWORD" else f"{var}_FILE"
+                    alt = (
+                        "a .pgpass file named by PGPASSFILE"
+                        if var == "PGPASSWORD"
+                        else f"{var}_FILE"
+                    )
                     raise ConfigError(
                         f"this value looks like a secret; secrets are never read from config files, "
                         f"set the environment variable {var} (or {alt}) instead",
-                        file=doc.file, line=pos.line, column=pos.column, key=".".join(map(str, path)),
+                        file=doc.file,
+                        line=pos.line,
+                        column=pos.column,
+                        key=".".join(map(str, path)),
                     )
 
     visit(doc.data, ())
@@ -219,18 +233,25 @@ def load_config(file: Path) -> Config:
     """Read and validate config.yaml. Every error names file, line, column and key."""
     doc = load_positioned(file)
     if not isinstance(doc.data, dict):
-        raise ConfigError("the config file must be a mapping of sections", file=file, line=1, column=1)
+        raise ConfigError(
+            "the config file must be a mapping of sections", file=file, line=1, column=1
+        )
     _refuse_literal_secrets(doc)
     try:
         cfg = Config.model_validate({**doc.data, "source_file": file.resolve()})
     except ValidationError as exc:
         err = exc.errors()[0]
-        loc = tuple(p for p in err["loc"] if not isinstance(p, str) or not p.startswith("function-"))
+        loc = tuple(
+            p for p in err["loc"] if not isinstance(p, str) or not p.startswith("function-")
+        )
         pos = doc.where(loc)
         more = f" (and {exc.error_count() - 1} more problem(s))" if exc.error_count() > 1 else ""
         raise ConfigError(
             f"{err['msg']}{more}",
-            file=file, line=pos.line, column=pos.column, key=".".join(map(str, loc)) or None,
+            file=file,
+            line=pos.line,
+            column=pos.column,
+            key=".".join(map(str, loc)) or None,
         ) from None
     return cfg
 
@@ -253,20 +274,27 @@ class SecretSource:
             try:
                 return Path(file).read_text(encoding="utf-8").strip()
             except OSError as exc:
-                raise ConfigError(f"cannot read secret file named by {name}_FILE: {exc.strerror}") from None
+                raise ConfigError(
+                    f"cannot read secret file named by {name}_FILE: {exc.strerror}"
+                ) from None
         return None
 
     def require(self, name: str, why: str) -> str:
         value = self.get(name)
         if not value:
-            raise ConfigError(f"set the environment variable {name} (or {name}_FILE naming a file): {why}")
+            raise ConfigError(
+                f"set the environment variable {name} (or {name}_FILE naming a file): {why}"
+            )
         return value
 
     def all_values(self) -> list[str]:
         """Every secret value known, for the log redactor."""
         names = [
-            "SALESFORCE_PASSWORD", "SALESFORCE_SECURITY_TOKEN", "SALESFORCE_CONSUMER_SECRET",
-            "SALESFORCE_ACCESS_TOKEN", "STRIPE_API_KEY",
+            "SALESFORCE_PASSWORD",
+            "SALESFORCE_SECURITY_TOKEN",
+            "SALESFORCE_CONSUMER_SECRET",
+            "SALESFORCE_ACCESS_TOKEN",
+            "STRIPE_API_KEY",
         ]
         names += [k for k in self.environ if k.endswith("_API_KEY")]
         out = []

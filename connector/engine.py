@@ -126,16 +126,29 @@ class RunReport:
     error_exit_code: int | None = None
 
     def as_json(self) -> dict[str, Any]:
-        keys = ("run_id", "mode", "orders_read", "accounts_seen", "created", "updated", "unchanged",
-                "refused", "failed", "salesforce_calls", "stripe_calls")
+        keys = (
+            "run_id",
+            "mode",
+            "orders_read",
+            "accounts_seen",
+            "created",
+            "updated",
+            "unchanged",
+            "refused",
+            "failed",
+            "salesforce_calls",
+            "stripe_calls",
+        )
         return {k: getattr(self, k) for k in keys}
 
     def summary(self) -> str:
         """One line for people: what happened and what it cost."""
-        return (f"created {self.created}, updated {self.updated}, unchanged {self.unchanged}, "
-                f"refused {self.refused}, failed {self.failed} | orders read {self.orders_read}, "
-                f"accounts {self.accounts_seen} | Salesforce calls {self.salesforce_calls}, "
-                f"Stripe calls {self.stripe_calls}")
+        return (
+            f"created {self.created}, updated {self.updated}, unchanged {self.unchanged}, "
+            f"refused {self.refused}, failed {self.failed} | orders read {self.orders_read}, "
+            f"accounts {self.accounts_seen} | Salesforce calls {self.salesforce_calls}, "
+            f"Stripe calls {self.stripe_calls}"
+        )
 
     @property
     def exit_code(self) -> int:
@@ -195,7 +208,9 @@ def update_key(link: Link, digest: str) -> str:
     # while a retry of the same transition (after a crash) replays.
     stamp = int(link.last_synced_at.timestamp()) if link.last_synced_at else 0
     prev = (link.payload_hash or "none")[:16]
-    return f"{KEY_PREFIX}-{link.billing_account}-{link.account_id}-update-{prev}-{digest[:32]}-{stamp}"
+    return (
+        f"{KEY_PREFIX}-{link.billing_account}-{link.account_id}-update-{prev}-{digest[:32]}-{stamp}"
+    )
 
 
 class Engine:
@@ -222,7 +237,9 @@ class Engine:
         self.mapping = mapping
         self.overlap = timedelta(seconds=overlap_seconds)
         # Only one billing account's customer id fits the Account's Stripe Id field.
-        self.writeback_account = writeback_billing_account or (self.targets[0].name if self.targets else None)
+        self.writeback_account = writeback_billing_account or (
+            self.targets[0].name if self.targets else None
+        )
         self.writeback_batch = writeback_batch
         self._sf_calls = salesforce_calls
         self.on_progress = on_progress
@@ -265,8 +282,15 @@ class Engine:
             if completed and mode in ("sync", "retry"):
                 completed = self._process_retries(run, retry_all=retry_all or mode == "retry")
             run.flush_writebacks(final=True)
-            if completed and not dry_run and mode in ("sync", "recheck", "backfill") and tally.watermark:
-                self._advance_cursor(mode, tally.watermark, backfill_window=since is None and until is None)
+            if (
+                completed
+                and not dry_run
+                and mode in ("sync", "recheck", "backfill")
+                and tally.watermark
+            ):
+                self._advance_cursor(
+                    mode, tally.watermark, backfill_window=since is None and until is None
+                )
             if not completed:
                 status = "interrupted"
             elif tally.failed or tally.refused:
@@ -274,7 +298,11 @@ class Engine:
         except (UnavailableError, TransientError) as exc:
             # The run could not go on (login, limits, a query that kept failing): exit 3. What
             # was applied is recorded; the cursor did not move, so nothing is skipped.
-            status, error, error_exit = "failed", REDACTOR.scrub(str(exc)), UnavailableError.exit_code
+            status, error, error_exit = (
+                "failed",
+                REDACTOR.scrub(str(exc)),
+                UnavailableError.exit_code,
+            )
             log.error("run.failed", error=error)
         except ConnectorError as exc:
             status, error, error_exit = "failed", REDACTOR.scrub(str(exc)), exc.exit_code
@@ -283,20 +311,33 @@ class Engine:
             # A bug or an interpreter exit: the run is recorded as failed before it propagates,
             # so `status` never shows it running forever.
             if not dry_run:
-                self.store.finish_run(run_id, status="failed", counts={},
-                                      error=REDACTOR.scrub(f"internal error: {type(exc).__name__}: {exc}"))
+                self.store.finish_run(
+                    run_id,
+                    status="failed",
+                    counts={},
+                    error=REDACTOR.scrub(f"internal error: {type(exc).__name__}: {exc}"),
+                )
             log.exception("run.crashed")
             raise
         finally:
             structlog.contextvars.unbind_contextvars("run_id")
         report = RunReport(
-            run_id=run_id, mode=mode, dry_run=dry_run, status=status,
-            orders_read=tally.orders_read, accounts_seen=len(tally.accounts),
-            created=tally.created, updated=tally.updated, unchanged=tally.unchanged,
-            refused=tally.refused, failed=tally.failed,
+            run_id=run_id,
+            mode=mode,
+            dry_run=dry_run,
+            status=status,
+            orders_read=tally.orders_read,
+            accounts_seen=len(tally.accounts),
+            created=tally.created,
+            updated=tally.updated,
+            unchanged=tally.unchanged,
+            refused=tally.refused,
+            failed=tally.failed,
             salesforce_calls=self._sf_calls() - sf_start,
             stripe_calls=sum(t.calls for t in self.targets) - stripe_start,
-            plan=tuple(plan), error=error, error_exit_code=error_exit,
+            plan=tuple(plan),
+            error=error,
+            error_exit_code=error_exit,
         )
         if not dry_run:
             self.store.finish_run(run_id, status=status, counts=_counts(report), error=error)
@@ -312,7 +353,9 @@ class Engine:
                     return True
         return False
 
-    def _read_and_apply(self, run: _Run, mode: str, *, since: datetime | None, until: datetime | None) -> bool:
+    def _read_and_apply(
+        self, run: _Run, mode: str, *, since: datetime | None, until: datetime | None
+    ) -> bool:
         """Read every page and apply it. False when interrupted."""
         backfill_cursor = None
         after_id = None
@@ -326,7 +369,9 @@ class Engine:
             cursor = parse_sf_datetime(self.store.get_cursor(ORDERS_CURSOR))
             changed_since = cursor - self.overlap if cursor else None
         pages = self.source.activated_orders(
-            self.fields, watch=self.watch, changed_since=changed_since,
+            self.fields,
+            watch=self.watch,
+            changed_since=changed_since,
             activated_from=since if mode == "backfill" else None,
             activated_until=until if mode == "backfill" else None,
             after_id=after_id,
@@ -358,11 +403,19 @@ class Engine:
 
     def _process_retries(self, run: _Run, *, retry_all: bool) -> bool:
         for target in self.targets:
-            items = self.store.all_retries(target.name) if retry_all else self.store.due_retries(target.name, now=self.now())
-            todo = [i.account_id for i in items if i.account_id not in run.done.get(target.name, set())]
+            items = (
+                self.store.all_retries(target.name)
+                if retry_all
+                else self.store.due_retries(target.name, now=self.now())
+            )
+            todo = [
+                i.account_id for i in items if i.account_id not in run.done.get(target.name, set())
+            ]
             for start in range(0, len(todo), 200):
-                chunk = todo[start:start + 200]
-                for page in self.source.activated_orders(self.fields, watch=self.watch, account_ids=chunk):
+                chunk = todo[start : start + 200]
+                for page in self.source.activated_orders(
+                    self.fields, watch=self.watch, account_ids=chunk
+                ):
                     if not run.apply_page(page.rows, only=[target]):
                         return False
         return True
@@ -380,7 +433,9 @@ class Engine:
 class _Run:
     """The mutable working state of one run; plans and applies page by page."""
 
-    def __init__(self, engine: Engine, *, run_id: str, dry_run: bool, tally: _Tally, plan: list[PlannedWrite]) -> None:
+    def __init__(
+        self, engine: Engine, *, run_id: str, dry_run: bool, tally: _Tally, plan: list[PlannedWrite]
+    ) -> None:
         self.e = engine
         self.run_id = run_id
         self.dry_run = dry_run
@@ -396,24 +451,34 @@ class _Run:
         # whatever their Stripe Id field says, once.
         self.fresh: dict[str, dict[str, datetime]] = {t.name: {} for t in engine.targets}
         for c in engine.store.list_conflicts("resolved"):
-            if c.resolution == "new" and c.billing_account in self.fresh and c.resolved_at is not None:
+            if (
+                c.resolution == "new"
+                and c.billing_account in self.fresh
+                and c.resolved_at is not None
+            ):
                 self.fresh[c.billing_account][c.account_id] = c.resolved_at
         # Accounts whose Stripe Id field an admin's explicit link overrides in this run.
         self.overwrite_field: dict[str, set[str]] = {t.name: set() for t in engine.targets}
         self.intents: dict[str, dict[str, Intent]] = {
-            t.name: {i.account_id: i for i in engine.store.open_intents(t.name)} for t in engine.targets
+            t.name: {i.account_id: i for i in engine.store.open_intents(t.name)}
+            for t in engine.targets
         }
         wb = engine.writeback_account
         if wb and not dry_run:
             # Write-backs that failed in earlier runs are retried first.
-            self.writebacks = [(ln.account_id, ln.customer_id) for ln in engine.store.pending_writebacks(wb, limit=10_000)]
+            self.writebacks = [
+                (ln.account_id, ln.customer_id)
+                for ln in engine.store.pending_writebacks(wb, limit=10_000)
+            ]
             self._pending = {a for a, _ in self.writebacks}
         else:
             self._pending = set()
 
     # --- one page ---------------------------------------------------------------------------
 
-    def apply_page(self, rows: Sequence[OrderRow], only: Sequence[BillingTarget] | None = None) -> bool:
+    def apply_page(
+        self, rows: Sequence[OrderRow], only: Sequence[BillingTarget] | None = None
+    ) -> bool:
         orders_before = self.tally.orders_read
         best: dict[str, OrderRow] = {}
         for row in rows:
@@ -428,7 +493,9 @@ class _Run:
             saves: list[Link] = []
             for done, (account_id, row) in enumerate(best.items(), start=1):
                 if self.e.on_progress:
-                    self.e.on_progress(orders_before + len(rows) * done // len(best), self.expected_total)
+                    self.e.on_progress(
+                        orders_before + len(rows) * done // len(best), self.expected_total
+                    )
                 if self.e.stop.is_set():
                     # Finish cleanly: what was applied is recorded, the rest is read again.
                     self._record(target.name, outcomes, saves, rows, links)
@@ -463,84 +530,168 @@ class _Run:
             outcomes: list[Outcome] = []
             for d in page:
                 loser = links.get(d.account_id)
-                if loser is None or loser.status == "merged" or (loser.status == "deleted" and not d.master_id):
+                if (
+                    loser is None
+                    or loser.status == "merged"
+                    or (loser.status == "deleted" and not d.master_id)
+                ):
                     continue  # never synced (merging before sync is the documented way), or already handled
                 if d.master_id is None:
                     if not self.dry_run:
                         store.set_link_status(ba, d.account_id, "deleted")
-                    log.info("sync.account.deleted", account_id=d.account_id, customer_id=loser.customer_id)
-                    outcomes.append(Outcome(account_id=d.account_id, billing_account=ba, outcome="skipped",
-                                            customer_id=loser.customer_id, error_code="account_deleted",
-                                            error_message="the account was deleted in Salesforce; its customer is left as it is"))
+                    log.info(
+                        "sync.account.deleted",
+                        account_id=d.account_id,
+                        customer_id=loser.customer_id,
+                    )
+                    outcomes.append(
+                        Outcome(
+                            account_id=d.account_id,
+                            billing_account=ba,
+                            outcome="skipped",
+                            customer_id=loser.customer_id,
+                            error_code="account_deleted",
+                            error_message="the account was deleted in Salesforce; its customer is left as it is",
+                        )
+                    )
                     continue
                 winner = links.get(d.master_id)
                 if winner is not None and winner.status != "merged":
                     kind, held, other = "merge_both_linked", d.account_id, d.master_id
-                    message = (f"account {d.account_id} (customer {loser.customer_id}) was merged into {d.master_id}, "
-                               f"which has its own customer {winner.customer_id}; both are kept, "
-                               f"{loser.customer_id} is no longer written")
+                    message = (
+                        f"account {d.account_id} (customer {loser.customer_id}) was merged into {d.master_id}, "
+                        f"which has its own customer {winner.customer_id}; both are kept, "
+                        f"{loser.customer_id} is no longer written"
+                    )
                 else:
                     kind, held, other = "merge_loser_linked", d.master_id, d.account_id
-                    message = (f"account {d.account_id} (customer {loser.customer_id}) was merged into {d.master_id}, "
-                               f"which has no customer; {d.master_id} is held until an admin decides")
-                log.warning("sync.merge.refused", kind=kind, loser=d.account_id, winner=d.master_id,
-                            customer_id=loser.customer_id)
+                    message = (
+                        f"account {d.account_id} (customer {loser.customer_id}) was merged into {d.master_id}, "
+                        f"which has no customer; {d.master_id} is held until an admin decides"
+                    )
+                log.warning(
+                    "sync.merge.refused",
+                    kind=kind,
+                    loser=d.account_id,
+                    winner=d.master_id,
+                    customer_id=loser.customer_id,
+                )
                 self.tally.refused += 1
                 if self.dry_run:
-                    self.plan.append(PlannedWrite(account_id=held, billing_account=ba, action="refused", order_id="",
-                                                  customer_id=loser.customer_id, reason=message, error_code=kind))
+                    self.plan.append(
+                        PlannedWrite(
+                            account_id=held,
+                            billing_account=ba,
+                            action="refused",
+                            order_id="",
+                            customer_id=loser.customer_id,
+                            reason=message,
+                            error_code=kind,
+                        )
+                    )
                     continue
                 with store.transaction():
                     store.set_link_status(ba, d.account_id, "merged")
-                    store.open_conflict(kind, billing_account=ba, account_id=held, other_account_id=other,
-                                        customer_id=loser.customer_id,
-                                        details={"loser": d.account_id, "winner": d.master_id,
-                                                 "loser_customer": loser.customer_id,
-                                                 "winner_customer": winner.customer_id if winner else None,
-                                                 "message": message})
+                    store.open_conflict(
+                        kind,
+                        billing_account=ba,
+                        account_id=held,
+                        other_account_id=other,
+                        customer_id=loser.customer_id,
+                        details={
+                            "loser": d.account_id,
+                            "winner": d.master_id,
+                            "loser_customer": loser.customer_id,
+                            "winner_customer": winner.customer_id if winner else None,
+                            "message": message,
+                        },
+                    )
                 self.held[ba].add(held)
-                outcomes.append(Outcome(account_id=held, billing_account=ba, outcome="refused",
-                                        customer_id=loser.customer_id, error_code=kind, error_message=message))
+                outcomes.append(
+                    Outcome(
+                        account_id=held,
+                        billing_account=ba,
+                        outcome="refused",
+                        customer_id=loser.customer_id,
+                        error_code=kind,
+                        error_message=message,
+                    )
+                )
             if outcomes and not self.dry_run:
                 store.record_outcomes(self.run_id, outcomes)
 
-    def _record(self, ba: str, outcomes: list[Outcome], saves: list[Link], rows: Sequence[OrderRow],
-                links: Mapping[str, Link] | None = None) -> None:
+    def _record(
+        self,
+        ba: str,
+        outcomes: list[Outcome],
+        saves: list[Link],
+        rows: Sequence[OrderRow],
+        links: Mapping[str, Link] | None = None,
+    ) -> None:
         if self.dry_run:
             return
         order_links = [
             OrderLink(ba, r.order_id, r.account_id, links[r.account_id].customer_id)
-            for r in rows if links and r.account_id in links and links[r.account_id].status == "active"
+            for r in rows
+            if links and r.account_id in links and links[r.account_id].status == "active"
         ]
         failed = [o for o in outcomes if o.outcome == "failed"]
-        ok = [o.account_id for o in outcomes if o.outcome in ("created", "updated", "adopted", "unchanged")]
+        ok = [
+            o.account_id
+            for o in outcomes
+            if o.outcome in ("created", "updated", "adopted", "unchanged")
+        ]
         with self.e.store.transaction():
             if saves:
                 self.e.store.save_links(saves)
             if order_links:
                 self.e.store.save_order_links(order_links)
             # Unchanged records are counted in the run, not stored one by one.
-            self.e.store.record_outcomes(self.run_id, [o for o in outcomes if o.outcome != "unchanged"])
+            self.e.store.record_outcomes(
+                self.run_id, [o for o in outcomes if o.outcome != "unchanged"]
+            )
             if failed:
                 self.e.store.schedule_retries(
-                    ba, {o.account_id: f"{o.error_code}: {o.error_message}" for o in failed}, now=self.e.now())
+                    ba,
+                    {o.account_id: f"{o.error_code}: {o.error_message}" for o in failed},
+                    now=self.e.now(),
+                )
             if ok:
                 self.e.store.clear_retries(ba, ok)
 
     # --- deciding -----------------------------------------------------------------------------
 
-    def _plan(self, ba: str, row: OrderRow, link: Link | None, resolver: _LinkResolver) -> PlannedWrite:
+    def _plan(
+        self, ba: str, row: OrderRow, link: Link | None, resolver: _LinkResolver
+    ) -> PlannedWrite:
         acc = row.account_id
-        make = partial(PlannedWrite, account_id=acc, billing_account=ba, order_id=row.order_id,
-                       basis_activated_at=row.activated_at)
+        # The Account has one Stripe Id field, and it speaks for the write-back billing account
+        # only: other billing accounts neither adopt from it nor compare their links with it.
+        field_value = row.stripe_id_value if ba == self.e.writeback_account else None
+        make = partial(
+            PlannedWrite,
+            account_id=acc,
+            billing_account=ba,
+            order_id=row.order_id,
+            basis_activated_at=row.activated_at,
+        )
         fresh = self._wants_new_customer(ba, acc, link)
-        if acc in self.held[ba] or (link is not None and link.status in ("held", "merged") and not fresh):
-            return make(action="refused", customer_id=link.customer_id if link else None,
-                                reason="an open conflict holds this account; see `billing-connector conflicts list`",
-                                error_code="conflict_open")
-        if link is not None and link.basis_order_id and link.basis_order_id != row.order_id and \
-                row.basis_key < (link.basis_order_activated_at or "", link.basis_order_id) and \
-                link.mapping_fingerprint == self.e.mapping.fingerprint:
+        if acc in self.held[ba] or (
+            link is not None and link.status in ("held", "merged") and not fresh
+        ):
+            return make(
+                action="refused",
+                customer_id=link.customer_id if link else None,
+                reason="an open conflict holds this account; see `billing-connector conflicts list`",
+                error_code="conflict_open",
+            )
+        if (
+            link is not None
+            and link.basis_order_id
+            and link.basis_order_id != row.order_id
+            and row.basis_key < (link.basis_order_activated_at or "", link.basis_order_id)
+            and link.mapping_fingerprint == self.e.mapping.fingerprint
+        ):
             # Only the account's latest activated order decides its customer; an older order
             # that changed (or whose contact changed) does not.
             return make(action="unchanged", customer_id=link.customer_id, reason="older order")
@@ -548,43 +699,85 @@ class _Run:
             payload = dict(self.e.mapping.evaluate(row.record, link=resolver))
         except ConnectorError as exc:
             return make(action="failed", reason=str(exc), error_code="mapping_error")
-        meta = {k: v for k, v in dict(payload.get("metadata") or {}).items() if k not in RESERVED_METADATA_KEYS}
+        meta = {
+            k: v
+            for k, v in dict(payload.get("metadata") or {}).items()
+            if k not in RESERVED_METADATA_KEYS
+        }
         meta.update(salesforce_account_id=acc, salesforce_org_id=self.e.source.org_id)
         payload["metadata"] = meta
         digest = payload_hash(payload)
         if fresh:
             # The admin chose a new customer for this account (`conflicts resolve --new`).
-            return make(action="create", payload=payload, payload_hash=digest,
-                                changed_fields=tuple(_flat_keys(payload)), reason="new customer chosen by an admin")
+            return make(
+                action="create",
+                payload=payload,
+                payload_hash=digest,
+                changed_fields=tuple(_flat_keys(payload)),
+                reason="new customer chosen by an admin",
+            )
         if link is None:
-            if row.stripe_id_value:
-                owner = self.e.store.get_link_by_customer(ba, row.stripe_id_value)
+            if field_value:
+                owner = self.e.store.get_link_by_customer(ba, field_value)
                 if owner is not None and owner.account_id != acc:
-                    return make(action="refused", payload=payload, payload_hash=digest,
-                                        customer_id=row.stripe_id_value, error_code="customer_linked_elsewhere",
-                                        reason=f"the Account's Stripe Id field names {row.stripe_id_value}, "
-                                               f"which is linked to account {owner.account_id}")
-                return make(action="adopt", payload=payload, payload_hash=digest,
-                                    customer_id=row.stripe_id_value, changed_fields=tuple(_flat_keys(payload)),
-                                    reason="Stripe Id field already set: adopt that customer")
-            return make(action="create", payload=payload, payload_hash=digest,
-                                changed_fields=tuple(_flat_keys(payload)))
+                    return make(
+                        action="refused",
+                        payload=payload,
+                        payload_hash=digest,
+                        customer_id=field_value,
+                        error_code="customer_linked_elsewhere",
+                        reason=f"the Account's Stripe Id field names {field_value}, "
+                        f"which is linked to account {owner.account_id}",
+                    )
+                return make(
+                    action="adopt",
+                    payload=payload,
+                    payload_hash=digest,
+                    customer_id=field_value,
+                    changed_fields=tuple(_flat_keys(payload)),
+                    reason="Stripe Id field already set: adopt that customer",
+                )
+            return make(
+                action="create",
+                payload=payload,
+                payload_hash=digest,
+                changed_fields=tuple(_flat_keys(payload)),
+            )
         admin_linked = link.payload_hash is None and link.mapping_fingerprint is None
-        if row.stripe_id_value and row.stripe_id_value != link.customer_id and admin_linked:
+        if field_value and field_value != link.customer_id and admin_linked:
             # An admin linked this account by hand (`xref link`, `conflicts resolve --link`):
             # that decision wins over the field, which is overwritten with the linked id.
             self.overwrite_field[ba].add(acc)
-        elif row.stripe_id_value and row.stripe_id_value != link.customer_id:
-            owner = self.e.store.get_link_by_customer(ba, row.stripe_id_value)
-            kind = "winner_field_names_other_customer" if owner is not None else "stripe_id_field_mismatch"
-            return make(action="refused", payload=payload, payload_hash=digest,
-                                customer_id=link.customer_id, error_code=kind,
-                                reason=f"the Account's Stripe Id field names {row.stripe_id_value} but the account "
-                                       f"is linked to {link.customer_id}")
+        elif field_value and field_value != link.customer_id:
+            owner = self.e.store.get_link_by_customer(ba, field_value)
+            kind = (
+                "winner_field_names_other_customer"
+                if owner is not None
+                else "stripe_id_field_mismatch"
+            )
+            return make(
+                action="refused",
+                payload=payload,
+                payload_hash=digest,
+                customer_id=link.customer_id,
+                error_code=kind,
+                reason=f"the Account's Stripe Id field names {field_value} but the account "
+                f"is linked to {link.customer_id}",
+            )
         if digest == link.payload_hash:
-            return make(action="unchanged", payload=payload, payload_hash=digest, customer_id=link.customer_id)
-        return make(action="update", payload=payload, payload_hash=digest, customer_id=link.customer_id,
-                            changed_fields=tuple(diff_payloads(link.payload, payload)))
+            return make(
+                action="unchanged",
+                payload=payload,
+                payload_hash=digest,
+                customer_id=link.customer_id,
+            )
+        return make(
+            action="update",
+            payload=payload,
+            payload_hash=digest,
+            customer_id=link.customer_id,
+            changed_fields=tuple(diff_payloads(link.payload, payload)),
+        )
 
     def _wants_new_customer(self, ba: str, account_id: str, link: Link | None) -> bool:
         """True until the new customer an admin asked for (`--new`) has been created."""
@@ -595,15 +788,26 @@ class _Run:
 
     # --- applying ----------------------------------------------------------------------------
 
-    def _apply(self, target: BillingTarget, p: PlannedWrite, link: Link | None, row: OrderRow) -> tuple[Outcome, Link | None]:
+    def _apply(
+        self, target: BillingTarget, p: PlannedWrite, link: Link | None, row: OrderRow
+    ) -> tuple[Outcome, Link | None]:
         ba = target.name
         store = self.e.store
         now = self.e.now()
         try:
             if p.action == "refused":
-                if p.error_code in ("stripe_id_field_mismatch", "customer_linked_elsewhere", "winner_field_names_other_customer"):
-                    store.open_conflict(p.error_code, billing_account=ba, account_id=p.account_id,
-                                        customer_id=p.customer_id, details={"reason": p.reason, "order_id": p.order_id})
+                if p.error_code in (
+                    "stripe_id_field_mismatch",
+                    "customer_linked_elsewhere",
+                    "winner_field_names_other_customer",
+                ):
+                    store.open_conflict(
+                        p.error_code,
+                        billing_account=ba,
+                        account_id=p.account_id,
+                        customer_id=p.customer_id,
+                        details={"reason": p.reason, "order_id": p.order_id},
+                    )
                     self.held[ba].add(p.account_id)
                 log.warning("sync.record.refused", account_id=p.account_id, reason=p.reason)
                 return self._outcome(p, "refused", error_code=p.error_code, message=p.reason), link
@@ -612,28 +816,52 @@ class _Run:
                 return self._outcome(p, "failed", error_code=p.error_code, message=p.reason), link
             if p.action == "unchanged":
                 fp = self.e.mapping.fingerprint
-                if link is not None and p.payload_hash and (link.mapping_fingerprint != fp or link.status == "deleted"):
+                if (
+                    link is not None
+                    and p.payload_hash
+                    and (link.mapping_fingerprint != fp or link.status == "deleted")
+                ):
                     if link.status == "deleted":
                         # Restored from the recycle bin: syncing resumes on the same customer.
-                        log.info("sync.account.restored", account_id=p.account_id, customer_id=link.customer_id)
+                        log.info(
+                            "sync.account.restored",
+                            account_id=p.account_id,
+                            customer_id=link.customer_id,
+                        )
                     link = _replace(link, mapping_fingerprint=fp, status="active")
                 return self._outcome(p, "unchanged"), link
             if p.action == "create":
                 customer_id, written = self._create(target, p, now)
                 # `written` is what the customer holds now: a replayed intent may carry an older
                 # payload, and then the next run sees the difference and updates it.
-                new = Link(billing_account=ba, account_id=p.account_id, customer_id=customer_id, status="active",
-                           payload_hash=payload_hash(written), payload=dict(written),
-                           mapping_fingerprint=self.e.mapping.fingerprint, basis_order_id=p.order_id,
-                           basis_order_activated_at=p.basis_activated_at, writeback_pending=True,
-                           first_synced_at=now, last_synced_at=now)
+                new = Link(
+                    billing_account=ba,
+                    account_id=p.account_id,
+                    customer_id=customer_id,
+                    status="active",
+                    payload_hash=payload_hash(written),
+                    payload=dict(written),
+                    mapping_fingerprint=self.e.mapping.fingerprint,
+                    basis_order_id=p.order_id,
+                    basis_order_activated_at=p.basis_activated_at,
+                    writeback_pending=True,
+                    first_synced_at=now,
+                    last_synced_at=now,
+                )
                 store.complete_create(new, [OrderLink(ba, p.order_id, p.account_id, customer_id)])
                 self.intents[ba].pop(p.account_id, None)
                 log.info("sync.record.created", account_id=p.account_id, customer_id=customer_id)
                 if new.payload_hash != p.payload_hash:
                     # The account changed since the lost create: bring the customer up to date now.
-                    target.update_customer(customer_id, p.payload, idempotency_key=update_key(new, p.payload_hash))
-                    new = _replace(new, payload_hash=p.payload_hash, payload=dict(p.payload), last_synced_at=self.e.now())
+                    target.update_customer(
+                        customer_id, p.payload, idempotency_key=update_key(new, p.payload_hash)
+                    )
+                    new = _replace(
+                        new,
+                        payload_hash=p.payload_hash,
+                        payload=dict(p.payload),
+                        last_synced_at=self.e.now(),
+                    )
                     store.save_links([new])
                 return self._outcome(p, "created", customer_id=customer_id), new
             if p.action == "adopt":
@@ -644,43 +872,92 @@ class _Run:
                         f"the Account's Stripe Id field names {p.customer_id}, which "
                         f"{'was deleted' if remote else 'does not exist'} in billing account '{ba}'; "
                         "correct or clear the field (a cleared field makes the connector create a new customer)",
-                        code="adopt_customer_missing")
+                        code="adopt_customer_missing",
+                    )
                 owner = remote.metadata.get("salesforce_account_id")
                 if owner and owner != p.account_id:
-                    store.open_conflict("customer_belongs_to_other_account", billing_account=ba, account_id=p.account_id,
-                                        other_account_id=owner, customer_id=p.customer_id, details={"order_id": p.order_id})
+                    store.open_conflict(
+                        "customer_belongs_to_other_account",
+                        billing_account=ba,
+                        account_id=p.account_id,
+                        other_account_id=owner,
+                        customer_id=p.customer_id,
+                        details={"order_id": p.order_id},
+                    )
                     self.held[ba].add(p.account_id)
-                    return self._outcome(p, "refused", error_code="customer_belongs_to_other_account",
-                                         message=f"{p.customer_id} is marked as the customer of account {owner}"), link
-                adopted = Link(billing_account=ba, account_id=p.account_id, customer_id=p.customer_id, status="active",
-                               payload_hash=None, payload=None, mapping_fingerprint=self.e.mapping.fingerprint,
-                               basis_order_id=p.order_id, basis_order_activated_at=p.basis_activated_at,
-                               writeback_pending=False, first_synced_at=now, last_synced_at=None)
+                    return self._outcome(
+                        p,
+                        "refused",
+                        error_code="customer_belongs_to_other_account",
+                        message=f"{p.customer_id} is marked as the customer of account {owner}",
+                    ), link
+                adopted = Link(
+                    billing_account=ba,
+                    account_id=p.account_id,
+                    customer_id=p.customer_id,
+                    status="active",
+                    payload_hash=None,
+                    payload=None,
+                    mapping_fingerprint=self.e.mapping.fingerprint,
+                    basis_order_id=p.order_id,
+                    basis_order_activated_at=p.basis_activated_at,
+                    writeback_pending=False,
+                    first_synced_at=now,
+                    last_synced_at=None,
+                )
                 store.save_links([adopted])  # linked first, so a failed update still keeps the link
-                target.update_customer(p.customer_id, p.payload, idempotency_key=update_key(adopted, p.payload_hash))
-                done = _replace(adopted, payload_hash=p.payload_hash, payload=dict(p.payload), last_synced_at=now)
+                target.update_customer(
+                    p.customer_id, p.payload, idempotency_key=update_key(adopted, p.payload_hash)
+                )
+                done = _replace(
+                    adopted,
+                    payload_hash=p.payload_hash,
+                    payload=dict(p.payload),
+                    last_synced_at=now,
+                )
                 log.info("sync.record.adopted", account_id=p.account_id, customer_id=p.customer_id)
                 return self._outcome(p, "adopted", customer_id=p.customer_id), done
             # update
             assert link is not None and p.customer_id is not None
-            target.update_customer(p.customer_id, p.payload, idempotency_key=update_key(link, p.payload_hash))
-            updated = _replace(link, payload_hash=p.payload_hash, payload=dict(p.payload),
-                               mapping_fingerprint=self.e.mapping.fingerprint, basis_order_id=p.order_id,
-                               basis_order_activated_at=p.basis_activated_at, last_synced_at=now, status="active")
-            log.info("sync.record.updated", account_id=p.account_id, customer_id=p.customer_id, fields=list(p.changed_fields))
+            target.update_customer(
+                p.customer_id, p.payload, idempotency_key=update_key(link, p.payload_hash)
+            )
+            updated = _replace(
+                link,
+                payload_hash=p.payload_hash,
+                payload=dict(p.payload),
+                mapping_fingerprint=self.e.mapping.fingerprint,
+                basis_order_id=p.order_id,
+                basis_order_activated_at=p.basis_activated_at,
+                last_synced_at=now,
+                status="active",
+            )
+            log.info(
+                "sync.record.updated",
+                account_id=p.account_id,
+                customer_id=p.customer_id,
+                fields=list(p.changed_fields),
+            )
             return self._outcome(p, "updated", customer_id=p.customer_id), updated
         except (RecordError, TransientError) as exc:
             code = getattr(exc, "code", None) or type(exc).__name__
             if code == "customer_missing" and p.action == "update" and p.customer_id:
                 # Deleted in Stripe: never re-created on our own (it may have been deliberate);
                 # the account is held and the admin chooses --new or --link.
-                store.open_conflict("customer_deleted_in_billing", billing_account=ba, account_id=p.account_id,
-                                    customer_id=p.customer_id, details={"order_id": p.order_id, "message": str(exc)})
+                store.open_conflict(
+                    "customer_deleted_in_billing",
+                    billing_account=ba,
+                    account_id=p.account_id,
+                    customer_id=p.customer_id,
+                    details={"order_id": p.order_id, "message": str(exc)},
+                )
                 self.held[ba].add(p.account_id)
             log.warning("sync.record.failed", account_id=p.account_id, code=code, error=str(exc))
             return self._outcome(p, "failed", error_code=code, message=str(exc)), link
 
-    def _create(self, target: BillingTarget, p: PlannedWrite, now: datetime) -> tuple[str, Mapping[str, Any]]:
+    def _create(
+        self, target: BillingTarget, p: PlannedWrite, now: datetime
+    ) -> tuple[str, Mapping[str, Any]]:
         """Create the customer, or finish a create a crash interrupted. Returns the id and the
         payload the customer was written with."""
         ba = target.name
@@ -689,31 +966,62 @@ class _Run:
             if now - intent.created_at < IDEMPOTENCY_WINDOW and intent.payload is not None:
                 # A create was sent and its answer lost: replay it exactly; Stripe answers with
                 # the customer it made (or makes it now).
-                log.info("sync.intent.replayed", account_id=p.account_id, key=intent.idempotency_key)
-                return target.create_customer(intent.payload, idempotency_key=intent.idempotency_key), intent.payload
+                log.info(
+                    "sync.intent.replayed", account_id=p.account_id, key=intent.idempotency_key
+                )
+                return target.create_customer(
+                    intent.payload, idempotency_key=intent.idempotency_key
+                ), intent.payload
             # Older than Stripe keeps keys: look the customer up by the metadata every customer
             # carries before making a new one (search lags by about a minute, not by a day).
             found = [c for c in target.find_by_salesforce_account(p.account_id) if not c.deleted]
             if len(found) > 1:
-                raise RecordError(f"{len(found)} customers already carry salesforce_account_id={p.account_id}; "
-                                  "link the right one with `billing-connector xref link`", code="duplicate_customers")
+                raise RecordError(
+                    f"{len(found)} customers already carry salesforce_account_id={p.account_id}; "
+                    "link the right one with `billing-connector xref link`",
+                    code="duplicate_customers",
+                )
             if found:
                 log.info("sync.intent.reconciled", account_id=p.account_id, customer_id=found[0].id)
-                target.update_customer(found[0].id, p.payload,
-                                       idempotency_key=f"{KEY_PREFIX}-{ba}-{p.account_id}-reconcile-{p.payload_hash[:32]}")
+                target.update_customer(
+                    found[0].id,
+                    p.payload,
+                    idempotency_key=f"{KEY_PREFIX}-{ba}-{p.account_id}-reconcile-{p.payload_hash[:32]}",
+                )
                 return found[0].id, p.payload
         key = create_key(ba, p.account_id, p.payload_hash)
-        self.e.store.record_intent(Intent(billing_account=ba, account_id=p.account_id, idempotency_key=key,
-                                          payload_hash=p.payload_hash, created_at=now, payload=dict(p.payload)))
+        self.e.store.record_intent(
+            Intent(
+                billing_account=ba,
+                account_id=p.account_id,
+                idempotency_key=key,
+                payload_hash=p.payload_hash,
+                created_at=now,
+                payload=dict(p.payload),
+            )
+        )
         return target.create_customer(p.payload, idempotency_key=key), p.payload
 
-    def _outcome(self, p: PlannedWrite, kind: str, *, customer_id: str | None = None,
-                 error_code: str | None = None, message: str | None = None) -> Outcome:
+    def _outcome(
+        self,
+        p: PlannedWrite,
+        kind: str,
+        *,
+        customer_id: str | None = None,
+        error_code: str | None = None,
+        message: str | None = None,
+    ) -> Outcome:
         # Error texts are kept and shown by `status`: a service may echo a key or token in them.
-        return Outcome(account_id=p.account_id, billing_account=p.billing_account, outcome=kind,  # type: ignore[arg-type]
-                       customer_id=customer_id or p.customer_id, order_id=p.order_id, error_code=error_code,
-                       error_message=REDACTOR.scrub(message) if message else None,
-                       changed_fields=p.changed_fields if kind != "unchanged" else ())
+        return Outcome(
+            account_id=p.account_id,
+            billing_account=p.billing_account,
+            outcome=kind,  # type: ignore[arg-type]
+            customer_id=customer_id or p.customer_id,
+            order_id=p.order_id,
+            error_code=error_code,
+            error_message=REDACTOR.scrub(message) if message else None,
+            changed_fields=p.changed_fields if kind != "unchanged" else (),
+        )
 
     # --- write-back --------------------------------------------------------------------------
 
@@ -737,27 +1045,44 @@ class _Run:
             return
         while self.writebacks and (final or len(self.writebacks) >= self.e.writeback_batch):
             batch = self.writebacks[: self.e.writeback_batch]
-            self.writebacks = self.writebacks[self.e.writeback_batch:]
+            self.writebacks = self.writebacks[self.e.writeback_batch :]
             try:
                 results = self.e.source.write_back(batch)
             except TransientError as exc:
                 # The links stay pending and the next run writes them back; the records are
                 # reported now, so nobody believes the ids reached Salesforce.
                 log.warning("writeback.deferred", accounts=len(batch), error=str(exc))
-                results = [WriteBackResult(a, False, exc.code or "TRANSIENT", f"{exc} (pending, retried next run)",
-                                           transient=True) for a, _ in batch]
+                results = [
+                    WriteBackResult(
+                        a,
+                        False,
+                        exc.code or "TRANSIENT",
+                        f"{exc} (pending, retried next run)",
+                        transient=True,
+                    )
+                    for a, _ in batch
+                ]
             ok = [r.account_id for r in results if r.ok]
             if ok:
                 self.e.store.mark_written_back(ba, ok)
             failures = [r for r in results if not r.ok]
             outcomes = [
-                Outcome(account_id=r.account_id, billing_account=ba, outcome="failed",
-                        customer_id=dict(batch).get(r.account_id), error_code=f"writeback_{r.code}",
-                        error_message=REDACTOR.scrub(f"writing the customer id to Account.{self._field()} failed: {r.message}"))
+                Outcome(
+                    account_id=r.account_id,
+                    billing_account=ba,
+                    outcome="failed",
+                    customer_id=dict(batch).get(r.account_id),
+                    error_code=f"writeback_{r.code}",
+                    error_message=REDACTOR.scrub(
+                        f"writing the customer id to Account.{self._field()} failed: {r.message}"
+                    ),
+                )
                 for r in failures
             ]
             for r in failures:
-                log.warning("writeback.failed", account_id=r.account_id, code=r.code, error=r.message)
+                log.warning(
+                    "writeback.failed", account_id=r.account_id, code=r.code, error=r.message
+                )
             if outcomes:
                 self.tally.failed += len(outcomes)
                 self.e.store.record_outcomes(self.run_id, outcomes)
@@ -791,7 +1116,9 @@ def _replace(link: Link, **changes: Any) -> Link:
 
 
 def _action_of(outcome: Outcome) -> str:
-    return {"created": "create", "updated": "update", "adopted": "adopt"}.get(outcome.outcome, outcome.outcome)
+    return {"created": "create", "updated": "update", "adopted": "adopt"}.get(
+        outcome.outcome, outcome.outcome
+    )
 
 
 def _flat_keys(payload: Mapping[str, Any], prefix: str = "") -> list[str]:
@@ -854,60 +1181,134 @@ CONFLICT_CHOICES: dict[str, tuple[str, ...]] = {
 }
 
 
-def link_account(store: StateStore, target: BillingTarget, account_id: str, customer_id: str, *,
-                 by: str, force: bool = False, note: str = "xref link") -> Link:
+def link_account(
+    store: StateStore,
+    target: BillingTarget,
+    account_id: str,
+    customer_id: str,
+    *,
+    by: str,
+    force: bool = False,
+    note: str = "xref link",
+) -> Link:
     """Link an account to an existing customer by an admin's decision; recorded as a run."""
     remote = target.fetch_customer(customer_id)
     if remote is None or remote.deleted:
-        raise ConfigError(f"customer {customer_id} {'was deleted' if remote else 'does not exist'} in billing account "
-                          f"'{target.name}'; nothing was changed")
+        raise ConfigError(
+            f"customer {customer_id} {'was deleted' if remote else 'does not exist'} in billing account "
+            f"'{target.name}'; nothing was changed"
+        )
     owner = store.get_link_by_customer(target.name, customer_id)
     if owner is not None and owner.account_id != account_id and owner.status != "merged":
-        raise ConfigError(f"customer {customer_id} is linked to account {owner.account_id}; nothing was changed")
+        raise ConfigError(
+            f"customer {customer_id} is linked to account {owner.account_id}; nothing was changed"
+        )
     current = store.get_link(target.name, account_id)
-    if current is not None and current.customer_id != customer_id and current.status == "active" and not force:
-        raise ConfigError(f"account {account_id} is linked to {current.customer_id}; add --force to move the link")
+    if (
+        current is not None
+        and current.customer_id != customer_id
+        and current.status == "active"
+        and not force
+    ):
+        raise ConfigError(
+            f"account {account_id} is linked to {current.customer_id}; add --force to move the link"
+        )
     now = datetime.now(UTC)
-    link = Link(billing_account=target.name, account_id=account_id, customer_id=customer_id, status="active",
-                payload_hash=None, payload=None, mapping_fingerprint=None, writeback_pending=True,
-                first_synced_at=current.first_synced_at if current else now, last_synced_at=now)
+    link = Link(
+        billing_account=target.name,
+        account_id=account_id,
+        customer_id=customer_id,
+        status="active",
+        payload_hash=None,
+        payload=None,
+        mapping_fingerprint=None,
+        writeback_pending=True,
+        first_synced_at=current.first_synced_at if current else now,
+        last_synced_at=now,
+    )
     run_id = store.start_run("admin", dry_run=False)
     with store.transaction():
         store.save_links([link])
-        store.record_outcomes(run_id, [Outcome(account_id=account_id, billing_account=target.name, outcome="adopted",
-                                               customer_id=customer_id, error_code="admin_link",
-                                               error_message=f"{note} by {by}"
-                                               + (f" (was {current.customer_id})" if current else ""))])
+        store.record_outcomes(
+            run_id,
+            [
+                Outcome(
+                    account_id=account_id,
+                    billing_account=target.name,
+                    outcome="adopted",
+                    customer_id=customer_id,
+                    error_code="admin_link",
+                    error_message=f"{note} by {by}"
+                    + (f" (was {current.customer_id})" if current else ""),
+                )
+            ],
+        )
     store.finish_run(run_id, status="succeeded", counts={"updated": 1})
-    log.info("admin.linked", account_id=account_id, customer_id=customer_id, by=by,
-             previous=current.customer_id if current else None)
+    log.info(
+        "admin.linked",
+        account_id=account_id,
+        customer_id=customer_id,
+        by=by,
+        previous=current.customer_id if current else None,
+    )
     return link
 
 
-def resolve_conflict(store: StateStore, targets: Sequence[BillingTarget], conflict_id: int, *, choice: str,
-                     customer_id: str | None, by: str) -> Any:
+def resolve_conflict(
+    store: StateStore,
+    targets: Sequence[BillingTarget],
+    conflict_id: int,
+    *,
+    choice: str,
+    customer_id: str | None,
+    by: str,
+) -> Any:
     """Apply and record an admin's decision on a conflict: link, new or ignore."""
     conflict = store.get_conflict(conflict_id)
     if conflict is None:
-        raise ConfigError(f"there is no conflict {conflict_id}; see `billing-connector conflicts list`")
+        raise ConfigError(
+            f"there is no conflict {conflict_id}; see `billing-connector conflicts list`"
+        )
     if conflict.status != "open":
-        raise ConfigError(f"conflict {conflict_id} was already resolved ({conflict.resolution}) by "
-                          f"{conflict.resolved_by} at {conflict.resolved_at}")
-    allowed = {c.split(":")[0].split()[0] for c in CONFLICT_CHOICES.get(conflict.kind, ("--link", "--new", "--ignore"))}
+        raise ConfigError(
+            f"conflict {conflict_id} was already resolved ({conflict.resolution}) by "
+            f"{conflict.resolved_by} at {conflict.resolved_at}"
+        )
+    allowed = {
+        c.split(":")[0].split()[0]
+        for c in CONFLICT_CHOICES.get(conflict.kind, ("--link", "--new", "--ignore"))
+    }
     if f"--{choice}" not in allowed:
-        raise ConfigError(f"conflict {conflict_id} ({conflict.kind}) cannot be resolved with --{choice}; "
-                          f"choose one of {', '.join(sorted(allowed))}")
+        raise ConfigError(
+            f"conflict {conflict_id} ({conflict.kind}) cannot be resolved with --{choice}; "
+            f"choose one of {', '.join(sorted(allowed))}"
+        )
     if choice == "link":
         if not customer_id:
             raise ConfigError("--link needs a customer id")
         target = next((t for t in targets if t.name == conflict.billing_account), None)
         if target is None:
-            raise ConfigError(f"billing account '{conflict.billing_account}' is not in the configuration")
-        link_account(store, target, conflict.account_id, customer_id, by=by, force=True,
-                     note=f"conflict {conflict_id} resolved")
+            raise ConfigError(
+                f"billing account '{conflict.billing_account}' is not in the configuration"
+            )
+        link_account(
+            store,
+            target,
+            conflict.account_id,
+            customer_id,
+            by=by,
+            force=True,
+            note=f"conflict {conflict_id} resolved",
+        )
         resolution = f"link:{customer_id}"
     else:
         resolution = choice
     resolved = store.resolve_conflict(conflict_id, resolution=resolution, by=by)
-    log.info("admin.conflict_resolved", conflict_id=conflict_id, kind=conflict.kind, resolution=resolution, by=by)
+    log.info(
+        "admin.conflict_resolved",
+        conflict_id=conflict_id,
+        kind=conflict.kind,
+        resolution=resolution,
+        by=by,
+    )
     return resolved

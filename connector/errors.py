@@ -77,7 +77,9 @@ class BudgetExhaustedError(UnavailableError):
 class TransientError(ConnectorError):
     """Worth retrying later: rate limits, timeouts, 5xx, dropped connections, row locks."""
 
-    def __init__(self, message: str, *, code: str | None = None, retry_after: float | None = None) -> None:
+    def __init__(
+        self, message: str, *, code: str | None = None, retry_after: float | None = None
+    ) -> None:
         self.code = code
         self.retry_after = retry_after
         super().__init__(message)

@@ -27,7 +27,9 @@ _SECRET_SHAPES = re.compile(
     r"|(?:-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?-----END [A-Z ]*PRIVATE KEY-----)"
 )
 # Field names whose value is never logged.
-_SECRET_FIELDS = re.compile(r"(password|secret|token|api_key|apikey|session_id|authorization|private_key|assertion)", re.I)
+_SECRET_FIELDS = re.compile(
+    r"(password|secret|token|api_key|apikey|session_id|authorization|private_key|assertion)", re.I
+)
 
 
 class Redactor:
@@ -37,7 +39,9 @@ class Redactor:
         self._values = sorted({s for s in secrets if s and len(s) >= 6}, key=len, reverse=True)
 
     def add(self, *secrets: str) -> None:
-        self._values = sorted({*self._values, *(s for s in secrets if s and len(s) >= 6)}, key=len, reverse=True)
+        self._values = sorted(
+            {*self._values, *(s for s in secrets if s and len(s) >= 6)}, key=len, reverse=True
+        )
 
     def scrub(self, text: str) -> str:
         for value in self._values:
@@ -49,7 +53,10 @@ class Redactor:
         if isinstance(value, str):
             return self.scrub(value)
         if isinstance(value, dict):
-            return {k: (REDACTED if _SECRET_FIELDS.search(str(k)) and v else self._clean(v)) for k, v in value.items()}
+            return {
+                k: (REDACTED if _SECRET_FIELDS.search(str(k)) and v else self._clean(v))
+                for k, v in value.items()
+            }
         if isinstance(value, list | tuple):
             return type(value)(self._clean(v) for v in value)
         if isinstance(value, BaseException):
@@ -68,7 +75,13 @@ class Redactor:
 REDACTOR = Redactor()
 
 
-def configure(*, level: str = "info", fmt: str = "auto", stream: TextIO | None = None, secrets: Iterable[str] = ()) -> None:
+def configure(
+    *,
+    level: str = "info",
+    fmt: str = "auto",
+    stream: TextIO | None = None,
+    secrets: Iterable[str] = (),
+) -> None:
     """Configure structlog for the process. JSON by default, console output on a terminal."""
     out: Any = stream or _StderrNow()
     REDACTOR.add(*secrets)
@@ -80,7 +93,9 @@ def configure(*, level: str = "info", fmt: str = "auto", stream: TextIO | None =
         structlog.processors.StackInfoRenderer(),
         structlog.processors.format_exc_info,  # tracebacks become text first ...
         REDACTOR,  # ... so secrets inside them are removed too
-        structlog.dev.ConsoleRenderer(colors=False) if use_console else structlog.processors.JSONRenderer(),
+        structlog.dev.ConsoleRenderer(colors=False)
+        if use_console
+        else structlog.processors.JSONRenderer(),
     ]
     structlog.configure(
         processors=processors,

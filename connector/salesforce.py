@@ -50,7 +50,9 @@ class LoopbackAdapter(HTTPAdapter):
         self._netloc = parts.netloc
         super().__init__(**kwargs)
 
-    def send(self, request: requests.PreparedRequest, *args: Any, **kwargs: Any) -> requests.Response:
+    def send(
+        self, request: requests.PreparedRequest, *args: Any, **kwargs: Any
+    ) -> requests.Response:
         parts = urlsplit(request.url or "")
         request.url = urlunsplit(("http", self._netloc, parts.path, parts.query, parts.fragment))
         return super().send(request, *args, **kwargs)
@@ -179,17 +181,23 @@ class SalesforceSource:
 
     # --- queries ---------------------------------------------------------------------------
 
-    def query_pages(self, soql: str, *, include_deleted: bool = False) -> Iterator[list[dict[str, Any]]]:
+    def query_pages(
+        self, soql: str, *, include_deleted: bool = False
+    ) -> Iterator[list[dict[str, Any]]]:
         """Yield one list of records per Salesforce page; memory is bounded by the page size."""
         headers = {"Sforce-Query-Options": f"batchSize={self.config.page_size}"}
-        result = self._guard(lambda: self.sf.query(soql, include_deleted=include_deleted, headers=headers))
+        result = self._guard(
+            lambda: self.sf.query(soql, include_deleted=include_deleted, headers=headers)
+        )
         self.last_total_size = result.get("totalSize")
         while True:
             yield [_strip(r) for r in result.get("records", [])]
             if result.get("done", True):
                 return
             next_url = result["nextRecordsUrl"]
-            result = self._guard(lambda u=next_url: self.sf.query_more(u, identifier_is_url=True, headers=headers))
+            result = self._guard(
+                lambda u=next_url: self.sf.query_more(u, identifier_is_url=True, headers=headers)
+            )
 
     def activated_orders(
         self,
@@ -210,7 +218,13 @@ class SalesforceSource:
         order by SystemModstamp; backfills by Id so they can resume after the last Id done.
         """
         stamps = ["SystemModstamp", *[f"{w}.SystemModstamp" for w in watch]]
-        base = ["Id", "AccountId", "ActivatedDate", *stamps, f"Account.{self.config.stripe_id_field}"]
+        base = [
+            "Id",
+            "AccountId",
+            "ActivatedDate",
+            *stamps,
+            f"Account.{self.config.stripe_id_field}",
+        ]
         select = list(dict.fromkeys([*base, *fields]))
         # An order of an account in the recycle bin is not billed; when the account is
         # restored its orders show again and syncing resumes on the same customer.
@@ -229,9 +243,13 @@ class SalesforceSource:
         if account_ids is not None:
             where.append("AccountId IN (" + ", ".join(soql_quote(a) for a in account_ids) + ")")
         order_by = "Id" if changed_since is None else "SystemModstamp, Id"
-        soql = f"SELECT {', '.join(select)} FROM Order WHERE {' AND '.join(where)} ORDER BY {order_by}"
+        soql = (
+            f"SELECT {', '.join(select)} FROM Order WHERE {' AND '.join(where)} ORDER BY {order_by}"
+        )
         for page in self.query_pages(soql):
-            yield OrderPage(rows=[self._order_row(r, stamps) for r in page], total=self.last_total_size)
+            yield OrderPage(
+                rows=[self._order_row(r, stamps) for r in page], total=self.last_total_size
+            )
 
     def deleted_accounts(self, *, since: datetime | None) -> Iterator[list[DeletedAccount]]:
         """Accounts deleted or merged away since `since` (queryAll: the recycle bin included).
@@ -241,21 +259,35 @@ class SalesforceSource:
         where = ["IsDeleted = true"]
         if since is not None:
             where.append(f"SystemModstamp >= {soql_datetime(since)}")
-        soql = (f"SELECT Id, MasterRecordId, SystemModstamp FROM Account WHERE {' AND '.join(where)} "
-                "ORDER BY SystemModstamp, Id")
+        soql = (
+            f"SELECT Id, MasterRecordId, SystemModstamp FROM Account WHERE {' AND '.join(where)} "
+            "ORDER BY SystemModstamp, Id"
+        )
         for page in self.query_pages(soql, include_deleted=True):
-            yield [DeletedAccount(account_id=str(r["Id"]), master_id=r.get("MasterRecordId") or None,
-                                  modstamp=r.get("SystemModstamp")) for r in page]
+            yield [
+                DeletedAccount(
+                    account_id=str(r["Id"]),
+                    master_id=r.get("MasterRecordId") or None,
+                    modstamp=r.get("SystemModstamp"),
+                )
+                for r in page
+            ]
 
     def _order_row(self, record: dict[str, Any], stamps: Sequence[str]) -> OrderRow:
         marks = [v for v in (_path(record, s) for s in stamps) if isinstance(v, str)]
         account = record.get("Account") or {}
-        field_value = account.get(self.config.stripe_id_field) if isinstance(account, dict) else None
+        field_value = (
+            account.get(self.config.stripe_id_field) if isinstance(account, dict) else None
+        )
         return OrderRow(
             order_id=str(record["Id"]),
             account_id=str(record["AccountId"]),
             activated_at=record.get("ActivatedDate"),
-            watermark=max(marks, key=lambda m: parse_sf_datetime(m) or datetime.min.replace(tzinfo=UTC)) if marks else None,
+            watermark=max(
+                marks, key=lambda m: parse_sf_datetime(m) or datetime.min.replace(tzinfo=UTC)
+            )
+            if marks
+            else None,
             stripe_id_value=(field_value.strip() or None) if isinstance(field_value, str) else None,
             record=record,
         )
@@ -272,29 +304,56 @@ class SalesforceSource:
         size = self.config.writeback_batch_size
         fld = self.config.stripe_id_field
         for start in range(0, len(pairs), size):
-            chunk = pairs[start:start + size]
+            chunk = pairs[start : start + size]
             body = {
                 "allOrNone": False,
-                "records": [{"attributes": {"type": "Account"}, "id": acc, fld: cus} for acc, cus in chunk],
+                "records": [
+                    {"attributes": {"type": "Account"}, "id": acc, fld: cus} for acc, cus in chunk
+                ],
             }
-            results = self._guard(lambda b=body: self.sf.restful("composite/sobjects", method="PATCH", data=json.dumps(b)))
+            results = self._guard(
+                lambda b=body: self.sf.restful(
+                    "composite/sobjects", method="PATCH", data=json.dumps(b)
+                )
+            )
             if not isinstance(results, list) or not all(isinstance(r, dict) for r in results):
-                raise TransientError("Salesforce answered the write-back with something other than a list of "
-                                     "results; the ids stay pending", code="MALFORMED_RESULT")
+                raise TransientError(
+                    "Salesforce answered the write-back with something other than a list of "
+                    "results; the ids stay pending",
+                    code="MALFORMED_RESULT",
+                )
             # Results come back in request order; a record without one did not demonstrably save.
-            padded = results + [{"success": False, "errors": [{"statusCode": "NO_RESULT",
-                                                               "message": "Salesforce returned no result for this record"}]}
-                                ] * (len(chunk) - len(results))
+            padded = results + [
+                {
+                    "success": False,
+                    "errors": [
+                        {
+                            "statusCode": "NO_RESULT",
+                            "message": "Salesforce returned no result for this record",
+                        }
+                    ],
+                }
+            ] * (len(chunk) - len(results))
             for (acc, _cus), res in zip(chunk, padded, strict=False):
                 if res.get("success"):
                     out.append(WriteBackResult(acc, True))
                 else:
                     err = (res.get("errors") or [{}])[0]
                     code = err.get("statusCode") or "UNKNOWN"
-                    out.append(WriteBackResult(
-                        acc, False, code, err.get("message"),
-                        transient=code in {"UNABLE_TO_LOCK_ROW", "ALL_OR_NONE_OPERATION_ROLLED_BACK", "NO_RESULT"},
-                    ))
+                    out.append(
+                        WriteBackResult(
+                            acc,
+                            False,
+                            code,
+                            err.get("message"),
+                            transient=code
+                            in {
+                                "UNABLE_TO_LOCK_ROW",
+                                "ALL_OR_NONE_OPERATION_ROLLED_BACK",
+                                "NO_RESULT",
+                            },
+                        )
+                    )
         return out
 
     # --- budget and errors -------------------------------------------------------------------
@@ -324,15 +383,28 @@ class SalesforceSource:
         except SalesforceRefusedRequest as exc:
             code = _error_code(exc)
             if code == "REQUEST_LIMIT_EXCEEDED":
-                raise BudgetExhaustedError("Salesforce refused the call: the org's daily API limit is exhausted (REQUEST_LIMIT_EXCEEDED)") from None
-            raise UnavailableError(f"Salesforce refused the request ({code}): {_error_message(exc)}") from None
+                raise BudgetExhaustedError(
+                    "Salesforce refused the call: the org's daily API limit is exhausted (REQUEST_LIMIT_EXCEEDED)"
+                ) from None
+            raise UnavailableError(
+                f"Salesforce refused the request ({code}): {_error_message(exc)}"
+            ) from None
         except SalesforceError as exc:
             code = _error_code(exc)
-            if code in {"QUERY_TIMEOUT", "UNABLE_TO_LOCK_ROW", "SERVER_UNAVAILABLE"} or (exc.status or 0) >= 500:
-                raise TransientError(f"Salesforce {code or exc.status}: {_error_message(exc)}", code=code) from None
-            raise UnavailableError(f"Salesforce answered {exc.status} {code}: {_error_message(exc)}") from None
+            if (
+                code in {"QUERY_TIMEOUT", "UNABLE_TO_LOCK_ROW", "SERVER_UNAVAILABLE"}
+                or (exc.status or 0) >= 500
+            ):
+                raise TransientError(
+                    f"Salesforce {code or exc.status}: {_error_message(exc)}", code=code
+                ) from None
+            raise UnavailableError(
+                f"Salesforce answered {exc.status} {code}: {_error_message(exc)}"
+            ) from None
         except requests.RequestException as exc:
-            raise TransientError(f"Salesforce unreachable: {type(exc).__name__}", code="connection") from None
+            raise TransientError(
+                f"Salesforce unreachable: {type(exc).__name__}", code="connection"
+            ) from None
 
 
 def _error_code(exc: SalesforceError) -> str:
@@ -356,37 +428,77 @@ def _strip(record: dict[str, Any]) -> dict[str, Any]:
 
 def connect(config: SalesforceConfig, secrets: SecretSource) -> SalesforceSource:
     """Log in with the configured method. Secrets come only from the environment or files."""
-    loopback = config.instance_url is not None and is_loopback_url(config.instance_url) and config.instance_url.startswith("http://")
-    session = loopback_session(config.instance_url) if loopback and config.instance_url else requests.Session()
+    loopback = (
+        config.instance_url is not None
+        and is_loopback_url(config.instance_url)
+        and config.instance_url.startswith("http://")
+    )
+    session = (
+        loopback_session(config.instance_url)
+        if loopback and config.instance_url
+        else requests.Session()
+    )
     usage = ApiUsage()
     session.hooks["response"].append(usage.observe)
     kwargs: dict[str, Any] = {"session": session, "version": config.api_version}
     try:
         if config.auth == "access_token":
-            token = secrets.require("SALESFORCE_ACCESS_TOKEN", "auth 'access_token' needs a session id or OAuth access token")
+            token = secrets.require(
+                "SALESFORCE_ACCESS_TOKEN",
+                "auth 'access_token' needs a session id or OAuth access token",
+            )
             sf = Salesforce(instance_url=config.instance_url, session_id=token, **kwargs)
         elif config.auth == "password":
-            password = secrets.require("SALESFORCE_PASSWORD", "auth 'password' needs the integration user's password")
+            password = secrets.require(
+                "SALESFORCE_PASSWORD", "auth 'password' needs the integration user's password"
+            )
             # OAuth username-password flow: Salesforce wants the security token appended.
             password += secrets.get("SALESFORCE_SECURITY_TOKEN") or ""
-            secret = secrets.require("SALESFORCE_CONSUMER_SECRET", "auth 'password' needs the connected app's consumer secret")
-            sf = Salesforce(username=config.username, password=password, consumer_key=config.consumer_key,
-                            consumer_secret=secret, domain=config.domain, **kwargs)
+            secret = secrets.require(
+                "SALESFORCE_CONSUMER_SECRET",
+                "auth 'password' needs the connected app's consumer secret",
+            )
+            sf = Salesforce(
+                username=config.username,
+                password=password,
+                consumer_key=config.consumer_key,
+                consumer_secret=secret,
+                domain=config.domain,
+                **kwargs,
+            )
         elif config.auth == "jwt":
             key_file = secrets.environ.get("SALESFORCE_PRIVATE_KEY_FILE")
             key = None if key_file else secrets.get("SALESFORCE_PRIVATE_KEY")
             if not key_file and not key:
-                raise ConfigError("set SALESFORCE_PRIVATE_KEY_FILE to the connected app's private key file (PEM) for auth 'jwt'")
-            sf = Salesforce(username=config.username, consumer_key=config.consumer_key, privatekey_file=key_file,
-                            privatekey=key, domain=config.domain, **kwargs)
+                raise ConfigError(
+                    "set SALESFORCE_PRIVATE_KEY_FILE to the connected app's private key file (PEM) for auth 'jwt'"
+                )
+            sf = Salesforce(
+                username=config.username,
+                consumer_key=config.consumer_key,
+                privatekey_file=key_file,
+                privatekey=key,
+                domain=config.domain,
+                **kwargs,
+            )
         else:
-            secret = secrets.require("SALESFORCE_CONSUMER_SECRET", "auth 'client_credentials' needs the connected app's consumer secret")
+            secret = secrets.require(
+                "SALESFORCE_CONSUMER_SECRET",
+                "auth 'client_credentials' needs the connected app's consumer secret",
+            )
             domain = config.domain
             if domain in ("login", "test"):
-                raise ConfigError("auth 'client_credentials' needs salesforce.domain set to your My Domain (e.g. 'acme.my')", key="salesforce.domain")
-            sf = Salesforce(consumer_key=config.consumer_key, consumer_secret=secret, domain=domain, **kwargs)
+                raise ConfigError(
+                    "auth 'client_credentials' needs salesforce.domain set to your My Domain (e.g. 'acme.my')",
+                    key="salesforce.domain",
+                )
+            sf = Salesforce(
+                consumer_key=config.consumer_key, consumer_secret=secret, domain=domain, **kwargs
+            )
     except SalesforceAuthenticationFailed as exc:
-        raise AuthenticationError(f"Salesforce login ({config.auth}) failed: {exc.code} {exc.message}") from None
+        raise AuthenticationError(
+            f"Salesforce login ({config.auth}) failed: {exc.code} {exc.message}"
+        ) from None
     except requests.RequestException as exc:
         raise UnavailableError(f"Salesforce unreachable at login: {type(exc).__name__}") from None
     org_id = config.org_id or _org_from_session(sf.session_id) or "unknown"

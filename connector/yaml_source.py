@@ -46,7 +46,11 @@ def _walk(node: yaml.Node, path: KeyPath, out: dict[KeyPath, Position], file: Pa
     if isinstance(node, yaml.MappingNode):
         result: dict[str, Any] = {}
         for key_node, value_node in node.value:
-            key = yaml.safe_load(yaml.serialize(key_node)) if not isinstance(key_node, yaml.ScalarNode) else key_node.value
+            key = (
+                yaml.safe_load(yaml.serialize(key_node))
+                if not isinstance(key_node, yaml.ScalarNode)
+                else key_node.value
+            )
             if not isinstance(key, str):
                 raise ConfigError(
                     "keys must be plain strings",
@@ -63,7 +67,9 @@ def _walk(node: yaml.Node, path: KeyPath, out: dict[KeyPath, Position], file: Pa
                 )
             # The key's own position is where an admin looks for "unknown key" errors.
             result[key] = _walk(value_node, (*path, key), out, file)
-            out[(*path, key)] = Position(key_node.start_mark.line + 1, key_node.start_mark.column + 1)
+            out[(*path, key)] = Position(
+                key_node.start_mark.line + 1, key_node.start_mark.column + 1
+            )
             out[(*path, key, "__value__")] = Position(
                 value_node.start_mark.line + 1, value_node.start_mark.column + 1
             )

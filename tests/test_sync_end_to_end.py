@@ -303,3 +303,34 @@ def test_metadata_is_trimmed_and_stripes_limits_are_enforced_before_sending() ->
     with pytest.raises(RecordError, match="more than 50"):
         check_metadata({f"k{i}": "v" for i in range(51)})
     assert len(check_metadata({f"k{i}": "v" for i in range(50)})) == 50
+
+
+def test_two_billing_accounts_each_get_one_customer_per_billed_account_with_separate_links(
+    sandboxes: SandboxPair, run_sync: Callable[..., RunReport], make_config: Callable[..., Any], db_url: str
+) -> None:
+    from connector.sandbox.stripe import StripeSandbox
+
+    with StripeSandbox() as eu:
+        cfg = make_config(billing={"accounts": [
+            {"id": "us", "api_base": sandboxes.stripe.url},
+            {"id": "eu", "api_base": eu.url, "api_key_env": "STRIPE_API_KEY"},
+        ]})
+        first = run_sync("backfill", config=cfg)
+        again = run_sync("sync", config=cfg)
+        eu_customers = {c["metadata"]["salesforce_account_id"]: c["id"] for c in eu.customers()}
+
+    us_customers = {c["metadata"]["salesforce_account_id"]: c["id"] for c in sandboxes.stripe.customers()}
+    assert first.created == 6 and again.stripe_calls == 0
+    assert first.exit_code == again.exit_code == 0 and again.refused == 0
+    assert set(us_customers) == set(eu_customers) == BILLED
+    store = StateStore.open(db_url)
+    try:
+        us_links = store.get_links("us", BILLED)
+        eu_links = store.get_links("eu", BILLED)
+    finally:
+        store.close()
+    assert {a: ln.customer_id for a, ln in us_links.items()} == us_customers
+    assert {a: ln.customer_id for a, ln in eu_links.items()} == eu_customers
+    # One Stripe Id field on the Account: it holds the first billing account's customer.
+    for account_id in BILLED:
+        assert sandboxes.salesforce.get("Account", account_id)[FIELD] == us_customers[account_id]

@@ -43,7 +43,9 @@ class BillingTarget(Protocol):
         """Create a customer and return its id. The same key and payload return the same id."""
         ...
 
-    def update_customer(self, customer_id: str, payload: CustomerPayload, *, idempotency_key: str) -> None:
+    def update_customer(
+        self, customer_id: str, payload: CustomerPayload, *, idempotency_key: str
+    ) -> None:
         """Set exactly the fields in `payload`; fields it does not name are left alone."""
         ...
 

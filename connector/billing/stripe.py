@@ -71,9 +71,15 @@ def check_metadata(metadata: Mapping[str, Any]) -> dict[str, str]:
         if not k:
             raise RecordError("metadata key is empty", code="metadata_invalid")
         if len(k) > METADATA_KEY_MAX:
-            raise RecordError(f"metadata key {k!r} is longer than {METADATA_KEY_MAX} characters", code="metadata_invalid")
+            raise RecordError(
+                f"metadata key {k!r} is longer than {METADATA_KEY_MAX} characters",
+                code="metadata_invalid",
+            )
         if len(v) > METADATA_VALUE_MAX:
-            raise RecordError(f"metadata value of {k!r} is longer than {METADATA_VALUE_MAX} characters", code="metadata_invalid")
+            raise RecordError(
+                f"metadata value of {k!r} is longer than {METADATA_VALUE_MAX} characters",
+                code="metadata_invalid",
+            )
         out[k] = v
     if sum(1 for v in out.values() if v != "") > METADATA_MAX_KEYS:
         raise RecordError(f"more than {METADATA_MAX_KEYS} metadata keys", code="metadata_invalid")
@@ -88,7 +94,9 @@ def _to_payload(customer: Any) -> dict[str, Any]:
 class StripeTarget:
     """One Stripe account. `name` is the billing account id that links are keyed by."""
 
-    def __init__(self, account: BillingAccountConfig, secrets: SecretSource, *, http_client: Any = None) -> None:
+    def __init__(
+        self, account: BillingAccountConfig, secrets: SecretSource, *, http_client: Any = None
+    ) -> None:
         key = secrets.get(account.api_key_env)
         if not key:
             raise ConfigError(
@@ -116,23 +124,32 @@ class StripeTarget:
 
     def create_customer(self, payload: CustomerPayload, *, idempotency_key: str) -> str:
         params = self._params(payload)
-        customer = self._call(lambda: self._client.v1.customers.create(
-            params=params,  # type: ignore[arg-type]
-            options={"idempotency_key": idempotency_key[:IDEMPOTENCY_KEY_MAX]},
-        ))
+        customer = self._call(
+            lambda: self._client.v1.customers.create(
+                params=params,  # type: ignore[arg-type]
+                options={"idempotency_key": idempotency_key[:IDEMPOTENCY_KEY_MAX]},
+            )
+        )
         return str(customer.id)
 
-    def update_customer(self, customer_id: str, payload: CustomerPayload, *, idempotency_key: str) -> None:
+    def update_customer(
+        self, customer_id: str, payload: CustomerPayload, *, idempotency_key: str
+    ) -> None:
         params = self._params(payload)
-        self._call(lambda: self._client.v1.customers.update(
-            customer_id,
-            params=params,  # type: ignore[arg-type]
-            options={"idempotency_key": idempotency_key[:IDEMPOTENCY_KEY_MAX]},
-        ), customer_id=customer_id)
+        self._call(
+            lambda: self._client.v1.customers.update(
+                customer_id,
+                params=params,  # type: ignore[arg-type]
+                options={"idempotency_key": idempotency_key[:IDEMPOTENCY_KEY_MAX]},
+            ),
+            customer_id=customer_id,
+        )
 
     def fetch_customer(self, customer_id: str) -> RemoteCustomer | None:
         try:
-            customer = self._call(lambda: self._client.v1.customers.retrieve(customer_id), customer_id=customer_id)
+            customer = self._call(
+                lambda: self._client.v1.customers.retrieve(customer_id), customer_id=customer_id
+            )
         except RecordError as exc:
             if exc.code == "customer_missing":
                 return None
@@ -149,11 +166,17 @@ class StripeTarget:
         # Search is eventually consistent; used only to reconcile creates older than Stripe's
         # idempotency window, never for read-after-write.
         query = f"metadata['salesforce_account_id']:'{account_id}'"
-        result = self._call(lambda: self._client.v1.customers.search(params={"query": query, "limit": 10}))
+        result = self._call(
+            lambda: self._client.v1.customers.search(params={"query": query, "limit": 10})
+        )
         out = []
         for c in result.data:
             data = _to_payload(c)
-            out.append(RemoteCustomer(id=str(data["id"]), payload=data, metadata=dict(data.get("metadata") or {})))
+            out.append(
+                RemoteCustomer(
+                    id=str(data["id"]), payload=data, metadata=dict(data.get("metadata") or {})
+                )
+            )
         return out
 
     # --- mechanics -----------------------------------------------------------------------
@@ -180,9 +203,16 @@ class StripeTarget:
                 self.pacer.slow_down()
                 attempt += 1
                 if attempt > RATE_LIMIT_RETRIES:
-                    raise TransientError(f"Stripe kept refusing with 429 ({exc.code or 'rate_limit'})", code=exc.code or "rate_limit") from None
+                    raise TransientError(
+                        f"Stripe kept refusing with 429 ({exc.code or 'rate_limit'})",
+                        code=exc.code or "rate_limit",
+                    ) from None
                 retry_after = _retry_after(exc)
-                time.sleep(retry_after if retry_after is not None else min(8.0, 0.25 * 2**attempt) * (0.5 + random.random() / 2))
+                time.sleep(
+                    retry_after
+                    if retry_after is not None
+                    else min(8.0, 0.25 * 2**attempt) * (0.5 + random.random() / 2)
+                )
             except stripe.AuthenticationError:
                 raise AuthenticationError(
                     f"Stripe refused the key of billing account '{self.name}' (check {self._account.api_key_env})"
@@ -193,7 +223,10 @@ class StripeTarget:
                     "A restricted key needs Customers: write"
                 ) from None
             except stripe.IdempotencyError as exc:
-                raise RecordError(f"Stripe idempotency conflict: {exc.user_message or exc}", code="idempotency_error") from None
+                raise RecordError(
+                    f"Stripe idempotency conflict: {exc.user_message or exc}",
+                    code="idempotency_error",
+                ) from None
             except stripe.InvalidRequestError as exc:
                 if exc.http_status == 404 or exc.code == "resource_missing":
                     raise RecordError(
@@ -201,13 +234,23 @@ class StripeTarget:
                         code="customer_missing",
                     ) from None
                 param = f" (parameter {exc.param})" if exc.param else ""
-                raise RecordError(f"Stripe refused the request{param}: {exc.user_message or exc}", code=exc.code or "invalid_request") from None
+                raise RecordError(
+                    f"Stripe refused the request{param}: {exc.user_message or exc}",
+                    code=exc.code or "invalid_request",
+                ) from None
             except stripe.APIConnectionError as exc:
-                raise TransientError(f"Stripe unreachable: {exc.user_message or exc}", code="connection") from None
+                raise TransientError(
+                    f"Stripe unreachable: {exc.user_message or exc}", code="connection"
+                ) from None
             except stripe.APIError as exc:
-                raise TransientError(f"Stripe error {exc.http_status}: {exc.user_message or exc}", code="api_error") from None
+                raise TransientError(
+                    f"Stripe error {exc.http_status}: {exc.user_message or exc}", code="api_error"
+                ) from None
             except stripe.StripeError as exc:
-                raise TransientError(f"Stripe error {exc.http_status}: {exc.user_message or exc}", code="stripe_error") from None
+                raise TransientError(
+                    f"Stripe error {exc.http_status}: {exc.user_message or exc}",
+                    code="stripe_error",
+                ) from None
 
 
 def _retry_after(exc: stripe.StripeError) -> float | None:

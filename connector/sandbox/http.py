@@ -298,8 +298,12 @@ class SandboxServer:
 
         self._httpd = _Server((HOST, self._port), _Handler)
         # A short poll interval lets stop() return quickly (tests start and stop servers often).
-        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name=f"{self.kind}-sandbox", daemon=True)
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name=f"{self.kind}-sandbox",
+            daemon=True,
+        )
         self._thread.start()
         return self
 
@@ -321,7 +325,11 @@ class SandboxServer:
                 if fault.drop == "after":
                     self.dispatch(req)
                     return None
-                resp = Response.json(fault.body, fault.status, fault.headers) if fault.body is not None else Response.empty(fault.status, fault.headers)
+                resp = (
+                    Response.json(fault.body, fault.status, fault.headers)
+                    if fault.body is not None
+                    else Response.empty(fault.status, fault.headers)
+                )
                 return self.decorate(req, resp)
         try:
             resp = self.dispatch(req)

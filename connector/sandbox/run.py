@@ -33,12 +33,22 @@ class SandboxPair:
     access_token: str = SANDBOX_TOKEN
     stripe_key: str = SANDBOX_STRIPE_KEY
 
-    def config_snippet(self, *, state_url: str = "sqlite:///state.db", mappings_dir: str = "mappings") -> str:
-        return yaml.safe_dump(self.config_dict(state_url=state_url, mappings_dir=mappings_dir), sort_keys=False)
+    def config_snippet(
+        self, *, state_url: str = "sqlite:///state.db", mappings_dir: str = "mappings"
+    ) -> str:
+        return yaml.safe_dump(
+            self.config_dict(state_url=state_url, mappings_dir=mappings_dir), sort_keys=False
+        )
 
-    def config_dict(self, *, state_url: str = "sqlite:///state.db", mappings_dir: str = "mappings") -> dict[str, Any]:
+    def config_dict(
+        self, *, state_url: str = "sqlite:///state.db", mappings_dir: str = "mappings"
+    ) -> dict[str, Any]:
         return {
-            "salesforce": {"auth": "access_token", "instance_url": self.salesforce.url, "org_id": SANDBOX_ORG_ID},
+            "salesforce": {
+                "auth": "access_token",
+                "instance_url": self.salesforce.url,
+                "org_id": SANDBOX_ORG_ID,
+            },
             "billing": {"accounts": [{"id": "default", "api_base": self.stripe.url}]},
             "state": {"url": state_url},
             "mappings_dir": mappings_dir,
@@ -60,12 +70,18 @@ def read_data_file(path: Path) -> dict[str, Any]:
     return data
 
 
-def start_sandboxes(data_file: Path | None = None, *, salesforce_port: int = 0, stripe_port: int = 0) -> SandboxPair:
+def start_sandboxes(
+    data_file: Path | None = None, *, salesforce_port: int = 0, stripe_port: int = 0
+) -> SandboxPair:
     from connector.sandbox.sample import load_sample
 
     data = read_data_file(data_file) if data_file else load_sample()
-    sf = SalesforceSandbox(data.get("salesforce") or {}, port=salesforce_port, access_token=SANDBOX_TOKEN,
-                           org_id=SANDBOX_ORG_ID).start()
+    sf = SalesforceSandbox(
+        data.get("salesforce") or {},
+        port=salesforce_port,
+        access_token=SANDBOX_TOKEN,
+        org_id=SANDBOX_ORG_ID,
+    ).start()
     st = StripeSandbox(port=stripe_port).start()
     st.load(data.get("stripe") or {})
     return SandboxPair(salesforce=sf, stripe=st)
@@ -92,7 +108,9 @@ def run_demo(state_dir: Path, *, console: Console) -> int:
             shutil.rmtree(state_dir)
         state_dir.mkdir(parents=True)
         state_file = (state_dir / "state.db").resolve()
-        cfg_data = pair.config_dict(state_url=f"sqlite:///{state_file}", mappings_dir=str(repo_mappings_dir()))
+        cfg_data = pair.config_dict(
+            state_url=f"sqlite:///{state_file}", mappings_dir=str(repo_mappings_dir())
+        )
         cfg = Config.model_validate(cfg_data)
         # Left behind so `status`, `conflicts list` and `xref show` can read the demo's store.
         (state_dir / "config.yaml").write_text(
@@ -101,7 +119,9 @@ def run_demo(state_dir: Path, *, console: Console) -> int:
             + yaml.safe_dump(cfg_data, sort_keys=False)
         )
         secrets = SecretSource(pair.secrets())
-        console.print(f"[bold]Sandbox[/]: Salesforce {pair.salesforce.url}, Stripe {pair.stripe.url} (sample data)")
+        console.print(
+            f"[bold]Sandbox[/]: Salesforce {pair.salesforce.url}, Stripe {pair.stripe.url} (sample data)"
+        )
         worst = 0
 
         def step(title: str, mode: str, **kw: Any) -> Any:
@@ -123,11 +143,19 @@ def run_demo(state_dir: Path, *, console: Console) -> int:
         for col in ("id", "name", "email", "country", "salesforce_account_id"):
             t.add_column(col)
         for c in customers[:8]:
-            t.add_row(c["id"], c.get("name") or "", c.get("email") or "", (c.get("address") or {}).get("country") or "",
-                      (c.get("metadata") or {}).get("salesforce_account_id", ""))
+            t.add_row(
+                c["id"],
+                c.get("name") or "",
+                c.get("email") or "",
+                (c.get("address") or {}).get("country") or "",
+                (c.get("metadata") or {}).get("salesforce_account_id", ""),
+            )
         console.print(t)
-        console.print(f"\nState file: {state_file}\nNext: billing-connector status -c {state_dir / 'config.yaml'}\n"
-                      "      billing-connector sandbox   (servers that stay up, with a ready config)", highlight=False)
+        console.print(
+            f"\nState file: {state_file}\nNext: billing-connector status -c {state_dir / 'config.yaml'}\n"
+            "      billing-connector sandbox   (servers that stay up, with a ready config)",
+            highlight=False,
+        )
         return worst
     finally:
         pair.stop()
@@ -136,7 +164,13 @@ def run_demo(state_dir: Path, *, console: Console) -> int:
 def _edit_some_accounts(pair: SandboxPair) -> str:
     """Rename one billed account, change another's phone, and activate an order for a new one."""
     sf = pair.salesforce
-    billed = sorted({o["AccountId"] for o in sf.records("Order") if o.get("StatusCode") == "Activated" and o.get("AccountId")})
+    billed = sorted(
+        {
+            o["AccountId"]
+            for o in sf.records("Order")
+            if o.get("StatusCode") == "Activated" and o.get("AccountId")
+        }
+    )
     notes = []
     if billed:
         acc = sf.get("Account", billed[0]) or {}
@@ -145,9 +179,28 @@ def _edit_some_accounts(pair: SandboxPair) -> str:
     if len(billed) > 1:
         sf.update("Account", billed[1], {"Phone": "+1 415 555 0199"})
         notes.append(f"new phone on {billed[1]}")
-    new_acc = sf.create("Account", {"Name": "Demo Newco Ltd", "BillingCountry": "United Kingdom", "BillingCity": "London"})
-    contact = sf.create("Contact", {"AccountId": new_acc, "FirstName": "Ada", "LastName": "Byron", "Email": "ada@newco.example"})
-    order = sf.create("Order", {"AccountId": new_acc, "Status": "Draft", "EffectiveDate": "2026-11-01", "BillToContactId": contact})
+    new_acc = sf.create(
+        "Account",
+        {"Name": "Demo Newco Ltd", "BillingCountry": "United Kingdom", "BillingCity": "London"},
+    )
+    contact = sf.create(
+        "Contact",
+        {
+            "AccountId": new_acc,
+            "FirstName": "Ada",
+            "LastName": "Byron",
+            "Email": "ada@newco.example",
+        },
+    )
+    order = sf.create(
+        "Order",
+        {
+            "AccountId": new_acc,
+            "Status": "Draft",
+            "EffectiveDate": "2026-11-01",
+            "BillToContactId": contact,
+        },
+    )
     sf.update("Order", order, {"Status": "Activated"})
     notes.append(f"activated order {order} for new account {new_acc}")
     return "; ".join(notes)
@@ -159,6 +212,8 @@ def _print(console: Console, title: str, report: Any) -> None:
     if report.dry_run:
         for p in report.plan:
             if p.action != "unchanged":
-                console.print(f"   would {p.action:<8} {p.account_id}  {p.detail()}", highlight=False)
+                console.print(
+                    f"   would {p.action:<8} {p.account_id}  {p.detail()}", highlight=False
+                )
     if report.error:
         console.print(f"[red]error:[/] {report.error}")
