@@ -279,18 +279,14 @@ def backfill(
 @app.command()
 def status(config: ConfigOpt = Path("config.yaml"), as_json: JsonOpt = False) -> None:
     """Last runs, failing records and open conflicts."""
-    from connector.state.store import StateStore
 
     with _errors():
         cfg, _ = _load(config)
-        store = StateStore.open(cfg.state_url, auto_migrate=cfg.state.auto_migrate)
-        try:
+        with _opened_store(cfg) as store:
             runs = store.recent_runs(limit=10)
             failures = store.recent_failures(limit=50)
             conflicts = store.list_conflicts("open")
             stats = store.stats()
-        finally:
-            store.close()
     if as_json:
         print(
             json.dumps(
@@ -391,15 +387,12 @@ def status(config: ConfigOpt = Path("config.yaml"), as_json: JsonOpt = False) ->
 @db_app.command("upgrade")
 def db_upgrade(config: ConfigOpt = Path("config.yaml")) -> None:
     """Apply the state store's migrations (also done on start unless state.auto_migrate is false)."""
-    from connector.state.store import StateStore
-
     with _errors():
         cfg, _ = _load(config)
-        store = StateStore.open(cfg.state_url, auto_migrate=True)
-        out.print(
-            f"state store at revision {store.current_revision()}: {store.url}", highlight=False
-        )
-        store.close()
+        with _opened_store(cfg, migrate=True) as store:
+            out.print(
+                f"state store at revision {store.current_revision()}: {store.url}", highlight=False
+            )
 
 
 @mappings_app.command("check")
@@ -557,10 +550,17 @@ def _admin() -> str:
         return "unknown"
 
 
-def _open_store(cfg: Config) -> Any:
+@contextmanager
+def _opened_store(cfg: Config, *, migrate: bool | None = None) -> Iterator[Any]:
+    """The state store, for commands that read or fix it outside a sync run."""
     from connector.state.store import StateStore
 
-    return StateStore.open(cfg.state_url, auto_migrate=cfg.state.auto_migrate)
+    auto = cfg.state.auto_migrate if migrate is None else migrate
+    store = StateStore.open(cfg.state_url, auto_migrate=auto)
+    try:
+        yield store
+    finally:
+        store.close()
 
 
 @conflicts_app.command("list")
@@ -574,11 +574,8 @@ def conflicts_list(
 
     with _errors():
         cfg, _ = _load(config)
-        store = _open_store(cfg)
-        try:
+        with _opened_store(cfg) as store:
             conflicts = store.list_conflicts(None if all_ else "open")
-        finally:
-            store.close()
     if as_json:
         print(
             json.dumps(
@@ -661,13 +658,10 @@ def conflicts_resolve(
     with _errors():
         cfg, secrets = _load(config)
         targets = build_targets(cfg, secrets) if choice == "link" else []
-        store = _open_store(cfg)
-        try:
+        with _opened_store(cfg) as store:
             resolved = resolve_conflict(
                 store, targets, conflict_id, choice=choice, customer_id=link, by=by or _admin()
             )
-        finally:
-            store.close()
     out.print(
         f"conflict #{resolved.id} resolved: {resolved.resolution} by {resolved.resolved_by}",
         highlight=False,
@@ -683,8 +677,7 @@ def xref_show(
     """Everything the store knows about one account: links, conflicts, retries, last outcomes."""
     with _errors():
         cfg, _ = _load(config)
-        store = _open_store(cfg)
-        try:
+        with _opened_store(cfg) as store:
             info: dict[str, Any] = {"account_id": account, "billing_accounts": []}
             for acct in cfg.billing.accounts:
                 link = store.get_link(acct.id, account)
@@ -722,8 +715,6 @@ def xref_show(
                 for c in store.list_conflicts(None)
                 if account in (c.account_id, c.other_account_id)
             ]
-        finally:
-            store.close()
     if as_json:
         print(json.dumps(info, default=str))
         return
@@ -776,11 +767,8 @@ def xref_link(
         target = next((t for t in targets if t.name == (billing_account or targets[0].name)), None)
         if target is None:
             raise ConfigError(f"no billing account '{billing_account}' in the configuration")
-        store = _open_store(cfg)
-        try:
+        with _opened_store(cfg) as store:
             link_account(store, target, account, customer, by=by or _admin(), force=force)
-        finally:
-            store.close()
     out.print(
         f"{account} linked to {customer} in billing account {target.name}; the next sync updates it",
         highlight=False,
