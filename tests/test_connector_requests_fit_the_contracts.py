@@ -114,3 +114,38 @@ def test_a_wrong_password_is_an_authentication_error_naming_the_method(org: Any)
     with pytest.raises(AuthenticationError, match="password") as caught:
         connect(cfg, SecretSource({"SALESFORCE_PASSWORD": "wrong-password", "SALESFORCE_CONSUMER_SECRET": "s3cret-consumer"}))
     assert "wrong-password" not in str(caught.value)
+
+
+def test_the_security_token_is_appended_to_the_password_for_the_oauth_password_flow(org: Any) -> None:
+    sf, _ = org
+    cfg = SalesforceConfig(auth="password", instance_url=sf.url, username="integration@acme.example", consumer_key="3MVGtestkey")
+    # The org knows the password as "pw-123456": Salesforce wants password + security token.
+    secrets = SecretSource({"SALESFORCE_PASSWORD": "pw-123", "SALESFORCE_SECURITY_TOKEN": "456",
+                            "SALESFORCE_CONSUMER_SECRET": "s3cret-consumer"})
+
+    source = connect(cfg, secrets)
+
+    assert [r["Name"] for r in next(iter(source.query_pages("SELECT Name FROM Account")))] == ["Login Check"]
+
+
+def test_secrets_can_come_from_files_named_by_NAME_FILE(
+    sandboxes: SandboxPair, cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    import subprocess
+    import sys
+
+    key_file = tmp_path / "stripe.key"
+    key_file.write_text(sandboxes.stripe_key + "\n")  # a trailing newline, as editors leave it
+    token_file = tmp_path / "sf.token"
+    token_file.write_text(sandboxes.access_token)
+    env = {k: v for k, v in cli_env.items() if k not in ("STRIPE_API_KEY", "SALESFORCE_ACCESS_TOKEN")}
+    env.update(STRIPE_API_KEY_FILE=str(key_file), SALESFORCE_ACCESS_TOKEN_FILE=str(token_file))
+
+    result = subprocess.run([sys.executable, "-m", "connector", "sync", "--json"], env=env,
+                            capture_output=True, text=True, timeout=120)
+    missing = subprocess.run([sys.executable, "-m", "connector", "sync"], capture_output=True, text=True, timeout=120,
+                             env={**env, "STRIPE_API_KEY_FILE": str(tmp_path / "nope")})
+
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["created"] == 3
+    assert missing.returncode == 2 and "STRIPE_API_KEY_FILE" in missing.stderr
