@@ -345,13 +345,9 @@ class Engine:
         return report
 
     def _mapping_changed(self) -> bool:
+        # Links an admin set by hand carry no fingerprint until their first sync.
         fp = self.mapping.fingerprint
-        for target in self.targets:
-            for link in self.store.iter_links(target.name, status="active"):
-                # Links an admin set by hand carry no fingerprint until their first sync.
-                if link.mapping_fingerprint is not None and link.mapping_fingerprint != fp:
-                    return True
-        return False
+        return any(self.store.fingerprints_in_use(t.name) - {fp} for t in self.targets)
 
     def _read_and_apply(
         self, run: _Run, mode: str, *, since: datetime | None, until: datetime | None

@@ -514,3 +514,15 @@ def test_stats(store: StateStore) -> None:
     assert stats["cursors"]["orders:default"]["value"] == "2026-01-01T00:00:00Z"
     assert stats["last_run"]["run_id"] == run_id
     assert stats["database"]["revision"] == StateStore.head_revision()
+
+
+def test_fingerprints_in_use_lists_what_active_links_were_written_with(store: StateStore) -> None:
+    store.save_links([
+        make_link(account_id(1), mapping_fingerprint="f1"),
+        make_link(account_id(2), mapping_fingerprint="f2"),
+        make_link(account_id(3), mapping_fingerprint=None),
+        make_link(account_id(4), mapping_fingerprint="f3", status="merged"),
+    ])
+
+    assert store.fingerprints_in_use("default") == {"f1", "f2"}
+    assert store.fingerprints_in_use("other") == set()

@@ -440,6 +440,20 @@ class StateStore:
                 return
             after = rows[-1].account_id
 
+    def fingerprints_in_use(self, billing_account: str) -> set[str]:
+        """The mapping fingerprints active links were last written with (one query, no rows)."""
+        query = (
+            sa.select(t.links.c.mapping_fingerprint)
+            .where(
+                t.links.c.billing_account == billing_account,
+                t.links.c.status == "active",
+                t.links.c.mapping_fingerprint.is_not(None),
+            )
+            .distinct()
+        )
+        with self._conn() as conn:
+            return {str(fp) for fp in conn.execute(query).scalars()}
+
     def count_links(self, billing_account: str) -> dict[str, int]:
         query = (
             sa.select(t.links.c.status, sa.func.count())
