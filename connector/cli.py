@@ -340,7 +340,6 @@ def status(config: ConfigOpt = Path("config.yaml"), as_json: JsonOpt = False) ->
         "unchanged",
         "refused",
         "failed",
-        "error",
     ):
         t.add_column(col)
     for r in runs:
@@ -353,34 +352,45 @@ def status(config: ConfigOpt = Path("config.yaml"), as_json: JsonOpt = False) ->
                 str(counts.get(k, 0))
                 for k in ("created", "updated", "unchanged", "refused", "failed")
             ),
-            REDACTOR.scrub(r.error or "")[:60],
         )
     out.print(t)
+    if runs and runs[0].error:
+        out.print(
+            f"last run's error: {REDACTOR.scrub(runs[0].error)}", highlight=False, markup=False
+        )
+    # Plain lines rather than tables: error texts are long and must stay readable at 80 columns.
+    links = "; ".join(
+        f"{ba}: " + ", ".join(f"{n} {status}" for status, n in sorted(by_status.items()))
+        for ba, by_status in sorted(stats.get("links", {}).items())
+    )
+    retries = stats.get("retries", {})
+    out.print(
+        f"links: {links or 'none'} | retries due {retries.get('due', 0)} of {retries.get('total', 0)}"
+        f" | open intents {stats.get('open_intents', 0)}",
+        highlight=False,
+    )
+    for name, cursor in sorted(stats.get("cursors", {}).items()):
+        if cursor.get("value"):
+            out.print(f"cursor {name}: {cursor['value']}", highlight=False)
     if failures:
-        f = Table(title="failing records")
-        for col in ("at", "account", "billing account", "error"):
-            f.add_column(col)
+        out.print(f"\nfailing records ({len(failures)}, latest first):")
         for at, _run_id, o in failures:
-            f.add_row(
-                at.strftime("%Y-%m-%d %H:%M:%S"),
-                o.account_id,
-                o.billing_account,
-                REDACTOR.scrub(f"{o.error_code}: {o.error_message}"),
+            message = REDACTOR.scrub(f"{o.error_code}: {o.error_message}")
+            out.print(
+                f"  {at:%Y-%m-%d %H:%M:%S}  {o.account_id}  [{o.billing_account}]  {message}",
+                highlight=False,
+                markup=False,
             )
-        out.print(f)
     if conflicts:
-        k = Table(title="open conflicts")
-        for col in ("id", "kind", "account", "customer", "since"):
-            k.add_column(col)
+        out.print(
+            f"\nopen conflicts ({len(conflicts)}; `billing-connector conflicts list` shows the choices):"
+        )
         for c in conflicts:
-            k.add_row(
-                str(c.id),
-                c.kind,
-                c.account_id,
-                c.customer_id or "-",
-                c.created_at.strftime("%Y-%m-%d %H:%M"),
+            out.print(
+                f"  #{c.id} {c.kind}: account {c.account_id}, customer {c.customer_id or '-'}, "
+                f"since {c.created_at:%Y-%m-%d %H:%M}",
+                highlight=False,
             )
-        out.print(k)
     out.print(f"state: {store.url}", highlight=False)
 
 
