@@ -330,9 +330,9 @@ def status(config: ConfigOpt = Path("config.yaml"), as_json: JsonOpt = False) ->
             )
         )
         return
-    t = Table(title="last runs")
+    t = Table(title="last runs", box=None, title_justify="left")
     for col in (
-        "started",
+        "started (UTC)",
         "mode",
         "status",
         "created",
@@ -341,11 +341,11 @@ def status(config: ConfigOpt = Path("config.yaml"), as_json: JsonOpt = False) ->
         "refused",
         "failed",
     ):
-        t.add_column(col)
+        t.add_column(col, no_wrap=True)
     for r in runs:
         counts = r.counts
         t.add_row(
-            r.started_at.strftime("%Y-%m-%d %H:%M:%S"),
+            r.started_at.strftime("%m-%d %H:%M:%S"),
             r.mode,
             r.status,
             *(
