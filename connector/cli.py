@@ -332,7 +332,7 @@ def status(config: ConfigOpt = Path("config.yaml"), as_json: JsonOpt = False) ->
         return
     t = Table(title="last runs", box=None, title_justify="left")
     for col in (
-        "started (UTC)",
+        "started",
         "mode",
         "status",
         "created",
