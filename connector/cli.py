@@ -330,7 +330,7 @@ def status(config: ConfigOpt = Path("config.yaml"), as_json: JsonOpt = False) ->
             )
         )
         return
-    t = Table(title="last runs", box=None, title_justify="left")
+    t = Table(title="last runs", box=None, title_justify="left", pad_edge=False)
     for col in (
         "started",
         "mode",
