@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 
 import stripe
 from conftest import BILLED
-from faults_helpers import BA, assert_one_customer_each, opened, read_store
+from fault_readback import BA, assert_one_customer_each, opened, read_store
 
 from connector.billing.stripe import StripeTarget
 from connector.engine import IDEMPOTENCY_WINDOW, PlannedWrite, RunReport, create_key

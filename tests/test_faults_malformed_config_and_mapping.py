@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from conftest import MAPPINGS
-from faults_helpers import cli, requests_seen
+from fault_readback import cli, requests_seen
 
 from connector.sandbox.run import SandboxPair
 from connector.sandbox.salesforce import SalesforceSandbox

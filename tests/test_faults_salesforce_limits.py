@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import pytest
 from conftest import BILLED
-from faults_helpers import (
+from fault_readback import (
     SF_QUERY_MORE,
     add_billed_accounts,
     assert_one_customer_each,

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import pytest
 from conftest import BILLED
-from faults_helpers import SF_QUERY, assert_one_customer_each, read_store, sf_errors
+from fault_readback import SF_QUERY, assert_one_customer_each, read_store, sf_errors
 
 from connector.engine import RunReport
 from connector.sandbox.run import SandboxPair

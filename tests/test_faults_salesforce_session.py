@@ -15,7 +15,7 @@ import pytest
 from conftest import BILLED
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from faults_helpers import (
+from fault_readback import (
     FIELD,
     SF_COLLECTION,
     SF_QUERY_MORE,

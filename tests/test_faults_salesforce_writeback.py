@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import pytest
 from conftest import BILLED
-from faults_helpers import (
+from fault_readback import (
     FIELD,
     SF_COLLECTION,
     assert_one_customer_each,

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import MAPPINGS
-from faults_helpers import SF_QUERY, STRIPE_CREATE, cli, sf_errors
+from fault_readback import SF_QUERY, STRIPE_CREATE, cli, sf_errors
 
 from connector import log as logsetup
 from connector.config import SecretSource

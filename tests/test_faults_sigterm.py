@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 
 from conftest import BILLED
-from faults_helpers import add_billed_accounts, assert_one_customer_each, read_store
+from fault_readback import add_billed_accounts, assert_one_customer_each, read_store
 
 from connector.engine import RunReport
 from connector.sandbox.run import SandboxPair

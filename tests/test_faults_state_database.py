@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from conftest import BILLED, MAPPINGS
-from faults_helpers import (
+from fault_readback import (
     SF_QUERY,
     STRIPE_CREATE,
     assert_one_customer_each,

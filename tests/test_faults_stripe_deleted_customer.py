@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from conftest import BILLED
-from faults_helpers import assert_one_customer_each, customers_by_account, read_store
+from fault_readback import assert_one_customer_each, customers_by_account, read_store
 
 from connector.engine import RunReport
 from connector.sandbox.run import SandboxPair

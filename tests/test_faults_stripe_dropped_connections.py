@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 from conftest import BILLED
-from faults_helpers import STRIPE_CREATE, assert_one_customer_each, read_store, record_exchanges
+from fault_readback import STRIPE_CREATE, assert_one_customer_each, read_store, record_exchanges
 
 from connector.engine import RunReport
 from connector.sandbox.run import SandboxPair

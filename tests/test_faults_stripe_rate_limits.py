@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 from conftest import BILLED
-from faults_helpers import STRIPE_CREATE, assert_one_customer_each, read_store, record_exchanges
+from fault_readback import STRIPE_CREATE, assert_one_customer_each, read_store, record_exchanges
 
 import connector.billing.stripe as stripe_target
 from connector.engine import RunReport

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from conftest import BILLED
-from faults_helpers import (
+from fault_readback import (
     STRIPE_CREATE,
     assert_one_customer_each,
     customers_by_account,
