@@ -1612,15 +1612,22 @@ class SalesforceSandbox(SandboxServer):
 
     # --- HTTP: sObject rows ----------------------------------------------------------------------
 
-    def _rest_get(self, req: Request) -> Response:
-        obj = self._rest_object(req)
-        if obj is None:
-            return self.not_found(req)
+    def _live_record(self, req: Request, obj: ObjectDef) -> dict[str, Any] | Response:
+        """The record the URL names, or Salesforce's answer when it is missing or deleted."""
         rec = self._find(obj, req.params["id"])
         if rec is None:
             return self.not_found(req)
         if rec["IsDeleted"]:
             return _error_response(404, "ENTITY_IS_DELETED", "entity is deleted", [])
+        return rec
+
+    def _rest_get(self, req: Request) -> Response:
+        obj = self._rest_object(req)
+        if obj is None:
+            return self.not_found(req)
+        rec = self._live_record(req, obj)
+        if isinstance(rec, Response):
+            return rec
         wanted = req.query_one("fields")
         names = [f.name for f in obj.fields]
         if wanted:
@@ -1667,11 +1674,9 @@ class SalesforceSandbox(SandboxServer):
             return _error_response(
                 400, "JSON_PARSER_ERROR", "The request body must be a JSON object"
             )
-        rec = self._find(obj, req.params["id"])
-        if rec is None:
-            return self.not_found(req)
-        if rec["IsDeleted"]:
-            return _error_response(404, "ENTITY_IS_DELETED", "entity is deleted", [])
+        rec = self._live_record(req, obj)
+        if isinstance(rec, Response):
+            return rec
         errors = self._validate(obj, body, creating=False)
         if errors:
             return Response.json(errors, 400)
@@ -1682,11 +1687,9 @@ class SalesforceSandbox(SandboxServer):
         obj = self._rest_object(req)
         if obj is None:
             return self.not_found(req)
-        rec = self._find(obj, req.params["id"])
-        if rec is None:
-            return self.not_found(req)
-        if rec["IsDeleted"]:
-            return _error_response(404, "ENTITY_IS_DELETED", "entity is deleted", [])
+        rec = self._live_record(req, obj)
+        if isinstance(rec, Response):
+            return rec
         rec["IsDeleted"] = True
         self._touch(obj, rec)
         return Response.empty(204)
