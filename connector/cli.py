@@ -580,7 +580,7 @@ def conflicts_list(
     as_json: JsonOpt = False,
 ) -> None:
     """Each conflict with what happened and the choices an admin has."""
-    from connector.engine import CONFLICT_CHOICES
+    from connector.admin import CONFLICT_CHOICES
 
     with _errors():
         cfg, _ = _load(config)
@@ -658,8 +658,8 @@ def conflicts_resolve(
     ] = None,
 ) -> None:
     """Record an admin's decision on a conflict (exactly one of --link, --new, --ignore)."""
+    from connector.admin import resolve_conflict
     from connector.app import build_targets
-    from connector.engine import resolve_conflict
 
     if sum([link is not None, new, ignore]) != 1:
         err.print("error: give exactly one of --link CUSTOMER, --new, --ignore")
@@ -768,8 +768,8 @@ def xref_link(
     ] = None,
 ) -> None:
     """Link an account to an existing customer (support work); the next run updates it."""
+    from connector.admin import link_account
     from connector.app import build_targets
-    from connector.engine import link_account
 
     with _errors():
         cfg, secrets = _load(config)

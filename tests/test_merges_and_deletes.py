@@ -12,9 +12,10 @@ from typing import Any
 import pytest
 from conftest import BILLED
 
+from connector.admin import link_account, resolve_conflict
 from connector.app import build_targets
 from connector.config import Config, SecretSource
-from connector.engine import RunReport, link_account, resolve_conflict
+from connector.engine import RunReport
 from connector.errors import ConfigError
 from connector.sandbox.run import SandboxPair
 from connector.state.store import StateStore

@@ -1,0 +1,187 @@
+"""What an admin decides by hand: link an account to an existing customer, resolve a conflict.
+
+Each decision is checked against billing and the store before anything changes, and recorded
+as a run of its own, so `status` and the outcome history show who did what and when. Nothing
+here ever merges, moves or deletes a billing customer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+
+from connector.billing.base import BillingTarget
+from connector.errors import ConfigError
+from connector.state.records import Link, Outcome
+from connector.state.store import StateStore
+
+log = structlog.get_logger("connector.admin")
+
+CONFLICT_CHOICES: dict[str, tuple[str, ...]] = {
+    "merge_loser_linked": (
+        "--link <loser's customer>: bill the surviving account on the loser's customer",
+        "--new: create a new customer for the surviving account",
+        "--ignore: release the surviving account; normal rules apply on the next run",
+    ),
+    "merge_both_linked": (
+        "--ignore: acknowledge; both customers stay, the loser's is never written again",
+    ),
+    "winner_field_names_other_customer": (
+        "--link <customer in the field>: move this account's link to that customer",
+        "--ignore: keep the current link (correct the Stripe Id field in Salesforce first, or it is raised again)",
+    ),
+    "stripe_id_field_mismatch": (
+        "--link <customer in the field>: move this account's link to that customer",
+        "--ignore: keep the current link (correct the Stripe Id field in Salesforce first, or it is raised again)",
+    ),
+    "customer_linked_elsewhere": (
+        "--new: create a new customer for this account (its Stripe Id field is overwritten)",
+        "--link CUSTOMER: link another existing customer",
+        "--ignore: close (correct the Stripe Id field in Salesforce first, or it is raised again)",
+    ),
+    "customer_belongs_to_other_account": (
+        "--new: create a new customer for this account",
+        "--link CUSTOMER: link an existing customer anyway",
+        "--ignore: close (correct the Stripe Id field first, or it is raised again)",
+    ),
+    "customer_deleted_in_billing": (
+        "--new: create a new customer for this account",
+        "--link CUSTOMER: link another existing customer",
+    ),
+}
+
+
+def link_account(
+    store: StateStore,
+    target: BillingTarget,
+    account_id: str,
+    customer_id: str,
+    *,
+    by: str,
+    force: bool = False,
+    note: str = "xref link",
+) -> Link:
+    """Link an account to an existing customer by an admin's decision; recorded as a run."""
+    remote = target.fetch_customer(customer_id)
+    if remote is None or remote.deleted:
+        raise ConfigError(
+            f"customer {customer_id} {'was deleted' if remote else 'does not exist'} in billing account "
+            f"'{target.name}'; nothing was changed"
+        )
+    owner = store.get_link_by_customer(target.name, customer_id)
+    if owner is not None and owner.account_id != account_id and owner.status != "merged":
+        raise ConfigError(
+            f"customer {customer_id} is linked to account {owner.account_id}; nothing was changed"
+        )
+    current = store.get_link(target.name, account_id)
+    if (
+        current is not None
+        and current.customer_id != customer_id
+        and current.status == "active"
+        and not force
+    ):
+        raise ConfigError(
+            f"account {account_id} is linked to {current.customer_id}; add --force to move the link"
+        )
+    now = datetime.now(UTC)
+    link = Link(
+        billing_account=target.name,
+        account_id=account_id,
+        customer_id=customer_id,
+        status="active",
+        payload_hash=None,
+        payload=None,
+        mapping_fingerprint=None,
+        writeback_pending=True,
+        first_synced_at=current.first_synced_at if current else now,
+        last_synced_at=now,
+    )
+    run_id = store.start_run("admin", dry_run=False)
+    with store.transaction():
+        store.save_links([link])
+        store.record_outcomes(
+            run_id,
+            [
+                Outcome(
+                    account_id=account_id,
+                    billing_account=target.name,
+                    outcome="adopted",
+                    customer_id=customer_id,
+                    error_code="admin_link",
+                    error_message=f"{note} by {by}"
+                    + (f" (was {current.customer_id})" if current else ""),
+                )
+            ],
+        )
+    store.finish_run(run_id, status="succeeded", counts={"updated": 1})
+    log.info(
+        "admin.linked",
+        account_id=account_id,
+        customer_id=customer_id,
+        by=by,
+        previous=current.customer_id if current else None,
+    )
+    return link
+
+
+def resolve_conflict(
+    store: StateStore,
+    targets: Sequence[BillingTarget],
+    conflict_id: int,
+    *,
+    choice: str,
+    customer_id: str | None,
+    by: str,
+) -> Any:
+    """Apply and record an admin's decision on a conflict: link, new or ignore."""
+    conflict = store.get_conflict(conflict_id)
+    if conflict is None:
+        raise ConfigError(
+            f"there is no conflict {conflict_id}; see `billing-connector conflicts list`"
+        )
+    if conflict.status != "open":
+        raise ConfigError(
+            f"conflict {conflict_id} was already resolved ({conflict.resolution}) by "
+            f"{conflict.resolved_by} at {conflict.resolved_at}"
+        )
+    allowed = {
+        c.split(":")[0].split()[0]
+        for c in CONFLICT_CHOICES.get(conflict.kind, ("--link", "--new", "--ignore"))
+    }
+    if f"--{choice}" not in allowed:
+        raise ConfigError(
+            f"conflict {conflict_id} ({conflict.kind}) cannot be resolved with --{choice}; "
+            f"choose one of {', '.join(sorted(allowed))}"
+        )
+    if choice == "link":
+        if not customer_id:
+            raise ConfigError("--link needs a customer id")
+        target = next((t for t in targets if t.name == conflict.billing_account), None)
+        if target is None:
+            raise ConfigError(
+                f"billing account '{conflict.billing_account}' is not in the configuration"
+            )
+        link_account(
+            store,
+            target,
+            conflict.account_id,
+            customer_id,
+            by=by,
+            force=True,
+            note=f"conflict {conflict_id} resolved",
+        )
+        resolution = f"link:{customer_id}"
+    else:
+        resolution = choice
+    resolved = store.resolve_conflict(conflict_id, resolution=resolution, by=by)
+    log.info(
+        "admin.conflict_resolved",
+        conflict_id=conflict_id,
+        kind=conflict.kind,
+        resolution=resolution,
+        by=by,
+    )
+    return resolved
