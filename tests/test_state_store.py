@@ -323,10 +323,10 @@ def test_recent_failures_and_export(store: StateStore) -> None:
     store.runs.record_outcomes(new_run, _outcomes()[1:2], now=T0 + timedelta(hours=1))
 
     failures = store.runs.recent_failures()
+    # account 2 failed twice: only its latest failure is listed
     assert [(at, run, o.account_id) for at, run, o in failures] == [
         (T0 + timedelta(hours=1), new_run, account_id(2)),
         (T0, old_run, account_id(3)),
-        (T0, old_run, account_id(2)),
     ]
     assert len(store.runs.recent_failures(limit=1)) == 1
 
@@ -337,6 +337,30 @@ def test_recent_failures_and_export(store: StateStore) -> None:
         account_id(2)
     ]
     assert len(list(store.runs.iter_outcomes(batch=2))) == 5
+
+
+def test_recent_failures_lists_only_records_whose_latest_outcome_failed(store: StateStore) -> None:
+    first = store.runs.start("sync", dry_run=False)
+    store.runs.record_outcomes(first, _outcomes(), now=T0)  # 2 failed, 3 refused
+    later = store.runs.start("sync", dry_run=False)
+    store.runs.record_outcomes(
+        later,
+        [
+            Outcome(account_id(2), "default", "updated", customer_id="cus_2"),  # synced since
+            Outcome(account_id(3), "eu", "created", customer_id="cus_3"),  # another billing account
+            Outcome(account_id(5), "default", "failed", error_code="api_error"),
+        ],
+        now=T0 + timedelta(hours=1),
+    )
+
+    failures = store.runs.recent_failures()
+
+    assert [(o.account_id, o.billing_account, run) for _, run, o in failures] == [
+        (account_id(5), "default", later),
+        (account_id(3), "default", first),
+    ]
+    # the history keeps every failure for export
+    assert len(list(store.runs.iter_outcomes(failed_only=True))) == 3
 
 
 # --- retry list -------------------------------------------------------------------------------
