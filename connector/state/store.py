@@ -158,6 +158,7 @@ class StateStore:
                 before = MigrationContext.configure(conn).get_current_revision()
                 command.upgrade(cfg, "head")
                 after = MigrationContext.configure(conn).get_current_revision()
+        self._db.has_written = True  # the write transaction above committed
         if after != before:
             log.info("state.migrated", url=self.url, from_revision=before, to_revision=after)
 
