@@ -32,6 +32,8 @@ class Request:
     headers: dict[str, str]  # lower-cased names
     body: bytes
     params: dict[str, str] = field(default_factory=dict)  # from the route pattern
+    #: what the server learned about the request before routing it (e.g. the Stripe account)
+    context: dict[str, Any] = field(default_factory=dict)
 
     def json(self) -> Any:
         return json.loads(self.body.decode("utf-8")) if self.body else None
