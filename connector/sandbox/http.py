@@ -143,6 +143,8 @@ class SandboxServer:
         self._faults: list[Fault] = []
         self._faults_lock = threading.Lock()
         self.latency = 0.0
+        #: the clock the rate cap reads; tests replace it to move time by hand
+        self.limit_clock: Clock = time.monotonic
         self._bucket: TokenBucket | None = None
         self.requests: Counter[str] = Counter()  # "METHOD /path" -> count (control calls excluded)
         self.rate_limited = 0
@@ -220,7 +222,7 @@ class SandboxServer:
         One bucket for the whole server, before authentication: a blunt cap. The Stripe
         sandbox also has Stripe's own two-level limiter (`StripeSandbox.set_rate_limits`).
         """
-        self._bucket = TokenBucket(per_second, burst) if per_second else None
+        self._bucket = TokenBucket(per_second, burst, clock=lambda: self.limit_clock()) if per_second else None
 
     def wait_until(self, predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
         """Block until `predicate()` holds after some request finished; False on timeout.

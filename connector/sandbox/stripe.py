@@ -427,7 +427,9 @@ class StripeSandbox(SandboxServer):
         self.search_delay = float(search_delay)
         #: seconds an idempotency key is kept (Stripe: at least 24 hours); None keeps them forever
         self.idempotency_window = idempotency_window
+        #: drives the limiters, the search lag and idempotency expiry; tests move it by hand
         self.clock: Clock = clock or time.monotonic
+        self.limit_clock = lambda: self.clock()
         self.limiter: StripeLimiter | None = None
         self.write_count = 0
         self.operations: Counter[str] = Counter()
@@ -649,7 +651,7 @@ class StripeSandbox(SandboxServer):
     def expire_idempotency_keys(self, older_than: float = 0.0) -> int:
         """Forget idempotency keys at least `older_than` seconds old (all by default)."""
         with self.lock:
-            cutoff = time.monotonic() - older_than
+            cutoff = self.clock() - older_than
             gone = [k for k, v in self._idempotency.items() if v.stamp <= cutoff]
             for k in gone:
                 del self._idempotency[k]
@@ -811,7 +813,7 @@ class StripeSandbox(SandboxServer):
             json.dumps(sorted(parse_qsl(req.body.decode("utf-8"), keep_blank_values=True))).encode()
         ).hexdigest()
         stored = self._idempotency.get(scoped)
-        if stored is not None and self.idempotency_window is not None and time.monotonic() - stored.stamp > self.idempotency_window:
+        if stored is not None and self.idempotency_window is not None and self.clock() - stored.stamp > self.idempotency_window:
             del self._idempotency[scoped]
             stored = None
         if stored is not None:
@@ -837,7 +839,7 @@ class StripeSandbox(SandboxServer):
             )
         resp = self._run(req)
         if not isinstance(resp, _NotStored):
-            self._idempotency[scoped] = _Stored(endpoint, fingerprint, resp.status, resp.body, rid, time.monotonic())
+            self._idempotency[scoped] = _Stored(endpoint, fingerprint, resp.status, resp.body, rid, self.clock())
         return resp
 
     def _run(self, req: Request) -> Response:
