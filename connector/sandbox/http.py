@@ -222,7 +222,9 @@ class SandboxServer:
         One bucket for the whole server, before authentication: a blunt cap. The Stripe
         sandbox also has Stripe's own two-level limiter (`StripeSandbox.set_rate_limits`).
         """
-        self._bucket = TokenBucket(per_second, burst, clock=lambda: self.limit_clock()) if per_second else None
+        self._bucket = (
+            TokenBucket(per_second, burst, clock=lambda: self.limit_clock()) if per_second else None
+        )
 
     def wait_until(self, predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
         """Block until `predicate()` holds after some request finished; False on timeout.

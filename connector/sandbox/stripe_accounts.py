@@ -161,16 +161,22 @@ class Directory:
         rate_limits: Mapping[str, Any] | None = None,
     ) -> Organization:
         if not re.fullmatch(r"org_[A-Za-z0-9]{1,64}", id):
-            raise ValueError(f"organization id {id!r}: expected org_ followed by letters and digits")
+            raise ValueError(
+                f"organization id {id!r}: expected org_ followed by letters and digits"
+            )
         if id in self.organizations:
             raise ValueError(f"organization {id} already exists")
         members = set(accounts)
         for member in members:
             if member not in self.accounts:
-                raise ValueError(f"organization {id}: unknown account {member} (add it under accounts first)")
+                raise ValueError(
+                    f"organization {id}: unknown account {member} (add it under accounts first)"
+                )
         if rate_limits:
             RateLimits().overridden(rate_limits)
-        org = Organization(id, members, set(), bool(livemode), dict(rate_limits) if rate_limits else None)
+        org = Organization(
+            id, members, set(), bool(livemode), dict(rate_limits) if rate_limits else None
+        )
         for key in keys:
             self._claim_key(key, id, organization=True)
             org.keys.add(key)
@@ -186,7 +192,9 @@ class Directory:
                 raise ValueError(f"sharing group: unknown account {member}")
             if member in self._group_of:
                 # Stripe: "An account can belong to only one sharing group."
-                raise ValueError(f"sharing group: account {member} already belongs to a sharing group")
+                raise ValueError(
+                    f"sharing group: account {member} already belongs to a sharing group"
+                )
         self._groups.append(members)
         for member in members:
             self._group_of[member] = len(self._groups) - 1
@@ -196,13 +204,17 @@ class Directory:
         if not isinstance(key, str) or not key:
             raise ValueError(f"{owner}: a key must be a non-empty string")
         if organization and not key.startswith(ORG_KEY_PREFIX):
-            raise ValueError(f"{owner}: key {mask_key(key)}: an organization key starts with {ORG_KEY_PREFIX}")
+            raise ValueError(
+                f"{owner}: key {mask_key(key)}: an organization key starts with {ORG_KEY_PREFIX}"
+            )
         if not organization and not key.startswith(ACCOUNT_KEY_PREFIXES):
             raise ValueError(
                 f"{owner}: key {mask_key(key)}: an account key starts with one of {', '.join(ACCOUNT_KEY_PREFIXES)}"
             )
         if key in self._key_owner or key in self._org_of_key:
-            raise ValueError(f"{owner}: key {mask_key(key)} already belongs to another account or organization")
+            raise ValueError(
+                f"{owner}: key {mask_key(key)} already belongs to another account or organization"
+            )
         (self._org_of_key if organization else self._key_owner)[key] = owner
 
     # --- questions -------------------------------------------------------------------------
@@ -231,11 +243,16 @@ class Directory:
                 }
                 for a in self.accounts.values()
             ],
-            "organizations": [{"id": o.id, "accounts": sorted(o.accounts), "keys": len(o.keys)} for o in self.organizations.values()],
+            "organizations": [
+                {"id": o.id, "accounts": sorted(o.accounts), "keys": len(o.keys)}
+                for o in self.organizations.values()
+            ],
             "sharing_groups": [sorted(g) for g in self._groups],
         }
 
-    def resolve(self, key: str, *, context: str | None, on_behalf_of: str | None, version: str | None) -> Access | Refusal:
+    def resolve(
+        self, key: str, *, context: str | None, on_behalf_of: str | None, version: str | None
+    ) -> Access | Refusal:
         """The account a request acts on. `context` is Stripe-Context, `on_behalf_of` Stripe-Account."""
         org_id = self._org_of_key.get(key)
         if org_id is not None:
@@ -262,7 +279,9 @@ class Directory:
         owner = self.accounts[owner_id]
         named = context or on_behalf_of  # Stripe-Context supersedes Stripe-Account
         if not named or named == owner.id:
-            return Access(owner, owner.id, owner.livemode, owner.rate_limits, organization_key=False)
+            return Access(
+                owner, owner.id, owner.livemode, owner.rate_limits, organization_key=False
+            )
         target = self._walk({owner.id} | owner.connected, named)
         if target is None:
             return _no_access(key, named)
@@ -284,4 +303,6 @@ class Directory:
 
 def _check_account_id(value: Any, where: str) -> None:
     if not isinstance(value, str) or not ACCOUNT_ID.fullmatch(value):
-        raise ValueError(f"{where}: {value!r} is not a Stripe account id (acct_ followed by letters and digits)")
+        raise ValueError(
+            f"{where}: {value!r} is not a Stripe account id (acct_ followed by letters and digits)"
+        )

@@ -53,7 +53,9 @@ class RateLimits:
     burst: float = DEFAULT_BURST
     global_rate: float | None = None
     endpoint_rate: float = ENDPOINT_RATE
-    endpoint_rates: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_ENDPOINT_RATES))
+    endpoint_rates: Mapping[str, float] = field(
+        default_factory=lambda: dict(DEFAULT_ENDPOINT_RATES)
+    )
 
     def global_for(self, livemode: bool) -> float:
         if self.global_rate is not None:
@@ -70,7 +72,9 @@ class RateLimits:
             return self
         unknown = set(spec) - {"global", "endpoint", "endpoints", "burst"}
         if unknown:
-            raise ValueError(f"rate_limits: unknown key(s) {sorted(unknown)}; use global, endpoint, endpoints, burst")
+            raise ValueError(
+                f"rate_limits: unknown key(s) {sorted(unknown)}; use global, endpoint, endpoints, burst"
+            )
         endpoints = dict(self.endpoint_rates)
         for name, rate in (spec.get("endpoints") or {}).items():
             endpoints[str(name)] = _positive(rate, f"rate_limits.endpoints[{name}]")
@@ -78,9 +82,13 @@ class RateLimits:
             self,
             burst=_positive(spec.get("burst", self.burst), "rate_limits.burst"),
             global_rate=(
-                _positive(spec["global"], "rate_limits.global") if spec.get("global") is not None else self.global_rate
+                _positive(spec["global"], "rate_limits.global")
+                if spec.get("global") is not None
+                else self.global_rate
             ),
-            endpoint_rate=_positive(spec.get("endpoint", self.endpoint_rate), "rate_limits.endpoint"),
+            endpoint_rate=_positive(
+                spec.get("endpoint", self.endpoint_rate), "rate_limits.endpoint"
+            ),
             endpoint_rates=endpoints,
         )
 
@@ -89,7 +97,9 @@ def _positive(value: Any, name: str) -> float:
     try:
         number = float(value)
     except (TypeError, ValueError):
-        raise ValueError(f"{name}: expected a number of requests per second, got {value!r}") from None
+        raise ValueError(
+            f"{name}: expected a number of requests per second, got {value!r}"
+        ) from None
     if number <= 0:
         raise ValueError(f"{name}: must be above 0, got {value!r}")
     return number
@@ -107,13 +117,17 @@ class StripeLimiter:
         #: 429s answered, by reason
         self.refused: dict[str, int] = {GLOBAL_RATE: 0, ENDPOINT_RATE_REASON: 0}
 
-    def admit(self, owner: str, endpoint: str, *, livemode: bool, limits: RateLimits | None = None) -> str | None:
+    def admit(
+        self, owner: str, endpoint: str, *, livemode: bool, limits: RateLimits | None = None
+    ) -> str | None:
         """Take one token of each level and return None, or take none and return the reason."""
         own = limits or self.limits
         with self._lock:
             glob = self._global.get(owner)
             if glob is None:
-                glob = self._global[owner] = TokenBucket(own.global_for(livemode), own.burst, clock=self.clock)
+                glob = self._global[owner] = TokenBucket(
+                    own.global_for(livemode), own.burst, clock=self.clock
+                )
             per = self._endpoint.get((owner, endpoint))
             if per is None:
                 per = self._endpoint[(owner, endpoint)] = TokenBucket(
