@@ -87,6 +87,7 @@ def test_each_account_key_reaches_its_own_account_only(sandbox: StripeSandbox, d
     valid(document, "/v1/customers/{customer}", "get", 404, error_of(err.value))
     assert [c["id"] for c in sandbox.customers(account=EU)] == [eu.id]
     assert sandbox.customers() == []  # the default account holds neither
+    assert sandbox.stats()["customers_by_account"] == {EU: 1, US: 1}
 
 
 def test_the_default_account_still_takes_any_test_key(sandbox: StripeSandbox) -> None:
@@ -115,7 +116,7 @@ def test_organization_key_acts_on_the_account_named_in_stripe_context(sandbox: S
     made = client(sandbox, ORG_KEY, stripe_context=US).v1.customers.create(params={"name": "Via org key"})
     assert [c["id"] for c in sandbox.customers(account=US)] == [made.id]
     assert client(sandbox, US_KEY).v1.customers.retrieve(made.id).name == "Via org key"
-    assert sandbox.exchanges[-1]["status"] == 200
+    assert sandbox.exchanges[-1]["status"] == 200 and sandbox.exchanges[-1]["account"] == US
 
 
 def test_organization_key_without_stripe_context_is_refused(sandbox: StripeSandbox, document: dict[str, Any]) -> None:

@@ -1,11 +1,15 @@
-"""A local Stripe account: the customer API as stripe-python 16 speaks it, on 127.0.0.1.
+"""Local Stripe accounts: the customer API as stripe-python 16 speaks it, on 127.0.0.1.
 
 `StripeSandbox` answers `/v1/customers` (create, retrieve, update, list, search, delete) the
 way Stripe does: form bodies with `address[line1]` and `metadata[key]`, parameters checked
 against the vendored OpenAPI description, empty strings that unset, metadata merged key by
 key, Stripe's error shapes, idempotency keys replayed or refused, `Request-Id` on every
-answer, and search that can lag behind writes. It keeps everything in memory and must never
-talk to the real Stripe: it is a server, not a client, and it binds loopback only.
+answer, and search that can lag behind writes. It holds one account or several (account,
+organization and Connect keys, sharing groups: `stripe_accounts`) and can enforce Stripe's
+rate limits (`stripe_limits`). It keeps everything in memory and must never talk to the real
+Stripe: it is a server, not a client, and it binds loopback only. Of the connector it
+imports only the reader of Stripe's vendored description (`connector.billing.stripe_schema`,
+pure data), never the engine or the Stripe adapter.
 """
 
 from __future__ import annotations
@@ -673,6 +677,8 @@ class StripeSandbox(SandboxServer):
                 "deletes": self.operations["delete"],
                 "idempotent_replays": self.operations["replay"],
                 "customers": sum(1 for r in self._customers.values() if not r.deleted),
+                # live customers by the account that created them (a shared one counts once)
+                "customers_by_account": dict(Counter(r.home for r in self._customers.values() if not r.deleted)),
                 "rate_limited_by_reason": dict(self.limiter.refused) if self.limiter else {},
             }
 
@@ -728,6 +734,7 @@ class StripeSandbox(SandboxServer):
             "query": req.query,
             "body": req.body,
             "status": resp.status,
+            "account": req.context.get("account"),
             "response": resp.body,
             "replayed": resp.headers.get("Idempotent-Replayed") == "true",
         })
