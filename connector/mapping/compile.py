@@ -416,7 +416,8 @@ def _check_static(
             # A mapping file is shared and committed like code; a key in it is a leaked key.
             out.at(
                 located.where,
-                f"{what} looks like a secret ({shape}); secrets never belong in a mapping file",
+                f"{what} looks like a secret ({shape}); secrets never belong in a mapping file: "
+                "remove it, and rotate it if it is real",
             )
             return None
     if target.kind == "string_list":
