@@ -212,8 +212,12 @@ def test_the_json_report_counts_each_billing_account(
             billing={
                 "accounts": [
                     {"name": "us", "kind": "stripe", "api_base": sandboxes.stripe.url},
-                    {"name": "eu", "kind": "stripe", "api_base": second.url,
-                     "writeback_field": None},
+                    {
+                        "name": "eu",
+                        "kind": "stripe",
+                        "api_base": second.url,
+                        "writeback_field": None,
+                    },
                 ]
             }
         )

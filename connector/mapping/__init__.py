@@ -17,6 +17,7 @@ from connector.mapping.compile import (
     payload_hash,
 )
 from connector.mapping.spec import MappingErrors, Problem
+from connector.mapping.updates import diff_for_update
 
 __all__ = [
     "CustomerMapping",
@@ -24,6 +25,7 @@ __all__ = [
     "MappingErrors",
     "Problem",
     "check_mappings",
+    "diff_for_update",
     "diff_payloads",
     "flatten",
     "load_mapping",
