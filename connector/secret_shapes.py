@@ -67,6 +67,6 @@ def find_secret(text: str) -> tuple[SecretShape, int] | None:
 
 
 def secret_shape(text: str) -> str | None:
-    """What the secret in `text` looks like ("a Stripe secret key"), or None."""
+    """What the secret in `text` looks like ("a private key"), or None."""
     found = find_secret(text)
     return found[0].what if found else None

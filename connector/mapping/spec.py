@@ -1,7 +1,7 @@
 """The mapping file as written: its models, and the parser that reads them from YAML.
 
 A mapping file names one billing object (`target: customer`), optionally the billing system it
-builds for (`system: stripe`, the default), and, under `fields`, one entry per
+builds for (`system:`; by default connector.billing.DEFAULT_SYSTEM), and, under `fields`, one entry per
 target path (`address.line1`, `metadata.region`). Each entry takes `from` (one source path or a
 list tried in order), or a static `value`, plus optional `default` and `transforms`. This module
 only checks the shape of the file; what the targets and sources mean is checked in `compile`.
@@ -195,7 +195,9 @@ def read_spec(file: Path, text: str) -> tuple[MappingSpec | None, list[Problem]]
             out.at((key,), f"unknown key {key!r}; a mapping file has {', '.join(TOP_LEVEL_KEYS)}")
     system = data.get("system")
     if "system" in data and (not isinstance(system, str) or not system):
-        out.value_at(("system",), "system must be the name of a billing system, like stripe")
+        out.value_at(
+            ("system",), "system must be the name of the billing system this file builds for"
+        )
         system = None
     target = data.get("target")
     if "target" not in data:
