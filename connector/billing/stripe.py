@@ -291,10 +291,14 @@ class StripeTarget:
             except stripe.APIConnectionError as exc:
                 if _no_connection(exc):
                     self._unreachable = True
+                    hint = (
+                        "check that the api_base configured for this account is up"
+                        if self._account.api_base
+                        else "check this host's network, proxy and firewall"
+                    )
                     raise BillingUnreachable(
                         f"cannot connect to Stripe billing account '{self.name}' at {self.url} "
-                        f"({_network_reason(exc)}); check the network, a proxy or firewall, and "
-                        f"billing.accounts[{self.name}].api_base",
+                        f"({_network_reason(exc)}); {hint}",
                         billing_account=self.name,
                         url=self.url,
                     ) from None
