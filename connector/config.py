@@ -95,6 +95,9 @@ class SalesforceConfig(_Model):
 # The Account field that received the customer id before it was set per billing account.
 DEFAULT_WRITEBACK_FIELD = "Stripe_Customer_Id__c"
 _SF_FIELD = r"^[A-Za-z][A-Za-z0-9_]*$"
+_ACCOUNT_ID = r"^acct_[A-Za-z0-9]+$"
+_ACCOUNT_PATH = r"^acct_[A-Za-z0-9]+(/acct_[A-Za-z0-9]+)?$"
+_API_VERSION = r"^\d{4}-\d{2}-\d{2}(\.[a-z]+)?$"
 
 
 class BillingAccountConfig(_Model):
@@ -113,8 +116,16 @@ class BillingAccountConfig(_Model):
     api_key_env: str = "STRIPE_API_KEY"
     # Only for the sandbox or a proxy: http://127.0.0.1:PORT.
     api_base: str | None = None
-    # Stripe Connect / Organizations: act on behalf of this account (acct_...).
-    stripe_account: str | None = None
+    # Which Stripe account the key acts on, when it is not the key's own (kind stripe):
+    # an organization key (sk_org_...) names it in `stripe_context` (sent as Stripe-Context:
+    # acct_..., or acct_platform/acct_connected); a Connect platform key names a connected
+    # account in `stripe_account` (sent as Stripe-Account). Stripe ignores Stripe-Account for
+    # organization keys.
+    stripe_context: str | None = Field(default=None, pattern=_ACCOUNT_PATH, max_length=200)
+    stripe_account: str | None = Field(default=None, pattern=_ACCOUNT_ID, max_length=80)
+    # The Stripe API version every request pins (Stripe-Version). Unset: the connector's pinned
+    # version. Organization keys require one, and what a sharing group shares depends on it.
+    stripe_version: str | None = Field(default=None, pattern=_API_VERSION)
     # Writes per second for this account (Stripe test mode allows about 25, live about 100).
     max_requests_per_second: float = Field(default=20, gt=0, le=1000)
     max_network_retries: int = Field(default=2, ge=0, le=10)
@@ -135,6 +146,15 @@ class BillingAccountConfig(_Model):
         if v not in TARGET_KINDS:
             raise ValueError(f"unknown kind {v!r}; known: {', '.join(sorted(TARGET_KINDS))}")
         return v
+
+    @model_validator(mode="after")
+    def _one_way_to_name_the_account(self) -> BillingAccountConfig:
+        if self.stripe_context and self.stripe_account:
+            raise ValueError(
+                "set stripe_context (organization keys) or stripe_account (Connect platform "
+                "keys), not both: Stripe-Context supersedes Stripe-Account"
+            )
+        return self
 
     @field_validator("api_base")
     @classmethod

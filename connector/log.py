@@ -20,7 +20,8 @@ REDACTED = "[redacted]"
 
 # Shapes of secrets, whatever variable they came from.
 _SECRET_SHAPES = re.compile(
-    r"(?:[sr]k_(?:live|test)_[A-Za-z0-9]{6,})"  # Stripe secret and restricted keys
+    # Stripe secret, restricted and Organization keys (sk_org_...)
+    r"(?:[sr]k_(?:live|test|org)_[A-Za-z0-9_]{6,})"
     r"|(?:00D[A-Za-z0-9]{12,15}![A-Za-z0-9._]{10,})"  # Salesforce session ids / access tokens
     r"|(?:Bearer\s+[A-Za-z0-9._~+/!=-]{8,})"  # Authorization headers
     r"|(?:Basic\s+[A-Za-z0-9+/=]{8,})"

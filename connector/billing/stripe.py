@@ -8,12 +8,14 @@ here, so a rate limit never turns into a failed record while the run has time.
 
 from __future__ import annotations
 
+import hashlib
 import random
 import re
 import socket
 import ssl
 import threading
 import time
+import weakref
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from typing import Any
@@ -31,6 +33,7 @@ from connector.billing.base import (
 )
 from connector.config import BillingAccountConfig, SecretSource
 from connector.errors import AuthenticationError, ConfigError, TransientError
+from connector.log import REDACTOR
 from connector.secret_shapes import SecretShape
 
 # Stripe's documented metadata limits.
@@ -39,6 +42,39 @@ METADATA_KEY_MAX = 40
 METADATA_VALUE_MAX = 500
 IDEMPOTENCY_KEY_MAX = 255
 DEFAULT_API_BASE = "https://api.stripe.com"
+ORGANIZATION_KEY_PREFIX = "sk_org_"
+
+# Every request pins this API version (Stripe-Version) unless the account sets its own. Pinned
+# here rather than taken from the installed SDK, so upgrading stripe-python never changes what
+# the connector's requests mean. Organization keys require an explicit version, and which
+# customer fields a sharing group shares depends on it (see SHARED_FIELDS_FROM_ENDIVE).
+PINNED_API_VERSION = "2026-10-28.endive"
+
+# Customer sharing (Stripe Organizations): from `2026-09-30.endive` these customer fields are
+# shared by every account of a sharing group (Stripe changelog, "Adds additional shared fields
+# to customer sharing"); the contact fields name, email, phone and address are shared at every
+# version. A shared field is written once, by one account.
+ENDIVE_SHARING_VERSION = "2026-09-30"
+SHARED_ALWAYS: frozenset[str] = frozenset({"name", "email", "phone", "address"})
+SHARED_FROM_ENDIVE: frozenset[str] = frozenset(
+    {
+        "metadata",
+        "description",
+        "shipping",
+        "preferred_locales",
+        "tax_exempt",
+        "business_name",
+        "invoice_prefix",
+        "tax_ids",
+    }
+)
+
+
+def shared_fields(version: str) -> frozenset[str]:
+    """Customer fields a sharing group shares when requests pin `version`."""
+    if version[:10] >= ENDIVE_SHARING_VERSION:
+        return SHARED_ALWAYS | SHARED_FROM_ENDIVE
+    return SHARED_ALWAYS
 
 # Secret keys (sk_live_, sk_test_), restricted keys (rk_live_, rk_test_) and Organization keys
 # (sk_org_...): refused wherever they appear in a config or mapping file.
@@ -77,6 +113,12 @@ class Pacer:
         self._next = time.monotonic()
         self._lock = threading.Lock()
 
+    def cap(self, rate: float) -> None:
+        """Never faster than `rate` (the slowest account that shares this credential)."""
+        with self._lock:
+            self.max_rate = min(self.max_rate, rate)
+            self.rate = min(self.rate, self.max_rate)
+
     def wait(self) -> None:
         with self._lock:
             now = time.monotonic()
@@ -94,6 +136,27 @@ class Pacer:
         with self._lock:
             if self.rate < self.max_rate:
                 self.rate = min(self.max_rate, self.rate + self.max_rate / 50)
+
+
+# Stripe limits requests per credential, not per account: every account an organization key
+# drives, and every connected account a platform key acts on, draws on that key's budget. So the
+# pacer belongs to the credential (its API base and key); targets sharing one share the pacer.
+# Held weakly: a pacer lives as long as a target that uses it.
+_PACERS: weakref.WeakValueDictionary[str, Pacer] = weakref.WeakValueDictionary()
+_PACERS_LOCK = threading.Lock()
+
+
+def pacer_for_credential(api_base: str, key: str, rate: float) -> Pacer:
+    # A digest, so no key is kept as a dictionary key beside the client that needs it.
+    credential = hashlib.sha256(f"{api_base}\0{key}".encode()).hexdigest()
+    with _PACERS_LOCK:
+        pacer = _PACERS.get(credential)
+        if pacer is None:
+            pacer = Pacer(rate)
+            _PACERS[credential] = pacer
+        else:
+            pacer.cap(rate)
+        return pacer
 
 
 def check_metadata(metadata: Mapping[str, Any]) -> dict[str, str]:
@@ -145,18 +208,43 @@ class StripeTarget:
                 f"set the environment variable {account.api_key_env} (or {account.api_key_env}_FILE) "
                 f"to the Stripe secret or restricted key of billing account '{account.id}'"
             )
+        # Whatever variable holds it, the key never reaches a log line.
+        REDACTOR.add(key)
+        organization_key = key.startswith(ORGANIZATION_KEY_PREFIX)
+        if organization_key and not account.stripe_context:
+            instead = (
+                f"; replace stripe_account: {account.stripe_account} with stripe_context: "
+                f"{account.stripe_account} (Stripe ignores Stripe-Account for organization keys)"
+                if account.stripe_account
+                else ""
+            )
+            raise ConfigError(
+                f"{account.api_key_env} holds a Stripe "
+                "organization key (sk_org_...), which acts on no account of its own; name the "
+                f"account it acts on with stripe_context: acct_...{instead}",
+                key=f"billing.accounts[{account.id}].stripe_context",
+            )
         self._account = account
         self.url = account.api_base or DEFAULT_API_BASE
+        self.api_version = account.stripe_version or PINNED_API_VERSION
+        #: the Stripe account this target acts on, when the key is not the account's own
+        self.acts_on = account.stripe_context or account.stripe_account
         self.calls = 0
         self.rate_limited = 0
         # True after a request found no connection at all: the next request is not retried by
         # the SDK, so a dead account costs its backoff once, not once per record.
         self._unreachable = False
-        self.pacer = Pacer(account.max_requests_per_second)
-        kwargs: dict[str, Any] = {"max_network_retries": account.max_network_retries}
+        self.pacer = pacer_for_credential(self.url, key, account.max_requests_per_second)
+        kwargs: dict[str, Any] = {
+            "max_network_retries": account.max_network_retries,
+            # Always explicit: organization keys require it, and it fixes what is shared.
+            "stripe_version": self.api_version,
+        }
         if account.api_base:
             kwargs["base_addresses"] = {"api": account.api_base}
-        if account.stripe_account:
+        if account.stripe_context:
+            kwargs["stripe_context"] = account.stripe_context
+        elif account.stripe_account:
             kwargs["stripe_account"] = account.stripe_account
         if http_client is not None:
             kwargs["http_client"] = http_client

@@ -735,6 +735,10 @@ class StripeSandbox(SandboxServer):
             "body": req.body,
             "status": resp.status,
             "account": req.context.get("account"),
+            # how the request named its account and version, so tests see what a client sent
+            "stripe_version": req.header("stripe-version"),
+            "stripe_context": req.header("stripe-context"),
+            "stripe_account": req.header("stripe-account"),
             "response": resp.body,
             "replayed": resp.headers.get("Idempotent-Replayed") == "true",
         })
