@@ -77,7 +77,10 @@ def open_pipeline(
                 # Holding the lock, any run still marked running belongs to a dead process.
                 store.runs.mark_interrupted()
             source = connect(
-                config.salesforce, secrets, writeback_fields=config.billing.writeback_fields()
+                config.salesforce,
+                secrets,
+                writeback_fields=config.billing.writeback_fields(),
+                extra_fields=config.routing.soql_fields() if config.routing else (),
             )
             engine = Engine(
                 source=source,

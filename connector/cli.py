@@ -448,26 +448,44 @@ def mappings_check(
         bool, typer.Option("--online", help="Also ask Salesforce that every source field exists.")
     ] = False,
 ) -> None:
-    """Validate every mapping file; print each problem as file:line:column: message."""
+    """Validate every mapping file (the shared folder and each billing account's own) and the
+    routing rules; print each problem as file:line:column: message."""
     from connector.mapping import check_mappings
+    from connector.mapping.accounts import check_account_mappings
+    from connector.mapping.spec import Problem
+    from connector.routing import check_routing
+    from connector.yaml_source import load_positioned
 
     with _errors():
         cfg: Config | None = None
         if online or (mappings_dir is None and config.exists()):
             cfg, secrets = _load(config)
         folder = mappings_dir or (cfg.mappings_path if cfg else Path("mappings"))
+        accounts = [a.id for a in cfg.billing.accounts] if cfg else []
+
+        def check(describe: Any = None) -> list[Problem]:
+            if cfg is None:
+                return check_mappings(folder, describe=describe)
+            found = check_account_mappings(folder, accounts, describe=describe)
+            if cfg.routing is not None and cfg.source_file is not None:
+                doc = load_positioned(cfg.source_file)
+                for rp in check_routing(cfg.routing, accounts, describe=describe):
+                    pos = doc.where(rp.where)
+                    found.append(
+                        Problem(cfg.source_file, pos.line, pos.column, rp.message, rp.severity)
+                    )
+            return found
+
         describe = None
         if online:
             assert cfg is not None
-            problems = check_mappings(
-                folder
-            )  # offline first: never contact Salesforce with a broken file
+            problems = check()  # offline first: never contact Salesforce with a broken file
             if not any(p.severity == "error" for p in problems):
                 from connector.salesforce import connect
 
                 source = connect(cfg.salesforce, secrets)
                 describe = source.describe
-        problems = check_mappings(folder, describe=describe)
+        problems = check(describe)
     errors = [p for p in problems if p.severity == "error"]
     for p in problems:
         (err if p.severity == "error" else out).print(

@@ -25,6 +25,7 @@ from pydantic import (
 )
 
 from connector.errors import ConfigError
+from connector.routing import RoutingConfig, check_routing
 from connector.secret_shapes import find_secret
 from connector.yaml_source import PositionedYaml, load_positioned
 
@@ -208,6 +209,8 @@ class LogConfig(_Model):
 class Config(_Model):
     salesforce: SalesforceConfig
     billing: BillingConfig = BillingConfig()
+    # Which billing account each order goes to; None: every order to every account.
+    routing: RoutingConfig | None = None
     state: StateConfig = StateConfig()
     mappings_dir: Path = Path("mappings")
     log: LogConfig = LogConfig()
@@ -378,6 +381,16 @@ def load_config(file: Path) -> Config:
             column=pos.column,
             key=".".join(map(str, loc)) or None,
         ) from None
+    for problem in check_routing(cfg.routing, [a.id for a in cfg.billing.accounts]):
+        if problem.severity == "error":
+            pos = doc.where(problem.where)
+            raise ConfigError(
+                problem.message,
+                file=file,
+                line=pos.line,
+                column=pos.column,
+                key=".".join(map(str, problem.where)),
+            )
     cfg._deprecations = tuple(_deprecated_settings(doc))
     return cfg
 

@@ -184,6 +184,9 @@ class SalesforceSource:
     org_id: str
     # Billing account name -> the Account field that receives its customer id (some have none).
     writeback_fields: Mapping[str, str] = field(default_factory=dict)
+    # SOQL paths (relative to Order) read with every order whatever the mapping reads: the
+    # fields routing rules test, so every order row can be routed.
+    extra_fields: Sequence[str] = ()
     budget_start_remaining: int | None = field(default=None)
     last_total_size: int | None = field(default=None)
 
@@ -232,6 +235,7 @@ class SalesforceSource:
             "ActivatedDate",
             *stamps,
             *(f"Account.{f}" for f in self._fields_read()),
+            *self.extra_fields,
         ]
         # SOQL names are case-insensitive and Salesforce refuses a field selected twice.
         unique: dict[str, str] = {}
@@ -471,6 +475,7 @@ def connect(
     secrets: SecretSource,
     *,
     writeback_fields: Mapping[str, str] | None = None,
+    extra_fields: Sequence[str] = (),
 ) -> SalesforceSource:
     """Log in with the configured method. Secrets come only from the environment or files."""
     loopback = (
@@ -553,6 +558,7 @@ def connect(
         usage=usage,
         org_id=org_id,
         writeback_fields=dict(writeback_fields or {}),
+        extra_fields=tuple(extra_fields),
     )
 
 

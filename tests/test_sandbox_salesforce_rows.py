@@ -393,6 +393,7 @@ def test_global_describe_lists_the_objects(sf: Salesforce) -> None:
         ("Contact", "003"),
         ("Order", "801"),
         ("SBQQ__Quote__c", "a0X"),
+        ("Stripe_Account__c", "a0S"),  # the record an order's Stripe account lookup names
     }
 
 

@@ -120,7 +120,9 @@ class FieldDef:
             "relationshipOrder": None,
             "polymorphicForeignKey": False,
             "cascadeDelete": False,
-            "restrictedPicklist": bool(self.picklist) and self.name in ("Status", "StatusCode"),
+            # CurrencyIsoCode takes only the org's active currencies
+            "restrictedPicklist": bool(self.picklist)
+            and self.name in ("Status", "StatusCode", "CurrencyIsoCode"),
             "picklistValues": [
                 {"active": True, "defaultValue": False, "label": v, "validFor": None, "value": v}
                 for v in self.picklist
@@ -217,8 +219,21 @@ def _region(country: Any) -> str | None:
     return "AMER" if c in _AMER else "APAC" if c in _APAC else "EMEA"
 
 
-def build_schema(stripe_id_field: str) -> dict[str, ObjectDef]:
-    """The objects the sandbox org has, with the configurable Stripe customer id field."""
+def build_schema(
+    stripe_id_field: str, customer_id_fields: Iterable[str] = ()
+) -> dict[str, ObjectDef]:
+    """The objects the sandbox org has, with the configurable Stripe customer id field (and
+    `customer_id_fields`: more Account text fields, one per billing account that writes back).
+
+    The org has multi-currency on (Order.CurrencyIsoCode) and a Stripe-account record that
+    orders look up (Order.Stripe_Account__c -> Stripe_Account__c.Stripe_ID__c), as Stripe's own
+    connector sets up several Stripe accounts; Order.Billing_Entity__c is a plain custom field.
+    """
+    extra_ids = [
+        FieldDef(name, "string", name.removesuffix("__c").replace("_", " "), 255, custom=True)
+        for name in dict.fromkeys(customer_id_fields)
+        if name.casefold() != stripe_id_field.casefold()
+    ]
     account = ObjectDef(
         "Account",
         "Account",
@@ -282,6 +297,7 @@ def build_schema(stripe_id_field: str) -> dict[str, ObjectDef]:
             FieldDef("Description", "textarea", "Account Description", 32000),
             *_stamps(),
             FieldDef(stripe_id_field, "string", "Stripe Customer Id", 255, custom=True),
+            *extra_ids,
             FieldDef(
                 "Region__c",
                 "string",
@@ -489,10 +505,41 @@ def build_schema(stripe_id_field: str) -> dict[str, ObjectDef]:
             ),
             FieldDef("Description", "textarea", "Description", 32000),
             *_address("Billing", "Billing"),
+            FieldDef(
+                "CurrencyIsoCode",
+                "picklist",
+                "Order Currency",
+                3,
+                picklist=("USD", "EUR", "GBP", "CAD", "JPY"),
+            ),
+            FieldDef(
+                "Stripe_Account__c",
+                "reference",
+                "Stripe Account",
+                18,
+                "Stripe_Account__c",
+                "Stripe_Account__r",
+                "Orders__r",
+                custom=True,
+            ),
+            FieldDef("Billing_Entity__c", "string", "Billing Entity", 80, custom=True),
             *_stamps(),
         ),
     )
-    return {o.name: o for o in (account, contact, quote, order)}
+    stripe_account = ObjectDef(
+        "Stripe_Account__c",
+        "Stripe Account",
+        "Stripe Accounts",
+        "a0S",
+        (
+            *_sys("Record"),
+            FieldDef("Name", "string", "Stripe Account Name", 80),
+            FieldDef("Stripe_ID__c", "string", "Stripe ID", 255, custom=True),
+            *_stamps(),
+        ),
+        custom=True,
+    )
+    return {o.name: o for o in (account, contact, quote, order, stripe_account)}
 
 
 class _Catalog:
@@ -688,6 +735,7 @@ class SalesforceSandbox(SandboxServer):
         port: int = 0,
         api_version: str = "62.0",
         stripe_id_field: str = "Stripe_Customer_Id__c",
+        customer_id_fields: Iterable[str] = (),
         access_token: str = "sandbox-token",
         daily_api_limit: int = 15000,
         org_id: str = "00D000000000001AAA",
@@ -707,7 +755,7 @@ class SalesforceSandbox(SandboxServer):
         self.consumer_key = consumer_key
         self.consumer_secret = consumer_secret
         self.jwt_public_key = _load_public_key(jwt_public_key) if jwt_public_key else None
-        self.schema = build_schema(stripe_id_field)
+        self.schema = build_schema(stripe_id_field, customer_id_fields)
         self.catalog = _Catalog(self.schema)
         self.clock = LogicalClock(clock_start)
         self._initial = copy.deepcopy(dict(data)) if data else {}
