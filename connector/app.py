@@ -19,7 +19,8 @@ from connector.billing.base import BillingTarget
 from connector.config import Config, SecretSource
 from connector.engine import Engine
 from connector.errors import ConfigError
-from connector.mapping import CustomerMapping, load_mappings
+from connector.mapping import CustomerMapping, MappingErrors, Problem, load_mappings
+from connector.mapping.accounts import check_shared_fields, load_account_mappings
 from connector.salesforce import SalesforceSource, connect
 from connector.state.store import StateStore
 
@@ -56,6 +57,33 @@ def check_mapping_fits(config: Config, mapping: CustomerMapping) -> None:
             )
 
 
+def sharing_groups(config: Config) -> list[tuple[str, tuple[str, ...], frozenset[str]]]:
+    """(label, member accounts, fields the members share) for each configured sharing group."""
+    out = []
+    for group in config.billing.sharing_groups:
+        first = config.billing.account(group.accounts[0])
+        shared_of = TARGET_KINDS[first.kind].shared_fields
+        shared = frozenset[str]()
+        if shared_of is not None:
+            # Fields shared at every member's pinned version: what one of them writes, all see.
+            sets = [shared_of(config.billing.account(n)) for n in group.accounts]
+            shared = frozenset.intersection(*sets) if sets else shared
+        out.append((group.label, group.accounts, shared))
+    return out
+
+
+def check_group_mappings(config: Config) -> list[Problem]:
+    """Problems of sharing groups whose members' mappings disagree on a shared field."""
+    if not config.billing.sharing_groups:
+        return []
+    names = [a.id for a in config.billing.accounts]
+    try:
+        mappings = load_account_mappings(config.mappings_path, names)
+    except MappingErrors:
+        return []  # the files' own errors are reported by whoever loads them
+    return check_shared_fields(mappings, sharing_groups(config))
+
+
 @contextmanager
 def open_pipeline(
     config: Config,
@@ -68,6 +96,9 @@ def open_pipeline(
     """Everything a run needs, with the single-runner lock held for its duration."""
     mapping = load_mappings(config.mappings_path)  # exit 2 before anything is contacted
     check_mapping_fits(config, mapping)
+    disagreements = check_group_mappings(config)
+    if disagreements:
+        raise MappingErrors(disagreements)
     targets = build_targets(config, secrets)  # a missing key is a config error too
     store = StateStore.open(config.state_url, auto_migrate=config.state.auto_migrate)
     try:

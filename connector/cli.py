@@ -467,6 +467,10 @@ def mappings_check(
             if cfg is None:
                 return check_mappings(folder, describe=describe)
             found = check_account_mappings(folder, accounts, describe=describe)
+            if mappings_dir is None:
+                from connector.app import check_group_mappings
+
+                found.extend(check_group_mappings(cfg))
             if cfg.routing is not None and cfg.source_file is not None:
                 doc = load_positioned(cfg.source_file)
                 for rp in check_routing(cfg.routing, accounts, describe=describe):

@@ -170,10 +170,82 @@ class BillingAccountConfig(_Model):
         return v.rstrip("/")
 
 
+class SharingGroupConfig(_Model):
+    """Billing accounts that share customers (Stripe Organizations' customer sharing): one
+    Salesforce account has exactly one customer in the group, used from every member by the
+    same id. Written as a list of account names, or with a name and a primary account."""
+
+    name: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]+$", max_length=64)
+    accounts: tuple[str, ...] = Field(min_length=2)
+    # Where a customer is created when none exists yet; unset: the account of the first order.
+    primary: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _a_list_is_the_accounts(cls, data: Any) -> Any:
+        return {"accounts": data} if isinstance(data, list | tuple) else data
+
+    @model_validator(mode="after")
+    def _primary_is_a_member(self) -> SharingGroupConfig:
+        if len(set(self.accounts)) != len(self.accounts):
+            raise ValueError("a sharing group lists each billing account once")
+        if self.primary is not None and self.primary not in self.accounts:
+            raise ValueError(
+                f"primary {self.primary!r} is not one of the group's accounts "
+                f"({', '.join(self.accounts)})"
+            )
+        return self
+
+    @property
+    def label(self) -> str:
+        return self.name or "+".join(self.accounts)
+
+
 class BillingConfig(_Model):
     # Deprecated: the kind of every account that does not name its own `kind`.
     target: str | None = None
     accounts: tuple[BillingAccountConfig, ...] = (BillingAccountConfig(),)
+    sharing_groups: tuple[SharingGroupConfig, ...] = ()
+
+    @model_validator(mode="after")
+    def _groups_of_known_accounts(self) -> BillingConfig:
+        kinds = {a.id: a.kind for a in self.accounts}
+        seen: dict[str, str] = {}
+        for group in self.sharing_groups:
+            for name in group.accounts:
+                if name not in kinds:
+                    raise ValueError(
+                        f"sharing group {group.label}: {name!r} is not in billing.accounts "
+                        f"({', '.join(kinds)})"
+                    )
+                if name in seen:
+                    # Stripe: "An account can belong to only one sharing group."
+                    raise ValueError(
+                        f"billing account {name!r} is in two sharing groups ({seen[name]} and "
+                        f"{group.label}); an account belongs to one at most"
+                    )
+                seen[name] = group.label
+            if len({kinds[n] for n in group.accounts}) > 1:
+                raise ValueError(
+                    f"sharing group {group.label}: its accounts are of different kinds; only "
+                    "accounts of one billing system share customers"
+                )
+        fields: dict[str, str] = {}
+        for a in self.accounts:
+            if not a.writeback_field:
+                continue
+            owner = fields.setdefault(a.writeback_field.casefold(), a.id)
+            mine = self.group_of(a.id)
+            if owner != a.id and (mine is None or owner not in mine.accounts):
+                raise ValueError(
+                    "two billing accounts write their customer ids to the same Account field "
+                    f"({a.writeback_field}); only accounts of one sharing group, which share "
+                    "one customer id, may"
+                )
+        return self
+
+    def group_of(self, account: str) -> SharingGroupConfig | None:
+        return next((g for g in self.sharing_groups if account in g.accounts), None)
 
     @field_validator("accounts")
     @classmethod
@@ -183,16 +255,14 @@ class BillingConfig(_Model):
         ids = [a.id for a in v]
         if len(set(ids)) != len(ids):
             raise ValueError("billing account names must be unique")
-        fields = [a.writeback_field.casefold() for a in v if a.writeback_field]
-        if len(set(fields)) != len(fields):
-            raise ValueError(
-                "two billing accounts write their customer ids to the same Account field"
-            )
         return v
 
     def writeback_fields(self) -> dict[str, str]:
         """Billing account name -> the Account field that receives its customer id."""
         return {a.id: a.writeback_field for a in self.accounts if a.writeback_field}
+
+    def account(self, name: str) -> BillingAccountConfig:
+        return next(a for a in self.accounts if a.id == name)
 
 
 class StateConfig(_Model):

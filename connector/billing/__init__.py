@@ -32,6 +32,9 @@ class TargetKind:
     schemas: Mapping[str, Callable[[], TargetSchema]] = field(default_factory=dict)
     # Shapes of this system's credentials, refused in config and mapping files.
     secret_shapes: tuple[SecretShape, ...] = ()
+    # Customer fields (top-level payload keys) the accounts of a sharing group share, for an
+    # account as configured (Stripe: depends on its pinned API version); None: no sharing.
+    shared_fields: Callable[[BillingAccountConfig], frozenset[str]] | None = None
 
 
 TARGET_KINDS: Mapping[str, TargetKind] = {
@@ -42,6 +45,7 @@ TARGET_KINDS: Mapping[str, TargetKind] = {
         factory=_stripe.StripeTarget,
         schemas={"customer": _stripe_fields.customer_schema},
         secret_shapes=(_stripe.KEY_SHAPE,),
+        shared_fields=_stripe.account_shared_fields,
     ),
 }
 

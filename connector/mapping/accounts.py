@@ -8,7 +8,7 @@ would silently never be used.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from connector.mapping.compile import CustomerMapping, Describe, check_mappings, load_mappings
@@ -64,3 +64,60 @@ def check_account_mappings(
                     )
                 )
     return problems
+
+
+def shared_plan(mapping: CustomerMapping, shared: frozenset[str]) -> dict[str, object]:
+    """The part of `mapping` that writes fields a sharing group shares (by top-level key)."""
+    return {
+        f.target: f.normalised() for f in mapping.fields if f.target.split(".")[0] in shared
+    }
+
+
+def check_shared_fields(
+    mappings: Mapping[str, CustomerMapping],
+    groups: Sequence[tuple[str, Sequence[str], frozenset[str]]],
+) -> list[Problem]:
+    """A group's shared fields are written once, from one mapping: every member's mapping must
+    say the same about each of them. `groups` holds (label, member accounts, shared fields)."""
+    problems: list[Problem] = []
+    for label, members, shared in groups:
+        present = [m for m in members if m in mappings]
+        if len(present) < 2:
+            continue
+        first = present[0]
+        base = shared_plan(mappings[first], shared)
+        for other in present[1:]:
+            theirs = shared_plan(mappings[other], shared)
+            if mappings[other].file == mappings[first].file:
+                continue
+            differ = sorted(k for k in base.keys() | theirs.keys() if base.get(k) != theirs.get(k))
+            if differ:
+                line = _line_of(mappings[other].file, differ) or _line_of(
+                    mappings[other].file, ["fields"]
+                )
+                problems.append(
+                    Problem(
+                        mappings[other].file,
+                        line or 1,
+                        1,
+                        f"sharing group {label}: billing accounts {first!r} "
+                        f"({mappings[first].file}) and {other!r} map the shared field(s) "
+                        f"{', '.join(differ)} differently; the group has one customer, so a "
+                        "shared field is written once: map it the same way in both files, or "
+                        "leave it to the shared mapping",
+                    )
+                )
+    return problems
+
+
+def _line_of(file: Path, targets: Sequence[str]) -> int | None:
+    """The line of the first of `targets` written as a key in `file` (for the admin's editor)."""
+    try:
+        lines = file.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return None
+    for target in targets:
+        for number, text in enumerate(lines, start=1):
+            if text.strip().startswith(f"{target}:"):
+                return number
+    return None
