@@ -99,6 +99,15 @@ def open_pipeline(
     disagreements = check_group_mappings(config)
     if disagreements:
         raise MappingErrors(disagreements)
+    if config.routing is not None or config.billing.sharing_groups:
+        # Checked (config, `mappings check`), but this engine writes every order to every
+        # billing account: running would ignore them silently, so it does not run at all.
+        raise ConfigError(
+            "routing and billing.sharing_groups are checked but not applied by this version's "
+            "engine; remove them to run, or use the release that routes orders",
+            file=config.source_file,
+            key="routing" if config.routing is not None else "billing.sharing_groups",
+        )
     targets = build_targets(config, secrets)  # a missing key is a config error too
     store = StateStore.open(config.state_url, auto_migrate=config.state.auto_migrate)
     try:
