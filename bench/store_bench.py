@@ -7,6 +7,8 @@ accounts, the store calls a sync makes today (engine.py at this commit), timing 
   `intents.complete_create` after it (link, order link, intent dropped in one transaction);
   then per page of `--page` accounts the engine's page bookkeeping (`links.save` of the page,
   `links.save_order_links`, `runs.record_outcomes`, `retries.clear`) in one `transaction()`.
+- `create_batched`: the same per page with `intents.record_many` and
+  `intents.complete_creates` (one transaction each per page, for a writer with a page in flight).
 - `unchanged`: per page, the look-ups a sync makes (`links.get_many`, `links.order_links`)
   and the page bookkeeping with the order-link rewrite and no outcome rows.
 - `links_save_one_by_one`: N `links.save([link])` calls, one transaction each (the floor a
@@ -156,6 +158,20 @@ def run_backend(backend: str, n: int, page: int) -> dict[str, dict[str, float]]:
                     )
                 bookkeeping(ids, created=True)
 
+        def creates_batched() -> None:
+            # The form for a writer with a page of requests in flight: the page's intents in
+            # one transaction before the requests, their links after them in another.
+            for start in range(3 * n, 4 * n, page):
+                ids = range(start, min(4 * n, start + page))
+                store.intents.record_many(
+                    Intent(BA, acc(i), f"key-{i}", f"{i:064x}", now, payload(i)) for i in ids
+                )
+                store.intents.complete_creates(
+                    (link(i, now), [OrderLink(BA, f"801B{i:014d}", acc(i), f"cus_{i:014d}")])
+                    for i in ids
+                )
+                bookkeeping(ids, created=True)
+
         def unchanged() -> None:
             for start in range(0, n, page):
                 ids = range(start, min(n, start + page))
@@ -182,6 +198,7 @@ def run_backend(backend: str, n: int, page: int) -> dict[str, dict[str, float]]:
 
         for name, work in (
             ("create", creates),
+            ("create_batched", creates_batched),
             ("unchanged", unchanged),
             ("links_save_one_by_one", one_by_one),
             ("links_save_batched", links_batched),
