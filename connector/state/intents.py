@@ -8,13 +8,14 @@ What this module must never do: drop an intent except together with the link tha
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import replace
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Row
 
 from connector.state import schema as t
-from connector.state.database import Database
+from connector.state.database import Database, as_utc
 from connector.state.links import LinkRepository
 from connector.state.records import Intent, Link, OrderLink
 
@@ -44,11 +45,12 @@ class IntentRepository:
         engine's decision, taken before it records a new one; what is stored here is always the
         key and payload actually sent next. Returns the intent as stored.
         """
+        # Not read back: the upsert replaces every column, so the row is this intent with its
+        # time in UTC (as the store hands every time back); one query less per create.
+        stored = replace(intent, created_at=as_utc(intent.created_at))
         with self._db.connect(write=True) as conn:
-            conn.execute(self._upsert(), [_intent_values(intent)])
-            current = _select_intent(conn, intent.billing_account, intent.account_id)
-        assert current is not None
-        return current
+            conn.execute(self._upsert(), [_intent_values(stored)])
+        return stored
 
     def record_many(self, intents: Iterable[Intent]) -> None:
         """Record the creates about to be sent for a batch of accounts, in one transaction:
