@@ -34,6 +34,15 @@ def machine() -> dict[str, Any]:
             ).stdout.strip()
             or None
         )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "connector"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+        if commit and dirty:
+            commit += "+uncommitted"  # the connector that ran is not exactly that commit
     except (OSError, subprocess.SubprocessError):
         commit = None
     try:
