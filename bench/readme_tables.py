@@ -45,17 +45,21 @@ def machine_line(m: dict[str, Any]) -> str:
     return (
         f"{m.get('cpu_model') or 'unknown CPU'}, {m.get('cpu_count')} cores, "
         f"{fmt(m.get('memory_gib'))} GiB, CPython {m.get('python')}, connector at "
-        f"{m.get('connector_commit')}{load_text}"
+        f"{m.get('connector_commit') or 'a commit not recorded (see the note)'}{load_text}"
     )
 
 
 def sync_table(data: dict[str, Any], name: str) -> str:
     p, setup = data["parameters"], data["setup"]
-    levels = (
-        f"global {fmt(p['stripe_global_cap_rps'])} req/s, endpoints {fmt(p['stripe_endpoint_budget_rps'])} req/s each"
-        if p["stripe_endpoint_budget_rps"]
-        else f"global {fmt(p['stripe_global_cap_rps'])} req/s, no per-endpoint level"
-    )
+    if p["stripe_endpoint_budget_rps"]:
+        levels = (
+            f"global {fmt(p['stripe_global_cap_rps'])} req/s, "
+            f"endpoints {fmt(p['stripe_endpoint_budget_rps'])} req/s each"
+        )
+    elif p["stripe_global_cap_rps"]:
+        levels = f"global {fmt(p['stripe_global_cap_rps'])} req/s, no per-endpoint level"
+    else:
+        levels = "no rate limit"
     how = "" if p["sandbox_has_both_levels"] else " (per-endpoint level emulated: see below)"
     out = [
         f"**N = {p['accounts']:,}, {p['stripe_mode']} mode**: Stripe {fmt(p['stripe_latency_s'] * 1000)} ms per "
@@ -144,11 +148,12 @@ def render(results: Path = RESULTS) -> str:
             store.append((f.name, data))
         elif data.get("benchmark") == "sync_bench" and "stripe_mode" in data.get("parameters", {}):
             sync.append((f.name, data))
-    # Smaller runs first, then by latency (highest first): the order the README discusses them.
+    # Smaller runs first, then by latency (highest first), then by name.
     sync.sort(
         key=lambda nd: (
             nd[1]["parameters"]["accounts"],
             -nd[1]["parameters"]["stripe_latency_s"],
+            "before" not in nd[0],
             nd[0],
         )
     )
