@@ -41,7 +41,7 @@ def fmt(v: Any) -> str:
 
 def machine_line(m: dict[str, Any]) -> str:
     load = m.get("load_average_1_5_15")
-    load_text = f", load average {' / '.join(fmt(x) for x in load)} at the start" if load else ""
+    load_text = f", load average {' / '.join(fmt(x) for x in load)} as it ended" if load else ""
     return (
         f"{m.get('cpu_model') or 'unknown CPU'}, {m.get('cpu_count')} cores, "
         f"{fmt(m.get('memory_gib'))} GiB, CPython {m.get('python')}, connector at "
