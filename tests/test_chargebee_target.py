@@ -563,3 +563,31 @@ def test_invalid_data_is_an_invalid_request_naming_the_parameter(
             ),
             idempotency_key=key("c2"),
         )
+
+
+def test_factory_reads_a_chargebee_account_from_config(sandbox: ChargebeeSandbox) -> None:
+    from types import SimpleNamespace
+
+    account = SimpleNamespace(
+        id="cb-eu",
+        kind="chargebee",
+        site="acme-test",
+        api_key_env="CB_KEY",
+        api_base=sandbox.url,
+        business_entity_id="eu",
+        sharing="customer_sharing",
+        requests_per_minute=None,
+    )
+    t = ChargebeeTarget.from_config(
+        account, SecretSource({"CB_KEY": SANDBOX_CHARGEBEE_KEY}), salesforce_org_id=ORG
+    )
+    assert (t.name, t.settings.business_entity_id, t.settings.customer_sharing) == (
+        "cb-eu",
+        "eu",
+        True,
+    )
+    assert t.settings.requests_per_minute == 150 and t.settings.salesforce_org_id == ORG
+    assert (
+        t.fetch_customer("nobody") is None
+        and sandbox.exchanges[-1]["headers"]["chargebee-business-entity-id"] == "eu"
+    )

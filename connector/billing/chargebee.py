@@ -439,7 +439,9 @@ class ChargebeeTarget:
             chunk = wanted[start : start + FETCH_BATCH]
             offset: str | None = None
             while True:
-                params: dict[str, Any] = {"id": {"in": chunk}, "limit": FETCH_BATCH}
+                # Sent as the JSON array Chargebee documents (the SDK would send a list as its
+                # Python repr).
+                params: dict[str, Any] = {"id": {"in": json.dumps(chunk)}, "limit": FETCH_BATCH}
                 if offset:
                     params["offset"] = offset
                 page = self._call(
@@ -606,7 +608,7 @@ class ChargebeeTarget:
                 customer_id=customer_id,
                 billing_account=self.name,
             )
-        if status >= 500 or status == 409:
+        if status >= 500:
             return TransientError(f"Chargebee error {status} ({code}): {message}", code=code)
         return InvalidRequest(
             f"Chargebee refused the request of billing account '{self.name}': {message}",

@@ -28,6 +28,9 @@ UPDATE_BILLING_INFO = "/customers/{customer-id}/update_billing_info"
 
 # Where a mapped field is written after the customer exists.
 Call = Literal["update", "update_billing_info"]
+# How a value is made acceptable (the port's value formats): free text is cut to its limit; an
+# email, phone number or country Chargebee would refuse is left unset instead.
+Format = Literal["text", "email", "phone", "country"]
 
 # Parameters a mapping must not set, and why.
 NOT_MAPPABLE: Mapping[str, str] = {
@@ -52,8 +55,8 @@ class CustomerField:
     kind: Literal["string", "enum"]
     max_length: int | None = None
     enum: tuple[str, ...] = ()
+    format: Format = "text"
     call: Call = "update"
-    email: bool = False  # Chargebee checks the format
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,13 +92,21 @@ def request_schema(path: str) -> dict[str, Any]:
 def _leaf(path: str, node: Mapping[str, Any], call: Call) -> CustomerField | str:
     kind = node.get("type")
     if kind == "string" and "enum" in node:
-        return CustomerField(path, "enum", None, tuple(node["enum"]), call)
+        return CustomerField(path, "enum", None, tuple(node["enum"]), call=call)
     if kind == "string":
-        return CustomerField(
-            path, "string", node.get("maxLength"), (), call, node.get("format") == "email"
-        )
+        return CustomerField(path, "string", node.get("maxLength"), (), _format(path, node), call)
     article = "an" if str(kind)[:1] in "aeiou" else "a"
     return f"it is {article} {kind or 'complex value'}; mappings set text fields"
+
+
+def _format(path: str, node: Mapping[str, Any]) -> Format:
+    if node.get("format") == "email":
+        return "email"
+    if path.rsplit(".", 1)[-1] == "phone":
+        return "phone"
+    if path.endswith("country"):
+        return "country"  # Chargebee expects the ISO 3166 alpha-2 code
+    return "text"
 
 
 @cache
