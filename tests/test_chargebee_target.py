@@ -148,7 +148,7 @@ def test_default_pacing_is_150_a_minute_for_test_sites(
         sleep=sleeps,
     )
     for i in range(3):
-        t.fetch_customer(f"nobody-{i}")
+        t.fetch_customers([f"nobody-{i}"])  # one request each
     assert sleeps == pytest.approx([0.4, 0.8])  # 60 s / 150 between requests, clock stood still
 
 
@@ -591,3 +591,30 @@ def test_factory_reads_a_chargebee_account_from_config(sandbox: ChargebeeSandbox
         t.fetch_customer("nobody") is None
         and sandbox.exchanges[-1]["headers"]["chargebee-business-entity-id"] == "eu"
     )
+
+
+def test_a_deleted_customer_is_still_seen_as_deleted_not_missing(
+    sandbox: ChargebeeSandbox, target: ChargebeeTarget
+) -> None:
+    cid = target.create_customer(payload(), idempotency_key=key("c1"))
+    other = target.create_customer(payload(account="001000000000A02AAA"), idempotency_key=key("c2"))
+    sandbox.delete_customer(cid)
+    got = target.fetch_customer(cid)
+    assert got is not None and got.deleted and got.tags["salesforce_account_id"] == ACC
+    batch = target.fetch_customers([cid, other, "nobody"])
+    assert batch[cid] is not None and batch[cid].deleted  # type: ignore[union-attr]
+    assert batch[other] is not None and not batch[other].deleted  # type: ignore[union-attr]
+    assert batch["nobody"] is None and target.fetch_customer("nobody") is None
+    with pytest.raises(CustomerMissing):
+        target.update_customer(cid, {"company": "x"}, idempotency_key=key("u1"))
+
+
+def test_create_does_not_bring_back_a_deleted_customer(
+    sandbox: ChargebeeSandbox, target: ChargebeeTarget
+) -> None:
+    cid = target.create_customer(payload(), idempotency_key=key("c1"))
+    sandbox.delete_customer(cid)
+    with pytest.raises(InvalidRequest) as err:
+        target.create_customer(payload(), idempotency_key=key("c2"))
+    assert err.value.code == "customer_deleted" and cid in str(err.value)
+    assert sandbox.write_count == 1

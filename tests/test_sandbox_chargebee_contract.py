@@ -45,7 +45,8 @@ KEY = "chargebee-idempotency-key"
 
 # The v2 additions named in the shared README (from the SDK's typed parameters).
 V2_CREATE_PARAMS = {"business_entity_id": {"type": "string", "maxLength": 50}}
-V2_LIST_FILTERS = {"id[is]", "id[in]", "email[is]", "business_entity_id[is]"}
+# `include_deleted` is in the SDK's typed list parameters (v2), not in the v1 description.
+V2_LIST_FILTERS = {"id[is]", "id[in]", "email[is]", "business_entity_id[is]", "include_deleted"}
 
 
 @pytest.fixture(scope="module")

@@ -340,3 +340,40 @@ def test_control_api_sets_latency_and_rate_limit(sandbox: ChargebeeSandbox) -> N
         requests.get(f"{sandbox.url}/api/v2/customers", auth=("test_k", ""), timeout=5).status_code
         == 200
     )
+
+
+def test_control_api_deletes_a_customer_as_the_web_app_does(
+    sandbox: ChargebeeSandbox, cb: Chargebee
+) -> None:
+    cb.Customer.create({"id": "a"})
+    assert (
+        requests.post(f"{sandbox.url}/_sandbox/customers/a/delete", timeout=5).json()["deleted"]
+        is True
+    )
+    with pytest.raises(chargebee.InvalidRequestError) as err:
+        cb.Customer.retrieve("a")
+    assert err.value.api_error_code == "resource_not_found"
+    assert cb.Customer.list().list == []
+    listed = cb.Customer.list({"include_deleted": True}).list
+    assert [(e.customer.id, e.customer.deleted) for e in listed] == [("a", True)]
+    with pytest.raises(chargebee.InvalidRequestError) as err:
+        cb.Customer.create({"id": "a"})
+    assert err.value.api_error_code == "duplicate_entry"
+    assert requests.post(f"{sandbox.url}/_sandbox/customers/a/delete", timeout=5).status_code == 404
+
+
+def test_start_chargebee_sandbox_loads_a_data_set() -> None:
+    from connector.sandbox.run import SANDBOX_CHARGEBEE_KEY, start_chargebee_sandbox
+
+    sb = start_chargebee_sandbox(
+        {
+            "business_entities": ["eu", "us"],
+            "customer_sharing": True,
+            "customers": [{"id": "x", "company": "X", "business_entity_id": "us"}],
+        }
+    )
+    try:
+        cb = Chargebee(SANDBOX_CHARGEBEE_KEY, **sb.sdk_options())
+        assert cb.Customer.retrieve("x", headers={ENTITY: "eu"}).customer.company == "X"
+    finally:
+        sb.stop()

@@ -441,7 +441,12 @@ class ChargebeeTarget:
             while True:
                 # Sent as the JSON array Chargebee documents (the SDK would send a list as its
                 # Python repr).
-                params: dict[str, Any] = {"id": {"in": json.dumps(chunk)}, "limit": FETCH_BATCH}
+                params: dict[str, Any] = {
+                    "id": {"in": json.dumps(chunk)},
+                    "limit": FETCH_BATCH,
+                    # A deleted customer still exists for the planner: it must not be re-created.
+                    "include_deleted": True,
+                }
                 if offset:
                     params["offset"] = offset
                 page = self._call(
@@ -463,6 +468,16 @@ class ChargebeeTarget:
                 customer_id=customer_id,
             )
         except CustomerMissing:
+            # Chargebee answers 404 for a deleted customer too; only a list that includes
+            # deleted ones tells the two apart (one more call, for missing customers only).
+            found = self._call(
+                lambda headers: self._client.Customer.list(
+                    {"id": {"is": customer_id}, "include_deleted": True}, headers
+                )
+            )
+            for entry in found.list:
+                if entry.customer.id == customer_id:
+                    return _remote(entry.customer.raw_data)
             return None
         return _remote(got.customer.raw_data)
 
@@ -485,12 +500,20 @@ class ChargebeeTarget:
         if remote is None:
             raise InvalidRequest(
                 f"customer id {cid} is taken on the Chargebee site of billing account "
-                f"'{self.name}' by a customer this business entity cannot see (another entity "
-                "without customer sharing?); nothing was changed",
+                f"'{self.name}' by a customer this business entity cannot see (one of another "
+                "entity without customer sharing); nothing was changed",
                 code="customer_id_taken",
                 param="id",
             )
         owner = remote.metadata.get("salesforce_account_id")
+        if remote.deleted:
+            raise InvalidRequest(
+                f"customer {cid} of billing account '{self.name}' was deleted in Chargebee and "
+                "its id stays taken; the connector does not re-create or restore it. Restore it "
+                "in Chargebee, or link the Salesforce account to another customer",
+                code="customer_deleted",
+                param="id",
+            )
         if owner != account_id:
             raise InvalidRequest(
                 f"customer id {cid} in Chargebee billing account '{self.name}' belongs to "

@@ -350,7 +350,7 @@ class ChargebeeSandbox(SandboxServer):
 
     Control API besides the base's: POST /_sandbox/load ({"business_entities", "customer_sharing",
     "customers"}), POST /_sandbox/reset, GET /_sandbox/customers, POST
-    /_sandbox/customers/{id}/edit, POST /_sandbox/idempotency/expire; POST /_sandbox/faults
+    /_sandbox/customers/{id}/edit and /delete, POST /_sandbox/idempotency/expire; POST /_sandbox/faults
     also takes {"kind": "rate_limit" | "lock_timeout" | "internal_error" | "temporary_error"}.
     """
 
@@ -390,6 +390,7 @@ class ChargebeeSandbox(SandboxServer):
         self.route("POST", r"/_sandbox/reset", self._ctl_reset)
         self.route("GET", r"/_sandbox/customers", self._ctl_customers)
         self.route("POST", r"/_sandbox/customers/(?P<customer>[^/]+)/edit", self._ctl_edit)
+        self.route("POST", r"/_sandbox/customers/(?P<customer>[^/]+)/delete", self._ctl_delete)
         self.route("POST", r"/_sandbox/idempotency/expire", self._ctl_expire)
 
     def __enter__(self) -> ChargebeeSandbox:
@@ -505,6 +506,17 @@ class ChargebeeSandbox(SandboxServer):
             except ChargebeeError as exc:
                 raise ValueError(exc.body()["message"]) from None
             self._apply(record, params)
+            return self._render(record)
+
+    def delete_customer(self, id: str) -> dict[str, Any]:
+        """A customer deleted in Chargebee's web app: retrieve and update answer 404 from now on,
+        a list with include_deleted=true shows it with `deleted: true`, and its id stays taken."""
+        with self.lock:
+            record = self._customers.get(id)
+            if record is None or record.data.get("deleted"):
+                raise KeyError(id)
+            record.data["deleted"] = True
+            self._touch(record)
             return self._render(record)
 
     def expire_idempotency_keys(self, older_than: float = 0.0) -> int:
@@ -627,6 +639,12 @@ class ChargebeeSandbox(SandboxServer):
         except ValueError as exc:
             return Response.json({"error": str(exc)}, 400)
 
+    def _ctl_delete(self, req: Request) -> Response:
+        try:
+            return Response.json(self.delete_customer(req.params["customer"]))
+        except KeyError:
+            return Response.json({"error": "no such customer"}, 404)
+
     def _ctl_expire(self, req: Request) -> Response:
         return Response.json(
             {
@@ -746,7 +764,9 @@ class ChargebeeSandbox(SandboxServer):
         entity = self._entity_of(req)
         cid = req.params["customer"]
         record = self._customers.get(cid)
-        if record is None or not self._visible(record, entity):
+        # A deleted customer is gone for retrieve and update; only a list with
+        # include_deleted=true still shows it.
+        if record is None or record.data.get("deleted") or not self._visible(record, entity):
             raise _not_found(f"customer {cid}")
         return record
 
@@ -791,9 +811,13 @@ class ChargebeeSandbox(SandboxServer):
 
     def _list(self, req: Request) -> Response:
         entity = self._entity_of(req)
-        limit, offset, filters = self._list_params(req)
+        limit, offset, include_deleted, filters = self._list_params(req)
         rows = sorted(
-            (r for r in self._customers.values() if self._visible(r, entity)),
+            (
+                r
+                for r in self._customers.values()
+                if self._visible(r, entity) and (include_deleted or not r.data.get("deleted"))
+            ),
             key=lambda r: -r.seq,  # newest first, as Chargebee lists by default
         )
         rows = [r for r in rows if all(_matches(r, f, op, v) for f, op, v in filters)]
@@ -808,8 +832,10 @@ class ChargebeeSandbox(SandboxServer):
             )
         return Response.json(body)
 
-    def _list_params(self, req: Request) -> tuple[int, int | None, list[tuple[str, str, Any]]]:
-        limit, offset = 10, None
+    def _list_params(
+        self, req: Request
+    ) -> tuple[int, int | None, bool, list[tuple[str, str, Any]]]:
+        limit, offset, deleted = 10, None, False
         filters: list[tuple[str, str, Any]] = []
         for name, values in req.query.items():
             value = values[-1]
@@ -825,6 +851,7 @@ class ChargebeeSandbox(SandboxServer):
             elif name == "include_deleted":
                 if value not in ("true", "false"):
                     raise _bad(name, "invalid boolean value")
+                deleted = value == "true"
             else:
                 m = re.fullmatch(r"([a-z_]+)\[([a-z_]+)\]", name)
                 if (
@@ -847,7 +874,7 @@ class ChargebeeSandbox(SandboxServer):
                         raise _bad(name, "invalid boolean value")
                     parsed = value == "true"
                 filters.append((field_, op, parsed))
-        return limit, offset, filters
+        return limit, offset, deleted, filters
 
     # --- records -----------------------------------------------------------------------------
 
