@@ -370,7 +370,7 @@ class ChargebeeTarget:
             # Chargebee replaces meta_data and the billing address as a whole; keys the mapping
             # does not name must survive, so the change is laid over what Chargebee holds now.
             current = self.fetch_customer(customer_id)
-            if current is None:
+            if current is None or current.deleted:
                 raise CustomerMissing(
                     f"customer {customer_id} does not exist in Chargebee billing account "
                     f"'{self.name}'",
