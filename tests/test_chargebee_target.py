@@ -366,7 +366,7 @@ def test_second_call_failing_reports_what_the_first_applied(
     change = {"company": "Acme Group", "billing_address": {"city": "Leeds"}}
     with pytest.raises(PartiallyApplied) as err:
         target.update_customer(cid, change, idempotency_key=key("u1"))
-    assert err.value.applied == {"company": "Acme Group"}
+    assert (err.value.customer_id, err.value.applied) == (cid, {"company": "Acme Group"})
     assert err.value.pending == {"billing_address": {"city": "Leeds"}}
     assert isinstance(err.value, TransientError) and isinstance(err.value.cause, TransientError)
     got = sandbox.get_customer(cid)
@@ -618,3 +618,30 @@ def test_create_does_not_bring_back_a_deleted_customer(
         target.create_customer(payload(), idempotency_key=key("c2"))
     assert err.value.code == "customer_deleted" and cid in str(err.value)
     assert sandbox.write_count == 1
+
+
+def test_an_adoption_cut_short_says_which_customer_and_what_it_holds(
+    sandbox: ChargebeeSandbox, target: ChargebeeTarget
+) -> None:
+    cid = customer_id_for(ORG, ACC, "eu")
+    sandbox.load(
+        {
+            "customers": [
+                {
+                    "id": cid,
+                    "company": "Old name",
+                    "business_entity_id": "eu",
+                    "meta_data": {"salesforce_account_id": ACC, "salesforce_org_id": ORG},
+                }
+            ]
+        }
+    )
+    sandbox.inject_fault(status=503, path="update_billing_info")
+    wanted = payload()
+    with pytest.raises(PartiallyApplied) as err:
+        target.create_customer(wanted, idempotency_key=key("c1"))
+    assert err.value.customer_id == cid
+    assert err.value.pending == {"billing_address": wanted["billing_address"]}
+    assert err.value.applied == {k: v for k, v in wanted.items() if k != "billing_address"}
+    got = sandbox.get_customer(cid)
+    assert got is not None and got["company"] == "Acme Ltd" and "billing_address" not in got

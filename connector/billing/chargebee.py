@@ -84,7 +84,9 @@ _ID_SAFE = re.compile(r"[^A-Za-z0-9_\-]")
 
 # --- errors a split update raises ------------------------------------------------------------
 # Neutral in substance (any target with `separate_calls` needs them); they live here until the
-# port grows them. `applied` is the part of the payload Chargebee now holds, `pending` the rest.
+# port grows them. `applied` is the part of the payload Chargebee now holds, `pending` the rest,
+# `customer_id` the customer they concern (a create that adopted a customer raises them too, and
+# the engine must link that id).
 
 
 class PartiallyApplied(TransientError):
@@ -95,10 +97,12 @@ class PartiallyApplied(TransientError):
         self,
         message: str,
         *,
+        customer_id: str,
         applied: CustomerPayload,
         pending: CustomerPayload,
         cause: ConnectorError,
     ) -> None:
+        self.customer_id = customer_id
         self.applied = applied
         self.pending = pending
         self.cause = cause
@@ -113,10 +117,12 @@ class PartiallyRefused(InvalidRequest):
         self,
         message: str,
         *,
+        customer_id: str,
         applied: CustomerPayload,
         pending: CustomerPayload,
         cause: RecordError,
     ) -> None:
+        self.customer_id = customer_id
         self.applied = applied
         self.pending = pending
         self.cause = cause
@@ -416,6 +422,7 @@ class ChargebeeTarget:
             raise PartiallyRefused(
                 f"Chargebee billing account '{self.name}' applied the customer fields of "
                 f"{customer_id} but refused its billing address: {exc}",
+                customer_id=customer_id,
                 applied=applied,
                 pending={"billing_address": address},
                 cause=exc,
@@ -426,6 +433,7 @@ class ChargebeeTarget:
             raise PartiallyApplied(
                 f"Chargebee billing account '{self.name}' applied the customer fields of "
                 f"{customer_id}; its billing address is still to be sent: {exc}",
+                customer_id=customer_id,
                 applied=applied,
                 pending={"billing_address": address},
                 cause=exc,
@@ -527,7 +535,12 @@ class ChargebeeTarget:
         # never claims fields Chargebee does not hold.
         changes = _differences(remote, payload)
         if changes:
-            self.update_customer(cid, changes, idempotency_key=derived_key(key, "adopt"))
+            try:
+                self.update_customer(cid, changes, idempotency_key=derived_key(key, "adopt"))
+            except (PartiallyApplied, PartiallyRefused) as exc:
+                # What Chargebee holds now is the whole payload except what is still pending.
+                exc.applied = {k: v for k, v in payload.items() if k not in exc.pending}
+                raise
         return cid
 
     @staticmethod
