@@ -165,8 +165,9 @@ class ChargebeeSettings:
             url = urlsplit(self.api_base)
             if url.scheme not in ("http", "https") or not url.hostname or "." not in url.netloc:
                 raise ConfigError(
-                    f"billing account '{self.name}': api_base must be a URL like "
-                    f"http://127.0.0.1:PORT, got {self.api_base!r}"
+                    f"billing account '{self.name}': api_base must be a URL with a dotted host "
+                    f"like http://127.0.0.1:PORT (the SDK joins site and domain with a dot, so "
+                    f"not localhost), got {self.api_base!r}"
                 )
             if url.scheme == "http" and url.hostname not in ("127.0.0.1", "::1", "localhost"):
                 raise ConfigError(
