@@ -645,3 +645,35 @@ def test_an_adoption_cut_short_says_which_customer_and_what_it_holds(
     assert err.value.applied == {k: v for k, v in wanted.items() if k != "billing_address"}
     got = sandbox.get_customer(cid)
     assert got is not None and got["company"] == "Acme Ltd" and "billing_address" not in got
+
+
+def test_a_kind_chargebee_account_in_config_builds_this_target(
+    sandbox: ChargebeeSandbox, tmp_path: Any
+) -> None:
+    from connector.billing import build_target
+    from connector.config import load_config
+
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(
+        "salesforce: {auth: access_token, instance_url: 'http://127.0.0.1:1'}\n"
+        f"billing:\n  accounts:\n    - {{name: cb, kind: chargebee, api_base: '{sandbox.url}'}}\n"
+    )
+    account = load_config(cfg).billing.accounts[0]
+    t = build_target(account, SECRETS)
+    assert isinstance(t, ChargebeeTarget) and t.name == "cb"
+    assert t.settings.api_key_env == "CHARGEBEE_API_KEY"  # not the Stripe default
+    assert t.settings.requests_per_minute == 150
+    assert t.fetch_customer("nobody") is None
+
+
+def test_a_chargebee_key_in_a_config_file_is_refused(tmp_path: Any) -> None:
+    from connector.config import load_config
+
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(
+        "salesforce: {auth: access_token, instance_url: 'http://127.0.0.1:1'}\n"
+        f"# api_key: {SANDBOX_CHARGEBEE_KEY}\n"
+    )
+    with pytest.raises(ConfigError, match="CHARGEBEE_API_KEY") as err:
+        load_config(cfg)
+    assert SANDBOX_CHARGEBEE_KEY not in str(err.value)

@@ -10,12 +10,18 @@ from typing import Any
 
 import pytest
 
+from connector.billing import TARGET_KINDS, mapping_schema
 from connector.billing.base import idempotency_key
 from connector.billing.chargebee import ChargebeeSettings, ChargebeeTarget
-from connector.billing.chargebee_schema import customer_schema
+from connector.billing.chargebee_schema import (
+    UPDATE,
+    UPDATE_BILLING_INFO,
+    customer_schema,
+    request_schema,
+)
 from connector.config import SecretSource
 from connector.errors import RecordError
-from connector.mapping import load_mappings
+from connector.mapping import check_mappings, load_mapping, load_mappings
 from connector.mapping.spec import read_spec
 from connector.sandbox.chargebee import ChargebeeSandbox
 from connector.sandbox.run import SANDBOX_CHARGEBEE_KEY
@@ -43,13 +49,16 @@ def test_limits_come_from_the_published_description() -> None:
     assert leaves["auto_collection"].enum == ("on", "off")
 
 
-def test_billing_address_fields_are_written_by_update_billing_info() -> None:
+def test_every_mappable_field_can_be_changed_after_create() -> None:
+    # Billing address fields are ones update_billing_info takes; every other field one that
+    # POST /customers/{id} takes: nothing a mapping sets is create-only.
     leaves = customer_schema().leaves
-    calls = {p: f.call for p, f in leaves.items()}
-    assert {c for p, c in calls.items() if p.startswith("billing_address.")} == {
-        "update_billing_info"
-    }
-    assert {c for p, c in calls.items() if not p.startswith("billing_address.")} == {"update"}
+    billing = request_schema(UPDATE_BILLING_INFO)["properties"]["billing_address"]["properties"]
+    update = request_schema(UPDATE)["properties"]
+    for path in leaves:
+        top, _, sub = path.partition(".")
+        assert (sub in billing) if top == "billing_address" else (top in update), path
+    assert "billing_address.city" in leaves and "company" in leaves
 
 
 def test_fields_a_mapping_cannot_set_say_why() -> None:
@@ -61,10 +70,8 @@ def test_fields_a_mapping_cannot_set_say_why() -> None:
 
 def test_shipped_mapping_names_only_fields_chargebee_takes() -> None:
     spec, problems = read_spec(MAPPING, MAPPING.read_text(encoding="utf-8"))
-    # `system:` is read by the port's neutral compiler (branch port); until it is merged here
-    # the parser calls the key unknown, and that is the only problem allowed.
-    others = [p for p in problems if "unknown key 'system'" not in p.message]
-    assert spec is not None and others == [] and spec.target == "customer"
+    assert spec is not None and problems == [] and spec.target == "customer"
+    assert spec.system == "chargebee"
     schema = customer_schema()
     targets = {f.target for f in spec.fields}
     unknown = {
@@ -135,3 +142,35 @@ def test_one_character_more_is_refused(target: ChargebeeTarget, path: str) -> No
     with pytest.raises(RecordError) as err:
         target.create_customer(payload, idempotency_key=idempotency_key("over", path))
     assert getattr(err.value, "param", None) == path.replace(".", "[").replace("[zip", "[zip]")
+
+
+def test_chargebee_is_registered_for_config_and_mappings_check() -> None:
+    kind = TARGET_KINDS["chargebee"]
+    assert kind.rules.system == "chargebee" and kind.rules.tag_field == "meta_data"
+    assert mapping_schema("chargebee", "customer") is customer_schema()
+    assert kind.secret_shapes[0].pattern.search("key: test_" + "a1B2" * 8)
+
+
+def test_mappings_check_accepts_the_shipped_chargebee_mapping() -> None:
+    assert [p for p in check_mappings(MAPPING.parent) if p.severity == "error"] == []
+    mapping = load_mapping(MAPPING)
+    assert mapping.system == "chargebee"
+
+
+def test_mappings_check_names_chargebees_limits(tmp_path: Path) -> None:
+    bad = tmp_path / "customer.yaml"
+    bad.write_text(
+        "system: chargebee\ntarget: customer\nfields:\n"
+        "  company:\n    value: " + "c" * 251 + "\n"
+        "  name:\n    from: Account.Name\n"
+        "  id:\n    from: Account.Id\n"
+    )
+    messages = [f"{p.line}: {p.message}" for p in check_mappings(tmp_path)]
+    assert any(m.startswith("5:") and "250" in m and "Chargebee" in m for m in messages), messages
+    assert any(
+        m.startswith("6:") and "unknown target 'name' for a Chargebee customer" in m
+        for m in messages
+    ), messages
+    assert any(m.startswith("8:") and "connector chooses the customer id" in m for m in messages), (
+        messages
+    )

@@ -48,6 +48,7 @@ from connector.errors import (
     RecordError,
     TransientError,
 )
+from connector.secret_shapes import SecretShape
 
 IDEMPOTENCY_KEY_MAX = 100
 CUSTOMER_ID_MAX = 50
@@ -64,6 +65,13 @@ TEST_SITE_REQUESTS_PER_MINUTE = 150.0
 RATE_LIMIT_RETRIES = 6
 # `id[in]` takes at most this many ids per list request, and a page holds at most 100.
 FETCH_BATCH = 100
+
+# Chargebee API keys: "test_" or "live_" and an opaque run of letters and digits.
+KEY_SHAPE = SecretShape(
+    re.compile(r"\b(?:test|live)_[A-Za-z0-9]{24,}\b"),
+    "a Chargebee API key",
+    "CHARGEBEE_API_KEY",
+)
 
 RULES = TargetRules(
     system="chargebee",
@@ -309,18 +317,27 @@ class ChargebeeTarget:
     def from_config(
         cls, account: Any, secrets: SecretSource, *, salesforce_org_id: str | None = None
     ) -> ChargebeeTarget:
-        """The factory for `kind: chargebee` accounts: reads the fields it needs by name."""
-        name = getattr(account, "name", None) or account.id
+        """The factory for `kind: chargebee` accounts (`billing.accounts[]` in config).
+
+        Reads the fields it needs by name: `site`, `business_entity_id`, `sharing` and
+        `requests_per_minute` where the account config has them. Defaults written for Stripe
+        (`api_key_env: STRIPE_API_KEY`, 20 requests a second) count only when set explicitly.
+        """
+        given = set(getattr(account, "model_fields_set", ()) or ())
+        explicit = given or {"api_key_env", "max_requests_per_second"}  # a plain object: all
+        rpm = getattr(account, "requests_per_minute", None)
+        per_second = getattr(account, "max_requests_per_second", None)
+        if rpm is None and per_second is not None and "max_requests_per_second" in explicit:
+            rpm = float(per_second) * 60
+        key_env = getattr(account, "api_key_env", None)
         settings = ChargebeeSettings(
-            name=name,
+            name=getattr(account, "name", None) or account.id,
             site=getattr(account, "site", None) or "",
-            api_key_env=getattr(account, "api_key_env", None) or "CHARGEBEE_API_KEY",
+            api_key_env=key_env if key_env and "api_key_env" in explicit else "CHARGEBEE_API_KEY",
             api_base=getattr(account, "api_base", None),
             business_entity_id=getattr(account, "business_entity_id", None),
             customer_sharing=getattr(account, "sharing", None) == "customer_sharing",
-            requests_per_minute=float(
-                getattr(account, "requests_per_minute", None) or TEST_SITE_REQUESTS_PER_MINUTE
-            ),
+            requests_per_minute=float(rpm or TEST_SITE_REQUESTS_PER_MINUTE),
             salesforce_org_id=salesforce_org_id,
         )
         return cls(settings, secrets)

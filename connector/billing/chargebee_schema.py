@@ -3,20 +3,21 @@
 `specs/chargebee_customers.v1.openapi.json` is a byte-for-byte copy of the shared contract
 (`shared/chargebee-openapi/customers.v1.openapi.json`; a test keeps them equal). The v1
 description and the v2 API the SDK speaks agree on customer fields and limits; the v2 additions
-the connector relies on are stated below. `customer_schema()` says which customer fields a
-mapping may set, their types and `maxLength`, and why the others cannot be mapped. It is data:
-nothing here talks to Chargebee, and nothing here knows the mapping language's types, so the
-mapping compiler's schema registry can wrap it without a dependency cycle.
+the connector relies on live in the target and the sandbox. `customer_schema()` says which
+customer fields a mapping may set, their types and `maxLength`, and why the others cannot be
+mapped; it is registered for ("chargebee", "customer") in `connector.billing.TARGET_KINDS`.
+Data only: nothing here talks to Chargebee.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
-from typing import Any, Literal
+from typing import Any
+
+from connector.billing.schema import Format, TargetField, TargetSchema
 
 SPEC_FILE = "chargebee_customers.v1.openapi.json"
 SYSTEM = "chargebee"
@@ -25,12 +26,6 @@ OBJECT = "customer"
 CREATE = "/customers"
 UPDATE = "/customers/{customer-id}"
 UPDATE_BILLING_INFO = "/customers/{customer-id}/update_billing_info"
-
-# Where a mapped field is written after the customer exists.
-Call = Literal["update", "update_billing_info"]
-# How a value is made acceptable (the port's value formats): free text is cut to its limit; an
-# email, phone number or country Chargebee would refuse is left unset instead.
-Format = Literal["text", "email", "phone", "country"]
 
 # Parameters a mapping must not set, and why.
 NOT_MAPPABLE: Mapping[str, str] = {
@@ -45,29 +40,6 @@ NOT_MAPPABLE: Mapping[str, str] = {
         "billing address alone; set it in Chargebee"
     ),
 }
-
-
-@dataclass(frozen=True, slots=True)
-class CustomerField:
-    """One settable leaf of a Chargebee customer."""
-
-    path: str  # dotted: "company", "billing_address.city"
-    kind: Literal["string", "enum"]
-    max_length: int | None = None
-    enum: tuple[str, ...] = ()
-    format: Format = "text"
-    call: Call = "update"
-
-
-@dataclass(frozen=True, slots=True)
-class CustomerSchema:
-    """What a mapping may write to a Chargebee customer."""
-
-    leaves: Mapping[str, CustomerField]
-    objects: frozenset[str]  # billing_address, meta_data
-    refused: Mapping[str, str] = field(default_factory=dict)  # path -> why
-    tag_field: str = "meta_data"  # free keys: meta_data.<key>
-    custom_field_prefix: str = "cf_"  # custom fields: cf_<name>, defined in Chargebee first
 
 
 @cache
@@ -89,12 +61,12 @@ def request_schema(path: str) -> dict[str, Any]:
     return schema
 
 
-def _leaf(path: str, node: Mapping[str, Any], call: Call) -> CustomerField | str:
+def _leaf(path: str, node: Mapping[str, Any]) -> TargetField | str:
     kind = node.get("type")
     if kind == "string" and "enum" in node:
-        return CustomerField(path, "enum", None, tuple(node["enum"]), call=call)
+        return TargetField(path, "enum", None, tuple(node["enum"]))
     if kind == "string":
-        return CustomerField(path, "string", node.get("maxLength"), (), _format(path, node), call)
+        return TargetField(path, "string", node.get("maxLength"), (), _format(path, node))
     article = "an" if str(kind)[:1] in "aeiou" else "a"
     return f"it is {article} {kind or 'complex value'}; mappings set text fields"
 
@@ -110,7 +82,7 @@ def _format(path: str, node: Mapping[str, Any]) -> Format:
 
 
 @cache
-def customer_schema() -> CustomerSchema:
+def customer_schema() -> TargetSchema:
     """Customer fields a mapping may set: on create, and afterwards by one of the two calls.
 
     A create parameter that neither `POST /customers/{id}` nor `update_billing_info` (for the
@@ -120,7 +92,7 @@ def customer_schema() -> CustomerSchema:
     create = request_schema(CREATE)["properties"]
     update = request_schema(UPDATE)["properties"]
     billing = request_schema(UPDATE_BILLING_INFO)["properties"]
-    leaves: dict[str, CustomerField] = {}
+    leaves: dict[str, TargetField] = {}
     objects = {"meta_data"}
     refused: dict[str, str] = {}
     for name, node in create.items():
@@ -135,7 +107,7 @@ def customer_schema() -> CustomerSchema:
                 if sub not in billing[name]["properties"]:
                     refused[path] = "update_billing_info does not take it"
                     continue
-                got = _leaf(path, sub_node, "update_billing_info")
+                got = _leaf(path, sub_node)
                 if isinstance(got, str):
                     refused[path] = got
                 else:
@@ -145,9 +117,16 @@ def customer_schema() -> CustomerSchema:
         elif name not in update:
             refused[name] = "Chargebee accepts it only when a customer is created"
         else:
-            got = _leaf(name, node, "update")
+            got = _leaf(name, node)
             if isinstance(got, str):
                 refused[name] = got
             else:
                 leaves[name] = got
-    return CustomerSchema(leaves, frozenset(objects), refused)
+    return TargetSchema(
+        system=SYSTEM,
+        object=OBJECT,
+        label="Chargebee",
+        leaves=leaves,
+        objects=frozenset(objects),
+        refused=refused,
+    )
