@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 from connector.billing.base import RESERVED_METADATA_KEYS
 from connector.billing.stripe_schema import create_params_schema, resolve, update_params_schema
+from connector.errors import ConfigError
 from connector.mapping.spec import (
     Collector,
     FieldSpec,
@@ -30,6 +31,7 @@ from connector.mapping.spec import (
     MappingSpec,
     Problem,
     Severity,
+    problem_from_config_error,
     read_spec,
     value_path,
 )
@@ -42,7 +44,7 @@ from connector.mapping.transforms import (
     strip_control,
     truncate,
 )
-from connector.yaml_source import KeyPath
+from connector.yaml_source import KeyPath, read_text
 
 # Bump when evaluation rules change, so fingerprints (and so the engine's "mapping changed,
 # re-sync everything" decision) change with them.
@@ -792,10 +794,9 @@ def _position(problem: Problem) -> tuple[int, int]:
 
 def compile_file(path: Path) -> tuple[Compiled | None, list[Problem]]:
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
-        return None, [Problem(path, 1, 1, f"cannot read mapping file: {reason}")]
+        text = read_text(path)  # names the line and column of a byte that is not UTF-8
+    except ConfigError as exc:
+        return None, [problem_from_config_error(exc, path)]
     spec, problems = read_spec(path, text)
     if spec is None:
         return None, problems
