@@ -34,7 +34,7 @@ def store_rows(db_url: str) -> tuple[list[object], list[object], list[object]]:
     """What an admin command could have changed: links, runs, conflicts."""
     store = StateStore.open(db_url)
     try:
-        return (list(store.iter_links(BA)), store.recent_runs(limit=100), store.list_conflicts(None))
+        return (list(store.links.iter(BA)), store.runs.recent(limit=100), store.conflicts.list(None))
     finally:
         store.close()
 
@@ -49,7 +49,7 @@ def assert_refused(result: subprocess.CompletedProcess[str], argument: str) -> N
 def open_conflict(db_url: str) -> int:
     store = StateStore.open(db_url)
     try:
-        return store.open_conflict(
+        return store.conflicts.open(
             "customer_linked_elsewhere", billing_account=BA, account_id=ACCOUNT_18,
             customer_id="cus_Gone000000001",
         ).id
