@@ -297,7 +297,9 @@ class SecretSource:
         return f"SecretSource(set={', '.join(names) or 'none'})"
 
     def _names(self) -> set[str]:
-        return {*_SECRET_NAMES, *(k for k in self.environ if k.endswith("_API_KEY"))}
+        # Billing accounts name their key variable (api_key_env); by convention it ends in _API_KEY.
+        given = (k.removesuffix("_FILE") for k in self.environ)
+        return {*_SECRET_NAMES, *(k for k in given if k.endswith("_API_KEY"))}
 
     def get(self, name: str) -> str | None:
         value = self._read(name)

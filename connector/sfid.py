@@ -13,8 +13,8 @@ from __future__ import annotations
 import re
 
 _SUFFIX_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZ012345"
-_ID15 = re.compile(r"^[A-Za-z0-9]{15}$")
-_ID18 = re.compile(r"^[A-Za-z0-9]{15}[A-Za-z0-5]{3}$")
+_ID15 = re.compile(r"[A-Za-z0-9]{15}")
+_ID18 = re.compile(r"[A-Za-z0-9]{15}[A-Za-z0-5]{3}")
 
 # Key prefixes (the first three characters) of the objects the connector names.
 ACCOUNT_PREFIX = "001"
@@ -49,9 +49,9 @@ def normalize_sf_id(value: str, *, prefix: str | None = None, what: str = "Sales
     if not isinstance(value, str):
         raise SalesforceIdError(f"{what} must be text, not {type(value).__name__}")
     shown = value if len(value) <= 40 else value[:40] + "..."
-    if _ID15.match(value):
+    if _ID15.fullmatch(value):
         result = value + checksum_suffix(value)
-    elif _ID18.match(value):
+    elif _ID18.fullmatch(value):
         result = value[:15] + value[15:].upper()
     else:
         raise SalesforceIdError(
