@@ -33,9 +33,9 @@ TOKEN = f"{SANDBOX_ORG_ID[:15]}!AQ-Xy9_kq2-Lm4.Rt7-zW8_pP0-sS1eE5"
 
 
 def forms(secret: str) -> list[str]:
-    """The secret, its URL-encoded forms, and the opaque part after the org id and '!'."""
+    """The secret, its URL-encoded forms, and a token's opaque part after the org id and '!'."""
     out = {secret, quote(secret, safe=""), quote_plus(secret)}
-    if "!" in secret:
+    if secret.startswith("00D") and "!" in secret:
         opaque = secret.split("!", 1)[1]
         out |= {opaque, quote(opaque, safe="")}
     return sorted(out)
