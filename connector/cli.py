@@ -67,6 +67,11 @@ DryRunOpt = Annotated[
 ]
 
 
+# Set once a sync or backfill has started its run, so that an internal error says a run was
+# recorded as failed only when there was one.
+_RUN_STARTED = threading.Event()
+
+
 def main() -> None:
     try:
         app()
@@ -78,8 +83,9 @@ def main() -> None:
 
         text = REDACTOR.scrub("".join(traceback.format_exception(exc)))
         err.print(text, highlight=False, markup=False, soft_wrap=True)
+        recorded = " (the run in progress was recorded as failed)" if _RUN_STARTED.is_set() else ""
         err.print(
-            "internal error: this is a bug in billing-connector (a run in progress was recorded as failed)",
+            f"internal error: this is a bug in billing-connector{recorded}",
             highlight=False,
         )
         raise SystemExit(1) from None
@@ -222,6 +228,7 @@ def _run(
             _stop_on_signals() as stop,
             open_pipeline(cfg, secrets, on_progress=on_progress, stop=stop) as p,
         ):
+            _RUN_STARTED.set()
             try:
                 report = p.engine.run(
                     mode, dry_run=dry_run, since=start, until=end, retry_all=retry_all
@@ -495,6 +502,10 @@ def mappings_preview(
         err.print("error: give --account ID or --order ID")
         raise typer.Exit(2)
     with _errors():
+        account, order = (
+            _sf_id_option(account, "--account", "001"),
+            _sf_id_option(order, "--order", "801"),
+        )
         cfg, secrets = _load(config)
         with open_pipeline(cfg, secrets, lock=False) as p:
             rows = [
@@ -561,6 +572,18 @@ def mappings_preview(
                 else ("(same)" if entry["customer_id"] else ""),
             )
         out.print(t)
+
+
+def _sf_id_option(value: str | None, option: str, prefix: str) -> str | None:
+    """A Salesforce id option in its 18-character form (the 15-character URL form is accepted)."""
+    from connector.sfid import SalesforceIdError, normalize_sf_id
+
+    if value is None:
+        return None
+    try:
+        return normalize_sf_id(value, prefix=prefix, what=option.lstrip("-") + " id")
+    except SalesforceIdError as exc:
+        raise ConfigError(str(exc), key=option) from None
 
 
 def _dig(data: Any, dotted: str) -> Any:
@@ -690,14 +713,18 @@ def conflicts_resolve(
     ] = None,
 ) -> None:
     """Record an admin's decision on a conflict (exactly one of --link, --new, --ignore)."""
-    from connector.admin import resolve_conflict
+    from connector.admin import check_conflict_id, check_customer_id, resolve_conflict
     from connector.app import build_targets
 
     if sum([link is not None, new, ignore]) != 1:
         err.print("error: give exactly one of --link CUSTOMER, --new, --ignore")
         raise typer.Exit(2)
-    choice = "link" if link else "new" if new else "ignore"
+    # `--link ""` (an unset shell variable) is a link with a bad value, never a quiet --ignore.
+    choice = "link" if link is not None else "new" if new else "ignore"
     with _errors():
+        check_conflict_id(conflict_id)
+        if link is not None:
+            link = check_customer_id(link, argument="--link")
         cfg, secrets = _load(config)
         targets = build_targets(cfg, secrets) if choice == "link" else []
         with _opened_store(cfg) as store:
@@ -717,7 +744,10 @@ def xref_show(
     as_json: JsonOpt = False,
 ) -> None:
     """Everything the store knows about one account: links, conflicts, retries, last outcomes."""
+    from connector.admin import check_account_id
+
     with _errors():
+        account = check_account_id(account, argument="ACCOUNT")
         cfg, _ = _load(config)
         with _opened_store(cfg) as store:
             info: dict[str, Any] = {"account_id": account, "billing_accounts": []}
@@ -800,10 +830,13 @@ def xref_link(
     ] = None,
 ) -> None:
     """Link an account to an existing customer (support work); the next run updates it."""
-    from connector.admin import link_account
+    from connector.admin import check_account_id, check_customer_id, link_account
     from connector.app import build_targets
 
     with _errors():
+        # Checked before anything is opened: a bad argument changes nothing and contacts nothing.
+        account = check_account_id(account, argument="ACCOUNT")
+        customer = check_customer_id(customer, argument="CUSTOMER")
         cfg, secrets = _load(config)
         targets = build_targets(cfg, secrets)
         target = next((t for t in targets if t.name == (billing_account or targets[0].name)), None)

@@ -8,7 +8,7 @@ are read from an environment variable `NAME` or from the file named by `NAME_FIL
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlparse
@@ -25,7 +25,9 @@ from pydantic import (
 )
 
 from connector.errors import ConfigError
+from connector.log import REDACTOR
 from connector.secret_shapes import find_secret
+from connector.sfid import ORGANIZATION_PREFIX, normalize_sf_id
 from connector.yaml_source import PositionedYaml, load_positioned
 
 
@@ -53,7 +55,7 @@ class SalesforceConfig(_Model):
     consumer_key: str | None = None
     api_version: str = "62.0"
     # The org's 15- or 18-character id (00D...). Read from the session when not given.
-    org_id: str | None = Field(default=None, pattern=r"^00D[A-Za-z0-9]{12}([A-Za-z0-9]{3})?$")
+    org_id: str | None = None
     # Deprecated (one release): the first billing account's `writeback_field`.
     stripe_id_field: str | None = None
     # Extra SOQL condition ANDed to StatusCode = 'Activated', e.g. "Type = 'New Business'".
@@ -77,6 +79,12 @@ class SalesforceConfig(_Model):
         if parsed.scheme == "http" and parsed.hostname not in LOOPBACK_HOSTS:
             raise ValueError("plain http is only allowed on loopback (the sandbox); use https")
         return v.rstrip("/")
+
+    @field_validator("org_id")
+    @classmethod
+    def _org_id(cls, v: str | None) -> str | None:
+        # Both forms are shown in Setup; the store and metadata hold the 18-character one.
+        return None if v is None else normalize_sf_id(v, prefix=ORGANIZATION_PREFIX, what="org id")
 
     @model_validator(mode="after")
     def _auth_needs(self) -> SalesforceConfig:
@@ -383,17 +391,49 @@ def _deprecated_settings(doc: PositionedYaml) -> list[str]:
     return out
 
 
+# The variables SecretSource reads, named in its repr and handed to the log redactor.
+_SECRET_NAMES = (
+    "SALESFORCE_PASSWORD",
+    "SALESFORCE_SECURITY_TOKEN",
+    "SALESFORCE_CONSUMER_SECRET",
+    "SALESFORCE_ACCESS_TOKEN",
+    "SALESFORCE_PRIVATE_KEY",
+    "STRIPE_API_KEY",
+)
+
+
 @dataclass(frozen=True)
 class SecretSource:
-    """Reads secrets from the environment: `NAME`, or the file named by `NAME_FILE`."""
+    """Reads secrets from the environment: `NAME`, or the file named by `NAME_FILE`.
 
-    environ: dict[str, str]
+    Every value it hands out is registered with the log redactor first, so that value is
+    removed from logs, tracebacks and stored errors whatever its shape. Its repr names the
+    secrets that are set, never their values (a SecretSource ends up in tracebacks and
+    debuggers).
+    """
+
+    environ: dict[str, str] = field(repr=False)
 
     @classmethod
     def from_os(cls) -> SecretSource:
         return cls(dict(os.environ))
 
+    def __repr__(self) -> str:
+        known = self._names()
+        names = sorted(n for n in self.environ if n in known or n.removesuffix("_FILE") in known)
+        return f"SecretSource(set={', '.join(names) or 'none'})"
+
+    def _names(self) -> set[str]:
+        # Billing accounts name their key variable (api_key_env); by convention it ends in _API_KEY.
+        given = (k.removesuffix("_FILE") for k in self.environ)
+        return {*_SECRET_NAMES, *(k for k in given if k.endswith("_API_KEY"))}
+
     def get(self, name: str) -> str | None:
+        value = self._read(name)
+        REDACTOR.add(value)
+        return value
+
+    def _read(self, name: str) -> str | None:
         if self.environ.get(name):
             return self.environ[name]
         file = self.environ.get(f"{name}_FILE")
@@ -403,6 +443,10 @@ class SecretSource:
             except OSError as exc:
                 raise ConfigError(
                     f"cannot read secret file named by {name}_FILE: {exc.strerror}"
+                ) from None
+            except UnicodeDecodeError:
+                raise ConfigError(
+                    f"the secret file named by {name}_FILE is not UTF-8 text"
                 ) from None
         return None
 
@@ -416,16 +460,8 @@ class SecretSource:
 
     def all_values(self) -> list[str]:
         """Every secret value known, for the log redactor."""
-        names = [
-            "SALESFORCE_PASSWORD",
-            "SALESFORCE_SECURITY_TOKEN",
-            "SALESFORCE_CONSUMER_SECRET",
-            "SALESFORCE_ACCESS_TOKEN",
-            "STRIPE_API_KEY",
-        ]
-        names += [k for k in self.environ if k.endswith("_API_KEY")]
         out = []
-        for n in names:
+        for n in sorted(self._names()):
             try:
                 v = self.get(n)
             except ConfigError:
