@@ -30,6 +30,7 @@ import structlog
 from connector.billing.base import RESERVED_METADATA_KEYS, BillingTarget
 from connector.errors import (
     ConnectorError,
+    LockLost,
     RecordError,
     TransientError,
     UnavailableError,
@@ -229,6 +230,8 @@ class Engine:
         on_progress: Callable[[int, int | None], None] | None = None,
         stop: threading.Event | None = None,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
+        before_write: Callable[[], None] | None = None,
+        cursor_scope: str | None = None,
     ) -> None:
         self.source = source
         self.targets = list(targets)
@@ -244,6 +247,12 @@ class Engine:
         self.on_progress = on_progress
         self.stop = stop or threading.Event()
         self.now = now
+        # The runner-lock check: called before each billing write and each store write batch;
+        # raises LockLost when another runner may have taken over, so this one stops writing.
+        self.before_write = before_write or (lambda: None)
+        # A daemon partition (one billing account of several) keeps cursors of its own: one
+        # partition's progress says nothing about what another has applied.
+        self.cursor_scope = cursor_scope
         self.fields = list(mapping.soql_fields())
         self.watch = watched_relationships(self.fields)
 
@@ -294,6 +303,11 @@ class Engine:
                 status = "interrupted"
             elif tally.failed or tally.refused:
                 status = "partial"
+        except LockLost as exc:
+            # Another runner may hold the partition now: stop writing at once. What was applied
+            # is recorded or replayable (intents, idempotency keys); the cursor did not move.
+            status, error, error_exit = "interrupted", REDACTOR.scrub(str(exc)), exc.exit_code
+            log.error("run.lock_lost", error=error)
         except (UnavailableError, TransientError) as exc:
             # The run could not go on (login, limits, a query that kept failing): exit 3. What
             # was applied is recorded; the cursor did not move, so nothing is skipped.
@@ -343,6 +357,9 @@ class Engine:
         log.info("run.finished", run_id=run_id, status=status, **_counts(report))
         return report
 
+    def cursor(self, name: str) -> str:
+        return f"{name}@{self.cursor_scope}" if self.cursor_scope else name
+
     def _mapping_changed(self) -> bool:
         # Links an admin set by hand carry no fingerprint until their first sync.
         fp = self.mapping.fingerprint
@@ -356,12 +373,12 @@ class Engine:
         after_id = None
         changed_since = None
         if mode == "backfill":
-            backfill_cursor = f"backfill:{_iso(since) or '-'}:{_iso(until) or '-'}"
+            backfill_cursor = self.cursor(f"backfill:{_iso(since) or '-'}:{_iso(until) or '-'}")
             after_id = self.store.get_cursor(backfill_cursor) or None
             if after_id:
                 log.info("backfill.resuming", after_id=after_id)
         elif mode == "sync":
-            cursor = parse_sf_datetime(self.store.get_cursor(ORDERS_CURSOR))
+            cursor = parse_sf_datetime(self.store.get_cursor(self.cursor(ORDERS_CURSOR)))
             changed_since = cursor - self.overlap if cursor else None
         pages = self.source.activated_orders(
             self.fields,
@@ -377,6 +394,7 @@ class Engine:
                 return False
             if backfill_cursor and not run.dry_run and page.rows:
                 # Resume point: every record of this page has its outcome recorded.
+                self.before_write()
                 self.store.set_cursor(backfill_cursor, max(r.order_id for r in page.rows))
         if backfill_cursor and not run.dry_run:
             self.store.set_cursor(backfill_cursor, "")
@@ -384,7 +402,7 @@ class Engine:
 
     def _process_deletions(self, run: _Run) -> None:
         """Deleted and merged accounts: links are marked, conflicts opened, billing untouched."""
-        cursor = parse_sf_datetime(self.store.get_cursor(DELETIONS_CURSOR))
+        cursor = parse_sf_datetime(self.store.get_cursor(self.cursor(DELETIONS_CURSOR)))
         since = cursor - self.overlap if cursor else None
         newest: datetime | None = None
         for page in self.source.deleted_accounts(since=since):
@@ -394,7 +412,8 @@ class Engine:
                     newest = stamp
             run.apply_deletions(page)
         if newest and not run.dry_run and (cursor is None or newest > cursor):
-            self.store.set_cursor(DELETIONS_CURSOR, newest.strftime("%Y-%m-%dT%H:%M:%S.000+0000"))
+            self.before_write()
+            self.store.set_cursor(self.cursor(DELETIONS_CURSOR), newest.strftime("%Y-%m-%dT%H:%M:%S.000+0000"))
 
     def _process_retries(self, run: _Run, *, retry_all: bool) -> bool:
         for target in self.targets:
@@ -416,13 +435,14 @@ class Engine:
         return True
 
     def _advance_cursor(self, mode: str, watermark: datetime, *, backfill_window: bool) -> None:
-        current = parse_sf_datetime(self.store.get_cursor(ORDERS_CURSOR))
+        current = parse_sf_datetime(self.store.get_cursor(self.cursor(ORDERS_CURSOR)))
         if mode == "backfill" and current is not None:
             return  # a backfill never moves the incremental cursor backwards or forwards past a sync
         if mode == "backfill" and not backfill_window:
             return  # a windowed backfill did not read everything
         if current is None or watermark > current:
-            self.store.set_cursor(ORDERS_CURSOR, watermark.strftime("%Y-%m-%dT%H:%M:%S.000+0000"))
+            self.before_write()
+            self.store.set_cursor(self.cursor(ORDERS_CURSOR), watermark.strftime("%Y-%m-%dT%H:%M:%S.000+0000"))
 
 
 class _Run:
@@ -501,6 +521,7 @@ class _Run:
                     self.tally.count(planned.action)
                     continue
                 prev = links.get(account_id)
+                self.e.before_write()
                 outcome, link = self._apply(target, planned, prev, row)
                 self.tally.count(_action_of(outcome))
                 outcomes.append(outcome)
@@ -533,6 +554,7 @@ class _Run:
                     continue  # never synced (merging before sync is the documented way), or already handled
                 if d.master_id is None:
                     if not self.dry_run:
+                        self.e.before_write()
                         store.set_link_status(ba, d.account_id, "deleted")
                     log.info(
                         "sync.account.deleted",
@@ -585,6 +607,7 @@ class _Run:
                         )
                     )
                     continue
+                self.e.before_write()
                 with store.transaction():
                     store.set_link_status(ba, d.account_id, "merged")
                     store.open_conflict(
@@ -613,6 +636,7 @@ class _Run:
                     )
                 )
             if outcomes and not self.dry_run:
+                self.e.before_write()
                 store.record_outcomes(self.run_id, outcomes)
 
     def _record(
@@ -636,6 +660,7 @@ class _Run:
             for o in outcomes
             if o.outcome in ("created", "updated", "adopted", "unchanged")
         ]
+        self.e.before_write()
         with self.e.store.transaction():
             if saves:
                 self.e.store.save_links(saves)
@@ -1041,6 +1066,7 @@ class _Run:
         while self.writebacks and (final or len(self.writebacks) >= self.e.writeback_batch):
             batch = self.writebacks[: self.e.writeback_batch]
             self.writebacks = self.writebacks[self.e.writeback_batch :]
+            self.e.before_write()
             try:
                 results = self.e.source.write_back(batch)
             except TransientError as exc:
