@@ -19,6 +19,7 @@ from connector.billing.stripe import StripeTarget
 from connector.config import Config, SecretSource
 from connector.engine import Engine
 from connector.mapping import CustomerMapping, load_mappings
+from connector.partitions import hold_partitions, partitions_of
 from connector.salesforce import SalesforceSource, connect
 from connector.state.store import StateStore
 
@@ -41,6 +42,37 @@ def build_targets(config: Config, secrets: SecretSource) -> list[BillingTarget]:
     return [StripeTarget(acct, secrets) for acct in config.billing.accounts]
 
 
+def make_engine(
+    config: Config,
+    *,
+    mapping: CustomerMapping,
+    store: StateStore,
+    source: SalesforceSource,
+    targets: list[BillingTarget],
+    on_progress: Callable[[int, int | None], None] | None = None,
+    stop: threading.Event | None = None,
+    before_write: Callable[[], None] | None = None,
+    cursor_scope: str | None = None,
+) -> Engine:
+    """An engine for `targets` (every billing account, or one daemon partition)."""
+    return Engine(
+        source=source,
+        targets=targets,
+        store=store,
+        mapping=mapping,
+        overlap_seconds=config.salesforce.overlap_seconds,
+        # Only the first billing account's customer id goes to the Account's field, whichever
+        # partition runs it.
+        writeback_billing_account=config.billing.accounts[0].id,
+        writeback_batch=config.salesforce.writeback_batch_size,
+        salesforce_calls=lambda: source.usage.calls,
+        on_progress=on_progress,
+        stop=stop,
+        before_write=before_write,
+        cursor_scope=cursor_scope,
+    )
+
+
 @contextmanager
 def open_pipeline(
     config: Config,
@@ -50,33 +82,28 @@ def open_pipeline(
     stop: threading.Event | None = None,
     lock: bool = True,
 ) -> Iterator[Pipeline]:
-    """Everything a run needs, with the single-runner lock held for its duration."""
+    """Everything a run needs, with every partition's lock held for its duration (the daemon
+    takes the same locks, so a one-shot command and `run` never write the same account)."""
     mapping = load_mappings(config.mappings_path)  # exit 2 before anything is contacted
     targets = build_targets(config, secrets)  # a missing key is a config error too
     store = StateStore.open(config.state_url, auto_migrate=config.state.auto_migrate)
     try:
-        lock_cm = store.locks.hold("sync", holder=holder_name()) if lock else _null()
-        with lock_cm:
-            if lock:
-                # Holding the lock, any run still marked running belongs to a dead process.
-                store.runs.mark_interrupted()
+        parts = partitions_of(config) if lock else []
+        with hold_partitions(store.locks, parts, holder_name()) as held:
+            for p in parts:
+                # Holding its lock, any run of the partition still marked running is dead.
+                store.runs.mark_interrupted(p.billing_account)
             source = connect(config.salesforce, secrets)
-            engine = Engine(
+            engine = make_engine(
+                config,
+                mapping=mapping,
+                store=store,
                 source=source,
                 targets=targets,
-                store=store,
-                mapping=mapping,
-                overlap_seconds=config.salesforce.overlap_seconds,
-                writeback_batch=config.salesforce.writeback_batch_size,
-                salesforce_calls=lambda: source.usage.calls,
                 on_progress=on_progress,
                 stop=stop,
+                before_write=held.check if lock else None,
             )
             yield Pipeline(config, mapping, store, source, targets, engine)
     finally:
         store.close()
-
-
-@contextmanager
-def _null() -> Iterator[None]:
-    yield

@@ -267,7 +267,13 @@ class Engine:
         until: datetime | None = None,
         retry_all: bool = False,
     ) -> RunReport:
-        run_id = self.store.runs.start(mode, dry_run=dry_run) if not dry_run else _dry_run_id()
+        run_id = (
+            self.store.runs.start(
+                mode, dry_run=dry_run, partition=",".join(t.name for t in self.targets)
+            )
+            if not dry_run
+            else _dry_run_id()
+        )
         structlog.contextvars.bind_contextvars(run_id=run_id)
         tally = _Tally()
         plan: list[PlannedWrite] = []
@@ -872,6 +878,9 @@ class _Run:
                     first_synced_at=now,
                     last_synced_at=now,
                 )
+                # The create may have taken long; if the lock went meanwhile, the open intent
+                # lets whoever holds it now replay this create and link the same customer.
+                self.e.before_write()
                 store.intents.complete_create(
                     new, [OrderLink(ba, p.order_id, p.account_id, customer_id)]
                 )
