@@ -124,6 +124,9 @@ class RunReport:
     plan: tuple[PlannedWrite, ...] = ()
     error: str | None = None
     error_exit_code: int | None = None
+    # The error's class (AuthenticationError, ConfigError, LockLost...): the daemon stops on
+    # what will not pass by itself and backs off on the rest.
+    error_type: str | None = None
 
     def as_json(self) -> dict[str, Any]:
         keys = (
@@ -280,6 +283,7 @@ class Engine:
         sf_start = self._sf_calls()
         stripe_start = sum(t.calls for t in self.targets)
         status, error, error_exit = "succeeded", None, None
+        error_type: str | None = None
         run = _Run(self, run_id=run_id, dry_run=dry_run, tally=tally, plan=plan)
         log.info("run.started", mode=mode, dry_run=dry_run, since=_iso(since), until=_iso(until))
         try:
@@ -313,6 +317,7 @@ class Engine:
             # Another runner may hold the partition now: stop writing at once. What was applied
             # is recorded or replayable (intents, idempotency keys); the cursor did not move.
             status, error, error_exit = "interrupted", REDACTOR.scrub(str(exc)), exc.exit_code
+            error_type = type(exc).__name__
             log.error("run.lock_lost", error=error)
         except (UnavailableError, TransientError) as exc:
             # The run could not go on (login, limits, a query that kept failing): exit 3. What
@@ -322,9 +327,11 @@ class Engine:
                 REDACTOR.scrub(str(exc)),
                 UnavailableError.exit_code,
             )
+            error_type = type(exc).__name__
             log.error("run.failed", error=error)
         except ConnectorError as exc:
             status, error, error_exit = "failed", REDACTOR.scrub(str(exc)), exc.exit_code
+            error_type = type(exc).__name__
             log.error("run.failed", error=error)
         except BaseException as exc:
             # A bug or an interpreter exit: the run is recorded as failed before it propagates,
@@ -357,6 +364,7 @@ class Engine:
             plan=tuple(plan),
             error=error,
             error_exit_code=error_exit,
+            error_type=error_type,
         )
         if not dry_run:
             self.store.runs.finish(run_id, status=status, counts=_counts(report), error=error)
