@@ -459,10 +459,18 @@ class Daemon:
             nightly_recheck=sched.nightly_recheck,
         )
         try:
-            self.stop.wait()
+            # Waits in short slices: a signal may be delivered to another thread, and the main
+            # thread must wake to run its Python handler (a second signal exits at once).
+            while not self.stop.wait(0.5):
+                pass
         finally:
             # The record in progress finishes (the engine checks `stop` between records).
-            scheduler.shutdown(wait=True)
+            closer = threading.Thread(
+                target=scheduler.shutdown, kwargs={"wait": True}, name="shutdown"
+            )
+            closer.start()
+            while closer.is_alive():
+                closer.join(0.5)
         log.info("daemon.stopped", exit_code=self.fatal.exit_code if self.fatal else 0)
         return self.fatal.exit_code if self.fatal else 0
 
