@@ -373,6 +373,13 @@ def status(config: ConfigOpt = Path("config.yaml"), as_json: JsonOpt = False) ->
     for name, cursor in sorted(stats.get("cursors", {}).items()):
         if cursor.get("value"):
             out.print(f"cursor {name}: {cursor['value']}", highlight=False)
+    for name, who in sorted(stats.get("partitions", {}).items()):
+        # Daemon replicas (or a one-shot sync) running now, one line per partition.
+        out.print(
+            f"{name}: held by {who.get('holder')} since {who.get('since')}",
+            highlight=False,
+            markup=False,
+        )
     if failures:
         out.print(f"\nfailing records ({len(failures)}, latest first):")
         for at, _run_id, o in failures:

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from conftest import BILLED
-from fault_readback import SF_QUERY, assert_one_customer_each, read_store
+from fault_readback import SF_QUERY, assert_one_customer_each, cli, read_store
 from webhook_receiver import WebhookReceiver
 
 from connector.alerts import Alerter
@@ -194,3 +194,25 @@ def test_a_refused_credential_stops_the_daemon_with_exit_3(
         assert daemon.stop.is_set()  # serve() returns at once with that code
     finally:
         daemon.close()
+
+
+def test_a_one_shot_sync_while_the_daemon_holds_the_partition_exits_3_naming_it(
+    make_config: Callable[..., Config],
+    secrets: SecretSource,
+    sandboxes: SandboxPair,
+    cli_env: dict[str, str],
+) -> None:
+    daemon = Daemon(make_config(), secrets, holder="replica-x:77").start()
+    try:
+        assert daemon.tick().held == {"default"}
+        created = len(sandboxes.stripe.customers())
+        result = cli("sync", env=cli_env)
+        status = cli("status", env=cli_env)
+    finally:
+        daemon.close()
+    assert result.returncode == 3, result.stderr
+    assert "replica-x:77" in result.stderr and "partition-default" in result.stderr
+    assert len(sandboxes.stripe.customers()) == created  # the refused sync wrote nothing
+    assert "partition-default: held by replica-x:77" in status.stdout
+    # Released with the daemon: the one-shot sync runs now.
+    assert cli("sync", env=cli_env).returncode == 0
