@@ -105,6 +105,27 @@ def _errors() -> Iterator[None]:
         _fail(exc)
 
 
+@contextmanager
+def _json_on_error(mode: str, *, enabled: bool) -> Iterator[None]:
+    """Under --json, a run that stops with an error still prints one JSON object (status,
+    error, exit code) before the error goes to stderr, so scripts always get an object."""
+    try:
+        yield
+    except ConnectorError as exc:
+        if enabled:
+            print(
+                json.dumps(
+                    {
+                        "mode": mode,
+                        "status": "failed",
+                        "error": REDACTOR.scrub(str(exc)),
+                        "exit_code": exc.exit_code,
+                    }
+                )
+            )
+        raise
+
+
 def _load(config_file: Path) -> tuple[Config, SecretSource]:
     secrets = SecretSource.from_os()
     cfg = load_config(config_file)
@@ -190,7 +211,7 @@ def _run(
 ) -> None:
     from connector.app import open_pipeline
 
-    with _errors():
+    with _errors(), _json_on_error(mode, enabled=as_json):
         cfg, secrets = _load(config_file)
         start, end = _parse_date(since, "--since"), _parse_date(until, "--until")
         on_progress, stop_progress = _progress(
@@ -207,7 +228,16 @@ def _run(
             finally:
                 stop_progress()
         if as_json:
-            print(json.dumps(report.as_json()))
+            print(
+                json.dumps(
+                    {
+                        **report.as_json(),
+                        "status": report.status,
+                        "error": REDACTOR.scrub(report.error) if report.error else None,
+                        "exit_code": report.exit_code,
+                    }
+                )
+            )
         else:
             _print_report(report, state=_safe_url(cfg.state_url))
         if report.error:

@@ -106,7 +106,9 @@ def run_demo(state_dir: Path, *, console: Console) -> int:
     try:
         if state_dir.exists():
             shutil.rmtree(state_dir)
-        state_dir.mkdir(parents=True)
+        # The demo store holds (sample) customer data: readable by this user only.
+        state_dir.mkdir(mode=0o700, parents=True)
+        state_dir.chmod(0o700)
         state_file = (state_dir / "state.db").resolve()
         cfg_data = pair.config_dict(
             state_url=f"sqlite:///{state_file}", mappings_dir=str(repo_mappings_dir())

@@ -166,6 +166,7 @@ class LockRepository:
         path = self.path(name)
         assert path is not None
         try:
+            # Readable by the service user only, like the database it sits next to.
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         except OSError as exc:
             raise UnavailableError(f"cannot open the lock file {path}: {exc.strerror}") from None
