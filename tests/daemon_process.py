@@ -32,13 +32,15 @@ def write_config(cli_env: dict[str, str], **sections: Any) -> Path:
 class Daemon:
     """One `billing-connector run` process and the events it logged."""
 
-    def __init__(self, env: dict[str, str], *args: str, name: str = "daemon") -> None:
+    def __init__(
+        self, env: dict[str, str], *args: str, name: str = "daemon", prefix: tuple[str, ...] = ()
+    ) -> None:
         self.name = name
         self.events: list[Event] = []
         self.other: list[str] = []
         self._changed = threading.Condition()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "connector", "run", *args],
+            [*prefix, sys.executable, "-m", "connector", "run", *args],
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

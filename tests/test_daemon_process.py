@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -190,3 +191,36 @@ def test_two_daemons_share_two_partitions_and_a_killed_ones_partition_is_taken_o
         read_store(pg_url, billing_account=name).assert_links_match(
             {acc: ids[0] for acc, ids in customers.items()}
         )
+
+
+def _can_make_pid_namespaces() -> bool:
+    try:
+        done = subprocess.run(
+            ["unshare", "--pid", "--fork", "--kill-child", "true"], capture_output=True, timeout=60
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return done.returncode == 0
+
+
+@pytest.mark.skipif(
+    not _can_make_pid_namespaces(),
+    reason="needs `unshare --pid` (root or user namespaces) to run the daemon as PID 1",
+)
+def test_as_pid_1_in_its_namespace_sigterm_still_stops_the_daemon_with_exit_0(
+    sandboxes: SandboxPair, cli_env: dict[str, str], db_url: str
+) -> None:
+    # PID 1 gets no default signal actions: SIGTERM works only because the daemon handles it.
+    daemon = Daemon(cli_env, prefix=("unshare", "--pid", "--fork", "--kill-child"))
+    try:
+        (started,) = daemon.event("daemon.started")
+        assert started["holder"].endswith(":1")  # host:pid as the daemon sees itself
+        daemon.event("run.finished")
+        unshare = daemon.proc.pid
+        children = Path(f"/proc/{unshare}/task/{unshare}/children").read_text().split()
+        os.kill(int(children[0]), signal.SIGTERM)
+        code = daemon.wait()
+    finally:
+        daemon.kill()
+    assert code == 0, daemon.tail()
+    assert daemon.seen("daemon.stopped")
