@@ -113,8 +113,7 @@ class Daemon:
         self.stop = stop or threading.Event()
         self.now = now
         self.metrics = metrics or Metrics()
-        interval = config.schedule.interval_seconds
-        self.interval = timedelta(seconds=interval or 60)
+        self.interval = schedule_interval(config)
         self.health = Health(
             ready_within=self.interval * config.health.ready_within_intervals, now=now
         )
@@ -485,6 +484,24 @@ class Daemon:
         except Exception as exc:
             # Never let the scheduler's thread die silently: the store may be down; retry later.
             log.exception("daemon.tick_failed", error=REDACTOR.scrub(str(exc)))
+
+
+def schedule_interval(config: Config) -> timedelta:
+    """The time between two ticks: `every`, or the gap between a crontab's next two firings
+    (what /readyz's "within two intervals" and the back-off count in)."""
+    sched = config.schedule
+    if sched.cron is None:
+        return timedelta(seconds=sched.interval_seconds or 300)
+    from apscheduler.triggers.cron import CronTrigger
+
+    trigger = CronTrigger.from_crontab(sched.cron, timezone=UTC)
+    now = datetime.now(UTC)
+    first = trigger.get_next_fire_time(None, now)
+    second = trigger.get_next_fire_time(first, first + timedelta(microseconds=1)) if first else None
+    if first is None or second is None:
+        return timedelta(minutes=5)
+    gap: timedelta = second - first
+    return gap
 
 
 def _failed_text(name: str, run_id: str | None, error: str | None) -> str:

@@ -71,3 +71,17 @@ def test_a_slack_webhook_url_in_yaml_is_refused_with_the_variable_to_use(tmp_pat
     assert "BILLING_CONNECTOR_ALERT_WEBHOOK_URL" in str(caught.value)
     assert caught.value.line == 5
     assert "abcdefgh" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("cron", "minutes"), [("*/5 * * * *", 5), ("0 * * * *", 60), ("30 3 * * *", 24 * 60)]
+)
+def test_a_cron_schedules_interval_is_the_gap_between_two_firings(
+    tmp_path: Path, cron: str, minutes: int
+) -> None:
+    from datetime import timedelta
+
+    from connector.daemon import schedule_interval
+
+    cfg = load_config(write(tmp_path, f'schedule:\n  cron: "{cron}"\n'))
+    assert schedule_interval(cfg) == timedelta(minutes=minutes)
