@@ -216,3 +216,26 @@ def test_a_one_shot_sync_while_the_daemon_holds_the_partition_exits_3_naming_it(
     assert "partition-default: held by replica-x:77" in status.stdout
     # Released with the daemon: the one-shot sync runs now.
     assert cli("sync", env=cli_env).returncode == 0
+
+
+def test_a_low_salesforce_api_budget_alerts_once(
+    make_config: Callable[..., Config], secrets: SecretSource, sandboxes: SandboxPair
+) -> None:
+    receiver = WebhookReceiver().start()
+    sf = sandboxes.salesforce
+    sf.set_daily_limit(100)
+    config = make_config(alerts={"api_budget_low": 0.5})
+    daemon = Daemon(config, secrets, holder="solo", alerter=Alerter(receiver.url)).start()
+    try:
+        assert daemon.tick().reports["default"].status == "succeeded"
+        assert receiver.messages == [] and daemon.alerter.problems == {}
+        with sf.lock:
+            sf._api_used = 60  # the org spent most of its day elsewhere
+        assert daemon.tick().reports["default"].status == "succeeded"
+        assert daemon.tick().reports["default"].status == "succeeded"
+        daemon.alerter.wait_delivered()
+    finally:
+        daemon.close()
+        receiver.stop()
+    (message,) = receiver.messages
+    assert "API budget low" in message["text"]
