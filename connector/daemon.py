@@ -17,7 +17,6 @@ from __future__ import annotations
 import math
 import os
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -317,7 +316,7 @@ class Daemon:
     def _stop_fatally(self, exc: BaseException) -> None:
         code = getattr(exc, "exit_code", 3)
         text = REDACTOR.scrub(str(exc))
-        log.error("daemon.stopping", error=text, exit_code=code)
+        log.error("daemon.fatal", error=text, exit_code=code)
         self.fatal = DaemonStopped(text, int(code))
         self.stop.set()
 
@@ -462,6 +461,7 @@ class Daemon:
             # thread must wake to run its Python handler (a second signal exits at once).
             while not self.stop.wait(0.5):
                 pass
+            log.info("daemon.stopping", reason="fatal" if self.fatal else "signal")
         finally:
             # The record in progress finishes (the engine checks `stop` between records).
             closer = threading.Thread(
@@ -517,11 +517,11 @@ def stop_on_signals(stop: threading.Event) -> Iterator[None]:
     previous: dict[signal.Signals, Any] = {}
 
     def handler(signum: int, frame: object) -> None:
+        # No logging here: the handler may interrupt a log write that holds the stream's lock,
+        # and a second signal may interrupt the first handler. The daemon's main loop logs.
         if stop.is_set():
-            log.warning("daemon.killed", signal=signal.Signals(signum).name)
-            sys.stderr.flush()
+            os.write(2, b'{"event": "daemon.killed", "exit_code": 130}\n')
             os._exit(130)
-        log.info("daemon.stopping", signal=signal.Signals(signum).name)
         stop.set()
 
     for sig in (signal.SIGTERM, signal.SIGINT):
