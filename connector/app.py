@@ -14,10 +14,11 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from connector.billing import TARGET_KINDS, build_target
 from connector.billing.base import BillingTarget
-from connector.billing.stripe import StripeTarget
 from connector.config import Config, SecretSource
 from connector.engine import Engine
+from connector.errors import ConfigError
 from connector.mapping import CustomerMapping, load_mappings
 from connector.partitions import hold_partitions, partitions_of
 from connector.salesforce import SalesforceSource, connect
@@ -39,7 +40,26 @@ def holder_name() -> str:
 
 
 def build_targets(config: Config, secrets: SecretSource) -> list[BillingTarget]:
-    return [StripeTarget(acct, secrets) for acct in config.billing.accounts]
+    """One target per configured billing account, made by the factory its `kind` registers."""
+    return [build_target(acct, secrets) for acct in config.billing.accounts]
+
+
+def check_mapping_fits(config: Config, mapping: CustomerMapping) -> None:
+    """Every billing account must be of the system the customer mapping builds for."""
+    for i, acct in enumerate(config.billing.accounts):
+        system = TARGET_KINDS[acct.kind].system
+        if system != mapping.system:
+            raise ConfigError(
+                f"billing account '{acct.id}' is of kind {acct.kind!r} (system {system!r}) but "
+                f"the customer mapping {mapping.file} builds for system {mapping.system!r}",
+                file=config.source_file,
+                key=f"billing.accounts.{i}.kind",
+            )
+
+
+def connect_source(config: Config, secrets: SecretSource) -> SalesforceSource:
+    """Log in to Salesforce with the Account fields the billing accounts write back to."""
+    return connect(config.salesforce, secrets, writeback_fields=config.billing.writeback_fields())
 
 
 def make_engine(
@@ -61,9 +81,8 @@ def make_engine(
         store=store,
         mapping=mapping,
         overlap_seconds=config.salesforce.overlap_seconds,
-        # Only the first billing account's customer id goes to the Account's field, whichever
-        # partition runs it.
-        writeback_billing_account=config.billing.accounts[0].id,
+        # Until the engine writes back per account: the first account that has a field.
+        writeback_billing_account=next(iter(config.billing.writeback_fields()), None),
         writeback_batch=config.salesforce.writeback_batch_size,
         salesforce_calls=lambda: source.usage.calls,
         on_progress=on_progress,
@@ -85,6 +104,7 @@ def open_pipeline(
     """Everything a run needs, with every partition's lock held for its duration (the daemon
     takes the same locks, so a one-shot command and `run` never write the same account)."""
     mapping = load_mappings(config.mappings_path)  # exit 2 before anything is contacted
+    check_mapping_fits(config, mapping)
     targets = build_targets(config, secrets)  # a missing key is a config error too
     store = StateStore.open(config.state_url, auto_migrate=config.state.auto_migrate)
     try:
@@ -93,7 +113,7 @@ def open_pipeline(
             for p in parts:
                 # Holding its lock, any run of the partition still marked running is dead.
                 store.runs.mark_interrupted(p.billing_account)
-            source = connect(config.salesforce, secrets)
+            source = connect_source(config, secrets)
             engine = make_engine(
                 config,
                 mapping=mapping,

@@ -28,7 +28,7 @@ from typing import Any
 import structlog
 
 from connector.alerts import Alerter
-from connector.app import build_targets, holder_name, make_engine
+from connector.app import build_targets, connect_source, holder_name, make_engine
 from connector.billing.base import BillingTarget
 from connector.config import Config, SecretSource
 from connector.engine import ORDERS_CURSOR, RunReport
@@ -49,7 +49,7 @@ from connector.partitions import (
     member_lock_name,
     partitions_of,
 )
-from connector.salesforce import SalesforceSource, connect, parse_sf_datetime
+from connector.salesforce import SalesforceSource, parse_sf_datetime
 from connector.state.ports import Lock
 from connector.state.store import StateStore
 
@@ -104,7 +104,7 @@ class Daemon:
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
         alerter: Alerter | None = None,
         metrics: Metrics | None = None,
-        connect_source: Callable[[Config, SecretSource], SalesforceSource] | None = None,
+        login: Callable[[Config, SecretSource], SalesforceSource] | None = None,
     ) -> None:
         self.config = config
         self.secrets = secrets
@@ -118,7 +118,7 @@ class Daemon:
         )
         url = secrets.get(config.alerts.webhook_url_env)
         self.alerter = alerter or Alerter(url, timeout=config.alerts.timeout_seconds)
-        self._connect = connect_source or (lambda c, s: connect(c.salesforce, s))
+        self._connect = login or connect_source
         # Configuration first (exit 2 before anything is contacted), then the store.
         self.mapping: CustomerMapping = load_mappings(config.mappings_path)
         self.targets: dict[str, BillingTarget] = {t.name: t for t in build_targets(config, secrets)}
@@ -227,8 +227,9 @@ class Daemon:
             # One partition: the cursors `sync` uses. Several: each keeps its own.
             cursor_scope=name if len(self.partitions) > 1 else None,
         )
-        if self.config.billing.accounts[0].id != name:
-            engine.writeback_account = None  # only the first account's id goes to the Account
+        # The write-back account's partition writes ids back; the others leave the field alone.
+        writeback = next(iter(self.config.billing.writeback_fields()), None)
+        engine.writeback_account = name if writeback == name else None
         rate_limited = getattr(target, "rate_limited", 0)
         started = time.monotonic()
         with structlog.contextvars.bound_contextvars(billing_account=name):
@@ -254,7 +255,7 @@ class Daemon:
         m.runs.labels(name, report.status).inc()
         for outcome in ("created", "updated", "unchanged", "refused", "failed"):
             m.records.labels(name, outcome).inc(getattr(report, outcome))
-        m.billing_calls.labels(name).inc(report.stripe_calls)
+        m.billing_calls.labels(name).inc(report.billing_calls)
         m.salesforce_calls.labels(name).inc(report.salesforce_calls)
         m.rate_limited.labels(name).inc(
             max(0, getattr(target, "rate_limited", 0) - rate_limited_before)
