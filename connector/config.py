@@ -8,6 +8,7 @@ are read from an environment variable `NAME` or from the file named by `NAME_FIL
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -193,12 +194,94 @@ class LogConfig(_Model):
     format: Literal["auto", "json", "console"] = "auto"
 
 
+# --- the daemon (`billing-connector run`) -----------------------------------------------------
+
+_EVERY = re.compile(r"^\s*(\d+)\s*(s|m|h)\s*$")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600}
+
+
+class ScheduleConfig(_Model):
+    """When `run` syncs: every N seconds/minutes/hours, or on a crontab line (UTC)."""
+
+    # "30s", "5m", "1h". The default when neither `every` nor `cron` is given is 5m.
+    every: str | None = None
+    # Five crontab fields, e.g. "*/5 * * * *" (minute hour day month weekday).
+    cron: str | None = None
+    # "HH:MM" (UTC): once a day, re-evaluate every linked account (a full recheck). Off when null.
+    nightly_recheck: str | None = Field(default=None, pattern=r"^([01]\d|2[0-3]):[0-5]\d$")
+
+    @field_validator("every")
+    @classmethod
+    def _every(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        m = _EVERY.match(v)
+        if not m or int(m.group(1)) == 0:
+            raise ValueError("must be a duration like 30s, 5m or 1h")
+        return v.strip()
+
+    @field_validator("cron")
+    @classmethod
+    def _cron(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        from apscheduler.triggers.cron import CronTrigger
+
+        try:
+            CronTrigger.from_crontab(v, timezone="UTC")
+        except ValueError as exc:
+            raise ValueError(f"not a crontab line of five fields ({exc})") from None
+        return v.strip()
+
+    @model_validator(mode="after")
+    def _one_of(self) -> ScheduleConfig:
+        if self.every is not None and self.cron is not None:
+            raise ValueError("give either 'every' or 'cron', not both")
+        return self
+
+    @property
+    def interval_seconds(self) -> int | None:
+        """The interval of an `every` schedule (the default 5m when neither is set)."""
+        if self.cron is not None:
+            return None
+        m = _EVERY.match(self.every or "5m")
+        assert m is not None
+        return int(m.group(1)) * _UNIT_SECONDS[m.group(2)]
+
+
+class HealthConfig(_Model):
+    """The /livez, /readyz and /metrics endpoint; `--health-port` overrides `port`."""
+
+    port: int | None = Field(default=None, ge=1, le=65535)
+    # Loopback unless said otherwise: metrics name accounts and error counts.
+    host: str = "127.0.0.1"
+    # /readyz is ready when every partition's last run succeeded within this many intervals.
+    ready_within_intervals: float = Field(default=2, gt=0)
+
+
+class AlertsConfig(_Model):
+    """Alerts to a Slack-compatible webhook. The URL holds a token, so it comes from the
+    environment variable named here (or the file named by `<NAME>_FILE`), never from YAML."""
+
+    webhook_url_env: str = Field(
+        default="BILLING_CONNECTOR_ALERT_WEBHOOK_URL", pattern=r"^[A-Z_][A-Z0-9_]*$"
+    )
+    # Unhealthy when more than this share of a run's records failed.
+    failure_ratio: float = Field(default=0.2, ge=0, le=1)
+    # Unhealthy when less than this share of the org's daily API requests remains.
+    api_budget_low: float = Field(default=0.1, ge=0, le=1)
+    timeout_seconds: float = Field(default=5, gt=0, le=60)
+
+
 class Config(_Model):
     salesforce: SalesforceConfig
     billing: BillingConfig = BillingConfig()
     state: StateConfig = StateConfig()
     mappings_dir: Path = Path("mappings")
     log: LogConfig = LogConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+    health: HealthConfig = HealthConfig()
+    alerts: AlertsConfig = AlertsConfig()
     # Where the file was read from; relative paths (state, mappings) resolve against its folder.
     source_file: Path | None = Field(default=None, exclude=True)
     # Deprecated settings this file still uses, as "file:line: what to write instead".
@@ -279,6 +362,7 @@ _SECRET_KEYS = {
     "private_key": "SALESFORCE_PRIVATE_KEY_FILE",
     "api_key": "STRIPE_API_KEY",
     "secret_key": "STRIPE_API_KEY",
+    "webhook_url": "BILLING_CONNECTOR_ALERT_WEBHOOK_URL",
 }
 
 
