@@ -176,7 +176,7 @@ def plan_record(
     base = _Base(row, ba)
     # The Account's write-back field speaks for one billing account only: the others neither
     # adopt from it nor compare their links with it.
-    field_value = row.stripe_id_value if ctx.writes_back else None
+    field_value = row.writeback_value if ctx.writes_back else None
     fresh = wants_new_customer(ctx.fresh.get(acc), link)
     if acc in ctx.held or (link is not None and link.status in ("held", "merged") and not fresh):
         return base.make(
@@ -218,7 +218,7 @@ def plan_record(
             kind = (
                 "winner_field_names_other_customer"
                 if owner is not None and owner != acc
-                else "stripe_id_field_mismatch"
+                else "writeback_field_mismatch"
             )
             return base.make(
                 "refused",
@@ -386,7 +386,9 @@ def _adopt(
             payload_hash=digest,
             customer_id=customer_id,
             error_code="customer_belongs_to_other_account",
-            conflict=ConflictToOpen("customer_belongs_to_other_account", other_account_id=tag_owner),
+            conflict=ConflictToOpen(
+                "customer_belongs_to_other_account", other_account_id=tag_owner
+            ),
             reason=f"{customer_id} is marked as the customer of account {tag_owner}",
         )
     return base.make(
