@@ -670,9 +670,9 @@ class Engine:
             # Whatever stops the batch (a lost lock, a billing account down, a signal), what
             # billing already holds is recorded, so no cross-reference is lost.
             with contextlib.suppress(LockLost):
-                self._record(scope, ba, applied, all_rows)
+                self._record(scope, ba, applied, all_rows, self._unsent(plans, applied))
             raise
-        self._record(scope, ba, applied, all_rows)
+        self._record(scope, ba, applied, all_rows, self._unsent(plans, applied))
         for a in applied:
             if a.link is not None:
                 field_value = by_account[a.planned.account_id].writeback_value
@@ -729,6 +729,13 @@ class Engine:
                 scope, target, second, links, by_account, applied, orders_before, page_size
             )
         return completed
+
+    @staticmethod
+    def _unsent(plans: Sequence[PlannedWrite], applied: Sequence[Applied]) -> list[str]:
+        """Creates whose intent was written ahead but which were never sent (the run stopped
+        first): their intents are dropped with the batch, nothing is left to replay."""
+        tried = {a.planned.account_id for a in applied}
+        return [p.account_id for p in plans if p.action == "create" and p.account_id not in tried]
 
     def _reads_link_of(self, row: OrderRow, accounts: set[str]) -> bool:
         return any(read_source(row.record, s) in accounts for s in self.link_sources)
@@ -832,7 +839,7 @@ class Engine:
         owners: dict[str, str] = {}
         for cid in dict.fromkeys(named.values()):
             owner = self.store.get_link_by_customer(ba, cid)
-            if owner is not None and owner.status != "merged":
+            if owner is not None:
                 owners[cid] = owner.account_id
         to_fetch = [
             cid
@@ -1067,11 +1074,16 @@ class Engine:
     # --- recording: one transaction per batch ------------------------------------------------
 
     def _record(
-        self, scope: RunScope, ba: str, applied: Sequence[Applied], rows: Sequence[OrderRow]
+        self,
+        scope: RunScope,
+        ba: str,
+        applied: Sequence[Applied],
+        rows: Sequence[OrderRow],
+        unsent: Sequence[str] = (),
     ) -> None:
         """Links, intents dropped, orders, outcomes, conflicts and retries of one batch, in one
         transaction; then the counts, so an account is counted once."""
-        if not applied:
+        if not applied and not unsent:
             return
         for a in applied:
             scope.tally.of(ba).add(a.outcome.outcome)
@@ -1100,9 +1112,9 @@ class Engine:
                 saves = [a.link for a in applied if a.save_link and a.link is not None]
                 if saves:
                     self.store.save_links(saves)
-                for a in applied:
-                    if a.created:
-                        self.store.drop_intent(ba, a.planned.account_id)
+                created = [a.planned.account_id for a in applied if a.created]
+                for account_id in [*created, *unsent]:
+                    self.store.drop_intent(ba, account_id)
                 if order_links:
                     self.store.save_order_links(order_links)
                 for a in applied:
@@ -1117,9 +1129,9 @@ class Engine:
                             details=details,
                         )
                 # Unchanged records are counted in the run, not stored one by one.
-                self.store.record_outcomes(
-                    scope.run_id, [a.outcome for a in applied if a.outcome.outcome != "unchanged"]
-                )
+                stored = [a.outcome for a in applied if a.outcome.outcome != "unchanged"]
+                if stored:
+                    self.store.record_outcomes(scope.run_id, stored)
                 if failed:
                     self.store.schedule_retries(
                         ba,
