@@ -59,7 +59,7 @@ from connector.salesforce import (
     parse_sf_datetime,
 )
 from connector.state.records import Intent, Link, OrderLink, Outcome
-from connector.state.store import StateStore
+from connector.state.ports import Store
 
 __all__ = ["ORDERS_CURSOR", "Engine", "PlannedWrite", "RunReport", "Source"]
 
@@ -308,7 +308,7 @@ class Engine:
         *,
         source: Source,
         targets: Sequence[BillingTarget],
-        store: StateStore,
+        store: Store,
         mapping: CustomerMapping,
         overlap_seconds: int = 300,
         writeback_billing_account: str | None = None,
@@ -350,7 +350,7 @@ class Engine:
         until: datetime | None = None,
         retry_all: bool = False,
     ) -> RunReport:
-        run_id = self.store.start_run(mode, dry_run=dry_run) if not dry_run else _dry_run_id()
+        run_id = self.store.runs.start(mode, dry_run=dry_run) if not dry_run else _dry_run_id()
         structlog.contextvars.bind_contextvars(run_id=run_id)
         scope = self._scope(run_id, dry_run)
         sf_start = self._sf_calls()
@@ -407,7 +407,7 @@ class Engine:
             # A bug or an interpreter exit: the run is recorded as failed before it propagates,
             # so `status` never shows it running forever.
             if not dry_run:
-                self.store.finish_run(
+                self.store.runs.finish(
                     run_id,
                     status="failed",
                     counts={},
@@ -421,7 +421,7 @@ class Engine:
             scope, mode, status, error, error_exit, sf_start=sf_start, calls_start=calls_start
         )
         if not dry_run:
-            self.store.finish_run(run_id, status=status, counts=_counts(report), error=error)
+            self.store.runs.finish(run_id, status=status, counts=_counts(report), error=error)
         log.info("run.finished", run_id=run_id, status=status, **_counts(report))
         return report
 
@@ -430,13 +430,13 @@ class Engine:
         # Accounts an admin resolved with `conflicts resolve --new`: they get a new customer
         # whatever their write-back field says, once.
         fresh: dict[str, dict[str, datetime]] = {n: {} for n in names}
-        for c in self.store.list_conflicts("resolved"):
+        for c in self.store.conflicts.list("resolved"):
             if c.resolution == "new" and c.billing_account in fresh and c.resolved_at is not None:
                 fresh[c.billing_account][c.account_id] = c.resolved_at
         writebacks = WriteBacks(self.writeback_account, self.writeback_batch)
         if self.writeback_account and not dry_run:
             # Write-backs that failed in earlier runs are retried first.
-            for ln in self.store.pending_writebacks(self.writeback_account, limit=10_000):
+            for ln in self.store.links.pending_writebacks(self.writeback_account, limit=10_000):
                 writebacks.pending[ln.account_id] = ln.customer_id
         return RunScope(
             run_id=run_id,
@@ -498,7 +498,7 @@ class Engine:
     def _mapping_changed(self) -> bool:
         # Links an admin set by hand carry no fingerprint until their first sync.
         fp = self.mapping.fingerprint
-        return any(self.store.fingerprints_in_use(t.name) - {fp} for t in self.targets)
+        return any(self.store.links.fingerprints_in_use(t.name) - {fp} for t in self.targets)
 
     # --- reading ------------------------------------------------------------------------------
 
@@ -517,7 +517,7 @@ class Engine:
         changed_since = None
         if mode == "backfill":
             backfill_cursor = f"backfill:{_iso(since) or '-'}:{_iso(until) or '-'}"
-            resume = _BackfillPoint.parse(self.store.get_cursor(backfill_cursor))
+            resume = _BackfillPoint.parse(self.store.cursors.get(backfill_cursor))
             if resume is not None:
                 after_id = resume.after_id
                 # Changes made while the first attempt ran, to records it had already done,
@@ -525,7 +525,7 @@ class Engine:
                 snapshot = resume.snapshot or snapshot
                 log.info("backfill.resuming", after_id=after_id, snapshot=_iso(snapshot))
         elif mode == "sync":
-            cursor = parse_sf_datetime(self.store.get_cursor(ORDERS_CURSOR))
+            cursor = parse_sf_datetime(self.store.cursors.get(ORDERS_CURSOR))
             changed_since = cursor - self.overlap if cursor else None
         pages = self.source.activated_orders(
             self.fields,
@@ -551,9 +551,9 @@ class Engine:
         # Rows read here never move the cursor: the cursor is the run's snapshot time.
         for target in self.targets:
             items = (
-                self.store.all_retries(target.name)
+                self.store.retries.all(target.name)
                 if retry_all
-                else self.store.due_retries(target.name, now=self.now())
+                else self.store.retries.due(target.name, now=self.now())
             )
             todo = [i.account_id for i in items if i.account_id not in scope.done[target.name]]
             for start in range(0, len(todo), 200):
@@ -605,7 +605,7 @@ class Engine:
                 best[row.account_id] = row
         newly_linked: set[str] = set()
         for target in targets:
-            links = self.store.get_links(target.name, list(best))
+            links = self.store.links.get_many(target.name, list(best))
             ctx = self._context(scope, target, list(best.values()), links)
             completed, linked = self._plan_and_apply(
                 scope, target, list(best.values()), rows, links, ctx, orders_before
@@ -803,7 +803,7 @@ class Engine:
         with self.store.transaction():
             for p in creates:
                 assert p.idempotency_key is not None
-                self.store.record_intent(
+                self.store.intents.record(
                     Intent(
                         billing_account=p.billing_account,
                         account_id=p.account_id,
@@ -827,7 +827,7 @@ class Engine:
         rules = target.rules
         writes_back = ba == self.writeback_account
         fresh = scope.fresh.get(ba, {})
-        held = frozenset(self.store.open_conflict_accounts(ba) | scope.held_now[ba])
+        held = frozenset(self.store.conflicts.held_accounts(ba) | scope.held_now[ba])
         # Customers named by write-back fields that differ from the link: adopt or conflict.
         named: dict[str, str] = {}
         if writes_back:
@@ -838,7 +838,7 @@ class Engine:
                     named[r.account_id] = value
         owners: dict[str, str] = {}
         for cid in dict.fromkeys(named.values()):
-            owner = self.store.get_link_by_customer(ba, cid)
+            owner = self.store.links.by_customer(ba, cid)
             if owner is not None:
                 owners[cid] = owner.account_id
         to_fetch = [
@@ -858,7 +858,7 @@ class Engine:
                 errors = {cid: REDACTOR.scrub(str(exc)) for cid in to_fetch}
         page_accounts = {r.account_id for r in rows}
         intents = {
-            i.account_id: i for i in self.store.open_intents(ba) if i.account_id in page_accounts
+            i.account_id: i for i in self.store.intents.open(ba) if i.account_id in page_accounts
         }
         now = self.now()
         lookups: dict[str, Lookup] = {}
@@ -870,7 +870,7 @@ class Engine:
             lookups[acc] = self._lookup(target, acc)
         for lk in lookups.values():
             for cid in lk.customer_ids:
-                owner = self.store.get_link_by_customer(ba, cid)
+                owner = self.store.links.by_customer(ba, cid)
                 if owner is not None and owner.status != "merged":
                     owners[cid] = owner.account_id
         return PlanContext(
@@ -908,7 +908,7 @@ class Engine:
             return {}
         return {
             a: ln.customer_id
-            for a, ln in self.store.get_links(ba, sorted(ids)).items()
+            for a, ln in self.store.links.get_many(ba, sorted(ids)).items()
             if ln.status == "active"
         }
 
@@ -1111,16 +1111,16 @@ class Engine:
             with self.store.transaction():
                 saves = [a.link for a in applied if a.save_link and a.link is not None]
                 if saves:
-                    self.store.save_links(saves)
+                    self.store.links.save(saves)
                 created = [a.planned.account_id for a in applied if a.created]
                 for account_id in [*created, *unsent]:
-                    self.store.drop_intent(ba, account_id)
+                    self.store.intents.drop(ba, account_id)
                 if order_links:
-                    self.store.save_order_links(order_links)
+                    self.store.links.save_order_links(order_links)
                 for a in applied:
                     if a.conflict is not None:
                         kind, other, details = a.conflict
-                        self.store.open_conflict(
+                        self.store.conflicts.open(
                             kind,
                             billing_account=ba,
                             account_id=a.planned.account_id,
@@ -1131,15 +1131,15 @@ class Engine:
                 # Unchanged records are counted in the run, not stored one by one.
                 stored = [a.outcome for a in applied if a.outcome.outcome != "unchanged"]
                 if stored:
-                    self.store.record_outcomes(scope.run_id, stored)
+                    self.store.runs.record_outcomes(scope.run_id, stored)
                 if failed:
-                    self.store.schedule_retries(
+                    self.store.retries.schedule(
                         ba,
                         {o.account_id: f"{o.error_code}: {o.error_message}" for o in failed},
                         now=self.now(),
                     )
                 if ok:
-                    self.store.clear_retries(ba, ok)
+                    self.store.retries.clear(ba, ok)
 
         try:
             self.before_write()
@@ -1152,7 +1152,7 @@ class Engine:
 
     def _set_cursor(self, name: str, value: str) -> None:
         self.before_write()
-        self.store.set_cursor(name, value)
+        self.store.cursors.set(name, value)
 
     def _store_write(self, fn: Callable[[], None]) -> None:
         self.before_write()
@@ -1162,7 +1162,7 @@ class Engine:
 
     def _process_deletions(self, scope: RunScope) -> None:
         """Deleted and merged accounts: links are marked, conflicts opened, billing untouched."""
-        cursor = parse_sf_datetime(self.store.get_cursor(DELETIONS_CURSOR))
+        cursor = parse_sf_datetime(self.store.cursors.get(DELETIONS_CURSOR))
         since = cursor - self.overlap if cursor else None
         newest: datetime | None = None
         for page in self.source.deleted_accounts(since=since):
@@ -1174,13 +1174,13 @@ class Engine:
                 self._apply_deletions(scope, target.name, page)
         if newest and not scope.dry_run and (cursor is None or newest > cursor):
             self._store_write(
-                lambda: self.store.set_cursor(DELETIONS_CURSOR, newest.strftime(SF_STAMP))
+                lambda: self.store.cursors.set(DELETIONS_CURSOR, newest.strftime(SF_STAMP))
             )
 
     def _apply_deletions(self, scope: RunScope, ba: str, page: Sequence[DeletedAccount]) -> None:
         store = self.store
         ids = [d.account_id for d in page] + [d.master_id for d in page if d.master_id]
-        links = store.get_links(ba, ids)
+        links = store.links.get_many(ba, ids)
         outcomes: list[Outcome] = []
         statuses: list[tuple[str, str]] = []
         conflicts: list[tuple[str, str, str, str | None, dict[str, Any]]] = []
@@ -1268,9 +1268,9 @@ class Engine:
         self.before_write()
         with store.transaction():
             for account_id, status in statuses:
-                store.set_link_status(ba, account_id, status)
+                store.links.set_status(ba, account_id, status)
             for kind, held, other, customer_id, details in conflicts:
-                store.open_conflict(
+                store.conflicts.open(
                     kind,
                     billing_account=ba,
                     account_id=held,
@@ -1279,7 +1279,7 @@ class Engine:
                     details=details,
                 )
             if outcomes:
-                store.record_outcomes(scope.run_id, outcomes)
+                store.runs.record_outcomes(scope.run_id, outcomes)
 
     # --- write-back --------------------------------------------------------------------------
 
@@ -1290,7 +1290,7 @@ class Engine:
             return
         if wb.confirmed:
             confirmed, wb.confirmed = wb.confirmed, []
-            self._store_write(lambda: self.store.mark_written_back(ba, confirmed))
+            self._store_write(lambda: self.store.links.mark_written_back(ba, confirmed))
         for batch in wb.take(final=final):
             try:
                 results = self.source.write_back(batch)
@@ -1335,9 +1335,9 @@ class Engine:
             def write(ok: list[str] = ok, outcomes: list[Outcome] = outcomes) -> None:
                 with self.store.transaction():
                     if ok:
-                        self.store.mark_written_back(ba, ok)
+                        self.store.links.mark_written_back(ba, ok)
                     if outcomes:
-                        self.store.record_outcomes(scope.run_id, outcomes)
+                        self.store.runs.record_outcomes(scope.run_id, outcomes)
 
             self._store_write(write)
 
@@ -1350,14 +1350,14 @@ class Engine:
     def _advance_cursor(self, mode: str, snapshot: datetime, *, backfill_window: bool) -> None:
         if mode not in ("sync", "recheck", "backfill"):
             return  # a retry pass reads a few records only: it never moves the cursor
-        current = parse_sf_datetime(self.store.get_cursor(ORDERS_CURSOR))
+        current = parse_sf_datetime(self.store.cursors.get(ORDERS_CURSOR))
         if mode == "backfill" and current is not None:
             return  # a backfill never moves the incremental cursor backwards or forwards past a sync
         if mode == "backfill" and not backfill_window:
             return  # a windowed backfill did not read everything
         if current is None or snapshot > current:
             self._store_write(
-                lambda: self.store.set_cursor(ORDERS_CURSOR, snapshot.strftime(SF_STAMP))
+                lambda: self.store.cursors.set(ORDERS_CURSOR, snapshot.strftime(SF_STAMP))
             )
 
 
