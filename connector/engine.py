@@ -58,8 +58,8 @@ from connector.salesforce import (
     WriteBackResult,
     parse_sf_datetime,
 )
-from connector.state.records import Intent, Link, OrderLink, Outcome
 from connector.state.ports import Store
+from connector.state.records import Intent, Link, OrderLink, Outcome
 
 __all__ = ["ORDERS_CURSOR", "Engine", "PlannedWrite", "RunReport", "Source"]
 
