@@ -108,6 +108,8 @@ def _load(config_file: Path) -> tuple[Config, SecretSource]:
     secrets = SecretSource.from_os()
     cfg = load_config(config_file)
     logsetup.configure(level=cfg.log.level, fmt=cfg.log.format, secrets=secrets.all_values())
+    for note in cfg.deprecations:  # on stderr, so `--json` output stays one object
+        err.print(f"warning: {escape(note)}", highlight=False, soft_wrap=True)
     return cfg, secrets
 
 

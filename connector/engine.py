@@ -95,7 +95,9 @@ class Source(Protocol):
         referencing: Mapping[str, Sequence[str]] | None = None,
     ) -> Iterator[OrderPage]: ...
 
-    def write_back(self, pairs: Sequence[tuple[str, str]]) -> list[WriteBackResult]: ...
+    def write_back(
+        self, pairs: Sequence[tuple[str, str]], field_name: str | None = None
+    ) -> list[WriteBackResult]: ...
 
     def deleted_accounts(self, *, since: datetime | None) -> Iterator[list[DeletedAccount]]: ...
 
@@ -240,7 +242,8 @@ class Applied:
 class WriteBacks:
     """Customer ids waiting to be written to the Account's write-back field, sent 200 a call."""
 
-    billing_account: str | None
+    billing_account: str
+    field_name: str
     batch: int
     pending: dict[str, str] = field(default_factory=dict)
     confirmed: list[str] = field(default_factory=list)
@@ -271,7 +274,7 @@ class RunScope:
     run_id: str
     dry_run: bool
     tally: Tally
-    writebacks: WriteBacks
+    writebacks: dict[str, WriteBacks]  # billing account -> its write-back queue
     fresh: Mapping[str, Mapping[str, datetime]]  # ba -> account -> when an admin chose --new
     held_now: dict[str, set[str]]  # ba -> accounts this run held (a dry run cannot store them)
     done: dict[str, set[str]]  # ba -> accounts applied this run (the retry pass skips them)
@@ -311,7 +314,7 @@ class Engine:
         store: Store,
         mapping: CustomerMapping,
         overlap_seconds: int = 300,
-        writeback_billing_account: str | None = None,
+        writeback_fields: Mapping[str, str] | None = None,
         writeback_batch: int = 200,
         salesforce_calls: Callable[[], int] = lambda: 0,
         on_progress: Callable[[int, int | None], None] | None = None,
@@ -324,10 +327,8 @@ class Engine:
         self.store = store
         self.mapping = mapping
         self.overlap = timedelta(seconds=overlap_seconds)
-        # Only one billing account's customer id fits the Account's write-back field.
-        self.writeback_account = writeback_billing_account or (
-            self.targets[0].name if self.targets else None
-        )
+        # Billing account -> the Account field that receives its customer id (some have none).
+        self.writeback_fields = dict(writeback_fields or {})
         self.writeback_batch = writeback_batch
         self._sf_calls = salesforce_calls
         self.on_progress = on_progress
@@ -433,11 +434,16 @@ class Engine:
         for c in self.store.conflicts.list("resolved"):
             if c.resolution == "new" and c.billing_account in fresh and c.resolved_at is not None:
                 fresh[c.billing_account][c.account_id] = c.resolved_at
-        writebacks = WriteBacks(self.writeback_account, self.writeback_batch)
-        if self.writeback_account and not dry_run:
+        writebacks = {
+            ba: WriteBacks(ba, name, self.writeback_batch)
+            for ba, name in self.writeback_fields.items()
+            if ba in names
+        }
+        if not dry_run:
             # Write-backs that failed in earlier runs are retried first.
-            for ln in self.store.links.pending_writebacks(self.writeback_account, limit=10_000):
-                writebacks.pending[ln.account_id] = ln.customer_id
+            for ba, queue in writebacks.items():
+                for ln in self.store.links.pending_writebacks(ba, limit=10_000):
+                    queue.pending[ln.account_id] = ln.customer_id
         return RunScope(
             run_id=run_id,
             dry_run=dry_run,
@@ -673,12 +679,12 @@ class Engine:
                 self._record(scope, ba, applied, all_rows, self._unsent(plans, applied))
             raise
         self._record(scope, ba, applied, all_rows, self._unsent(plans, applied))
+        queue = scope.writebacks.get(ba)
         for a in applied:
-            if a.link is not None:
-                field_value = by_account[a.planned.account_id].writeback_value
-                scope.writebacks.queue(
+            if a.link is not None and queue is not None:
+                queue.queue(
                     a.link,
-                    field_value,
+                    by_account[a.planned.account_id].writeback_value(queue.field_name),
                     overwrite=a.planned.overwrite_field or a.planned.account_id in scope.fresh[ba],
                 )
         linked = {
@@ -825,15 +831,15 @@ class Engine:
     ) -> PlanContext:
         ba = target.name
         rules = target.rules
-        writes_back = ba == self.writeback_account
+        writeback_field = self.writeback_fields.get(ba)
         fresh = scope.fresh.get(ba, {})
         held = frozenset(self.store.conflicts.held_accounts(ba) | scope.held_now[ba])
         # Customers named by write-back fields that differ from the link: adopt or conflict.
         named: dict[str, str] = {}
-        if writes_back:
+        if writeback_field:
             for r in rows:
                 link = links.get(r.account_id)
-                value = r.writeback_value
+                value = r.writeback_value(writeback_field)
                 if value and (link is None or value != link.customer_id):
                     named[r.account_id] = value
         owners: dict[str, str] = {}
@@ -878,7 +884,7 @@ class Engine:
             org_id=self.source.org_id,
             fingerprint=self.mapping.fingerprint,
             now=now,
-            writes_back=writes_back,
+            writeback_field=writeback_field,
             held=held,
             fresh=fresh,
             customers=customers,
@@ -983,7 +989,11 @@ class Engine:
         if (
             link is not None
             and p.payload_hash
-            and (link.mapping_fingerprint != fp or link.status == "deleted")
+            and (
+                link.mapping_fingerprint != fp
+                or link.status == "deleted"
+                or link.payload_hash != p.payload_hash
+            )
         ):
             if link.status == "deleted":
                 # Restored from the recycle bin: syncing resumes on the same customer.
@@ -1009,7 +1019,7 @@ class Engine:
         # The account changed since the lost create: bring the customer up to date now. Saved
         # as written by the create first, so a failed update is retried as an update.
         try:
-            target.update_customer(cid, p.payload, idempotency_key=p.followup_key)
+            target.update_customer(cid, p.send or p.payload, idempotency_key=p.followup_key)
         except (RecordError, TransientError) as exc:
             from connector.mapping import payload_hash
 
@@ -1022,7 +1032,9 @@ class Engine:
 
     def _apply_update(self, target: BillingTarget, p: PlannedWrite, link: Link | None) -> Applied:
         assert link is not None and p.customer_id is not None and p.idempotency_key is not None
-        target.update_customer(p.customer_id, p.payload, idempotency_key=p.idempotency_key)
+        target.update_customer(
+            p.customer_id, p.send or p.payload, idempotency_key=p.idempotency_key
+        )
         updated = replace(
             link,
             payload_hash=p.payload_hash,
@@ -1284,16 +1296,19 @@ class Engine:
     # --- write-back --------------------------------------------------------------------------
 
     def _flush_writebacks(self, scope: RunScope, *, final: bool) -> None:
-        wb = scope.writebacks
-        ba = wb.billing_account
-        if scope.dry_run or ba is None:
+        if scope.dry_run:
             return
+        for wb in scope.writebacks.values():
+            self._flush_queue(scope, wb, final=final)
+
+    def _flush_queue(self, scope: RunScope, wb: WriteBacks, *, final: bool) -> None:
+        ba = wb.billing_account
         if wb.confirmed:
             confirmed, wb.confirmed = wb.confirmed, []
             self._store_write(lambda: self.store.links.mark_written_back(ba, confirmed))
         for batch in wb.take(final=final):
             try:
-                results = self.source.write_back(batch)
+                results = self.source.write_back(batch, wb.field_name)
             except TransientError as exc:
                 # The links stay pending and the next run writes them back; the records are
                 # reported now, so nobody believes the ids reached Salesforce.
@@ -1319,7 +1334,7 @@ class Engine:
                     customer_id=customers.get(r.account_id),
                     error_code=f"writeback_{r.code}",
                     error_message=REDACTOR.scrub(
-                        f"writing the customer id to Account.{self._field()} failed: {r.message}"
+                        f"writing the customer id to Account.{wb.field_name} failed: {r.message}"
                     ),
                 )
                 for r in failures
@@ -1340,10 +1355,6 @@ class Engine:
                         self.store.runs.record_outcomes(scope.run_id, outcomes)
 
             self._store_write(write)
-
-    def _field(self) -> str:
-        cfg = getattr(self.source, "config", None)
-        return str(getattr(cfg, "stripe_id_field", "the write-back field"))
 
     # --- the cursor ---------------------------------------------------------------------------
 

@@ -23,7 +23,8 @@ from connector.billing.base import (
     idempotency_key,
 )
 from connector.errors import ConnectorError
-from connector.mapping import CustomerMapping, diff_payloads, payload_hash
+from connector.mapping import CustomerMapping, payload_hash
+from connector.mapping.updates import diff_for_update
 from connector.salesforce import OrderRow
 from connector.state.records import Intent, Link
 
@@ -65,6 +66,9 @@ class PlannedWrite:
     # key is refused); when the account changed since, `payload` follows as an update.
     create_payload: Mapping[str, Any] | None = None
     followup_key: str | None = None
+    # What an update (or a replay's follow-up) sends: only what changed, and tag keys the
+    # mapping dropped sent empty, once. `payload` stays the whole payload, stored as written.
+    send: Mapping[str, Any] | None = None
     conflict: ConflictToOpen | None = None
     # An admin's explicit link wins over the Account's write-back field: overwrite it.
     overwrite_field: bool = False
@@ -103,7 +107,8 @@ class PlanContext:
     org_id: str
     fingerprint: str  # the mapping's: links written under another one are rewritten
     now: datetime
-    writes_back: bool  # the Account's write-back field speaks for this billing account
+    # The Account field that receives this billing account's customer id (None: no field).
+    writeback_field: str | None
     held: frozenset[str] = frozenset()  # accounts an open conflict holds
     fresh: Mapping[str, datetime] = field(default_factory=dict)  # admin chose --new, and when
     customers: Mapping[str, RemoteCustomer | None] = field(default_factory=dict)  # named by fields
@@ -174,9 +179,9 @@ def plan_record(
     """Decide what the account of `row` does to the billing account of `ctx`."""
     acc, ba = row.account_id, ctx.billing_account
     base = _Base(row, ba)
-    # The Account's write-back field speaks for one billing account only: the others neither
-    # adopt from it nor compare their links with it.
-    field_value = row.writeback_value if ctx.writes_back else None
+    # A write-back field speaks for its own billing account only: the others neither adopt
+    # from it nor compare their links with it.
+    field_value = row.writeback_value(ctx.writeback_field) if ctx.writeback_field else None
     fresh = wants_new_customer(ctx.fresh.get(acc), link)
     if acc in ctx.held or (link is not None and link.status in ("held", "merged") and not fresh):
         return base.make(
@@ -230,7 +235,10 @@ def plan_record(
                 reason=f"the Account's write-back field names {field_value} but the account "
                 f"is linked to {link.customer_id}",
             )
-    if digest == link.payload_hash:
+    send = None if digest == link.payload_hash else diff_for_update(link.payload, payload, rules)
+    if send is None:
+        # Nothing to send (a removed field the update would leave alone counts as nothing):
+        # the link takes the new hash, the customer is not written.
         return base.make(
             "unchanged",
             payload=payload,
@@ -243,9 +251,10 @@ def plan_record(
         payload=payload,
         payload_hash=digest,
         customer_id=link.customer_id,
-        changed_fields=tuple(diff_payloads(link.payload, payload)),
+        changed_fields=tuple(sorted(flat_keys(send))),
         idempotency_key=update_key(link, digest),
         overwrite_field=overwrite,
+        send=send,
     )
 
 
@@ -282,6 +291,7 @@ def _create(
         if age < rules.idempotency_window and intent.payload is not None:
             # A create was sent and its answer lost: replay it exactly; the billing system
             # answers with the customer it made (or makes it now).
+            send = diff_for_update(intent.payload, payload, rules)
             return base.make(
                 "replay",
                 payload=payload,
@@ -290,8 +300,9 @@ def _create(
                 idempotency_key=intent.idempotency_key,
                 create_payload=intent.payload,
                 followup_key=None
-                if intent.payload_hash == digest
+                if send is None or intent.payload_hash == digest
                 else idempotency_key("update", ba, acc, intent.payload_hash, digest, "replay"),
+                send=send,
                 reason="finish a create a crash interrupted, with its own key",
             )
         # Older than the target keeps keys: find the customer by the tags every customer

@@ -34,6 +34,7 @@ NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 ACC, PARENT, OTHER = "001000000000A01AAA", "001000000000P01AAA", "001000000000X01AAA"
 ORG = "00D000000000001"
 BA = "main"
+WB_FIELD = "Billing_Id__c"
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +55,8 @@ def row(*, name: str = "Acme", field: str | None = None, order: str = "801000000
     record = {"Id": order, "AccountId": ACC, "ActivatedDate": activated,
               "Account": {"Name": name, "Phone": None, "ParentId": parent}}
     return OrderRow(order_id=order, account_id=ACC, activated_at=activated, watermark=None,
-                    writeback_value=field, record=record)
+                    stripe_id_value=field, record=record,
+                    writeback_values={WB_FIELD: field})
 
 
 def payload_of(mapping: CustomerMapping, r: OrderRow, links: dict[str, str] | None = None) -> dict[str, Any]:
@@ -76,7 +78,7 @@ def context(mapping: CustomerMapping, target: MemoryTarget | None = None, *, nam
     """The context the engine fetches in batches: the target answers for customers named by fields."""
     customers = target.fetch_customers(list(named)) if target is not None and named else {}
     return PlanContext(billing_account=BA, org_id=ORG, fingerprint=mapping.fingerprint, now=NOW,
-                       writes_back=True, customers=customers, **kw)
+                       writeback_field=WB_FIELD, customers=customers, **kw)
 
 
 def intent(age: timedelta, *, payload: dict[str, Any] | None, digest: str = "h") -> Intent:
@@ -145,7 +147,7 @@ CASES = [
         row(field="cus_field"), None, context(m, customer_errors={"cus_field": "rate limited"})), "failed",
          "adopt_lookup_failed"),
     Case("field of a billing account that does not write back", lambda m, t: (
-        row(field="cus_field"), None, replace(context(m), writes_back=False)), "create"),
+        row(field="cus_field"), None, replace(context(m), writeback_field=None)), "create"),
     Case("interrupted create inside the window: replay", lambda m, t: (
         row(), None, context(m, intents={ACC: intent(timedelta(hours=1), payload={"name": "Acme"})})), "replay"),
     Case("interrupted create past the window, found by tag", lambda m, t: (

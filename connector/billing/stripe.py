@@ -9,6 +9,7 @@ here, so a rate limit never turns into a failed record while the run has time.
 from __future__ import annotations
 
 import random
+import re
 import socket
 import ssl
 import threading
@@ -30,6 +31,7 @@ from connector.billing.base import (
 )
 from connector.config import BillingAccountConfig, SecretSource
 from connector.errors import AuthenticationError, ConfigError, TransientError
+from connector.secret_shapes import SecretShape
 
 # Stripe's documented metadata limits.
 METADATA_MAX_KEYS = 50
@@ -37,6 +39,14 @@ METADATA_KEY_MAX = 40
 METADATA_VALUE_MAX = 500
 IDEMPOTENCY_KEY_MAX = 255
 DEFAULT_API_BASE = "https://api.stripe.com"
+
+# Secret keys (sk_live_, sk_test_), restricted keys (rk_live_, rk_test_) and Organization keys
+# (sk_org_...): refused wherever they appear in a config or mapping file.
+KEY_SHAPE = SecretShape(
+    re.compile(r"\b(?:sk|rk)_(?:org_)?(?:live|test)_[A-Za-z0-9]{8,}|\bsk_org_[A-Za-z0-9_]{8,}"),
+    "a Stripe secret or restricted key",
+    "STRIPE_API_KEY",
+)
 
 RULES = TargetRules(
     system="stripe",
@@ -281,10 +291,14 @@ class StripeTarget:
             except stripe.APIConnectionError as exc:
                 if _no_connection(exc):
                     self._unreachable = True
+                    hint = (
+                        "check that the api_base configured for this account is up"
+                        if self._account.api_base
+                        else "check this host's network, proxy and firewall"
+                    )
                     raise BillingUnreachable(
                         f"cannot connect to Stripe billing account '{self.name}' at {self.url} "
-                        f"({_network_reason(exc)}); check the network, a proxy or firewall, and "
-                        f"billing.accounts[{self.name}].api_base",
+                        f"({_network_reason(exc)}); {hint}",
                         billing_account=self.name,
                         url=self.url,
                     ) from None
