@@ -14,7 +14,8 @@ from connector.sandbox.run import SandboxPair
 from connector.state.store import StateStore
 
 JSON_KEYS = {"run_id", "mode", "orders_read", "accounts_seen", "created", "updated", "unchanged",
-             "refused", "failed", "writeback_failed", "salesforce_calls", "billing_calls", "stripe_calls", "billing_accounts"}
+             "refused", "failed", "writeback_failed", "salesforce_calls", "billing_calls", "stripe_calls", "billing_accounts",
+             "status", "error", "exit_code"}
 
 
 def cli(*args: str, env: dict[str, str], cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -37,6 +38,7 @@ def test_sync_json_prints_one_object_and_exits_0(sandboxes: SandboxPair, cli_env
     assert report["billing_accounts"] == {
         "default": {"created": 3, "updated": 0, "unchanged": 0, "refused": 0, "failed": 0, "calls": 3}
     }
+    assert (report["status"], report["error"], report["exit_code"]) == ("succeeded", None, 0)
 
 
 def test_backfill_dry_run_prints_a_plan_and_writes_nothing(sandboxes: SandboxPair, cli_env: dict[str, str]) -> None:
