@@ -675,6 +675,7 @@ class Engine:
         }
         first = [p for p in plans if p.account_id not in waiting]
         applied: list[Applied] = []
+        attempted: set[str] = set()  # accounts whose write was sent (or being sent)
         try:
             completed = self._apply_waiting_last(
                 scope,
@@ -684,6 +685,7 @@ class Engine:
                 waiting,
                 links,
                 by_account,
+                attempted,
                 applied,
                 orders_before,
                 page_size,
@@ -692,9 +694,9 @@ class Engine:
             # Whatever stops the batch (a lost lock, a billing account down, a signal), what
             # billing already holds is recorded, so no cross-reference is lost.
             with contextlib.suppress(LockLost):
-                self._record(scope, ba, applied, all_rows, self._unsent(plans, applied))
+                self._record(scope, ba, applied, all_rows, self._unsent(plans, attempted))
             raise
-        self._record(scope, ba, applied, all_rows, self._unsent(plans, applied))
+        self._record(scope, ba, applied, all_rows, self._unsent(plans, attempted))
         queue = scope.writebacks.get(ba)
         for a in applied:
             if a.link is not None and queue is not None:
@@ -725,12 +727,13 @@ class Engine:
         waiting: set[str],
         links: dict[str, Link],
         by_account: Mapping[str, OrderRow],
+        attempted: set[str],
         applied: list[Applied],
         orders_before: int,
         page_size: int,
     ) -> bool:
         completed = self._apply_all(
-            scope, target, first, links, by_account, applied, orders_before, page_size
+            scope, target, first, links, attempted, applied, orders_before, page_size
         )
         if completed and waiting:
             live = dict(ctx.links)
@@ -748,16 +751,18 @@ class Engine:
                 if a in waiting
             ]
             completed = self._apply_all(
-                scope, target, second, links, by_account, applied, orders_before, page_size
+                scope, target, second, links, attempted, applied, orders_before, page_size
             )
         return completed
 
     @staticmethod
-    def _unsent(plans: Sequence[PlannedWrite], applied: Sequence[Applied]) -> list[str]:
+    def _unsent(plans: Sequence[PlannedWrite], attempted: set[str]) -> list[str]:
         """Creates whose intent was written ahead but which were never sent (the run stopped
-        first): their intents are dropped with the batch, nothing is left to replay."""
-        tried = {a.planned.account_id for a in applied}
-        return [p.account_id for p in plans if p.action == "create" and p.account_id not in tried]
+        first): their intents are dropped with the batch. A create that was being sent when the
+        run stopped keeps its intent: the billing system may have made the customer."""
+        return [
+            p.account_id for p in plans if p.action == "create" and p.account_id not in attempted
+        ]
 
     def _reads_link_of(self, row: OrderRow, accounts: set[str]) -> bool:
         return any(read_source(row.record, s) in accounts for s in self.link_sources)
@@ -768,7 +773,7 @@ class Engine:
         target: BillingTarget,
         plans: list[PlannedWrite],
         links: dict[str, Link],
-        rows: Mapping[str, OrderRow],
+        attempted: set[str],
         applied: list[Applied],
         orders_before: int,
         page_size: int,
@@ -788,6 +793,7 @@ class Engine:
                 return False  # finish cleanly: what was applied is recorded, the rest read again
             if p.writes:
                 self.before_write()
+            attempted.add(p.account_id)
             result = self._apply(target, p, links.get(p.account_id))
             applied.append(result)
             if result.link is not None:
