@@ -26,6 +26,7 @@ import json
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, Protocol
@@ -588,7 +589,13 @@ class Engine:
         return True
 
     def _process_dependents(
-        self, scope: RunScope, linked: set[str], targets: Sequence[BillingTarget], depth: int = 0
+        self,
+        scope: RunScope,
+        linked: set[str],
+        targets: Sequence[BillingTarget],
+        depth: int = 0,
+        *,
+        skip: AbstractSet[str] = frozenset(),
     ) -> bool:
         """Accounts whose mapping reads a link that was just created or moved (`link`
         transform): read their orders and plan them again, wherever they fell in the page
@@ -602,7 +609,8 @@ class Engine:
             for page in self.source.activated_orders(
                 self.fields, watch=self.watch, referencing={p: chunk for p in paths}
             ):
-                if not self._process_rows(scope, page.rows, targets, depth=depth + 1):
+                rows = [r for r in page.rows if r.account_id not in skip]
+                if rows and not self._process_rows(scope, rows, targets, depth=depth + 1):
                     return False
         return True
 
@@ -638,7 +646,8 @@ class Engine:
         self._flush_writebacks(scope, final=False)
         if scope.dry_run:
             return True
-        return self._process_dependents(scope, newly_linked - set(best), targets, depth)
+        # This page's own readers of those links were planned again within the page.
+        return self._process_dependents(scope, newly_linked, targets, depth, skip=set(best))
 
     def _plan_and_apply(
         self,
