@@ -81,8 +81,9 @@ def make_engine(
         store=store,
         mapping=mapping,
         overlap_seconds=config.salesforce.overlap_seconds,
-        # Until the engine writes back per account: the first account that has a field.
-        writeback_billing_account=next(iter(config.billing.writeback_fields()), None),
+        # Each billing account's customer id goes to its own Account field (some have none); a
+        # partition's engine writes back only for the accounts it runs.
+        writeback_fields=config.billing.writeback_fields(),
         writeback_batch=config.salesforce.writeback_batch_size,
         salesforce_calls=lambda: source.usage.calls,
         on_progress=on_progress,

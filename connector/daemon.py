@@ -227,9 +227,6 @@ class Daemon:
             # One partition: the cursors `sync` uses. Several: each keeps its own.
             cursor_scope=name if len(self.partitions) > 1 else None,
         )
-        # The write-back account's partition writes ids back; the others leave the field alone.
-        writeback = next(iter(self.config.billing.writeback_fields()), None)
-        engine.writeback_account = name if writeback == name else None
         rate_limited = getattr(target, "rate_limited", 0)
         started = time.monotonic()
         with structlog.contextvars.bound_contextvars(billing_account=name):
