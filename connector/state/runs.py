@@ -24,6 +24,10 @@ from connector.state.records import Outcome, RunRecord
 # these, `iter_outcomes(failed_only=True)` exports every one of them.
 FAILURE_OUTCOMES: tuple[str, ...] = ("failed", "refused")
 
+# Built once: a run records a page of outcomes per page of orders.
+_INSERT_OUTCOMES = t.record_outcomes.insert()
+_GET_RUN = sa.select(t.runs).where(t.runs.c.run_id == sa.bindparam("run_id"))
+
 
 class RunRepository:
     """`store.runs`: one row per run, one outcome row per record a run touched."""
@@ -31,7 +35,7 @@ class RunRepository:
     def __init__(self, db: Database) -> None:
         self._db = db
 
-    def start(self, mode: str, *, dry_run: bool) -> str:
+    def start(self, mode: str, *, dry_run: bool, partition: str | None = None) -> str:
         run_id = uuid.uuid4().hex
         with self._db.connect(write=True) as conn:
             conn.execute(
@@ -44,6 +48,7 @@ class RunRepository:
                     counts={},
                     host=socket.gethostname(),
                     pid=os.getpid(),
+                    partition=partition,
                 )
             )
         return run_id
@@ -67,7 +72,7 @@ class RunRepository:
 
     def get(self, run_id: str) -> RunRecord | None:
         with self._db.connect() as conn:
-            row = conn.execute(sa.select(t.runs).where(t.runs.c.run_id == run_id)).first()
+            row = conn.execute(_GET_RUN, {"run_id": run_id}).first()
         return run_record(row) if row is not None else None
 
     def recent(self, limit: int = 10) -> list[RunRecord]:
@@ -75,12 +80,25 @@ class RunRepository:
         with self._db.connect() as conn:
             return [run_record(row) for row in conn.execute(query)]
 
-    def mark_interrupted(self) -> int:
-        """Runs left 'running' by a crash become 'interrupted'. Call only while holding the lock."""
+    def mark_interrupted(self, partition: str | None = None) -> int:
+        """Runs left 'running' by a crash become 'interrupted'. Call only while holding the lock
+        (of `partition`, when given: then only runs that covered it, or older runs that do not
+        say, are marked; a replica running another partition keeps its run)."""
+        r = t.runs.c
+        covers: sa.ColumnElement[bool] = sa.true()
+        if partition is not None:
+            like = partition.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            covers = sa.or_(
+                r.partition.is_(None),
+                r.partition == partition,
+                r.partition.like(f"{like},%", escape="\\"),
+                r.partition.like(f"%,{like}", escape="\\"),
+                r.partition.like(f"%,{like},%", escape="\\"),
+            )
         with self._db.connect(write=True) as conn:
             result = conn.execute(
                 t.runs.update()
-                .where(t.runs.c.status == "running")
+                .where(r.status == "running", covers)
                 .values(
                     status="interrupted",
                     finished_at=utcnow(),
@@ -114,7 +132,7 @@ class RunRepository:
         ]
         if rows:
             with self._db.connect(write=True) as conn:
-                conn.execute(t.record_outcomes.insert(), rows)
+                conn.execute(_INSERT_OUTCOMES, rows)
 
     def outcomes_for_run(self, run_id: str) -> list[Outcome]:
         query = (
@@ -184,6 +202,7 @@ def run_record(row: Row[Any]) -> RunRecord:
         status=row.status,
         counts=dict(row.counts or {}),
         error=row.error,
+        partition=row.partition,
     )
 
 
