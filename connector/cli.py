@@ -10,13 +10,13 @@ Exit codes (the same for every command):
 from __future__ import annotations
 
 import json
-import signal
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from datetime import UTC, date, datetime
+from enum import Enum, StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -25,6 +25,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from connector import __version__, signals
 from connector import log as logsetup
 from connector.config import Config, SecretSource, load_config
 from connector.errors import ConfigError, ConnectorError
@@ -68,8 +69,11 @@ DryRunOpt = Annotated[
 
 
 def main() -> None:
+    signals.install()  # normally done already by connector.__main__, before the imports
+    command = typer.main.get_command(app)
+    _accept_global_options_after_commands(command)
     try:
-        app()
+        command(prog_name="billing-connector")
     except (SystemExit, KeyboardInterrupt):
         raise
     except Exception as exc:
@@ -83,31 +87,176 @@ def main() -> None:
             highlight=False,
         )
         raise SystemExit(1) from None
+    finally:
+        # Flushed here rather than at interpreter exit: a signal that lands while stdout is
+        # blocked (a full pipe) then exits with the documented code, not 120.
+        with suppress(OSError, ValueError):
+            sys.stdout.flush()
+
+
+# --- global options: before the command (`billing-connector -c prod.yaml sync`) or after it ----
+
+
+class LogLevel(StrEnum):
+    debug = "debug"
+    info = "info"
+    warning = "warning"
+    error = "error"
+
+
+class LogFormat(StrEnum):
+    auto = "auto"
+    json = "json"
+    console = "console"
+
+
+LogLevelOpt = Annotated[
+    LogLevel | None,
+    typer.Option("--log-level", help="Overrides log.level of the config file.", show_default=False),
+]
+LogFormatOpt = Annotated[
+    LogFormat | None,
+    typer.Option(
+        "--log-format", help="Overrides log.format of the config file.", show_default=False
+    ),
+]
+
+
+@dataclass
+class _GlobalOptions:
+    """What the command line said about config and logging, wherever the options stood."""
+
+    config: Path | None = None
+    log_level: str | None = None
+    log_format: str | None = None
+
+
+_given = _GlobalOptions()
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        print(f"billing-connector {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _global_options(
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            "-c",
+            help="Path to config.yaml, for every command (default: $BILLING_CONNECTOR_CONFIG, "
+            "else ./config.yaml). Also accepted after the command, where it wins.",
+            show_default=False,
+        ),
+    ] = None,
+    log_level: LogLevelOpt = None,
+    log_format: LogFormatOpt = None,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", is_eager=True, callback=_show_version, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    global _given
+    _given = _GlobalOptions(
+        config=config,
+        log_level=log_level.value if log_level else None,
+        log_format=log_format.value if log_format else None,
+    )
+
+
+def _remember_log_option(ctx: Any, param: Any, value: Any) -> Any:
+    if value is not None:
+        setattr(_given, param.name, value.value if isinstance(value, Enum) else str(value))
+    return value
+
+
+def _config_after_command(ctx: Any, param: Any, value: Any) -> Any:
+    # After the command, -c wins; else -c before the command beats the environment and default.
+    source = ctx.get_parameter_source(param.name)
+    if _given.config is not None and getattr(source, "name", "") != "COMMANDLINE":
+        return _given.config
+    return value
+
+
+def _accept_global_options_after_commands(group: Any) -> None:
+    """Give every command --log-level and --log-format, and let its --config defer to a -c
+    given before the command: typer builds the parameters, the values land in `_given`."""
+    options = typer.Typer(add_completion=False)
+
+    @options.command()
+    def log_options(log_level: LogLevelOpt = None, log_format: LogFormatOpt = None) -> None:
+        pass
+
+    template = [
+        p for p in typer.main.get_command(options).params if p.name in ("log_level", "log_format")
+    ]
+
+    def visit(command: Any) -> None:
+        for sub in getattr(command, "commands", {}).values():
+            visit(sub)
+        if getattr(command, "commands", None) is not None:
+            return
+        names = {p.name for p in command.params}
+        for param in command.params:
+            if param.name == "config" and param.callback is None:
+                param.callback = _config_after_command
+        for option in template:
+            if option.name not in names:
+                clone = type(option).__new__(type(option))
+                clone.__dict__.update(option.__dict__)
+                clone.expose_value = False
+                clone.callback = _remember_log_option
+                command.params.append(clone)
+
+    visit(group)
 
 
 # --- shared plumbing ---------------------------------------------------------------------------
 
 
-def _fail(exc: ConnectorError) -> None:
+def _fail(exc: ConnectorError, *, as_json: bool = False) -> None:
     # Error texts can quote what a service answered; they pass the same redaction as logs.
-    err.print(
-        f"[bold red]error:[/] {escape(REDACTOR.scrub(str(exc)))}", highlight=False, soft_wrap=True
-    )
+    message = REDACTOR.scrub(str(exc))
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    if as_json:
+        where: dict[str, Any] = {}
+        if isinstance(exc, ConfigError):
+            where = {
+                "file": str(exc.file) if exc.file else None,
+                "line": exc.line,
+                "column": exc.column,
+                "key": exc.key,
+            }
+        _print_json_error(message, exc.exit_code, status="not_started", **where)
     raise typer.Exit(exc.exit_code)
 
 
+def _print_json_error(message: str, exit_code: int, *, status: str, **extra: Any) -> None:
+    """The one JSON object of a command that could not run (or was stopped before its run)."""
+    print(json.dumps({"status": status, "error": message, "exit_code": exit_code, **extra}))
+
+
 @contextmanager
-def _errors() -> Iterator[None]:
+def _errors(*, as_json: bool = False) -> Iterator[None]:
     try:
         yield
     except ConnectorError as exc:
-        _fail(exc)
+        _fail(exc, as_json=as_json)
 
 
 def _load(config_file: Path) -> tuple[Config, SecretSource]:
     secrets = SecretSource.from_os()
     cfg = load_config(config_file)
-    logsetup.configure(level=cfg.log.level, fmt=cfg.log.format, secrets=secrets.all_values())
+    logsetup.configure(
+        level=_given.log_level or cfg.log.level,
+        fmt=_given.log_format or cfg.log.format,
+        secrets=secrets.all_values(),
+    )
     return cfg, secrets
 
 
@@ -123,28 +272,6 @@ def _parse_date(value: str | None, name: str) -> datetime | None:
         raise ConfigError(
             f"{name} must be a date like 2026-01-31 or 2026-01-31T00:00:00Z, not {value!r}"
         ) from None
-
-
-@contextmanager
-def _stop_on_signals() -> Iterator[threading.Event]:
-    """SIGTERM/SIGINT finish the record in progress and stop; a second signal exits at once."""
-    stop = threading.Event()
-    previous: dict[signal.Signals, Any] = {}
-
-    def handler(signum: int, frame: object) -> None:
-        if stop.is_set():
-            raise SystemExit(130)
-        stop.set()
-        err.print("stopping after the record in progress (signal again to exit at once)")
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        with suppress(ValueError):  # not the main thread: leave signals alone
-            previous[sig] = signal.signal(sig, handler)
-    try:
-        yield stop
-    finally:
-        for sig, h in previous.items():
-            signal.signal(sig, h)
 
 
 def _progress(enabled: bool) -> tuple[Callable[[int, int | None], None] | None, Callable[[], None]]:
@@ -189,16 +316,16 @@ def _run(
 ) -> None:
     from connector.app import open_pipeline
 
-    with _errors():
+    # Handlers installed (the real command): their process-wide event; in-process (tests): none.
+    stop = signals.STOP if signals.installed() else threading.Event()
+    with _errors(as_json=as_json), _json_if_stopped_before_the_run(as_json):
         cfg, secrets = _load(config_file)
         start, end = _parse_date(since, "--since"), _parse_date(until, "--until")
         on_progress, stop_progress = _progress(
             mode == "backfill" and not as_json and err.is_terminal
         )
-        with (
-            _stop_on_signals() as stop,
-            open_pipeline(cfg, secrets, on_progress=on_progress, stop=stop) as p,
-        ):
+        with open_pipeline(cfg, secrets, on_progress=on_progress, stop=stop) as p:
+            signals.run_started()  # from here a signal lets the record in progress finish
             try:
                 report = p.engine.run(
                     mode, dry_run=dry_run, since=start, until=end, retry_all=retry_all
@@ -206,7 +333,14 @@ def _run(
             finally:
                 stop_progress()
         if as_json:
-            print(json.dumps(report.as_json()))
+            data = report.as_json()
+            if report.error:  # a run that could not go on says why, as one object
+                data |= {
+                    "status": report.status,
+                    "error": REDACTOR.scrub(report.error),
+                    "exit_code": report.exit_code,
+                }
+            print(json.dumps(data))
         else:
             _print_report(report, state=_safe_url(cfg.state_url))
         if report.error:
@@ -216,6 +350,20 @@ def _run(
                 soft_wrap=True,
             )
         raise typer.Exit(report.exit_code)
+
+
+@contextmanager
+def _json_if_stopped_before_the_run(as_json: bool) -> Iterator[None]:
+    try:
+        yield
+    except signals.Interrupted as exc:
+        if as_json:
+            _print_json_error(
+                f"stopped by {exc.signal_name} before the run started",
+                1,
+                status="interrupted",
+            )
+        raise
 
 
 def _safe_url(url: str) -> str:
@@ -280,7 +428,7 @@ def backfill(
 def status(config: ConfigOpt = Path("config.yaml"), as_json: JsonOpt = False) -> None:
     """Last runs, failing records and open conflicts."""
 
-    with _errors():
+    with _errors(as_json=as_json):
         cfg, _ = _load(config)
         with _opened_store(cfg) as store:
             runs = store.recent_runs(limit=10)
@@ -462,7 +610,7 @@ def mappings_preview(
     if not account and not order:
         err.print("error: give --account ID or --order ID")
         raise typer.Exit(2)
-    with _errors():
+    with _errors(as_json=as_json):
         cfg, secrets = _load(config)
         with open_pipeline(cfg, secrets, lock=False) as p:
             rows = [
@@ -582,7 +730,7 @@ def conflicts_list(
     """Each conflict with what happened and the choices an admin has."""
     from connector.admin import CONFLICT_CHOICES
 
-    with _errors():
+    with _errors(as_json=as_json):
         cfg, _ = _load(config)
         with _opened_store(cfg) as store:
             conflicts = store.list_conflicts(None if all_ else "open")
@@ -685,7 +833,7 @@ def xref_show(
     as_json: JsonOpt = False,
 ) -> None:
     """Everything the store knows about one account: links, conflicts, retries, last outcomes."""
-    with _errors():
+    with _errors(as_json=as_json):
         cfg, _ = _load(config)
         with _opened_store(cfg) as store:
             info: dict[str, Any] = {"account_id": account, "billing_accounts": []}
@@ -811,10 +959,12 @@ def sandbox(
         f"export SALESFORCE_ACCESS_TOKEN='{pair.access_token}'\nexport STRIPE_API_KEY='{pair.stripe_key}'\n"
     )
     print("Ctrl-C to stop.", flush=True)
+    # The servers are the run here: the first signal stops them cleanly (exit 0).
+    stop = signals.run_started() if signals.installed() else threading.Event()
     try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
+        while not stop.wait(3600):
+            pass
+    except KeyboardInterrupt:  # in-process, without the handlers
         pass
     finally:
         pair.stop()
@@ -829,9 +979,60 @@ def demo(
     """Start the sandbox with the sample data, backfill, change a few accounts, sync, and show what happened."""
     from connector.sandbox.run import run_demo
 
+    stop = signals.run_started() if signals.installed() else None
     with _errors():
-        code = run_demo(state_dir, console=out)
+        code = run_demo(
+            state_dir,
+            console=out,
+            stop=stop,
+            log_level=_given.log_level or "warning",
+            log_format=_given.log_format or "console",
+        )
     raise typer.Exit(code)
+
+
+@app.command()
+def init(
+    directory: Annotated[
+        Path, typer.Argument(help="Where to write config.yaml and mappings/ (default: here).")
+    ] = Path("."),
+) -> None:
+    """Write a commented config.yaml and the default mappings to start from (never overwrites)."""
+    from connector.shipped import default_mappings_dir, example_config
+
+    with _errors():
+        mappings = default_mappings_dir()
+        files = [(example_config(), directory / "config.yaml")] + [
+            (f, directory / "mappings" / f.relative_to(mappings))
+            for f in sorted(mappings.rglob("*"))
+            if f.is_file() and "__pycache__" not in f.parts
+        ]
+        existing = [dest for _, dest in files if dest.exists() or dest.is_symlink()]
+        if existing:
+            more = f" (and {len(existing) - 1} more file(s))" if len(existing) > 1 else ""
+            raise ConfigError(
+                f"already exists{more}; init never overwrites a file: move it away or give "
+                "another directory",
+                file=existing[0],
+            )
+        for source, dest in files:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            text = source.read_bytes()
+            if dest.name == "config.yaml" and dest.parent == directory:
+                text = b"# Written by `billing-connector init`; edit it for your org.\n" + text
+            # "x": exclusive create, so a file that appeared since the check is not overwritten.
+            with dest.open("xb") as fh:
+                fh.write(text)
+    config = directory / "config.yaml"
+    out.print(f"wrote {config} and {len(files) - 1} mapping file(s) in {directory / 'mappings'}")
+    out.print(
+        "next: edit the config (every key is explained in it), export the secrets it names, then\n"
+        f"  billing-connector -c {config} mappings check --online\n"
+        f"  billing-connector -c {config} backfill --dry-run",
+        highlight=False,
+        markup=False,
+        soft_wrap=True,
+    )
 
 
 if __name__ == "__main__":  # pragma: no cover
