@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -179,6 +180,17 @@ class _Tally:
         elif action == "failed":
             self.failed += 1
 
+    def as_counts(self) -> dict[str, int]:
+        return {
+            "orders_read": self.orders_read,
+            "accounts_seen": len(self.accounts),
+            "created": self.created,
+            "updated": self.updated,
+            "unchanged": self.unchanged,
+            "refused": self.refused,
+            "failed": self.failed,
+        }
+
     def see(self, row: OrderRow) -> None:
         self.orders_read += 1
         self.accounts.add(row.account_id)
@@ -306,9 +318,20 @@ class Engine:
         except ConnectorError as exc:
             status, error, error_exit = "failed", REDACTOR.scrub(str(exc)), exc.exit_code
             log.error("run.failed", error=error)
+        except (SystemExit, KeyboardInterrupt) as exc:
+            # Stopped at once (a second SIGTERM raises SystemExit(130), Ctrl-C without the CLI's
+            # handlers): an interrupted run, not a failed one. If the store cannot record it now,
+            # the next run marks it interrupted when it takes the lock.
+            if not dry_run:
+                with suppress(Exception):
+                    self.store.finish_run(
+                        run_id, status="interrupted", counts=tally.as_counts(), error=None
+                    )
+            log.warning("run.interrupted", exit=getattr(exc, "code", None), **tally.as_counts())
+            raise
         except BaseException as exc:
-            # A bug or an interpreter exit: the run is recorded as failed before it propagates,
-            # so `status` never shows it running forever.
+            # A bug: the run is recorded as failed before it propagates, so `status` never
+            # shows it running forever.
             if not dry_run:
                 self.store.finish_run(
                     run_id,
