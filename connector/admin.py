@@ -15,8 +15,8 @@ import structlog
 
 from connector.billing.base import BillingTarget
 from connector.errors import ConfigError
+from connector.state.ports import Store
 from connector.state.records import Link, Outcome
-from connector.state.store import StateStore
 
 log = structlog.get_logger("connector.admin")
 
@@ -55,7 +55,7 @@ CONFLICT_CHOICES: dict[str, tuple[str, ...]] = {
 
 
 def link_account(
-    store: StateStore,
+    store: Store,
     target: BillingTarget,
     account_id: str,
     customer_id: str,
@@ -71,12 +71,12 @@ def link_account(
             f"customer {customer_id} {'was deleted' if remote else 'does not exist'} in billing account "
             f"'{target.name}'; nothing was changed"
         )
-    owner = store.get_link_by_customer(target.name, customer_id)
+    owner = store.links.by_customer(target.name, customer_id)
     if owner is not None and owner.account_id != account_id and owner.status != "merged":
         raise ConfigError(
             f"customer {customer_id} is linked to account {owner.account_id}; nothing was changed"
         )
-    current = store.get_link(target.name, account_id)
+    current = store.links.get(target.name, account_id)
     if (
         current is not None
         and current.customer_id != customer_id
@@ -99,10 +99,10 @@ def link_account(
         first_synced_at=current.first_synced_at if current else now,
         last_synced_at=now,
     )
-    run_id = store.start_run("admin", dry_run=False)
+    run_id = store.runs.start("admin", dry_run=False)
     with store.transaction():
-        store.save_links([link])
-        store.record_outcomes(
+        store.links.save([link])
+        store.runs.record_outcomes(
             run_id,
             [
                 Outcome(
@@ -116,7 +116,7 @@ def link_account(
                 )
             ],
         )
-    store.finish_run(run_id, status="succeeded", counts={"updated": 1})
+    store.runs.finish(run_id, status="succeeded", counts={"updated": 1})
     log.info(
         "admin.linked",
         account_id=account_id,
@@ -128,7 +128,7 @@ def link_account(
 
 
 def resolve_conflict(
-    store: StateStore,
+    store: Store,
     targets: Sequence[BillingTarget],
     conflict_id: int,
     *,
@@ -137,7 +137,7 @@ def resolve_conflict(
     by: str,
 ) -> Any:
     """Apply and record an admin's decision on a conflict: link, new or ignore."""
-    conflict = store.get_conflict(conflict_id)
+    conflict = store.conflicts.get(conflict_id)
     if conflict is None:
         raise ConfigError(
             f"there is no conflict {conflict_id}; see `billing-connector conflicts list`"
@@ -176,7 +176,7 @@ def resolve_conflict(
         resolution = f"link:{customer_id}"
     else:
         resolution = choice
-    resolved = store.resolve_conflict(conflict_id, resolution=resolution, by=by)
+    resolved = store.conflicts.resolve(conflict_id, resolution=resolution, by=by)
     log.info(
         "admin.conflict_resolved",
         conflict_id=conflict_id,

@@ -55,11 +55,11 @@ def open_pipeline(
     targets = build_targets(config, secrets)  # a missing key is a config error too
     store = StateStore.open(config.state_url, auto_migrate=config.state.auto_migrate)
     try:
-        lock_cm = store.lock("sync", holder=holder_name()) if lock else _null()
+        lock_cm = store.locks.hold("sync", holder=holder_name()) if lock else _null()
         with lock_cm:
             if lock:
                 # Holding the lock, any run still marked running belongs to a dead process.
-                store.mark_interrupted_runs()
+                store.runs.mark_interrupted()
             source = connect(config.salesforce, secrets)
             engine = Engine(
                 source=source,

@@ -431,9 +431,9 @@ def status(config: ConfigOpt = Path("config.yaml"), as_json: JsonOpt = False) ->
     with _errors(as_json=as_json):
         cfg, _ = _load(config)
         with _opened_store(cfg) as store:
-            runs = store.recent_runs(limit=10)
-            failures = store.recent_failures(limit=50)
-            conflicts = store.list_conflicts("open")
+            runs = store.runs.recent(limit=10)
+            failures = store.runs.recent_failures(limit=50)
+            conflicts = store.conflicts.list("open")
             stats = store.stats()
     if as_json:
         print(
@@ -634,10 +634,10 @@ def mappings_preview(
                 "billing_accounts": [],
             }
             for target in p.targets:
-                link = p.store.get_link(target.name, row.account_id)
+                link = p.store.links.get(target.name, row.account_id)
 
                 def linked(account_id: str, ba: str = target.name) -> str | None:
-                    other = p.store.get_link(ba, account_id)
+                    other = p.store.links.get(ba, account_id)
                     return other.customer_id if other and other.status == "active" else None
 
                 payload = p.mapping.evaluate(row.record, link=linked)
@@ -733,7 +733,7 @@ def conflicts_list(
     with _errors(as_json=as_json):
         cfg, _ = _load(config)
         with _opened_store(cfg) as store:
-            conflicts = store.list_conflicts(None if all_ else "open")
+            conflicts = store.conflicts.list(None if all_ else "open")
     if as_json:
         print(
             json.dumps(
@@ -838,8 +838,8 @@ def xref_show(
         with _opened_store(cfg) as store:
             info: dict[str, Any] = {"account_id": account, "billing_accounts": []}
             for acct in cfg.billing.accounts:
-                link = store.get_link(acct.id, account)
-                retries = [r for r in store.all_retries(acct.id) if r.account_id == account]
+                link = store.links.get(acct.id, account)
+                retries = [r for r in store.retries.all(acct.id) if r.account_id == account]
                 info["billing_accounts"].append(
                     {
                         "billing_account": acct.id,
@@ -870,7 +870,7 @@ def xref_show(
                     "customer_id": c.customer_id,
                     "resolution": c.resolution,
                 }
-                for c in store.list_conflicts(None)
+                for c in store.conflicts.list(None)
                 if account in (c.account_id, c.other_account_id)
             ]
     if as_json:

@@ -3,7 +3,7 @@
 The engine reads activated orders page by page from a `Source`, evaluates the customer mapping
 for the account of each order, decides per account and billing account what to do (a
 `PlannedWrite`), applies the plan through a `BillingTarget`, and records every link, outcome and
-cursor in the `StateStore`. It never merges, moves or deletes a billing customer, and it never
+cursor in the state store. It never merges, moves or deletes a billing customer, and it never
 writes to a customer while a conflict about that account is open.
 
 Guarantees a run keeps, whatever fails:
@@ -44,8 +44,8 @@ from connector.salesforce import (
     WriteBackResult,
     parse_sf_datetime,
 )
+from connector.state.ports import Store
 from connector.state.records import Intent, Link, OrderLink, Outcome
-from connector.state.store import StateStore
 
 log = structlog.get_logger("connector.engine")
 
@@ -232,7 +232,7 @@ class Engine:
         *,
         source: Source,
         targets: Sequence[BillingTarget],
-        store: StateStore,
+        store: Store,
         mapping: CustomerMapping,
         overlap_seconds: int = 300,
         writeback_billing_account: str | None = None,
@@ -270,7 +270,7 @@ class Engine:
         until: datetime | None = None,
         retry_all: bool = False,
     ) -> RunReport:
-        run_id = self.store.start_run(mode, dry_run=dry_run) if not dry_run else _dry_run_id()
+        run_id = self.store.runs.start(mode, dry_run=dry_run) if not dry_run else _dry_run_id()
         structlog.contextvars.bind_contextvars(run_id=run_id)
         tally = _Tally()
         plan: list[PlannedWrite] = []
@@ -333,7 +333,7 @@ class Engine:
             # A bug: the run is recorded as failed before it propagates, so `status` never
             # shows it running forever.
             if not dry_run:
-                self.store.finish_run(
+                self.store.runs.finish(
                     run_id,
                     status="failed",
                     counts={},
@@ -362,14 +362,14 @@ class Engine:
             error_exit_code=error_exit,
         )
         if not dry_run:
-            self.store.finish_run(run_id, status=status, counts=_counts(report), error=error)
+            self.store.runs.finish(run_id, status=status, counts=_counts(report), error=error)
         log.info("run.finished", run_id=run_id, status=status, **_counts(report))
         return report
 
     def _mapping_changed(self) -> bool:
         # Links an admin set by hand carry no fingerprint until their first sync.
         fp = self.mapping.fingerprint
-        return any(self.store.fingerprints_in_use(t.name) - {fp} for t in self.targets)
+        return any(self.store.links.fingerprints_in_use(t.name) - {fp} for t in self.targets)
 
     def _read_and_apply(
         self, run: _Run, mode: str, *, since: datetime | None, until: datetime | None
@@ -380,11 +380,11 @@ class Engine:
         changed_since = None
         if mode == "backfill":
             backfill_cursor = f"backfill:{_iso(since) or '-'}:{_iso(until) or '-'}"
-            after_id = self.store.get_cursor(backfill_cursor) or None
+            after_id = self.store.cursors.get(backfill_cursor) or None
             if after_id:
                 log.info("backfill.resuming", after_id=after_id)
         elif mode == "sync":
-            cursor = parse_sf_datetime(self.store.get_cursor(ORDERS_CURSOR))
+            cursor = parse_sf_datetime(self.store.cursors.get(ORDERS_CURSOR))
             changed_since = cursor - self.overlap if cursor else None
         pages = self.source.activated_orders(
             self.fields,
@@ -400,14 +400,14 @@ class Engine:
                 return False
             if backfill_cursor and not run.dry_run and page.rows:
                 # Resume point: every record of this page has its outcome recorded.
-                self.store.set_cursor(backfill_cursor, max(r.order_id for r in page.rows))
+                self.store.cursors.set(backfill_cursor, max(r.order_id for r in page.rows))
         if backfill_cursor and not run.dry_run:
-            self.store.set_cursor(backfill_cursor, "")
+            self.store.cursors.set(backfill_cursor, "")
         return True
 
     def _process_deletions(self, run: _Run) -> None:
         """Deleted and merged accounts: links are marked, conflicts opened, billing untouched."""
-        cursor = parse_sf_datetime(self.store.get_cursor(DELETIONS_CURSOR))
+        cursor = parse_sf_datetime(self.store.cursors.get(DELETIONS_CURSOR))
         since = cursor - self.overlap if cursor else None
         newest: datetime | None = None
         for page in self.source.deleted_accounts(since=since):
@@ -417,14 +417,14 @@ class Engine:
                     newest = stamp
             run.apply_deletions(page)
         if newest and not run.dry_run and (cursor is None or newest > cursor):
-            self.store.set_cursor(DELETIONS_CURSOR, newest.strftime("%Y-%m-%dT%H:%M:%S.000+0000"))
+            self.store.cursors.set(DELETIONS_CURSOR, newest.strftime("%Y-%m-%dT%H:%M:%S.000+0000"))
 
     def _process_retries(self, run: _Run, *, retry_all: bool) -> bool:
         for target in self.targets:
             items = (
-                self.store.all_retries(target.name)
+                self.store.retries.all(target.name)
                 if retry_all
-                else self.store.due_retries(target.name, now=self.now())
+                else self.store.retries.due(target.name, now=self.now())
             )
             todo = [
                 i.account_id for i in items if i.account_id not in run.done.get(target.name, set())
@@ -439,13 +439,13 @@ class Engine:
         return True
 
     def _advance_cursor(self, mode: str, watermark: datetime, *, backfill_window: bool) -> None:
-        current = parse_sf_datetime(self.store.get_cursor(ORDERS_CURSOR))
+        current = parse_sf_datetime(self.store.cursors.get(ORDERS_CURSOR))
         if mode == "backfill" and current is not None:
             return  # a backfill never moves the incremental cursor backwards or forwards past a sync
         if mode == "backfill" and not backfill_window:
             return  # a windowed backfill did not read everything
         if current is None or watermark > current:
-            self.store.set_cursor(ORDERS_CURSOR, watermark.strftime("%Y-%m-%dT%H:%M:%S.000+0000"))
+            self.store.cursors.set(ORDERS_CURSOR, watermark.strftime("%Y-%m-%dT%H:%M:%S.000+0000"))
 
 
 class _Run:
@@ -463,12 +463,12 @@ class _Run:
         self.expected_total: int | None = None
         self.writebacks: list[tuple[str, str]] = []
         self.held: dict[str, set[str]] = {
-            t.name: engine.store.open_conflict_accounts(t.name) for t in engine.targets
+            t.name: engine.store.conflicts.held_accounts(t.name) for t in engine.targets
         }
         # Accounts an admin resolved with `conflicts resolve --new`: they get a new customer
         # whatever their Stripe Id field says, once.
         self.fresh: dict[str, dict[str, datetime]] = {t.name: {} for t in engine.targets}
-        for c in engine.store.list_conflicts("resolved"):
+        for c in engine.store.conflicts.list("resolved"):
             if (
                 c.resolution == "new"
                 and c.billing_account in self.fresh
@@ -478,7 +478,7 @@ class _Run:
         # Accounts whose Stripe Id field an admin's explicit link overrides in this run.
         self.overwrite_field: dict[str, set[str]] = {t.name: set() for t in engine.targets}
         self.intents: dict[str, dict[str, Intent]] = {
-            t.name: {i.account_id: i for i in engine.store.open_intents(t.name)}
+            t.name: {i.account_id: i for i in engine.store.intents.open(t.name)}
             for t in engine.targets
         }
         wb = engine.writeback_account
@@ -486,7 +486,7 @@ class _Run:
             # Write-backs that failed in earlier runs are retried first.
             self.writebacks = [
                 (ln.account_id, ln.customer_id)
-                for ln in engine.store.pending_writebacks(wb, limit=10_000)
+                for ln in engine.store.links.pending_writebacks(wb, limit=10_000)
             ]
             self._pending = {a for a, _ in self.writebacks}
         else:
@@ -505,7 +505,7 @@ class _Run:
             if cur is None or row.basis_key > cur.basis_key:
                 best[row.account_id] = row
         for target in only or self.e.targets:
-            links = self.e.store.get_links(target.name, list(best))
+            links = self.e.store.links.get_many(target.name, list(best))
             resolver = _LinkResolver(self.e.store, target.name)
             outcomes: list[Outcome] = []
             saves: list[Link] = []
@@ -544,7 +544,7 @@ class _Run:
         ids = [d.account_id for d in page] + [d.master_id for d in page if d.master_id]
         for target in self.e.targets:
             ba = target.name
-            links = store.get_links(ba, ids)
+            links = store.links.get_many(ba, ids)
             outcomes: list[Outcome] = []
             for d in page:
                 loser = links.get(d.account_id)
@@ -556,7 +556,7 @@ class _Run:
                     continue  # never synced (merging before sync is the documented way), or already handled
                 if d.master_id is None:
                     if not self.dry_run:
-                        store.set_link_status(ba, d.account_id, "deleted")
+                        store.links.set_status(ba, d.account_id, "deleted")
                     log.info(
                         "sync.account.deleted",
                         account_id=d.account_id,
@@ -609,8 +609,8 @@ class _Run:
                     )
                     continue
                 with store.transaction():
-                    store.set_link_status(ba, d.account_id, "merged")
-                    store.open_conflict(
+                    store.links.set_status(ba, d.account_id, "merged")
+                    store.conflicts.open(
                         kind,
                         billing_account=ba,
                         account_id=held,
@@ -636,7 +636,7 @@ class _Run:
                     )
                 )
             if outcomes and not self.dry_run:
-                store.record_outcomes(self.run_id, outcomes)
+                store.runs.record_outcomes(self.run_id, outcomes)
 
     def _record(
         self,
@@ -661,21 +661,21 @@ class _Run:
         ]
         with self.e.store.transaction():
             if saves:
-                self.e.store.save_links(saves)
+                self.e.store.links.save(saves)
             if order_links:
-                self.e.store.save_order_links(order_links)
+                self.e.store.links.save_order_links(order_links)
             # Unchanged records are counted in the run, not stored one by one.
-            self.e.store.record_outcomes(
+            self.e.store.runs.record_outcomes(
                 self.run_id, [o for o in outcomes if o.outcome != "unchanged"]
             )
             if failed:
-                self.e.store.schedule_retries(
+                self.e.store.retries.schedule(
                     ba,
                     {o.account_id: f"{o.error_code}: {o.error_message}" for o in failed},
                     now=self.e.now(),
                 )
             if ok:
-                self.e.store.clear_retries(ba, ok)
+                self.e.store.retries.clear(ba, ok)
 
     # --- deciding -----------------------------------------------------------------------------
 
@@ -736,7 +736,7 @@ class _Run:
             )
         if link is None:
             if field_value:
-                owner = self.e.store.get_link_by_customer(ba, field_value)
+                owner = self.e.store.links.by_customer(ba, field_value)
                 if owner is not None and owner.account_id != acc:
                     return make(
                         action="refused",
@@ -767,7 +767,7 @@ class _Run:
             # that decision wins over the field, which is overwritten with the linked id.
             self.overwrite_field[ba].add(acc)
         elif field_value and field_value != link.customer_id:
-            owner = self.e.store.get_link_by_customer(ba, field_value)
+            owner = self.e.store.links.by_customer(ba, field_value)
             kind = (
                 "winner_field_names_other_customer"
                 if owner is not None
@@ -819,7 +819,7 @@ class _Run:
                     "customer_linked_elsewhere",
                     "winner_field_names_other_customer",
                 ):
-                    store.open_conflict(
+                    store.conflicts.open(
                         p.error_code,
                         billing_account=ba,
                         account_id=p.account_id,
@@ -866,7 +866,7 @@ class _Run:
                     first_synced_at=now,
                     last_synced_at=now,
                 )
-                store.complete_create(new, [OrderLink(ba, p.order_id, p.account_id, customer_id)])
+                store.intents.complete_create(new, [OrderLink(ba, p.order_id, p.account_id, customer_id)])
                 self.intents[ba].pop(p.account_id, None)
                 log.info("sync.record.created", account_id=p.account_id, customer_id=customer_id)
                 if new.payload_hash != p.payload_hash:
@@ -880,7 +880,7 @@ class _Run:
                         payload=dict(p.payload),
                         last_synced_at=self.e.now(),
                     )
-                    store.save_links([new])
+                    store.links.save([new])
                 return self._outcome(p, "created", customer_id=customer_id), new
             if p.action == "adopt":
                 assert p.customer_id is not None
@@ -894,7 +894,7 @@ class _Run:
                     )
                 owner = remote.metadata.get("salesforce_account_id")
                 if owner and owner != p.account_id:
-                    store.open_conflict(
+                    store.conflicts.open(
                         "customer_belongs_to_other_account",
                         billing_account=ba,
                         account_id=p.account_id,
@@ -923,7 +923,7 @@ class _Run:
                     first_synced_at=now,
                     last_synced_at=None,
                 )
-                store.save_links([adopted])  # linked first, so a failed update still keeps the link
+                store.links.save([adopted])  # linked first, so a failed update still keeps the link
                 target.update_customer(
                     p.customer_id, p.payload, idempotency_key=update_key(adopted, p.payload_hash)
                 )
@@ -962,7 +962,7 @@ class _Run:
             if code == "customer_missing" and p.action == "update" and p.customer_id:
                 # Deleted in Stripe: never re-created on our own (it may have been deliberate);
                 # the account is held and the admin chooses --new or --link.
-                store.open_conflict(
+                store.conflicts.open(
                     "customer_deleted_in_billing",
                     billing_account=ba,
                     account_id=p.account_id,
@@ -1008,7 +1008,7 @@ class _Run:
                 )
                 return found[0].id, p.payload
         key = create_key(ba, p.account_id, p.payload_hash)
-        self.e.store.record_intent(
+        self.e.store.intents.record(
             Intent(
                 billing_account=ba,
                 account_id=p.account_id,
@@ -1048,7 +1048,7 @@ class _Run:
             return
         if row.stripe_id_value == link.customer_id:
             if link.writeback_pending:
-                self.e.store.mark_written_back(ba, [link.account_id])
+                self.e.store.links.mark_written_back(ba, [link.account_id])
             return
         decided = link.account_id in self.fresh[ba] or link.account_id in self.overwrite_field[ba]
         if row.stripe_id_value and row.stripe_id_value != link.customer_id and not decided:
@@ -1082,7 +1082,7 @@ class _Run:
                 ]
             ok = [r.account_id for r in results if r.ok]
             if ok:
-                self.e.store.mark_written_back(ba, ok)
+                self.e.store.links.mark_written_back(ba, ok)
             failures = [r for r in results if not r.ok]
             outcomes = [
                 Outcome(
@@ -1103,7 +1103,7 @@ class _Run:
                 )
             if outcomes:
                 self.tally.failed += len(outcomes)
-                self.e.store.record_outcomes(self.run_id, outcomes)
+                self.e.store.runs.record_outcomes(self.run_id, outcomes)
             for a, _ in batch:
                 self._pending.discard(a)
 
@@ -1115,14 +1115,14 @@ class _Run:
 class _LinkResolver:
     """The `link` transform: a Salesforce account id -> its customer id, cached per page."""
 
-    def __init__(self, store: StateStore, billing_account: str) -> None:
+    def __init__(self, store: Store, billing_account: str) -> None:
         self.store = store
         self.ba = billing_account
         self.cache: dict[str, str | None] = {}
 
     def __call__(self, account_id: str) -> str | None:
         if account_id not in self.cache:
-            link = self.store.get_link(self.ba, account_id)
+            link = self.store.links.get(self.ba, account_id)
             self.cache[account_id] = link.customer_id if link and link.status == "active" else None
         return self.cache[account_id]
 

@@ -94,14 +94,14 @@ def opened(db_url: str) -> Iterator[StateStore]:
 
 def read_store(db_url: str, billing_account: str = BA) -> StoreView:
     with opened(db_url) as store:
-        runs = store.recent_runs(limit=50)
+        runs = store.runs.recent(limit=50)
         return StoreView(
-            cursor=store.get_cursor(ORDERS_CURSOR),
-            links={ln.account_id: ln for ln in store.iter_links(billing_account)},
-            retries={r.account_id: r for r in store.all_retries(billing_account)},
-            intents={i.account_id: i for i in store.open_intents(billing_account)},
+            cursor=store.cursors.get(ORDERS_CURSOR),
+            links={ln.account_id: ln for ln in store.links.iter(billing_account)},
+            retries={r.account_id: r for r in store.retries.all(billing_account)},
+            intents={i.account_id: i for i in store.intents.open(billing_account)},
             runs=runs,
-            outcomes={r.run_id: store.outcomes_for_run(r.run_id) for r in runs},
+            outcomes={r.run_id: store.runs.outcomes_for_run(r.run_id) for r in runs},
         )
 
 

@@ -104,7 +104,7 @@ def test_a_refused_salesforce_token_exits_3(sandboxes: SandboxPair, cli_env: dic
 def test_another_runner_holding_the_lock_exits_3_naming_it(sandboxes: SandboxPair, cli_env: dict[str, str], db_url: str) -> None:
     store = StateStore.open(db_url)
     try:
-        with store.lock("sync", holder="replica-a:4242"):
+        with store.locks.hold("sync", holder="replica-a:4242"):
             result = cli("sync", env=cli_env)
     finally:
         store.close()

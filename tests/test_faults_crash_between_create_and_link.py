@@ -40,7 +40,7 @@ def crash_after_create(
     assert planned.action == "create"
     key = create_key(BA, account_id, planned.payload_hash)
     with opened(db_url) as store:
-        store.record_intent(
+        store.intents.record(
             Intent(
                 billing_account=BA,
                 account_id=account_id,

@@ -157,7 +157,7 @@ def test_a_full_state_database_stops_with_exit_3_and_sends_nothing_to_stripe(
     # Fill what space is left with earlier runs, until the disk says no more.
     with pytest.raises(UnavailableError, match="disk is full"), StateStore.open(url) as filler:
         for _ in range(10_000):
-            filler.start_run("sync", dry_run=False)
+            filler.runs.start("sync", dry_run=False)
     cfg = Config.model_validate(sandboxes.config_dict(state_url=url, mappings_dir=str(MAPPINGS)))
     secrets = SecretSource(sandboxes.secrets())
 
@@ -182,7 +182,7 @@ def test_a_run_left_running_by_a_dead_process_is_marked_interrupted_by_the_next_
 ) -> None:
     _, url = sqlite_state
     with StateStore.open(url) as store:
-        dead = store.start_run("sync", dry_run=False)  # its process was killed: never finished
+        dead = store.runs.start("sync", dry_run=False)  # its process was killed: never finished
     cfg = Config.model_validate(sandboxes.config_dict(state_url=url, mappings_dir=str(MAPPINGS)))
 
     with open_pipeline(cfg, SecretSource(sandboxes.secrets())) as p:

@@ -132,8 +132,8 @@ def test_a_failed_record_waits_for_its_backoff_and_is_then_retried_by_a_plain_sy
     assert read_store(db_url).retries[ACME].attempts == 1  # not due yet: not tried
 
     with opened(db_url) as store:  # the backoff has passed
-        store.schedule_retry(
-            "default", ACME, "api_error: 503", now=datetime.now(UTC) - timedelta(hours=1)
+        store.retries.schedule(
+            "default", {ACME: "api_error: 503"}, now=datetime.now(UTC) - timedelta(hours=1)
         )
     due = run_sync("sync", config=cfg)
 

@@ -54,7 +54,7 @@ def test_a_changed_mapping_updates_exactly_the_customers_whose_payload_changed(
     assert after[differing[0]]["metadata"]["salesforce_account_id"] == ACME
     store = StateStore.open(db_url)
     try:
-        fingerprints = {link.mapping_fingerprint for link in store.iter_links("default")}
+        fingerprints = {link.mapping_fingerprint for link in store.links.iter("default")}
     finally:
         store.close()
     assert len(fingerprints) == 1  # every link now carries the new mapping's fingerprint

@@ -40,7 +40,7 @@ def test_merge_where_only_the_loser_was_linked_holds_the_winner(
 ) -> None:
     # DRAFT_ONLY has no activated order, so it was never synced; ACME was.
     run_sync("backfill")
-    acme_customer = store.get_link("default", ACME).customer_id
+    acme_customer = store.links.get("default", ACME).customer_id
     customers_before = len(sandboxes.stripe.customers())
     writes_before = sandboxes.stripe.write_count
 
@@ -50,10 +50,10 @@ def test_merge_where_only_the_loser_was_linked_holds_the_winner(
     assert report.refused >= 1 and report.exit_code == 1
     assert len(sandboxes.stripe.customers()) == customers_before  # no new customer for the winner
     assert sandboxes.stripe.write_count == writes_before  # the loser's customer is not written
-    assert store.get_link("default", ACME).status == "merged"
-    assert store.get_link("default", ACME).customer_id == acme_customer  # the cross-reference is kept
-    assert store.get_link("default", DRAFT_ONLY) is None  # no adoption of the loser's customer
-    [conflict] = store.list_conflicts("open")
+    assert store.links.get("default", ACME).status == "merged"
+    assert store.links.get("default", ACME).customer_id == acme_customer  # the cross-reference is kept
+    assert store.links.get("default", DRAFT_ONLY) is None  # no adoption of the loser's customer
+    [conflict] = store.conflicts.list("open")
     assert conflict.kind == "merge_loser_linked"
     assert conflict.account_id == DRAFT_ONLY and conflict.other_account_id == ACME
     assert conflict.customer_id == acme_customer
@@ -68,10 +68,10 @@ def test_an_admin_links_the_held_winner_to_the_losers_customer(
     make_config: Callable[..., Config], secrets: SecretSource,
 ) -> None:
     run_sync("backfill")
-    acme_customer = store.get_link("default", ACME).customer_id
+    acme_customer = store.links.get("default", ACME).customer_id
     sandboxes.salesforce.merge(DRAFT_ONLY, [ACME])
     run_sync("sync")
-    [conflict] = store.list_conflicts("open")
+    [conflict] = store.conflicts.list("open")
 
     resolved = resolve_conflict(store, build_targets(make_config(), secrets), conflict.id, choice="link",
                                 customer_id=acme_customer, by="ops@example.com")
@@ -79,7 +79,7 @@ def test_an_admin_links_the_held_winner_to_the_losers_customer(
 
     assert resolved.resolved_by == "ops@example.com" and resolved.resolution == f"link:{acme_customer}"
     assert report.created == 0 and report.refused == 0 and report.failed == 0
-    assert store.get_link("default", DRAFT_ONLY).customer_id == acme_customer
+    assert store.links.get("default", DRAFT_ONLY).customer_id == acme_customer
     customer = sandboxes.stripe.get_customer(acme_customer)
     assert customer["name"] == "Draft Only Ltd"  # now synced from the surviving account
     assert customer["metadata"]["salesforce_account_id"] == DRAFT_ONLY
@@ -92,7 +92,7 @@ def test_an_admin_chooses_a_new_customer_for_the_held_winner(
     run_sync("backfill")
     sandboxes.salesforce.merge(DRAFT_ONLY, [ACME])
     run_sync("sync")
-    [conflict] = store.list_conflicts("open")
+    [conflict] = store.conflicts.list("open")
     customers_before = len(sandboxes.stripe.customers())
 
     resolve_conflict(store, [], conflict.id, choice="new", customer_id=None, by="ops")
@@ -102,8 +102,8 @@ def test_an_admin_chooses_a_new_customer_for_the_held_winner(
     assert first.created == 1 and second.created == 0
     assert len(sandboxes.stripe.customers()) == customers_before + 1
     [new_customer] = customers_of(sandboxes, DRAFT_ONLY)
-    assert store.get_link("default", DRAFT_ONLY).customer_id == new_customer["id"]
-    assert store.get_link("default", ACME).status == "merged"  # the loser's link is kept
+    assert store.links.get("default", DRAFT_ONLY).customer_id == new_customer["id"]
+    assert store.links.get("default", ACME).status == "merged"  # the loser's link is kept
     with pytest.raises(ConfigError, match="already resolved"):
         resolve_conflict(store, [], conflict.id, choice="ignore", customer_id=None, by="ops")
 
@@ -112,8 +112,8 @@ def test_merge_of_two_linked_accounts_keeps_both_and_the_winner_syncs_on(
     sandboxes: SandboxPair, run_sync: Callable[..., RunReport], store: StateStore
 ) -> None:
     run_sync("backfill")
-    loser_customer = store.get_link("default", ACME).customer_id
-    winner_customer = store.get_link("default", INITECH).customer_id
+    loser_customer = store.links.get("default", ACME).customer_id
+    winner_customer = store.links.get("default", INITECH).customer_id
     loser_before = sandboxes.stripe.get_customer(loser_customer)
 
     sandboxes.salesforce.merge(INITECH, [ACME])
@@ -121,10 +121,10 @@ def test_merge_of_two_linked_accounts_keeps_both_and_the_winner_syncs_on(
     report = run_sync("sync")
 
     assert report.refused == 1
-    [conflict] = store.list_conflicts("open")
+    [conflict] = store.conflicts.list("open")
     assert conflict.kind == "merge_both_linked" and conflict.account_id == ACME
-    assert store.get_link("default", ACME).status == "merged"
-    assert store.get_link("default", INITECH).customer_id == winner_customer
+    assert store.links.get("default", ACME).status == "merged"
+    assert store.links.get("default", INITECH).customer_id == winner_customer
     assert sandboxes.stripe.get_customer(winner_customer)["phone"] == "+49305550000"
     assert sandboxes.stripe.get_customer(loser_customer) == loser_before  # never written again
     assert len(sandboxes.stripe.customers()) == len(BILLED)
@@ -134,8 +134,8 @@ def test_a_winner_whose_field_names_the_losers_customer_is_not_written(
     sandboxes: SandboxPair, run_sync: Callable[..., RunReport], store: StateStore
 ) -> None:
     run_sync("backfill")
-    loser_customer = store.get_link("default", ACME).customer_id
-    winner_customer = store.get_link("default", INITECH).customer_id
+    loser_customer = store.links.get("default", ACME).customer_id
+    winner_customer = store.links.get("default", INITECH).customer_id
     before = {c["id"]: c for c in sandboxes.stripe.customers()}
 
     # Salesforce's merge screen lets the user keep the loser's Stripe Id on the winner.
@@ -144,7 +144,7 @@ def test_a_winner_whose_field_names_the_losers_customer_is_not_written(
     report = run_sync("sync")
 
     assert report.exit_code == 1
-    kinds = {c.kind for c in store.list_conflicts("open")}
+    kinds = {c.kind for c in store.conflicts.list("open")}
     assert kinds == {"merge_both_linked", "winner_field_names_other_customer"}
     assert sandboxes.stripe.get_customer(loser_customer) == before[loser_customer]
     assert sandboxes.stripe.get_customer(winner_customer) == before[winner_customer]
@@ -159,7 +159,7 @@ def test_merging_accounts_before_they_were_synced_is_not_a_conflict(
     report = run_sync("backfill")
 
     assert report.refused == 0 and report.exit_code == 0
-    assert store.list_conflicts("open") == []
+    assert store.conflicts.list("open") == []
     assert len(customers_of(sandboxes, INITECH)) == 1
     assert customers_of(sandboxes, ACME) == []
 
@@ -168,7 +168,7 @@ def test_a_deleted_account_is_marked_and_billing_is_untouched_then_restored_on_t
     sandboxes: SandboxPair, run_sync: Callable[..., RunReport], store: StateStore
 ) -> None:
     run_sync("backfill")
-    customer = store.get_link("default", INITECH).customer_id
+    customer = store.links.get("default", INITECH).customer_id
     before = sandboxes.stripe.get_customer(customer)
     writes = sandboxes.stripe.write_count
 
@@ -176,8 +176,8 @@ def test_a_deleted_account_is_marked_and_billing_is_untouched_then_restored_on_t
     deleted_run = run_sync("sync")
 
     assert deleted_run.exit_code == 0
-    assert store.get_link("default", INITECH).status == "deleted"
-    assert store.get_link("default", INITECH).customer_id == customer
+    assert store.links.get("default", INITECH).status == "deleted"
+    assert store.links.get("default", INITECH).customer_id == customer
     assert sandboxes.stripe.get_customer(customer) == before and sandboxes.stripe.write_count == writes
 
     sandboxes.salesforce.undelete("Account", INITECH)
@@ -185,7 +185,7 @@ def test_a_deleted_account_is_marked_and_billing_is_untouched_then_restored_on_t
     restored = run_sync("sync")
 
     assert restored.created == 0 and restored.updated == 1
-    assert store.get_link("default", INITECH).status == "active"
+    assert store.links.get("default", INITECH).status == "active"
     assert sandboxes.stripe.get_customer(customer)["phone"] == "+49301112223"
     assert len(customers_of(sandboxes, INITECH)) == 1
 
@@ -194,7 +194,7 @@ def test_a_customer_deleted_in_stripe_is_never_recreated_without_an_admin(
     sandboxes: SandboxPair, run_sync: Callable[..., RunReport], store: StateStore
 ) -> None:
     run_sync("backfill")
-    customer = store.get_link("default", ACME).customer_id
+    customer = store.links.get("default", ACME).customer_id
     sandboxes.stripe.delete_customer(customer)
     sandboxes.salesforce.update("Account", ACME, {"Phone": "+1 217 555 0199"})
 
@@ -203,15 +203,15 @@ def test_a_customer_deleted_in_stripe_is_never_recreated_without_an_admin(
 
     assert failed.failed == 1 and failed.created == 0
     assert held.created == 0 and held.refused == 1
-    assert store.get_link("default", ACME).customer_id == customer
-    [conflict] = store.list_conflicts("open")
+    assert store.links.get("default", ACME).customer_id == customer
+    [conflict] = store.conflicts.list("open")
     assert conflict.kind == "customer_deleted_in_billing" and conflict.customer_id == customer
 
     resolve_conflict(store, [], conflict.id, choice="new", customer_id=None, by="ops")
     fixed = run_sync("sync")
 
     assert fixed.created == 1
-    new_id = store.get_link("default", ACME).customer_id
+    new_id = store.links.get("default", ACME).customer_id
     assert new_id != customer
     assert sandboxes.salesforce.get("Account", ACME)[FIELD] == new_id
 
@@ -222,11 +222,11 @@ def test_xref_link_refuses_a_customer_linked_to_another_account(
 ) -> None:
     run_sync("backfill")
     [target] = build_targets(make_config(), secrets)
-    other = store.get_link("default", INITECH).customer_id
+    other = store.links.get("default", INITECH).customer_id
 
     with pytest.raises(ConfigError, match="is linked to account"):
         link_account(store, target, ACME, other, by="support")
     with pytest.raises(ConfigError, match="does not exist"):
         link_account(store, target, ACME, "cus_NoSuchCustomer1", by="support")
 
-    assert store.get_link("default", ACME).customer_id != other
+    assert store.links.get("default", ACME).customer_id != other

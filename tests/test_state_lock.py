@@ -25,7 +25,7 @@ HOLDER_SCRIPT = """
 import sys, time
 from connector.state.store import StateStore
 store = StateStore.open(sys.argv[1])
-with store.lock("sync", holder="subprocess-holder"):
+with store.locks.hold("sync", holder="subprocess-holder"):
     print("locked", flush=True)
     time.sleep(60)
 """
@@ -33,35 +33,35 @@ with store.lock("sync", holder="subprocess-holder"):
 
 def test_a_second_store_is_refused_naming_the_holder(db_url: str) -> None:
     with StateStore.open(db_url) as first, StateStore.open(db_url) as second:
-        with first.lock(holder="daemon"):
-            with pytest.raises(LockHeldError) as err, second.lock(holder="cli sync"):
+        with first.locks.hold(holder="daemon"):
+            with pytest.raises(LockHeldError) as err, second.locks.hold(holder="cli sync"):
                 pass
             message = str(err.value)
             assert "daemon" in message
             assert f"host {socket.gethostname()}" in message
             assert f"pid {os.getpid()}" in message
             assert "since 20" in message
-            with second.lock("other", holder="cli"):  # another name is another lock
+            with second.locks.hold("other", holder="cli"):  # another name is another lock
                 pass
-        with second.lock(holder="cli sync"):  # released when the first left its block
+        with second.locks.hold(holder="cli sync"):  # released when the first left its block
             pass
-        with first.lock(holder="daemon"):  # and again
+        with first.locks.hold(holder="daemon"):  # and again
             pass
 
 
 def test_the_lock_is_released_when_the_block_raises(db_url: str) -> None:
     with StateStore.open(db_url) as store:
-        with pytest.raises(RuntimeError), store.lock(holder="a"):
+        with pytest.raises(RuntimeError), store.locks.hold(holder="a"):
             raise RuntimeError("run failed")
-        with store.lock(holder="b"):
+        with store.locks.hold(holder="b"):
             pass
 
 
 def test_holder_details_are_recorded_while_held(db_url: str) -> None:
     with StateStore.open(db_url) as store, StateStore.open(db_url) as other:
-        assert other.lock_holder() is None
-        with store.lock(holder="daemon"):
-            seen = other.lock_holder()
+        assert other.locks.holder() is None
+        with store.locks.hold(holder="daemon"):
+            seen = other.locks.holder()
             assert seen is not None
             assert (seen["holder"], seen["pid"], seen["host"]) == (
                 "daemon",
@@ -69,9 +69,9 @@ def test_holder_details_are_recorded_while_held(db_url: str) -> None:
                 socket.gethostname(),
             )
             assert other.stats()["lock"] == seen
-            assert other.lock_holder("other") is None
+            assert other.locks.holder("other") is None
             if store.dialect == "sqlite":
-                path = store.lock_path()
+                path = store.locks.path()
                 assert path is not None and path.name == "state.db.lock"
                 info = json.loads(path.read_text())
                 assert (info["holder"], info["pid"]) == ("daemon", os.getpid())
@@ -79,9 +79,9 @@ def test_holder_details_are_recorded_while_held(db_url: str) -> None:
                 with store._engine.connect() as conn:
                     row = conn.execute(sa.select(schema.locks)).one()
                 assert (row.name, row.holder, row.pid) == ("sync", "daemon", os.getpid())
-        assert other.lock_holder() is None
+        assert other.locks.holder() is None
         if store.dialect == "sqlite":
-            assert store.lock_path().read_text() == ""  # type: ignore[union-attr]
+            assert store.locks.path().read_text() == ""  # type: ignore[union-attr]
         else:
             with store._engine.connect() as conn:
                 assert conn.execute(sa.select(schema.locks)).first() is None
@@ -104,14 +104,14 @@ def test_a_killed_holder_process_releases_the_lock(db_url: str) -> None:
         assert line.strip() == "locked", child.stderr.read() if child.stderr else ""
         with StateStore.open(db_url) as store:
             held = pytest.raises(LockHeldError, match=rf"subprocess-holder .*pid {child.pid}\b")
-            with held, store.lock(holder="test"):
+            with held, store.locks.hold(holder="test"):
                 pass
             child.kill()
             child.wait(timeout=10)
             deadline = time.monotonic() + 10
             while True:  # the server notices the closed session within moments
                 try:
-                    with store.lock(holder="test"):
+                    with store.locks.hold(holder="test"):
                         break
                 except LockHeldError:
                     if time.monotonic() > deadline:
@@ -129,11 +129,11 @@ def test_a_killed_holder_process_releases_the_lock(db_url: str) -> None:
 def test_in_memory_store_locks_within_the_process() -> None:
     with StateStore.open("sqlite:///:memory:") as store:
         with (
-            store.lock(holder="daemon"),
+            store.locks.hold(holder="daemon"),
             pytest.raises(LockHeldError, match="daemon"),
-            store.lock(holder="cli"),
+            store.locks.hold(holder="cli"),
         ):
             pass
-        assert store.lock_holder() is None
-        with store.lock(holder="cli"):
-            assert store.lock_holder()["holder"] == "cli"  # type: ignore[index]
+        assert store.locks.holder() is None
+        with store.locks.hold(holder="cli"):
+            assert store.locks.holder()["holder"] == "cli"  # type: ignore[index]

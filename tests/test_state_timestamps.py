@@ -9,7 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from connector.state.records import Intent
-from connector.state.store import StateStore, retry_delay
+from connector.state.retries import retry_delay
+from connector.state.store import StateStore
 
 aware = st.datetimes(
     min_value=datetime(1971, 1, 2), max_value=datetime(2200, 1, 1), timezones=st.timezones()
@@ -20,8 +21,8 @@ STORE = StateStore.open("sqlite:///:memory:")
 @settings(max_examples=30, deadline=None)
 @given(created=aware)
 def test_any_aware_time_round_trips_as_utc(created: datetime) -> None:
-    STORE.record_intent(Intent("default", "001000000000000001", "k", "h", created))
-    got = STORE.get_intent("default", "001000000000000001")
+    STORE.intents.record(Intent("default", "001000000000000001", "k", "h", created))
+    got = STORE.intents.get("default", "001000000000000001")
     assert got is not None
     # PEP 495: a time in a DST fold or gap never compares equal across zones, so compare with
     # the instant Python itself assigns it.
@@ -32,11 +33,11 @@ def test_any_aware_time_round_trips_as_utc(created: datetime) -> None:
 @settings(max_examples=30, deadline=None)
 @given(failed_at=aware, now=aware)
 def test_due_retries_compare_instants_not_text(failed_at: datetime, now: datetime) -> None:
-    STORE.clear_retries("default", ["001000000000000002"])
-    item = STORE.schedule_retry("default", "001000000000000002", "e", now=failed_at)
+    STORE.retries.clear("default", ["001000000000000002"])
+    item = STORE.retries.schedule("default", {"001000000000000002": "e"}, now=failed_at)["001000000000000002"]
     failed_utc, now_utc = failed_at.astimezone(UTC), now.astimezone(UTC)
     assert item.next_attempt_at == failed_utc + retry_delay(1)
-    due = STORE.due_retries("default", now=now)
+    due = STORE.retries.due("default", now=now)
     assert bool(due) == (failed_utc + timedelta(minutes=1) <= now_utc)
 
 

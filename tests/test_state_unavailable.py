@@ -21,24 +21,24 @@ def test_a_locked_database_fails_fast_with_the_file_named(tmp_path: Path) -> Non
     url = sqlite_url(tmp_path)
     path = tmp_path / "state.db"
     with StateStore.open(url, busy_timeout=0.2) as store:
-        store.set_cursor("orders", "a")
+        store.cursors.set("orders", "a")
         other = sqlite3.connect(path, isolation_level=None)
         try:
             other.execute("BEGIN EXCLUSIVE")
             started = time.monotonic()
             with pytest.raises(UnavailableError, match="is locked by another process") as err:
-                store.set_cursor("orders", "b")
+                store.cursors.set("orders", "b")
             assert time.monotonic() - started < 3
             assert str(path) in str(err.value)
             # WAL: readers (the status command) are not blocked by the writer
-            assert store.get_cursor("orders") == "a"
+            assert store.cursors.get("orders") == "a"
             with pytest.raises(UnavailableError, match=str(path)):
                 StateStore.open(url, busy_timeout=0.2)
         finally:
             other.rollback()
             other.close()
-        store.set_cursor("orders", "b")
-        assert store.get_cursor("orders") == "b"
+        store.cursors.set("orders", "b")
+        assert store.cursors.get("orders") == "b"
 
 
 def test_a_full_database_is_unavailable_not_a_crash(tmp_path: Path) -> None:
@@ -52,7 +52,7 @@ def test_a_full_database_is_unavailable_not_a_crash(tmp_path: Path) -> None:
         store._engine.dispose()
         big = {"notes": "x" * 50_000}
         with pytest.raises(UnavailableError, match="disk is full") as err:
-            store.save_links([make_link(f"001{n:015d}", payload=big) for n in range(50)])
+            store.links.save([make_link(f"001{n:015d}", payload=big) for n in range(50)])
         assert str(tmp_path / "state.db") in str(err.value)
 
 
@@ -80,7 +80,7 @@ def test_a_read_only_database_names_the_file(tmp_path: Path) -> None:
             pytest.raises(UnavailableError, match="read-only"),
             StateStore.open(sqlite_url(tmp_path)) as store,
         ):
-            store.set_cursor("orders", "a")
+            store.cursors.set("orders", "a")
     finally:
         tmp_path.chmod(0o755)
 
@@ -102,7 +102,7 @@ def test_each_sqlite_failure_gets_a_message_naming_the_file(
     # The read-only case cannot be produced for real when the tests run as root.
     with StateStore.open(sqlite_url(tmp_path)) as store:
         exc = sa.exc.OperationalError("COMMIT", {}, sqlite3.OperationalError(sqlite_says))
-        message = store._unavailable_message(exc)
+        message = store._db.unavailable_message(exc)
     assert we_say in message
     assert str(tmp_path / "state.db") in message
 

@@ -39,14 +39,14 @@ def test_backfill_creates_exactly_one_customer_per_billed_account(
     assert all(len(v) == 1 for v in by_account.values())
     store = StateStore.open(db_url)
     try:
-        links = store.get_links("default", BILLED | {"001000000000P01AAA", "001000000000D01AAA"})
+        links = store.links.get_many("default", BILLED | {"001000000000P01AAA", "001000000000D01AAA"})
         assert set(links) == BILLED
         for account_id, link in links.items():
             assert link.customer_id == by_account[account_id][0]["id"]
             # The id went back to the Account, and the link knows it.
             assert sandboxes.salesforce.get("Account", account_id)[FIELD] == link.customer_id
             assert link.writeback_pending is False
-        order_links = store.get_order_links("default", ["801000000000O04AAA", "801000000000O05AAA"])
+        order_links = store.links.order_links("default", ["801000000000O04AAA", "801000000000O05AAA"])
         assert {o.customer_id for o in order_links.values()} == {links["001000000000M01AAA"].customer_id}
     finally:
         store.close()
@@ -138,8 +138,8 @@ def test_dry_run_changes_nothing_anywhere(sandboxes: SandboxPair, run_sync: Call
     order = sandboxes.salesforce.create("Order", {"AccountId": new_acc, "Status": "Draft", "EffectiveDate": "2026-05-01"})
     sandboxes.salesforce.update("Order", order, {"Status": "Activated"})
     store = StateStore.open(db_url)
-    cursor_before = store.get_cursor(ORDERS_CURSOR)
-    runs_before = len(store.recent_runs(100))
+    cursor_before = store.cursors.get(ORDERS_CURSOR)
+    runs_before = len(store.runs.recent(100))
     store.close()
     writes, customers = stripe_writes(sandboxes), len(sandboxes.stripe.customers())
 
@@ -154,9 +154,9 @@ def test_dry_run_changes_nothing_anywhere(sandboxes: SandboxPair, run_sync: Call
     assert not sandboxes.salesforce.get("Account", new_acc).get(FIELD)
     store = StateStore.open(db_url)
     try:
-        assert store.get_cursor(ORDERS_CURSOR) == cursor_before
-        assert len(store.recent_runs(100)) == runs_before
-        assert store.get_link("default", new_acc) is None
+        assert store.cursors.get(ORDERS_CURSOR) == cursor_before
+        assert len(store.runs.recent(100)) == runs_before
+        assert store.links.get("default", new_acc) is None
     finally:
         store.close()
 
@@ -188,8 +188,8 @@ def test_a_stripe_id_field_naming_a_missing_customer_fails_without_creating_one(
     assert "001000000000A02AAA" not in customers_by_account(sandboxes)
     store = StateStore.open(db_url)
     try:
-        assert store.get_link("default", "001000000000A02AAA") is None
-        failure = next(o for _, _, o in store.recent_failures() if o.account_id == "001000000000A02AAA")
+        assert store.links.get("default", "001000000000A02AAA") is None
+        failure = next(o for _, _, o in store.runs.recent_failures() if o.account_id == "001000000000A02AAA")
         assert failure.error_code == "adopt_customer_missing"
         assert "cus_DoesNotExist01" in (failure.error_message or "")
         # The field is left as the admin set it.
@@ -283,7 +283,7 @@ def test_a_windowed_backfill_takes_only_orders_activated_in_the_window(
     try:
         # A windowed backfill did not read everything, so the incremental cursor stays unset
         # and the first sync still reads every activated order.
-        assert store.get_cursor(ORDERS_CURSOR) is None
+        assert store.cursors.get(ORDERS_CURSOR) is None
     finally:
         store.close()
     assert run_sync("sync").created == 1
@@ -325,8 +325,8 @@ def test_two_billing_accounts_each_get_one_customer_per_billed_account_with_sepa
     assert set(us_customers) == set(eu_customers) == BILLED
     store = StateStore.open(db_url)
     try:
-        us_links = store.get_links("us", BILLED)
-        eu_links = store.get_links("eu", BILLED)
+        us_links = store.links.get_many("us", BILLED)
+        eu_links = store.links.get_many("eu", BILLED)
     finally:
         store.close()
     assert {a: ln.customer_id for a, ln in us_links.items()} == us_customers

@@ -1,0 +1,172 @@
+"""The connection, transaction and error handling every repository of the store shares.
+
+One `Database` per opened store. Repositories borrow a connection from it (joining the caller's
+`transaction()` when one is open in this thread), build dialect-correct upserts with it, and let
+it turn database failures an admin can act on into `UnavailableError` naming the file or server.
+What this module must never do: hold business rules (those live in the repositories) or swallow
+a database error.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, Engine
+
+from connector.errors import UnavailableError
+
+# Ids per `IN (...)` query. SQLite builds before 3.32 allow only 999 bound variables.
+LOOKUP_CHUNK = 500
+
+_T = TypeVar("_T")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def as_utc(when: datetime | None) -> datetime:
+    """`when` (default: now) in UTC. Arithmetic is done in UTC: adding to a local wall-clock
+    time across a DST change would give the wrong instant."""
+    if when is None:
+        return utcnow()
+    if when.tzinfo is None or when.utcoffset() is None:
+        raise ValueError(f"naive datetime {when!r}: the state store only takes aware datetimes")
+    return when.astimezone(UTC)
+
+
+def chunks(ids: Iterable[_T], size: int = LOOKUP_CHUNK) -> Iterator[list[_T]]:
+    """Distinct `ids` in order, `size` at a time (one `IN (...)` query each)."""
+    unique = list(dict.fromkeys(ids))
+    for start in range(0, len(unique), size):
+        yield unique[start : start + size]
+
+
+def advisory_key(conn: Connection, name: str) -> int:
+    """A 64-bit PostgreSQL advisory lock key unique to this database, schema and lock name.
+
+    Including the schema keeps two deployments (or two test runs) sharing one database apart.
+    """
+    db, schema = conn.execute(sa.select(sa.func.current_database(), sa.func.current_schema())).one()
+    digest = hashlib.blake2b(f"billing-connector:{db}:{schema}:{name}".encode(), digest_size=8)
+    return int.from_bytes(digest.digest(), "big", signed=True)
+
+
+class Database:
+    """An SQLAlchemy engine plus the one transaction this thread has open on it, if any."""
+
+    def __init__(self, engine: Engine, *, db_path: Path | None, busy_timeout: float) -> None:
+        self.engine = engine
+        self.db_path = db_path  # the SQLite file; None for PostgreSQL and in-memory SQLite
+        self.busy_timeout = busy_timeout
+        self._local = threading.local()
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    @property
+    def url(self) -> str:
+        """The database URL without its password, safe to log and print."""
+        u = self.engine.url
+        bare = sa.URL.create(u.drivername, u.username, None, u.host, u.port, u.database, u.query)
+        return bare.render_as_string(hide_password=False)
+
+    def where(self) -> str:
+        """The SQLite file or the server URL: what an admin looks at."""
+        return str(self.db_path) if self.db_path is not None else self.url
+
+    # --- connections and transactions ---------------------------------------------------------
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Group the store calls inside into one database transaction; nested calls join it."""
+        if getattr(self._local, "conn", None) is not None:
+            yield
+            return
+        with self.translate(), self.engine.connect() as conn:
+            # SQLite: take the write lock up front, so a read-then-write cannot deadlock.
+            conn.execution_options(sqlite_begin="IMMEDIATE")
+            with conn.begin():
+                self._local.conn = conn
+                try:
+                    yield
+                finally:
+                    self._local.conn = None
+
+    @contextmanager
+    def connect(self, *, write: bool = False) -> Iterator[Connection]:
+        """The open transaction's connection, or a new one in its own short transaction."""
+        current: Connection | None = getattr(self._local, "conn", None)
+        if current is not None:
+            yield current
+            return
+        with self.translate(), self.engine.connect() as conn:
+            if write:
+                conn.execution_options(sqlite_begin="IMMEDIATE")
+            with conn.begin():
+                yield conn
+
+    @contextmanager
+    def translate(self) -> Iterator[None]:
+        """Turn database failures an admin can act on into `UnavailableError`."""
+        try:
+            yield
+        except (sa.exc.IntegrityError, sa.exc.ProgrammingError, sa.exc.DataError):
+            raise
+        except (sa.exc.DatabaseError, sa.exc.InterfaceError) as exc:
+            raise UnavailableError(self.unavailable_message(exc)) from exc
+
+    def unavailable_message(self, exc: sa.exc.DBAPIError) -> str:
+        detail = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else str(exc)
+        if self.dialect != "sqlite":
+            return f"the state database at {self.url} is unavailable: {detail}"
+        where = str(self.db_path) if self.db_path is not None else "(in memory)"
+        low = detail.lower()
+        if "locked" in low:
+            return (
+                f"the state database {where} is locked by another process (waited "
+                f"{self.busy_timeout:g} s): another connector run or a tool such as sqlite3 "
+                "holds a write transaction; let it finish and retry"
+            )
+        if "readonly" in low or "read-only" in low:
+            return (
+                f"the state database {where} is read-only: give the connector write access to the "
+                "file and its folder (SQLite also writes the -wal and -shm files next to it)"
+            )
+        if "full" in low:
+            return f"the state database {where} cannot grow: the disk is full; free space and retry"
+        if "unable to open" in low:
+            return (
+                f"cannot open the state database {where}: the file or its folder is missing or "
+                "not accessible; check state.url in config.yaml and the folder's permissions"
+            )
+        if "not a database" in low or "malformed" in low:
+            return f"{where} is not a usable SQLite database ({detail}); restore it from a backup"
+        return f"the state database {where} failed: {detail}"
+
+    def upsert(
+        self, table: sa.Table, keys: Sequence[str], update: Sequence[str] | None
+    ) -> sa.Insert:
+        """INSERT ... ON CONFLICT (keys) DO UPDATE SET update=excluded (DO NOTHING if None)."""
+        if self.dialect == "postgresql":
+            pg = postgresql.insert(table)
+            if not update:
+                return pg.on_conflict_do_nothing(index_elements=list(keys))
+            return pg.on_conflict_do_update(
+                index_elements=list(keys), set_={c: pg.excluded[c] for c in update}
+            )
+        lite = sqlite.insert(table)
+        if not update:
+            return lite.on_conflict_do_nothing(index_elements=list(keys))
+        return lite.on_conflict_do_update(
+            index_elements=list(keys), set_={c: lite.excluded[c] for c in update}
+        )
