@@ -324,7 +324,7 @@ class Engine:
             # the next run marks it interrupted when it takes the lock.
             if not dry_run:
                 with suppress(Exception):
-                    self.store.finish_run(
+                    self.store.runs.finish(
                         run_id, status="interrupted", counts=tally.as_counts(), error=None
                     )
             log.warning("run.interrupted", exit=getattr(exc, "code", None), **tally.as_counts())
@@ -866,7 +866,9 @@ class _Run:
                     first_synced_at=now,
                     last_synced_at=now,
                 )
-                store.intents.complete_create(new, [OrderLink(ba, p.order_id, p.account_id, customer_id)])
+                store.intents.complete_create(
+                    new, [OrderLink(ba, p.order_id, p.account_id, customer_id)]
+                )
                 self.intents[ba].pop(p.account_id, None)
                 log.info("sync.record.created", account_id=p.account_id, customer_id=customer_id)
                 if new.payload_hash != p.payload_hash:
