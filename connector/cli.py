@@ -183,37 +183,39 @@ def _config_after_command(ctx: Any, param: Any, value: Any) -> Any:
     return value
 
 
-def _accept_global_options_after_commands(group: Any) -> None:
-    """Give every command --log-level and --log-format, and let its --config defer to a -c
-    given before the command: typer builds the parameters, the values land in `_given`."""
-    options = typer.Typer(add_completion=False)
+_log_options_app = typer.Typer(add_completion=False)
 
-    @options.command()
-    def log_options(log_level: LogLevelOpt = None, log_format: LogFormatOpt = None) -> None:
-        pass
 
-    template = [
-        p for p in typer.main.get_command(options).params if p.name in ("log_level", "log_format")
+@_log_options_app.command()
+def _log_options(log_level: LogLevelOpt = None, log_format: LogFormatOpt = None) -> None:
+    """A template only: typer builds the --log-level/--log-format parameters every command gets."""
+
+
+def _log_option_params() -> list[Any]:
+    params = [
+        p
+        for p in typer.main.get_command(_log_options_app).params
+        if p.name in ("log_level", "log_format")
     ]
+    for p in params:
+        p.expose_value = False  # the command functions never see them; `_given` holds them
+        p.callback = _remember_log_option
+    return params
 
-    def visit(command: Any) -> None:
-        for sub in getattr(command, "commands", {}).values():
-            visit(sub)
-        if getattr(command, "commands", None) is not None:
-            return
-        names = {p.name for p in command.params}
-        for param in command.params:
-            if param.name == "config" and param.callback is None:
-                param.callback = _config_after_command
-        for option in template:
-            if option.name not in names:
-                clone = type(option).__new__(type(option))
-                clone.__dict__.update(option.__dict__)
-                clone.expose_value = False
-                clone.callback = _remember_log_option
-                command.params.append(clone)
 
-    visit(group)
+def _accept_global_options_after_commands(command: Any) -> None:
+    """Give every command --log-level and --log-format, and let its --config defer to a -c
+    given before the command (see `_config_after_command`)."""
+    subcommands = getattr(command, "commands", None)
+    if subcommands is not None:
+        for sub in subcommands.values():
+            _accept_global_options_after_commands(sub)
+        return
+    names = {p.name for p in command.params}
+    for param in command.params:
+        if param.name == "config" and param.callback is None:
+            param.callback = _config_after_command
+    command.params.extend(p for p in _log_option_params() if p.name not in names)
 
 
 # --- shared plumbing ---------------------------------------------------------------------------
@@ -960,7 +962,11 @@ def sandbox(
     )
     print("Ctrl-C to stop.", flush=True)
     # The servers are the run here: the first signal stops them cleanly (exit 0).
-    stop = signals.run_started() if signals.installed() else threading.Event()
+    stop = (
+        signals.run_started("stopping the sandbox servers")
+        if signals.installed()
+        else threading.Event()
+    )
     try:
         while not stop.wait(3600):
             pass
@@ -979,7 +985,11 @@ def demo(
     """Start the sandbox with the sample data, backfill, change a few accounts, sync, and show what happened."""
     from connector.sandbox.run import run_demo
 
-    stop = signals.run_started() if signals.installed() else None
+    stop = (
+        signals.run_started("stopping the demo after the step in progress")
+        if signals.installed()
+        else None
+    )
     with _errors():
         code = run_demo(
             state_dir,

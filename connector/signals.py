@@ -40,6 +40,7 @@ class Interrupted(SystemExit):
 class _State:
     installed = False
     graceful = False  # a run has started: the first signal asks it to finish cleanly
+    first_signal_says = ""
     received = 0
 
 
@@ -52,9 +53,10 @@ def install() -> None:
     _State.installed = True
 
 
-def run_started() -> threading.Event:
-    """From now on the first signal asks the run to stop after the record in progress."""
+def run_started(on_first_signal: str = "stopping after the record in progress") -> threading.Event:
+    """From now on the first signal only sets `STOP` (and says `on_first_signal`)."""
     _State.graceful = True
+    _State.first_signal_says = on_first_signal
     return STOP
 
 
@@ -74,7 +76,7 @@ def _handle(signum: int, frame: FrameType | None) -> None:
     name = signal.Signals(signum).name
     if _State.received == 1 and _State.graceful:
         STOP.set()
-        _say(f"{name}: stopping after the record in progress (signal again to exit at once)")
+        _say(f"{name}: {_State.first_signal_says} (signal again to exit at once)")
         return
     if _State.received == 1:
         _say(f"{name}: stopped before any run started (exit 1)")

@@ -202,3 +202,24 @@ def test_a_second_sigterm_after_the_run_was_recorded_exits_130(
     run = read_store(db_url).runs[0]
     assert run.status == "interrupted" and not run.error
     assert "Traceback" not in stderr
+
+
+def test_sigterm_stops_the_sandbox_servers_cleanly_with_exit_0(tmp_path: Path) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "connector", "sandbox", "--salesforce-port", "0", "--stripe-port", "0"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    with killed_on_exit(proc):
+        assert proc.stdout is not None
+        out = Lines(proc.stdout)
+        assert out.wait_for("Ctrl-C to stop."), out.text()  # both servers are up
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+        assert proc.stderr is not None
+        err = proc.stderr.read()
+
+    assert proc.returncode == 0, err  # stopping the servers is what the signal asks for
+    assert "stopping the sandbox servers" in err
