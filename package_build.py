@@ -50,6 +50,8 @@ class BuildPy(build_py):
         super().run()
         if getattr(self, "editable_mode", False):
             return  # an editable install reads them from the checkout itself
+        # A reused build/ folder must not ship a mapping that was deleted since.
+        shutil.rmtree(Path(self.build_lib) / PACKAGE_DIR, ignore_errors=True)
         for source, rel in _shipped_files():
             target = Path(self.build_lib) / PACKAGE_DIR / rel
             target.parent.mkdir(parents=True, exist_ok=True)
