@@ -99,9 +99,13 @@ def link_account(
         first_synced_at=current.first_synced_at if current else now,
         last_synced_at=now,
     )
+    intent = store.intents.get(target.name, account_id)
     run_id = store.runs.start("admin", dry_run=False)
     with store.transaction():
         store.links.save([link])
+        # A create interrupted before its link was saved leaves an intent; the admin's link
+        # settles it, so it must not stay open (nor be replayed over the admin's choice).
+        store.intents.drop(target.name, account_id)
         store.runs.record_outcomes(
             run_id,
             [
@@ -123,6 +127,7 @@ def link_account(
         customer_id=customer_id,
         by=by,
         previous=current.customer_id if current else None,
+        closed_intent=intent.idempotency_key if intent else None,
     )
     return link
 

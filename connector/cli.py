@@ -226,16 +226,20 @@ def _fail(exc: ConnectorError, *, as_json: bool = False) -> None:
     message = REDACTOR.scrub(str(exc))
     err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     if as_json:
-        where: dict[str, Any] = {}
-        if isinstance(exc, ConfigError):
-            where = {
-                "file": str(exc.file) if exc.file else None,
-                "line": exc.line,
-                "column": exc.column,
-                "key": exc.key,
-            }
-        _print_json_error(message, exc.exit_code, status="not_started", **where)
+        _print_json_error(message, exc.exit_code, status="not_started", **_where(exc))
     raise typer.Exit(exc.exit_code)
+
+
+def _where(exc: ConnectorError) -> dict[str, Any]:
+    """The place of a configuration error, for the JSON object."""
+    if not isinstance(exc, ConfigError):
+        return {}
+    return {
+        "file": str(exc.file) if exc.file else None,
+        "line": exc.line,
+        "column": exc.column,
+        "key": exc.key,
+    }
 
 
 def _print_json_error(message: str, exit_code: int, *, status: str, **extra: Any) -> None:
@@ -249,6 +253,27 @@ def _errors(*, as_json: bool = False) -> Iterator[None]:
         yield
     except ConnectorError as exc:
         _fail(exc, as_json=as_json)
+
+
+@contextmanager
+def _json_on_error(
+    mode: str, *, enabled: bool, started: Callable[[], bool] = lambda: True
+) -> Iterator[None]:
+    """Under --json, a run that stops with an error, or cannot start (exit 2 or 3), still prints
+    one JSON object (status, error, exit code; where, for a config error) before the error goes
+    to stderr, so scripts always get an object."""
+    try:
+        yield
+    except ConnectorError as exc:
+        if enabled:
+            _print_json_error(
+                REDACTOR.scrub(str(exc)),
+                exc.exit_code,
+                status="failed" if started() else "not_started",
+                mode=mode,
+                **_where(exc),
+            )
+        raise
 
 
 def _load(config_file: Path) -> tuple[Config, SecretSource]:
@@ -320,7 +345,12 @@ def _run(
 
     # Handlers installed (the real command): their process-wide event; in-process (tests): none.
     stop = signals.STOP if signals.installed() else threading.Event()
-    with _errors(as_json=as_json), _json_if_stopped_before_the_run(as_json):
+    started = False  # the JSON object of an error says whether the run had begun
+    with (
+        _errors(),
+        _json_on_error(mode, enabled=as_json, started=lambda: started),
+        _json_if_stopped_before_the_run(as_json),
+    ):
         cfg, secrets = _load(config_file)
         start, end = _parse_date(since, "--since"), _parse_date(until, "--until")
         on_progress, stop_progress = _progress(
@@ -328,6 +358,7 @@ def _run(
         )
         with open_pipeline(cfg, secrets, on_progress=on_progress, stop=stop) as p:
             signals.run_started()  # from here a signal lets the record in progress finish
+            started = True
             try:
                 report = p.engine.run(
                     mode, dry_run=dry_run, since=start, until=end, retry_all=retry_all
@@ -335,14 +366,16 @@ def _run(
             finally:
                 stop_progress()
         if as_json:
-            data = report.as_json()
-            if report.error:  # a run that could not go on says why, as one object
-                data |= {
-                    "status": report.status,
-                    "error": REDACTOR.scrub(report.error),
-                    "exit_code": report.exit_code,
-                }
-            print(json.dumps(data))
+            print(
+                json.dumps(
+                    {
+                        **report.as_json(),
+                        "status": report.status,
+                        "error": REDACTOR.scrub(report.error) if report.error else None,
+                        "exit_code": report.exit_code,
+                    }
+                )
+            )
         else:
             _print_report(report, state=_safe_url(cfg.state_url))
         if report.error:
@@ -938,7 +971,12 @@ def xref_link(
 @app.command()
 def sandbox(
     data: Annotated[
-        Path | None, typer.Option("--data", help="YAML or JSON data set (default: the sample).")
+        Path | None,
+        typer.Option(
+            "--data",
+            help="YAML or JSON data set (default: the sample). Its 'stripe' section may add "
+            "accounts, organizations and sharing_groups beside the default account.",
+        ),
     ] = None,
     salesforce_port: Annotated[
         int, typer.Option(help="Port of the Salesforce sandbox (0: any free port).")
@@ -946,20 +984,76 @@ def sandbox(
     stripe_port: Annotated[
         int, typer.Option(help="Port of the Stripe sandbox (0: any free port).")
     ] = 8702,
+    stripe_rate_limits: Annotated[
+        bool,
+        typer.Option(
+            help="Enforce Stripe's rate limits: a global cap per account and a budget per endpoint."
+        ),
+    ] = True,
+    stripe_burst: Annotated[
+        float,
+        typer.Option(min=1.0, help="Requests each Stripe limiter lets through back to back."),
+    ] = 5.0,
+    stripe_global_rate: Annotated[
+        float | None,
+        typer.Option(
+            min=0.001,
+            help="Global Stripe cap per account, requests/s (default: Stripe's, 100 live, 25 test).",
+        ),
+    ] = None,
+    stripe_endpoint_rate: Annotated[
+        float,
+        typer.Option(
+            min=0.001, help="Stripe budget per endpoint, requests/s (Search keeps its 20)."
+        ),
+    ] = 25.0,
+    stripe_latency: Annotated[
+        float, typer.Option(min=0.0, help="Seconds added to every Stripe request.")
+    ] = 0.0,
+    salesforce_latency: Annotated[
+        float,
+        typer.Option(min=0.0, help="Seconds added to every Salesforce request (each query page)."),
+    ] = 0.0,
 ) -> None:
-    """Run the local Salesforce org and Stripe account until interrupted."""
+    """Run the local Salesforce org and Stripe account(s) until interrupted."""
     from connector.sandbox.run import start_sandboxes
+    from connector.sandbox.stripe_limits import RateLimits
 
+    limits = (
+        RateLimits(
+            burst=stripe_burst, global_rate=stripe_global_rate, endpoint_rate=stripe_endpoint_rate
+        )
+        if stripe_rate_limits
+        else None
+    )
     with _errors():
-        pair = start_sandboxes(data, salesforce_port=salesforce_port, stripe_port=stripe_port)
+        try:
+            pair = start_sandboxes(
+                data,
+                salesforce_port=salesforce_port,
+                stripe_port=stripe_port,
+                stripe_limits=limits,
+                stripe_latency=stripe_latency,
+                salesforce_latency=salesforce_latency,
+            )
+        except (ValueError, OSError) as exc:
+            raise ConfigError(f"sandbox: {exc}") from None
     # Plain print: these lines are meant to be copied, so no wrapping or markup.
     print(f"Salesforce sandbox: {pair.salesforce.url}\nStripe sandbox:     {pair.stripe.url}\n")
+    if limits is not None:
+        print(
+            f"Stripe rate limits: global {stripe_global_rate or 'Stripe default (100 live, 25 test)'}/s "
+            f"per account, {stripe_endpoint_rate:g}/s per endpoint (Search 20), burst {stripe_burst:g}\n"
+        )
     print("config.yaml for these servers:\n")
     print(pair.config_snippet())
     print("Secrets for the sandbox only (they are not secret; real ones never go in files):")
     print(
         f"export SALESFORCE_ACCESS_TOKEN='{pair.access_token}'\nexport STRIPE_API_KEY='{pair.stripe_key}'\n"
     )
+    accounts = pair.stripe_accounts_text()
+    if accounts:
+        print(accounts)
     print("Ctrl-C to stop.", flush=True)
     # The servers are the run here: the first signal stops them cleanly (exit 0).
     stop = (

@@ -21,7 +21,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any, Literal, Protocol
@@ -362,8 +362,24 @@ class Engine:
             error_exit_code=error_exit,
         )
         if not dry_run:
-            self.store.runs.finish(run_id, status=status, counts=_counts(report), error=error)
-        log.info("run.finished", run_id=run_id, status=status, **_counts(report))
+            try:
+                self.store.runs.finish(run_id, status=status, counts=_counts(report), error=error)
+            except UnavailableError as exc:
+                # The store failed under the run (read-only, full, gone) and refuses the run's
+                # own row too: say so rather than lose the report; the next run that takes the
+                # lock marks this one interrupted.
+                unrecorded = (
+                    f"the run could not be recorded as {status} in the state store either "
+                    "(it still refuses writes); the next run marks it interrupted"
+                )
+                report = replace(
+                    report,
+                    status="failed",
+                    error=f"{error}; {unrecorded}" if error else f"{exc}; {unrecorded}",
+                    error_exit_code=UnavailableError.exit_code,
+                )
+                log.error("run.unrecorded", error=report.error)
+        log.info("run.finished", run_id=run_id, status=report.status, **_counts(report))
         return report
 
     def _mapping_changed(self) -> bool:

@@ -10,16 +10,19 @@ from __future__ import annotations
 
 import functools
 import os
+import sqlite3
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
 import sqlalchemy as sa
+from sqlalchemy.pool import Pool
 
 from connector.state.records import Link, OrderLink
 from connector.state.store import StateStore
@@ -134,3 +137,41 @@ def make_order(order_id: str, account_id: str, customer_id: str | None = None) -
 def account_id(n: int) -> str:
     """An 18-character Salesforce-looking Account Id."""
     return f"001{n:015d}"
+
+
+class ReadOnlySwitch:
+    """Makes every state database this process uses refuse writes from `on()` until `off()`.
+
+    Each connection taken from a pool afterwards is switched by the database's own setting:
+    SQLite's `PRAGMA query_only` (writes fail with SQLITE_READONLY, as for a file made
+    read-only: the tests run as root, for whom chmod changes nothing) and PostgreSQL's
+    `default_transaction_read_only` (as an admin's ALTER ROLE, or a failover to a standby).
+    Connections already checked out keep going, as they would.
+    """
+
+    def __init__(self) -> None:
+        self.active = False
+
+    def on(self) -> None:
+        self.active = True
+
+    def off(self) -> None:
+        self.active = False
+
+    def _on_checkout(self, dbapi_conn: Any, _record: Any, _proxy: Any) -> None:
+        setting = "on" if self.active else "off"
+        if isinstance(dbapi_conn, sqlite3.Connection):
+            dbapi_conn.execute(f"PRAGMA query_only = {1 if self.active else 0}")
+        else:
+            dbapi_conn.execute(f"SET default_transaction_read_only = {setting}")
+            dbapi_conn.commit()
+
+
+@pytest.fixture
+def read_only() -> Iterator[ReadOnlySwitch]:
+    switch = ReadOnlySwitch()
+    sa.event.listen(Pool, "checkout", switch._on_checkout)
+    try:
+        yield switch
+    finally:
+        sa.event.remove(Pool, "checkout", switch._on_checkout)

@@ -14,7 +14,7 @@ from connector.sandbox.run import SandboxPair
 from connector.state.store import StateStore
 
 JSON_KEYS = {"run_id", "mode", "orders_read", "accounts_seen", "created", "updated", "unchanged",
-             "refused", "failed", "salesforce_calls", "stripe_calls"}
+             "refused", "failed", "salesforce_calls", "stripe_calls", "status", "error", "exit_code"}
 
 
 def cli(*args: str, env: dict[str, str], cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -34,6 +34,7 @@ def test_sync_json_prints_one_object_and_exits_0(sandboxes: SandboxPair, cli_env
     assert set(report) == JSON_KEYS
     assert report["mode"] == "sync" and report["created"] == 3 and report["failed"] == 0
     assert report["stripe_calls"] == 3
+    assert (report["status"], report["error"], report["exit_code"]) == ("succeeded", None, 0)
 
 
 def test_backfill_dry_run_prints_a_plan_and_writes_nothing(sandboxes: SandboxPair, cli_env: dict[str, str]) -> None:

@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 
 import stripe
 from conftest import BILLED
-from fault_readback import BA, assert_one_customer_each, opened, read_store
+from fault_readback import BA, assert_one_customer_each, cli, opened, read_store
 
 from connector.billing.stripe import StripeTarget
 from connector.engine import IDEMPOTENCY_WINDOW, PlannedWrite, RunReport, create_key
@@ -140,3 +140,23 @@ def test_an_intent_replayed_after_the_account_changed_still_ends_with_the_new_va
     read_store(db_url).assert_links_match(customers)
     # The replay wrote the old name; the new one must reach Stripe by the next run at the latest.
     assert sandboxes.stripe.get_customer(made)["name"] == "Initech AG"  # type: ignore[index]
+
+
+def test_xref_link_repairing_an_interrupted_create_closes_its_intent(
+    sandboxes: SandboxPair, run_sync: Callable[..., RunReport], db_url: str, cli_env: dict[str, str]
+) -> None:
+    _, made = crash_after_create(sandboxes, run_sync, db_url, INITECH)
+    assert made is not None and INITECH in read_store(db_url).intents
+    linked = cli("xref", "link", INITECH, made, "--by", "support@example.com", env=cli_env)
+    status = cli("status", env=cli_env)
+
+    assert linked.returncode == 0, linked.stderr
+    view = read_store(db_url)
+    assert view.links[INITECH].customer_id == made
+    assert INITECH not in view.intents
+    assert "open intents 0" in status.stdout, status.stdout
+    report = run_sync("sync")
+    assert report.exit_code == 0 and report.failed == 0
+    customers = assert_one_customer_each(sandboxes, BILLED)
+    assert customers[INITECH] == made
+    read_store(db_url).assert_links_match(customers)

@@ -209,21 +209,43 @@ def test_search_pages_with_next_page(client: stripe.StripeClient) -> None:
     assert total.total_count == 5
 
 
-def test_search_lags_behind_writes_when_configured(sandbox: StripeSandbox, client: stripe.StripeClient) -> None:
-    sandbox.search_delay = 0.3
+class _HandClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def hand_clock(sandbox: StripeSandbox) -> Iterator[_HandClock]:
+    clock = _HandClock()
+    sandbox.clock = clock
+    yield clock
+    sandbox.clock = time.monotonic
+
+
+def test_search_lags_behind_writes_when_configured(
+    sandbox: StripeSandbox, client: stripe.StripeClient, hand_clock: _HandClock
+) -> None:
+    sandbox.search_delay = 60.0  # Stripe: "usually about a minute"
     cus = client.v1.customers.create(params={"email": "late@acme.test"})
     assert client.v1.customers.search(params={"query": "email:'late@acme.test'"}).data == []
     assert client.v1.customers.retrieve(cus.id).email == "late@acme.test"  # retrieve is not lagging
-    time.sleep(0.35)
+    hand_clock.now += 59.0
+    assert client.v1.customers.search(params={"query": "email:'late@acme.test'"}).data == []
+    hand_clock.now += 1.0
     assert [c.id for c in client.v1.customers.search(params={"query": "email:'late@acme.test'"}).data] == [cus.id]
 
 
-def test_search_shows_the_old_values_until_the_index_catches_up(sandbox: StripeSandbox, client: stripe.StripeClient) -> None:
+def test_search_shows_the_old_values_until_the_index_catches_up(
+    sandbox: StripeSandbox, client: stripe.StripeClient, hand_clock: _HandClock
+) -> None:
     cus = client.v1.customers.create(params={"email": "old@acme.test"})
-    sandbox.search_delay = 0.3
+    sandbox.search_delay = 60.0
     client.v1.customers.update(cus.id, params={"email": "new@acme.test"})
     assert [c.email for c in client.v1.customers.search(params={"query": "email:'old@acme.test'"}).data] == ["old@acme.test"]
-    time.sleep(0.35)
+    hand_clock.now += 60.0
     assert client.v1.customers.search(params={"query": "email:'old@acme.test'"}).data == []
     assert [c.id for c in client.v1.customers.search(params={"query": "email:'new@acme.test'"}).data] == [cus.id]
 

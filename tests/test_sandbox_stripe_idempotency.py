@@ -136,19 +136,32 @@ def test_expired_keys_execute_again(client: stripe.StripeClient, sandbox: Stripe
     assert len(sandbox.customers()) == 2
 
 
-def test_expiry_spares_younger_keys(client: stripe.StripeClient, sandbox: StripeSandbox) -> None:
+@pytest.fixture
+def hand_clock(sandbox: StripeSandbox) -> Iterator[list[float]]:
+    """The sandbox's clock, moved by the test (no test waits for real time)."""
+    now = [1000.0]
+    sandbox.clock = lambda: now[0]
+    yield now
+    sandbox.clock = time.monotonic
+
+
+def test_expiry_spares_younger_keys(client: stripe.StripeClient, sandbox: StripeSandbox, hand_clock: list[float]) -> None:
     client.v1.customers.create(params={"name": "A"}, options={"idempotency_key": "old"})
-    time.sleep(0.2)
+    hand_clock[0] += 3600.0
     client.v1.customers.create(params={"name": "B"}, options={"idempotency_key": "young"})
-    assert sandbox.expire_idempotency_keys(older_than=0.1) == 1
+    assert sandbox.expire_idempotency_keys(older_than=1800.0) == 1
     client.v1.customers.create(params={"name": "B"}, options={"idempotency_key": "young"})
     assert len(sandbox.customers()) == 2
 
 
-def test_keys_expire_after_the_configured_window(client: stripe.StripeClient, sandbox: StripeSandbox) -> None:
-    sandbox.idempotency_window = 0.1
+def test_keys_expire_after_the_configured_window(
+    client: stripe.StripeClient, sandbox: StripeSandbox, hand_clock: list[float]
+) -> None:
     client.v1.customers.create(params={"name": "A"}, options={"idempotency_key": "order-10"})
-    time.sleep(0.15)
+    hand_clock[0] += 24 * 3600.0  # still inside Stripe's 24 hours
+    kept = client.v1.customers.create(params={"name": "A"}, options={"idempotency_key": "order-10"})
+    assert kept.last_response is not None and kept.last_response.headers.get("Idempotent-Replayed") == "true"
+    hand_clock[0] += 1.0
     again = client.v1.customers.create(params={"name": "A"}, options={"idempotency_key": "order-10"})
     assert again.last_response is not None and "Idempotent-Replayed" not in again.last_response.headers
     assert len(sandbox.customers()) == 2

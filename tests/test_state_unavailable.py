@@ -89,7 +89,7 @@ def test_a_read_only_database_names_the_file(tmp_path: Path) -> None:
     ("sqlite_says", "we_say"),
     [
         ("database is locked", "is locked by another process (waited 5 s)"),
-        ("attempt to write a readonly database", "is read-only: give the connector write access"),
+        ("attempt to write a readonly database", "became read-only during the run: SQLite cannot write"),
         ("database or disk is full", "cannot grow: the disk is full"),
         ("unable to open database file", "cannot open the state database"),
         ("file is not a database", "is not a usable SQLite database"),

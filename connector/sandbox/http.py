@@ -32,6 +32,8 @@ class Request:
     headers: dict[str, str]  # lower-cased names
     body: bytes
     params: dict[str, str] = field(default_factory=dict)  # from the route pattern
+    #: what the server learned about the request before routing it (e.g. the Stripe account)
+    context: dict[str, Any] = field(default_factory=dict)
 
     def json(self) -> Any:
         return json.loads(self.body.decode("utf-8")) if self.body else None
@@ -87,26 +89,40 @@ class Fault:
         return not (self.path and not re.search(self.path, req.path))
 
 
+Clock = Callable[[], float]
+
+
 class TokenBucket:
-    """A token bucket refilled continuously from the monotonic clock.
+    """A token bucket refilled continuously from a clock (the monotonic clock unless given).
 
     Starts with `burst` tokens; each request takes one. Over any window of T seconds it lets
     through at most `burst + rate * T` requests, so a benchmark measuring over a second or
-    more sees the cap itself (a default burst of one is a strict cap).
+    more sees the cap itself (a burst of one is a strict cap). Tests pass their own clock and
+    move it by hand: no test of the limiter ever waits for real time to pass.
     """
 
-    def __init__(self, rate: float, burst: float = 1.0) -> None:
+    def __init__(self, rate: float, burst: float = 1.0, *, clock: Clock | None = None) -> None:
         self.rate = float(rate)
         self.capacity = max(1.0, float(burst))
         self.tokens = self.capacity
-        self.stamp = time.monotonic()
+        self.clock: Clock = clock or time.monotonic
+        self.stamp = self.clock()
         self.lock = threading.Lock()
+
+    def _refill(self) -> None:
+        now = self.clock()
+        self.tokens = min(self.capacity, self.tokens + max(0.0, now - self.stamp) * self.rate)
+        self.stamp = now
+
+    def available(self) -> bool:
+        """Whether a request could pass now (takes nothing)."""
+        with self.lock:
+            self._refill()
+            return self.tokens >= 1.0
 
     def take(self) -> bool:
         with self.lock:
-            now = time.monotonic()
-            self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
-            self.stamp = now
+            self._refill()
             if self.tokens >= 1.0:
                 self.tokens -= 1.0
                 return True
@@ -127,10 +143,17 @@ class SandboxServer:
         self._faults: list[Fault] = []
         self._faults_lock = threading.Lock()
         self.latency = 0.0
+        #: the clock the rate cap reads; tests replace it to move time by hand
+        self.limit_clock: Clock = time.monotonic
         self._bucket: TokenBucket | None = None
         self.requests: Counter[str] = Counter()  # "METHOD /path" -> count (control calls excluded)
         self.rate_limited = 0
+        #: requests whose body ended before its Content-Length (client gone mid-send): dropped
+        self.incomplete_bodies = 0
         self.lock = threading.RLock()  # held by handlers that touch the data
+        # Notified whenever a request finishes (answered or dropped), so tests wait on the
+        # server's own progress instead of sleeping.
+        self.progress = threading.Condition()
         self._port = port
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -194,8 +217,26 @@ class SandboxServer:
         self.latency = max(0.0, float(seconds))
 
     def set_rate_limit(self, per_second: float | None, *, burst: float = 1.0) -> None:
-        """Cap requests at `per_second` (429 beyond it), allowing `burst` back-to-back."""
-        self._bucket = TokenBucket(per_second, burst) if per_second else None
+        """Cap every request at `per_second` (429 beyond it), allowing `burst` back-to-back.
+
+        One bucket for the whole server, before authentication: a blunt cap. The Stripe
+        sandbox also has Stripe's own two-level limiter (`StripeSandbox.set_rate_limits`).
+        """
+        self._bucket = (
+            TokenBucket(per_second, burst, clock=lambda: self.limit_clock()) if per_second else None
+        )
+
+    def wait_until(self, predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
+        """Block until `predicate()` holds after some request finished; False on timeout.
+
+        The timeout only keeps a broken test from hanging: nothing is measured by it.
+        """
+        with self.progress:
+            return self.progress.wait_for(predicate, timeout)
+
+    def _finished(self) -> None:
+        with self.progress:
+            self.progress.notify_all()
 
     def _take_fault(self, req: Request) -> Fault | None:
         with self._faults_lock:
@@ -216,6 +257,7 @@ class SandboxServer:
             "requests": dict(self.requests),
             "total": sum(self.requests.values()),
             "rate_limited": self.rate_limited,
+            "incomplete_bodies": self.incomplete_bodies,
         }
 
     def _ctl_stats(self, req: Request) -> Response:
@@ -264,9 +306,33 @@ class SandboxServer:
                 pass
 
             def _serve(self) -> None:
+                try:
+                    self._answer()
+                finally:
+                    server._finished()
+
+            def _answer(self) -> None:
                 split = urlsplit(self.path)
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length) if length else b""
+                try:
+                    length = int(self.headers.get("Content-Length") or 0)
+                except ValueError:
+                    length = -1
+                if length < 0:
+                    self.send_error(400, "Bad Content-Length")
+                    return
+                try:
+                    body = self.rfile.read(length) if length else b""
+                except OSError:  # reset by a client that died mid-send
+                    body = b""
+                if len(body) < length:
+                    # The client went away before sending the whole body (killed mid-send).
+                    # A real server never sees a complete request, so nothing is applied and
+                    # nothing is answered: applying the part that arrived would create, say,
+                    # a customer without its metadata.
+                    with server.lock:
+                        server.incomplete_bodies += 1
+                    self.close_connection = True
+                    return
                 req = Request(
                     method=self.command,
                     path=split.path,

@@ -20,6 +20,8 @@ from rich.table import Table
 
 from connector.sandbox.salesforce import SalesforceSandbox
 from connector.sandbox.stripe import StripeSandbox
+from connector.sandbox.stripe_accounts import DEFAULT_ACCOUNT
+from connector.sandbox.stripe_limits import RateLimits
 
 SANDBOX_ORG_ID = "00D000000000001AAA"
 # Shaped like a real token (org id, "!", opaque part) so the org id is read from it as in production.
@@ -58,6 +60,34 @@ class SandboxPair:
     def secrets(self) -> dict[str, str]:
         return {"SALESFORCE_ACCESS_TOKEN": self.access_token, "STRIPE_API_KEY": self.stripe_key}
 
+    def stripe_accounts_text(self) -> str:
+        """The Stripe accounts a data set adds beside the default one, for people to copy from."""
+        described = self.stripe.directory.describe()
+        extra = [a for a in described["accounts"] if a["id"] != DEFAULT_ACCOUNT]
+        if not extra and not described["organizations"]:
+            return ""
+        lines = [
+            "Stripe accounts in this data set (sandbox keys: not secret, not for real Stripe):"
+        ]
+        for account in extra:
+            keys = (
+                ", ".join(sorted(self.stripe.directory.accounts[account["id"]].keys))
+                or "no keys of its own"
+            )
+            group = (
+                " sharing group " + "+".join(account["sharing_group"])
+                if account["sharing_group"]
+                else ""
+            )
+            mode = "live" if account["livemode"] else "test"
+            lines.append(f"  {account['id']} ({mode}{group}): {keys}")
+        for org in described["organizations"]:
+            keys = ", ".join(sorted(self.stripe.directory.organizations[org["id"]].keys))
+            lines.append(
+                f"  organization {org['id']} reaches {', '.join(org['accounts'])} with Stripe-Context: {keys}"
+            )
+        return "\n".join(lines) + "\n"
+
     def stop(self) -> None:
         self.salesforce.stop()
         self.stripe.stop()
@@ -72,19 +102,39 @@ def read_data_file(path: Path) -> dict[str, Any]:
 
 
 def start_sandboxes(
-    data_file: Path | None = None, *, salesforce_port: int = 0, stripe_port: int = 0
+    data_file: Path | None = None,
+    *,
+    salesforce_port: int = 0,
+    stripe_port: int = 0,
+    stripe_limits: RateLimits | None = None,
+    stripe_latency: float = 0.0,
+    salesforce_latency: float = 0.0,
 ) -> SandboxPair:
+    """Both servers with a data set (the sample by default). Bad data raises ValueError naming
+    the file and the entry, before any server listens.
+
+    `stripe_limits` turns on Stripe's rate limits; the latencies are added to every request
+    (for Salesforce that is per query page, each page being one request).
+    """
     from connector.sandbox.sample import load_sample
 
     data = read_data_file(data_file) if data_file else load_sample()
+    where = str(data_file) if data_file else "sample data"
+    # The Stripe side first: it validates its whole section without listening on a port.
+    st = StripeSandbox(port=stripe_port, rate_limits=stripe_limits)
+    try:
+        st.load(data.get("stripe") or {})
+    except ValueError as exc:
+        raise ValueError(f"{where}: stripe.{exc}") from None
+    st.set_latency(stripe_latency)
     sf = SalesforceSandbox(
         data.get("salesforce") or {},
         port=salesforce_port,
         access_token=SANDBOX_TOKEN,
         org_id=SANDBOX_ORG_ID,
     ).start()
-    st = StripeSandbox(port=stripe_port).start()
-    st.load(data.get("stripe") or {})
+    sf.set_latency(salesforce_latency)
+    st.start()
     return SandboxPair(salesforce=sf, stripe=st)
 
 
@@ -111,7 +161,9 @@ def run_demo(
     try:
         if state_dir.exists():
             shutil.rmtree(state_dir)
-        state_dir.mkdir(parents=True)
+        # The demo store holds (sample) customer data: readable by this user only.
+        state_dir.mkdir(mode=0o700, parents=True)
+        state_dir.chmod(0o700)
         state_file = (state_dir / "state.db").resolve()
         cfg_data = pair.config_dict(state_url=f"sqlite:///{state_file}", mappings_dir=str(mappings))
         cfg = Config.model_validate(cfg_data)

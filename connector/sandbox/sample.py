@@ -30,6 +30,12 @@ STARK_QUOTE = "a0X000000000001EAA"
 PEPPER_POTTS = "003000000000010AAA"  # the quote's primary contact
 DUNDER_MIFFLIN = "001000000000032AAA"  # activated order without a bill-to contact
 
+# Stripe accounts beside the default one (the `stripe` section): two share customers.
+STRIPE_EUROPE = "acct_1SampleEurope0000"  # sharing group with STRIPE_UK
+STRIPE_UK = "acct_1SampleUK00000000"
+STRIPE_US = "acct_1SampleUS00000000"  # in no sharing group
+STRIPE_ORG_KEY = "sk_org_test_sample_umbrella_000000"  # reaches all three with Stripe-Context
+
 
 def load_sample() -> dict[str, Any]:
     """{"salesforce": {"Account": [...], ...}, "stripe": {"customers": [...]}}, a fresh copy."""

@@ -1,11 +1,15 @@
-"""A local Stripe account: the customer API as stripe-python 16 speaks it, on 127.0.0.1.
+"""Local Stripe accounts: the customer API as stripe-python 16 speaks it, on 127.0.0.1.
 
 `StripeSandbox` answers `/v1/customers` (create, retrieve, update, list, search, delete) the
 way Stripe does: form bodies with `address[line1]` and `metadata[key]`, parameters checked
 against the vendored OpenAPI description, empty strings that unset, metadata merged key by
 key, Stripe's error shapes, idempotency keys replayed or refused, `Request-Id` on every
-answer, and search that can lag behind writes. It keeps everything in memory and must never
-talk to the real Stripe: it is a server, not a client, and it binds loopback only.
+answer, and search that can lag behind writes. It holds one account or several (account,
+organization and Connect keys, sharing groups: `stripe_accounts`) and can enforce Stripe's
+rate limits (`stripe_limits`). It keeps everything in memory and must never talk to the real
+Stripe: it is a server, not a client, and it binds loopback only. Of the connector it
+imports only the reader of Stripe's vendored description (`connector.billing.stripe_schema`,
+pure data), never the engine or the Stripe adapter.
 """
 
 from __future__ import annotations
@@ -28,7 +32,9 @@ from urllib.parse import parse_qsl
 
 from connector.billing import stripe_schema
 from connector.billing.stripe_schema import ParamError, ParamProblem
-from connector.sandbox.http import Fault, Request, Response, SandboxServer
+from connector.sandbox.http import Clock, Fault, Request, Response, SandboxServer
+from connector.sandbox.stripe_accounts import DEFAULT_ACCOUNT, Access, Directory, Refusal
+from connector.sandbox.stripe_limits import RateLimits, StripeLimiter
 
 CUSTOMERS = "/v1/customers"
 CUSTOMER = "/v1/customers/{customer}"
@@ -289,13 +295,66 @@ def _clause_matches(c: _Clause, obj: Mapping[str, Any]) -> bool:
 # --- the account -----------------------------------------------------------------------------
 
 
+# --- sharing (Stripe Organizations) ---------------------------------------------------------
+#
+# In a sharing group every customer of every member account is a customer of the others, by
+# the same `cus_` id. Which fields are shared depends on the API version of the request:
+# `2026-09-30.endive` added metadata, description, shipping, preferred_locales, tax_exempt,
+# business_name, invoice_prefix and tax_ids (Stripe changelog, "Adds additional shared fields
+# to customer sharing"). Before it, the sandbox shares the contact fields name, email, phone
+# and address: Stripe describes sharing as avoiding "recollecting ... contact information",
+# but the sandbox could not find the list for earlier versions, so this base set is its
+# assumption. Every other field (balance, currency, invoice_settings, ...) is per account.
+#
+# How the sandbox keeps it: each account that wrote the customer has its own copy of every
+# field; a write of a field shared at the write's version also lands in the common copy. A read
+# at version V takes each field shared at V from whichever was written last (the common copy or
+# the reader's own), and falls back to the creating account's value for fields the reader never
+# wrote. So a reader pinned to an older version sees its own per-account values of the fields
+# that version does not share. Deleting a shared customer deletes it in every account of the
+# group (an assumption: the connector never deletes).
+
+SHARED_ALWAYS: frozenset[str] = frozenset({"name", "email", "phone", "address"})
+ENDIVE_SHARING_VERSION = "2026-09-30"
+SHARED_FROM_ENDIVE: frozenset[str] = frozenset({
+    "metadata", "description", "shipping", "preferred_locales", "tax_exempt", "business_name",
+    "invoice_prefix", "tax_ids",
+})
+_WRITABLE_FIELDS = frozenset({
+    "name", "email", "phone", "description", "address", "shipping", "metadata", "preferred_locales",
+    "tax_exempt", "balance", "next_invoice_sequence", "invoice_prefix", "invoice_settings",
+})
+
+
+def shared_fields(version: str | None) -> frozenset[str]:
+    """Customer fields a sharing group shares at `version` (None: the newest the sandbox knows)."""
+    if version is None or version[:10] >= ENDIVE_SHARING_VERSION:
+        return SHARED_ALWAYS | SHARED_FROM_ENDIVE
+    return SHARED_ALWAYS
+
+
 @dataclass
 class _Customer:
     seq: int
-    data: dict[str, Any]
+    id: str
+    home: str  # the account that created it
+    own: dict[str, dict[str, Any]]  # account -> that account's copy of the object
+    stamps: dict[str, dict[str, int]]  # account -> field -> number of the write that set it
+    common: dict[str, tuple[int, Any]]  # field -> (write number, value) written while shared
     deleted: bool = False
-    # what search sees: (visible from, snapshot or None once deleted), oldest first
-    index: list[tuple[float, dict[str, Any] | None]] = field(default_factory=list)
+    # what search sees: (visible from, frozen copy or None once deleted), oldest first; only kept
+    # while search lags behind writes
+    index: list[tuple[float, _Customer | None]] = field(default_factory=list)
+
+    @property
+    def created(self) -> int:
+        return int(self.own[self.home]["created"])
+
+    def frozen(self) -> _Customer:
+        return _Customer(
+            self.seq, self.id, self.home, copy.deepcopy(self.own), copy.deepcopy(self.stamps),
+            copy.deepcopy(self.common), self.deleted,
+        )
 
 
 @dataclass
@@ -329,13 +388,26 @@ _ADDRESS_KEYS = ("city", "country", "line1", "line2", "postal_code", "state")
 
 
 class StripeSandbox(SandboxServer):
-    """The customer part of a Stripe test-mode account, in memory.
+    """The customer part of Stripe, in memory: one test-mode account, or several.
 
-    Keys: any `sk_test_`/`rk_test_` key, or exactly `api_keys` when given. Control API
-    besides the base's: POST /_sandbox/load, POST /_sandbox/reset, GET /_sandbox/customers
-    (?include_deleted=true), POST /_sandbox/customers/{id}/delete and /edit, POST
-    /_sandbox/idempotency/expire ({"older_than": s}); POST /_sandbox/faults also takes
-    {"kind": "lock_timeout" | "rate_limit" | "api_error", "count", "method", "path"}.
+    Out of the box it is one account (`DEFAULT_ACCOUNT`) reached by any `sk_test_`/`rk_test_`
+    key, or exactly `api_keys` when given: the single-account sandbox the demo and most tests
+    use. `load()`, the constructor's `data` or the control API add accounts with their own
+    keys, organizations with `sk_org_` keys, Connect platforms and sharing groups (see
+    `stripe_accounts` for who reaches what, and the notes above `shared_fields` for what a
+    group shares). Customers, idempotency keys and search live per account.
+
+    Rate limits: off unless `rate_limits` is given (or `set_rate_limits`); then Stripe's two
+    levels, per credential (see `stripe_limits`). `clock` drives the limiter and the search
+    lag, so tests move time by hand.
+
+    Control API besides the base's: POST /_sandbox/load, POST /_sandbox/reset, GET
+    /_sandbox/customers (?include_deleted=true&account=acct_...&version=...), POST
+    /_sandbox/customers/{id}/delete and /edit (?account=), POST /_sandbox/idempotency/expire
+    ({"older_than": s}), GET and POST /_sandbox/accounts, POST /_sandbox/organizations, POST
+    /_sandbox/sharing_groups ({"accounts": [...]}), POST /_sandbox/rate_limits ({"burst",
+    "global", "endpoint", "endpoints"} or {"enabled": false}); POST /_sandbox/faults also
+    takes {"kind": "lock_timeout" | "rate_limit" | "api_error", "count", "method", "path"}.
     An injected fault without a body answers in Stripe's error shape.
     """
 
@@ -348,19 +420,28 @@ class StripeSandbox(SandboxServer):
         api_keys: Collection[str] | None = None,
         search_delay: float = 0.0,
         idempotency_window: float | None = 24 * 3600.0,
+        data: Mapping[str, Any] | None = None,
+        rate_limits: RateLimits | None = None,
+        clock: Clock | None = None,
     ) -> None:
         super().__init__(port)
-        self.api_keys: frozenset[str] | None = frozenset(api_keys) if api_keys is not None else None
+        self.directory = Directory()
+        self.directory.default_keys = frozenset(api_keys) if api_keys is not None else None
         #: seconds before a write shows in search (Stripe: "usually about a minute")
         self.search_delay = float(search_delay)
         #: seconds an idempotency key is kept (Stripe: at least 24 hours); None keeps them forever
         self.idempotency_window = idempotency_window
+        #: drives the limiters, the search lag and idempotency expiry; tests move it by hand
+        self.clock: Clock = clock or time.monotonic
+        self.limit_clock = lambda: self.clock()
+        self.limiter: StripeLimiter | None = None
         self.write_count = 0
         self.operations: Counter[str] = Counter()
         self.exchanges: deque[dict[str, Any]] = deque(maxlen=10_000)
         self._customers: dict[str, _Customer] = {}
         self._seq = 0
-        self._idempotency: dict[str, _Stored] = {}
+        self._writes = 0  # numbers every field write, to tell which copy of a shared field is newer
+        self._idempotency: dict[tuple[str, str], _Stored] = {}  # (account, key): Stripe scopes keys per account
         self.route("GET", CUSTOMERS, self._list)
         self.route("POST", CUSTOMERS, self._create)
         self.route("GET", SEARCH, self._search)
@@ -373,6 +454,15 @@ class StripeSandbox(SandboxServer):
         self.route("POST", r"/_sandbox/customers/(?P<customer>[^/]+)/delete", self._ctl_delete)
         self.route("POST", r"/_sandbox/customers/(?P<customer>[^/]+)/edit", self._ctl_edit)
         self.route("POST", r"/_sandbox/idempotency/expire", self._ctl_expire)
+        self.route("GET", r"/_sandbox/accounts", self._ctl_accounts)
+        self.route("POST", r"/_sandbox/accounts", self._ctl_add_account)
+        self.route("POST", r"/_sandbox/organizations", self._ctl_add_organization)
+        self.route("POST", r"/_sandbox/sharing_groups", self._ctl_add_group)
+        self.route("POST", r"/_sandbox/rate_limits", self._ctl_rate_limits)
+        if rate_limits is not None:
+            self.set_rate_limits(rate_limits)
+        if data:
+            self.load(data)
 
     def __enter__(self) -> StripeSandbox:
         super().__enter__()
@@ -382,86 +472,190 @@ class StripeSandbox(SandboxServer):
         super().start()
         return self
 
+    @property
+    def api_keys(self) -> frozenset[str] | None:
+        """The keys that reach the default account (None: any test-mode key)."""
+        return self.directory.default_keys
+
+    @api_keys.setter
+    def api_keys(self, keys: Collection[str] | None) -> None:
+        self.directory.default_keys = frozenset(keys) if keys is not None else None
+
     # --- Python API ------------------------------------------------------------------------
 
     def load(self, data: Mapping[str, Any]) -> list[str]:
-        """Add customers (`{"customers": [{...}, ...]}`); returns their ids. Not counted as writes.
+        """Add accounts, organizations, sharing groups and customers; returns the customers' ids.
 
-        Each entry takes the create parameters (as Python values: dicts, lists, ints) plus
-        optional `id`, `created`, `deleted`. Raises ValueError with Stripe's message on bad
-        fields.
+        `{"customers": [...]}` go to the default account. `{"accounts": [{"id": "acct_...",
+        "keys": [...], "livemode": false, "connected": [...], "rate_limits": {...},
+        "customers": [...]}], "organizations": [{"id": "org_...", "keys": ["sk_org_..."],
+        "accounts": [...]}], "sharing_groups": [["acct_a", "acct_b"], ...]}` add the rest.
+        Each customer takes the create parameters (as Python values: dicts, lists, ints) plus
+        optional `id`, `created`, `deleted`. Not counted as writes. Raises ValueError naming
+        the entry at fault; nothing is added then.
         """
-        ids = []
+        unknown = set(data) - {"customers", "accounts", "organizations", "sharing_groups"}
+        if unknown:
+            raise ValueError(f"stripe: unknown section(s) {sorted(unknown)}; expected customers, accounts, organizations, sharing_groups")
         with self.lock:
-            for entry in data.get("customers", []):
-                entry = dict(entry)
-                cid = str(entry.pop("id", None) or new_customer_id())
-                created = int(entry.pop("created", None) or time.time())
-                deleted = bool(entry.pop("deleted", False))
-                entry.pop("object", None)
-                entry.pop("livemode", None)
-                if cid in self._customers:
-                    raise ValueError(f"customer {cid} already exists")
+            # Validate on copies first, so bad input changes nothing.
+            saved_directory = copy.deepcopy(self.directory)
+            saved = (dict(self._customers), self._seq, self._writes)
+            try:
+                return self._load(data)
+            except ValueError:
+                self.directory = saved_directory
+                self._customers, self._seq, self._writes = saved
+                raise
+
+    def _load(self, data: Mapping[str, Any]) -> list[str]:
+        ids: list[str] = []
+        pending: list[tuple[str, str, Mapping[str, Any]]] = []
+        for i, entry in enumerate(_entries(data, "accounts")):
+            where = f"accounts[{i}]"
+            _only(entry, {"id", "keys", "livemode", "connected", "rate_limits", "customers"}, where)
+            try:
+                added = self.directory.add_account(
+                    str(entry.get("id")),
+                    keys=_strings(entry.get("keys"), f"{where}.keys"),
+                    livemode=bool(entry.get("livemode", False)),
+                    connected=_strings(entry.get("connected"), f"{where}.connected"),
+                    rate_limits=entry.get("rate_limits"),
+                )
+            except ValueError as exc:
+                raise ValueError(f"{where}: {exc}") from None
+            pending += [(added.id, f"{where}.customers[{j}]", c) for j, c in enumerate(_entries(entry, "customers"))]
+        for i, entry in enumerate(_entries(data, "organizations")):
+            where = f"organizations[{i}]"
+            _only(entry, {"id", "keys", "accounts", "livemode", "rate_limits"}, where)
+            try:
+                self.directory.add_organization(
+                    str(entry.get("id")),
+                    accounts=_strings(entry.get("accounts"), f"{where}.accounts"),
+                    keys=_strings(entry.get("keys"), f"{where}.keys"),
+                    livemode=bool(entry.get("livemode", False)),
+                    rate_limits=entry.get("rate_limits"),
+                )
+            except ValueError as exc:
+                raise ValueError(f"{where}: {exc}") from None
+        for i, group in enumerate(data.get("sharing_groups") or []):
+            members = group.get("accounts") if isinstance(group, Mapping) else group
+            try:
+                self.directory.add_sharing_group(_strings(members, f"sharing_groups[{i}]"))
+            except ValueError as exc:
+                raise ValueError(f"sharing_groups[{i}]: {exc}") from None
+        pending = [(DEFAULT_ACCOUNT, f"customers[{j}]", c) for j, c in enumerate(_entries(data, "customers"))] + pending
+        for account, where, given in pending:
+            entry = dict(given)
+            cid = str(entry.pop("id", None) or new_customer_id())
+            created = int(entry.pop("created", None) or time.time())
+            deleted = bool(entry.pop("deleted", False))
+            entry.pop("object", None)
+            entry.pop("livemode", None)
+            if cid in self._customers:
+                raise ValueError(f"{where}: customer {cid} already exists")
+            try:
                 params = self._python_params(entry, CUSTOMERS, "post")
-                record = self._new(cid, created, params)
-                if deleted:
-                    self._mark_deleted(record)
-                ids.append(cid)
+            except ValueError as exc:
+                raise ValueError(f"{where}: {exc}") from None
+            record = self._new(cid, created, params, account=account, version=None)
+            if deleted:
+                self._mark_deleted(record)
+            ids.append(cid)
         return ids
 
+    def add_account(
+        self,
+        id: str,
+        *,
+        keys: Iterable[str] = (),
+        livemode: bool = False,
+        connected: Iterable[str] = (),
+        rate_limits: Mapping[str, Any] | None = None,
+    ) -> None:
+        """A Stripe account with its own keys (and, for a Connect platform, its connected accounts)."""
+        with self.lock:
+            self.directory.add_account(id, keys=keys, livemode=livemode, connected=connected, rate_limits=rate_limits)
+
+    def add_organization(
+        self, id: str, *, accounts: Iterable[str], keys: Iterable[str] = (), livemode: bool = False,
+        rate_limits: Mapping[str, Any] | None = None,
+    ) -> None:
+        """A Stripe Organization whose `sk_org_` keys reach `accounts` through Stripe-Context."""
+        with self.lock:
+            self.directory.add_organization(id, accounts=accounts, keys=keys, livemode=livemode, rate_limits=rate_limits)
+
+    def add_sharing_group(self, accounts: Iterable[str]) -> None:
+        """Share every customer of these accounts among them, from now on (customers made before too)."""
+        with self.lock:
+            self.directory.add_sharing_group(accounts)
+
+    def set_rate_limits(self, limits: RateLimits | None) -> None:
+        """Stripe's global and per-endpoint limits, per credential; None turns them off."""
+        self.limiter = StripeLimiter(limits, clock=lambda: self.clock()) if limits is not None else None
+
     def reset(self) -> None:
-        """Forget every customer, idempotency key and count (faults, latency and limits stay)."""
+        """Forget every customer, idempotency key and count (accounts, faults, latency and limits stay)."""
         with self.lock:
             self._customers.clear()
             self._idempotency.clear()
             self._seq = 0
+            self._writes = 0
             self.write_count = 0
             self.operations.clear()
             self.exchanges.clear()
             self.requests.clear()
             self.rate_limited = 0
+            if self.limiter is not None:
+                self.set_rate_limits(self.limiter.limits)
 
-    def customers(self, include_deleted: bool = False) -> list[dict[str, Any]]:
-        """Every customer as the API returns it, oldest first (deleted ones as their stub)."""
+    def customers(
+        self, include_deleted: bool = False, *, account: str = DEFAULT_ACCOUNT, version: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Every customer `account` sees, as the API returns it, oldest first (deleted ones as their stub).
+
+        Shared customers made in other accounts of its group are included. `version` picks the
+        shared fields (None: the newest).
+        """
         with self.lock:
             return [
-                self._render(r) for r in sorted(self._customers.values(), key=lambda r: r.seq)
-                if include_deleted or not r.deleted
+                self._render(r, account, version) for r in sorted(self._customers.values(), key=lambda r: r.seq)
+                if (include_deleted or not r.deleted) and self._visible(r, account)
             ]
 
-    def get_customer(self, id: str) -> dict[str, Any] | None:
+    def get_customer(self, id: str, *, account: str = DEFAULT_ACCOUNT, version: str | None = None) -> dict[str, Any] | None:
         with self.lock:
             record = self._customers.get(id)
-            return self._render(record) if record else None
+            return self._render(record, account, version) if record and self._visible(record, account) else None
 
-    def edit_customer(self, id: str, fields: Mapping[str, Any]) -> dict[str, Any]:
-        """An edit made in the Stripe dashboard: update semantics, not an API request.
+    def edit_customer(self, id: str, fields: Mapping[str, Any], *, account: str = DEFAULT_ACCOUNT) -> dict[str, Any]:
+        """An edit made in the Stripe dashboard of `account`: update semantics, not an API request.
 
-        `None` or "" clears a field; metadata merges key by key. Raises KeyError for an
-        unknown or deleted customer, ValueError for a field Stripe would refuse.
+        `None` or "" clears a field; metadata merges key by key; shared fields of a shared
+        customer change in every account of the group. Raises KeyError for an unknown or
+        deleted customer, ValueError for a field Stripe would refuse.
         """
         with self.lock:
             record = self._customers.get(id)
-            if record is None or record.deleted:
+            if record is None or record.deleted or not self._visible(record, account):
                 raise KeyError(id)
             params = self._python_params(fields, CUSTOMER, "post")
-            self._apply(record.data, params)
-            self._reindex(record)
-            return self._render(record)
+            self._write(record, account, None, params)
+            return self._render(record, account, None)
 
-    def delete_customer(self, id: str) -> dict[str, Any]:
+    def delete_customer(self, id: str, *, account: str = DEFAULT_ACCOUNT) -> dict[str, Any]:
         """Delete as Stripe does: retrieve then answers `{"id", "object", "deleted": true}`."""
         with self.lock:
             record = self._customers.get(id)
-            if record is None or record.deleted:
+            if record is None or record.deleted or not self._visible(record, account):
                 raise KeyError(id)
             self._mark_deleted(record)
-            return self._render(record)
+            return self._render(record, account, None)
 
     def expire_idempotency_keys(self, older_than: float = 0.0) -> int:
         """Forget idempotency keys at least `older_than` seconds old (all by default)."""
         with self.lock:
-            cutoff = time.monotonic() - older_than
+            cutoff = self.clock() - older_than
             gone = [k for k, v in self._idempotency.items() if v.stamp <= cutoff]
             for k in gone:
                 del self._idempotency[k]
@@ -483,6 +677,9 @@ class StripeSandbox(SandboxServer):
                 "deletes": self.operations["delete"],
                 "idempotent_replays": self.operations["replay"],
                 "customers": sum(1 for r in self._customers.values() if not r.deleted),
+                # live customers by the account that created them (a shared one counts once)
+                "customers_by_account": dict(Counter(r.home for r in self._customers.values() if not r.deleted)),
+                "rate_limited_by_reason": dict(self.limiter.refused) if self.limiter else {},
             }
 
     # --- HTTP plumbing -----------------------------------------------------------------------
@@ -493,7 +690,7 @@ class StripeSandbox(SandboxServer):
         rid = new_request_id()
         with self.lock:
             try:
-                resp = self._authenticate(req) or self._idempotent(req, rid)
+                resp = self._authenticate(req) or self._rate_limit(req) or self._idempotent(req, rid)
             except ParamError as exc:
                 resp = _problem(exc.problem)
             except Exception as exc:  # a sandbox bug still answers in Stripe's shape
@@ -537,6 +734,7 @@ class StripeSandbox(SandboxServer):
             "query": req.query,
             "body": req.body,
             "status": resp.status,
+            "account": req.context.get("account"),
             "response": resp.body,
             "replayed": resp.headers.get("Idempotent-Replayed") == "true",
         })
@@ -558,6 +756,7 @@ class StripeSandbox(SandboxServer):
         return super()._ctl_faults(req)
 
     def _authenticate(self, req: Request) -> Response | None:
+        """Find the account the request acts on (req.context["access"]), or answer Stripe's refusal."""
         header = req.header("authorization") or ""
         scheme, _, credential = header.partition(" ")
         key = ""
@@ -579,13 +778,32 @@ class StripeSandbox(SandboxServer):
                 "https://stripe.com/docs/api#authentication for details, or we can help at https://support.stripe.com/.",
                 headers=challenge, stored=False,
             )
-        ok = key in self.api_keys if self.api_keys is not None else key.startswith(("sk_test_", "rk_test_"))
-        if not ok:
-            prefix = "_".join(key.split("_")[:2]) + "_" if key.count("_") >= 2 else ""
-            hidden = len(key) - len(prefix)
-            masked = prefix + ("*" * (hidden - 4) + key[-4:] if hidden > 8 else "*" * max(hidden, 4))
-            return stripe_error(401, f"Invalid API Key provided: {masked}", headers=challenge, stored=False)
+        access = self.directory.resolve(
+            key,
+            context=(req.header("stripe-context") or "").strip() or None,
+            on_behalf_of=(req.header("stripe-account") or "").strip() or None,
+            version=(req.header("stripe-version") or "").strip() or None,
+        )
+        if isinstance(access, Refusal):
+            return stripe_error(
+                access.status, access.message, code=access.code, param=access.param,
+                headers=challenge if access.status == 401 else None, stored=False,
+            )
+        req.context["access"] = access
+        req.context["account"] = access.account.id
+        req.context["version"] = req.header("stripe-version") or DEFAULT_API_VERSION
         return None
+
+    def _rate_limit(self, req: Request) -> Response | None:
+        if self.limiter is None:
+            return None
+        access: Access = req.context["access"]
+        limits = self.limiter.limits.overridden(access.limits_override) if access.limits_override else None
+        reason = self.limiter.admit(access.limiter_owner, _endpoint(req), livemode=access.livemode, limits=limits)
+        if reason is None:
+            return None
+        self.rate_limited += 1
+        return Response.json(rate_limit_body(), 429, {"Stripe-Rate-Limited-Reason": reason})
 
     def _idempotent(self, req: Request, rid: str) -> Response:
         key = req.header("idempotency-key")
@@ -597,12 +815,13 @@ class StripeSandbox(SandboxServer):
                 stored=False,
             )
         endpoint = f"{req.method} {req.path}"
+        scoped = (str(req.context.get("account", DEFAULT_ACCOUNT)), key)
         fingerprint = hashlib.sha256(
             json.dumps(sorted(parse_qsl(req.body.decode("utf-8"), keep_blank_values=True))).encode()
         ).hexdigest()
-        stored = self._idempotency.get(key)
-        if stored is not None and self.idempotency_window is not None and time.monotonic() - stored.stamp > self.idempotency_window:
-            del self._idempotency[key]
+        stored = self._idempotency.get(scoped)
+        if stored is not None and self.idempotency_window is not None and self.clock() - stored.stamp > self.idempotency_window:
+            del self._idempotency[scoped]
             stored = None
         if stored is not None:
             if stored.endpoint != endpoint:
@@ -627,7 +846,7 @@ class StripeSandbox(SandboxServer):
             )
         resp = self._run(req)
         if not isinstance(resp, _NotStored):
-            self._idempotency[key] = _Stored(endpoint, fingerprint, resp.status, resp.body, rid, time.monotonic())
+            self._idempotency[scoped] = _Stored(endpoint, fingerprint, resp.status, resp.body, rid, self.clock())
         return resp
 
     def _run(self, req: Request) -> Response:
@@ -708,9 +927,14 @@ class StripeSandbox(SandboxServer):
 
     # --- customers -----------------------------------------------------------------------
 
-    def _new(self, cid: str, created: int, params: Mapping[str, Any]) -> _Customer:
-        self._seq += 1
-        data: dict[str, Any] = {
+    def _blank(self, cid: str, created: int, account: str) -> dict[str, Any]:
+        """A customer as an account holds it before any field is set."""
+        livemode = self.directory.accounts[account].livemode if account in self.directory.accounts else False
+        # Each account numbers invoices with its own prefix; derived from the ids so that an
+        # account's copy of a shared customer shows the same prefix on every read.
+        digest = hashlib.sha256(f"{cid}/{account}".encode()).digest()
+        prefix = "".join((string.ascii_uppercase + string.digits)[b % 36] for b in digest[:8])
+        return {
             "id": cid,
             "object": "customer",
             "address": None,
@@ -722,9 +946,9 @@ class StripeSandbox(SandboxServer):
             "description": None,
             "discount": None,
             "email": None,
-            "invoice_prefix": _random(8, string.ascii_uppercase + string.digits),
+            "invoice_prefix": prefix,
             "invoice_settings": {"custom_fields": None, "default_payment_method": None, "footer": None, "rendering_options": None},
-            "livemode": False,
+            "livemode": livemode,
             "metadata": {},
             "name": None,
             "next_invoice_sequence": 1,
@@ -734,11 +958,61 @@ class StripeSandbox(SandboxServer):
             "tax_exempt": "none",
             "test_clock": None,
         }
+
+    def _new(self, cid: str, created: int, params: Mapping[str, Any], *, account: str, version: str | None) -> _Customer:
+        self._seq += 1
+        self._writes += 1
+        data = self._blank(cid, created, account)
         self._apply(data, params)
-        record = _Customer(self._seq, data)
+        n = self._writes
+        shared = shared_fields(version)
+        record = _Customer(
+            self._seq, cid, account,
+            own={account: data},
+            stamps={account: dict.fromkeys(data, n)},
+            common={f: (n, copy.deepcopy(data[f])) for f in shared if f in data},
+        )
         self._customers[cid] = record
         self._reindex(record)
         return record
+
+    def _visible(self, record: _Customer, account: str) -> bool:
+        return self.directory.shares_with(record.home, account)
+
+    def _view(self, record: _Customer, account: str, version: str | None) -> dict[str, Any]:
+        """The customer as `account` sees it at `version` (see the notes above `shared_fields`)."""
+        own = record.own.get(account)
+        view = copy.deepcopy(own) if own is not None else self._blank(record.id, record.created, account)
+        mine = record.stamps.get(account, {})
+        home = record.own[record.home]
+        for name in shared_fields(version):
+            written = record.common.get(name)
+            stamp = mine.get(name, -1)
+            if written is not None and written[0] > stamp:
+                view[name] = copy.deepcopy(written[1])
+            elif stamp < 0 and name in home:
+                view[name] = copy.deepcopy(home[name])
+        return view
+
+    def _write(self, record: _Customer, account: str, version: str | None, params: Mapping[str, Any]) -> None:
+        """Apply an update made from `account` at `version`: its copy, and the common one for shared fields."""
+        current = self._view(record, account, version)
+        self._check_rules(params, current)
+        self._keep_indexed(record)
+        self._apply(current, params)
+        self._writes += 1
+        n = self._writes
+        own = record.own.get(account)
+        if own is None:
+            own = record.own[account] = self._blank(record.id, record.created, account)
+        stamps = record.stamps.setdefault(account, {})
+        shared = shared_fields(version)
+        for name in _WRITABLE_FIELDS.intersection(params):
+            own[name] = copy.deepcopy(current[name])
+            stamps[name] = n
+            if name in shared:
+                record.common[name] = (n, copy.deepcopy(current[name]))
+        self._reindex(record)
 
     @staticmethod
     def _address(given: Mapping[str, Any]) -> dict[str, Any]:
@@ -791,36 +1065,53 @@ class StripeSandbox(SandboxServer):
         # `tax`, `tax_id_data`, `trial_end` and `expand` are accepted and change nothing shown here.
 
     def _reindex(self, record: _Customer) -> None:
-        now = time.monotonic()
-        snapshot = None if record.deleted else copy.deepcopy(record.data)
-        record.index.append((now + self.search_delay, snapshot))
+        if self.search_delay <= 0:
+            record.index.clear()  # search reads the live record
+            return
+        now = self.clock()
+        record.index.append((now + self.search_delay, None if record.deleted else record.frozen()))
         # keep only the newest entry already visible, plus the pending ones
         visible = [i for i, (t, _) in enumerate(record.index) if t <= now]
         if len(visible) > 1:
             del record.index[: visible[-1]]
 
-    def _searchable(self, record: _Customer) -> dict[str, Any] | None:
-        now = time.monotonic()
-        seen: dict[str, Any] | None = None
+    def _searchable(self, record: _Customer) -> _Customer | None:
+        """The record as search sees it now: an older copy while the index lags, None if not indexed."""
+        if not record.index:
+            return None if record.deleted else record
+        now = self.clock()
+        seen: _Customer | None = None
         for t, snapshot in record.index:
             if t <= now:
                 seen = snapshot
         return seen
 
+    def _keep_indexed(self, record: _Customer) -> None:
+        """Before a change while search lags: what search shows until the change is indexed."""
+        if self.search_delay > 0 and not record.index and not record.deleted:
+            record.index.append((float("-inf"), record.frozen()))
+
     def _mark_deleted(self, record: _Customer) -> None:
+        self._keep_indexed(record)
         record.deleted = True
         self._reindex(record)
 
-    @staticmethod
-    def _render(record: _Customer) -> dict[str, Any]:
+    def _render(self, record: _Customer, account: str, version: str | None) -> dict[str, Any]:
         if record.deleted:
-            return {"id": record.data["id"], "object": "customer", "deleted": True}
-        return copy.deepcopy(record.data)
+            return {"id": record.id, "object": "customer", "deleted": True}
+        return self._view(record, account, version)
 
-    def _ordered(self) -> list[_Customer]:
-        """Live customers, newest first (Stripe's list order)."""
-        live = [r for r in self._customers.values() if not r.deleted]
-        return sorted(live, key=lambda r: (r.data["created"], r.seq), reverse=True)
+    def _ordered(self, account: str) -> list[_Customer]:
+        """Live customers `account` sees, newest first (Stripe's list order)."""
+        live = [r for r in self._customers.values() if not r.deleted and self._visible(r, account)]
+        return sorted(live, key=lambda r: (r.created, r.seq), reverse=True)
+
+    def _found(self, req: Request) -> _Customer | None:
+        """The customer the URL names, if the request's account can see it."""
+        record = self._customers.get(req.params["customer"])
+        if record is None or not self._visible(record, req.context["account"]):
+            return None  # outside the sharing group it does not exist, as in Stripe
+        return record
 
     # --- endpoints -----------------------------------------------------------------------
 
@@ -828,29 +1119,29 @@ class StripeSandbox(SandboxServer):
         self.operations["create"] += 1
         params = self._form(req, CUSTOMERS)
         self._check_rules(params, None)
-        record = self._new(new_customer_id(), int(time.time()), params)
+        account, version = req.context["account"], req.context["version"]
+        record = self._new(new_customer_id(), int(time.time()), params, account=account, version=version)
         self.write_count += 1
-        return Response.json(self._render(record))
+        return Response.json(self._render(record, account, version))
 
     def _retrieve(self, req: Request) -> Response:
         self.operations["retrieve"] += 1
         self._query(req, CUSTOMER)
-        record = self._customers.get(req.params["customer"])
+        record = self._found(req)
         if record is None:
             return _no_such_customer(req.params["customer"])
-        return Response.json(self._render(record))
+        return Response.json(self._render(record, req.context["account"], req.context["version"]))
 
     def _update(self, req: Request) -> Response:
         self.operations["update"] += 1
         params = self._form(req, CUSTOMER)
-        record = self._customers.get(req.params["customer"])
+        record = self._found(req)
         if record is None or record.deleted:
             return _no_such_customer(req.params["customer"])
-        self._check_rules(params, record.data)
-        self._apply(record.data, params)
-        self._reindex(record)
+        account, version = req.context["account"], req.context["version"]
+        self._write(record, account, version, params)
         self.write_count += 1
-        return Response.json(self._render(record))
+        return Response.json(self._render(record, account, version))
 
     def _delete(self, req: Request) -> Response:
         self.operations["delete"] += 1
@@ -859,11 +1150,11 @@ class StripeSandbox(SandboxServer):
             if raw:
                 first = next(iter(raw))
                 return _problem(ParamProblem(first, f"Received unknown parameter: {first}", "parameter_unknown"))
-        record = self._customers.get(req.params["customer"])
+        record = self._found(req)
         if record is None or record.deleted:
             return _no_such_customer(req.params["customer"])
         self._mark_deleted(record)
-        return Response.json(self._render(record))
+        return Response.json(self._render(record, req.context["account"], req.context["version"]))
 
     @staticmethod
     def _limit(params: Mapping[str, Any]) -> int:
@@ -883,19 +1174,21 @@ class StripeSandbox(SandboxServer):
                 "ending_before", "You may only specify one of these parameters: ending_before, starting_after.",
                 "parameters_exclusive",
             ))
-        rows = self._ordered()
+        account, version = req.context["account"], req.context["version"]
+        rows = self._ordered(account)
         if "email" in params:
-            rows = [r for r in rows if r.data["email"] == params["email"]]  # case-sensitive, as documented
+            # case-sensitive, as documented; the email the requesting account sees
+            rows = [r for r in rows if self._view(r, account, version)["email"] == params["email"]]
         created = params.get("created")
         if created is not None:
-            rows = [r for r in rows if self._created_matches(r.data["created"], created)]
+            rows = [r for r in rows if self._created_matches(r.created, created)]
         if "test_clock" in params:
             rows = []  # no customer here belongs to a test clock
-        key: Callable[[_Customer], tuple[int, int]] = lambda r: (r.data["created"], r.seq)  # noqa: E731
+        key: Callable[[_Customer], tuple[int, int]] = lambda r: (r.created, r.seq)  # noqa: E731
         if "starting_after" in params or "ending_before" in params:
             cursor_param = "starting_after" if "starting_after" in params else "ending_before"
             cursor = self._customers.get(params[cursor_param])
-            if cursor is None or cursor.deleted:
+            if cursor is None or cursor.deleted or not self._visible(cursor, account):
                 return stripe_error(
                     400, f"No such customer: '{params[cursor_param]}'", code="resource_missing",
                     param=cursor_param, stored=False,
@@ -910,7 +1203,7 @@ class StripeSandbox(SandboxServer):
             page, more = rows[:limit], len(rows) > limit
         return Response.json({
             "object": "list",
-            "data": [self._render(r) for r in page],
+            "data": [self._render(r, account, version) for r in page],
             "has_more": more,
             "url": CUSTOMERS,
         })
@@ -940,11 +1233,15 @@ class StripeSandbox(SandboxServer):
                 offset = int(token["o"])
             except Exception:
                 return stripe_error(400, "Invalid page: the page token does not belong to this query.", param="page", stored=False)
+        account, version = req.context["account"], req.context["version"]
         matches = []
-        for record in sorted(self._customers.values(), key=lambda r: (r.data["created"], r.seq), reverse=True):
-            seen = self._searchable(record)
-            if seen is None:
+        for record in sorted(self._customers.values(), key=lambda r: (r.created, r.seq), reverse=True):
+            if not self._visible(record, account):
                 continue
+            indexed = self._searchable(record)
+            if indexed is None:
+                continue
+            seen = self._view(indexed, account, version)
             results = [_clause_matches(c, seen) for c in clauses]
             if (all(results) if join == "AND" else any(results)):
                 matches.append(seen)
@@ -957,7 +1254,7 @@ class StripeSandbox(SandboxServer):
             ).decode().rstrip("=")
         body: dict[str, Any] = {
             "object": "search_result",
-            "data": [copy.deepcopy(m) for m in page],
+            "data": page,
             "has_more": more,
             "next_page": next_page,
             "url": SEARCH,
@@ -981,17 +1278,21 @@ class StripeSandbox(SandboxServer):
 
     def _ctl_customers(self, req: Request) -> Response:
         include = (req.query_one("include_deleted") or "").lower() in ("1", "true", "yes")
-        return Response.json({"data": self.customers(include_deleted=include)})
+        account = req.query_one("account") or DEFAULT_ACCOUNT
+        if account not in self.directory.accounts:
+            return Response.json({"ok": False, "error": f"no account {account}"}, 404)
+        return Response.json({"data": self.customers(include_deleted=include, account=account, version=req.query_one("version"))})
 
     def _ctl_delete(self, req: Request) -> Response:
         try:
-            return Response.json(self.delete_customer(req.params["customer"]))
+            return Response.json(self.delete_customer(req.params["customer"], account=req.query_one("account") or DEFAULT_ACCOUNT))
         except KeyError:
             return Response.json({"ok": False, "error": "no such customer"}, 404)
 
     def _ctl_edit(self, req: Request) -> Response:
         try:
-            return Response.json(self.edit_customer(req.params["customer"], req.json() or {}))
+            account = req.query_one("account") or DEFAULT_ACCOUNT
+            return Response.json(self.edit_customer(req.params["customer"], req.json() or {}, account=account))
         except KeyError:
             return Response.json({"ok": False, "error": "no such customer"}, 404)
         except ValueError as exc:
@@ -1001,4 +1302,62 @@ class StripeSandbox(SandboxServer):
         older = float((req.json() or {}).get("older_than", 0.0))
         return Response.json({"ok": True, "expired": self.expire_idempotency_keys(older)})
 
+    def _ctl_accounts(self, req: Request) -> Response:
+        with self.lock:
+            return Response.json(self.directory.describe())
 
+    def _ctl_configure(self, section: str, entry: Any) -> Response:
+        try:
+            self.load({section: [entry]})
+        except (ValueError, TypeError) as exc:
+            return Response.json({"ok": False, "error": str(exc)}, 400)
+        return Response.json({"ok": True})
+
+    def _ctl_add_account(self, req: Request) -> Response:
+        return self._ctl_configure("accounts", req.json() or {})
+
+    def _ctl_add_organization(self, req: Request) -> Response:
+        return self._ctl_configure("organizations", req.json() or {})
+
+    def _ctl_add_group(self, req: Request) -> Response:
+        return self._ctl_configure("sharing_groups", req.json() or {})
+
+    def _ctl_rate_limits(self, req: Request) -> Response:
+        spec = dict(req.json() or {})
+        if spec.pop("enabled", True) is False:
+            self.set_rate_limits(None)
+            return Response.json({"ok": True, "enabled": False})
+        try:
+            self.set_rate_limits(RateLimits().overridden(spec))
+        except ValueError as exc:
+            return Response.json({"ok": False, "error": str(exc)}, 400)
+        return Response.json({"ok": True, "enabled": True})
+
+
+def _endpoint(req: Request) -> str:
+    """Stripe's name for the operation: every customer id counts against one update endpoint."""
+    path = req.path.rstrip("/") or "/"
+    if path.startswith(CUSTOMERS + "/") and path != SEARCH:
+        path = CUSTOMER
+    return f"{req.method.upper()} {path}"
+
+
+def _entries(data: Mapping[str, Any], section: str) -> list[Mapping[str, Any]]:
+    entries = data.get(section) or []
+    if not isinstance(entries, list) or not all(isinstance(e, Mapping) for e in entries):
+        raise ValueError(f"{section}: expected a list of mappings")
+    return entries
+
+
+def _only(entry: Mapping[str, Any], allowed: set[str], where: str) -> None:
+    unknown = set(entry) - allowed
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {sorted(unknown)}; allowed: {', '.join(sorted(allowed))}")
+
+
+def _strings(value: Any, where: str) -> list[str]:
+    if value is None:
+        return []
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) and v for v in value):
+        raise ValueError(f"{where}: expected a list of non-empty strings")
+    return list(value)

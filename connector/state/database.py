@@ -10,6 +10,7 @@ a database error.
 from __future__ import annotations
 
 import hashlib
+import os
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -68,6 +69,9 @@ class Database:
         self.db_path = db_path  # the SQLite file; None for PostgreSQL and in-memory SQLite
         self.busy_timeout = busy_timeout
         self._local = threading.local()
+        # Set once a write transaction committed: a read-only error after that means the store
+        # *became* read-only under a running process, not that it was opened read-only.
+        self.has_written = False
 
     @property
     def dialect(self) -> str:
@@ -101,6 +105,7 @@ class Database:
                     yield
                 finally:
                     self._local.conn = None
+            self.has_written = True
 
     @contextmanager
     def connect(self, *, write: bool = False) -> Iterator[Connection]:
@@ -114,6 +119,8 @@ class Database:
                 conn.execution_options(sqlite_begin="IMMEDIATE")
             with conn.begin():
                 yield conn
+            if write:
+                self.has_written = True
 
     @contextmanager
     def translate(self) -> Iterator[None]:
@@ -127,6 +134,8 @@ class Database:
 
     def unavailable_message(self, exc: sa.exc.DBAPIError) -> str:
         detail = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else str(exc)
+        if self._refuses_writes(exc, detail):
+            return self._read_only_message(detail)
         if self.dialect != "sqlite":
             return f"the state database at {self.url} is unavailable: {detail}"
         where = str(self.db_path) if self.db_path is not None else "(in memory)"
@@ -136,11 +145,6 @@ class Database:
                 f"the state database {where} is locked by another process (waited "
                 f"{self.busy_timeout:g} s): another connector run or a tool such as sqlite3 "
                 "holds a write transaction; let it finish and retry"
-            )
-        if "readonly" in low or "read-only" in low:
-            return (
-                f"the state database {where} is read-only: give the connector write access to the "
-                "file and its folder (SQLite also writes the -wal and -shm files next to it)"
             )
         if "full" in low:
             return f"the state database {where} cannot grow: the disk is full; free space and retry"
@@ -152,6 +156,48 @@ class Database:
         if "not a database" in low or "malformed" in low:
             return f"{where} is not a usable SQLite database ({detail}); restore it from a backup"
         return f"the state database {where} failed: {detail}"
+
+    def _refuses_writes(self, exc: sa.exc.DBAPIError, detail: str) -> bool:
+        """Whether the database refused a write because it is read-only (not locked, not full)."""
+        if self.dialect == "postgresql":
+            # 25006 read_only_sql_transaction: default_transaction_read_only, or a hot standby.
+            return getattr(exc.orig, "sqlstate", None) == "25006"
+        name = str(getattr(exc.orig, "sqlite_errorname", "") or "")
+        low = detail.lower()
+        if name.startswith("SQLITE_READONLY") or "readonly" in low or "read-only" in low:
+            return True
+        if name.startswith("SQLITE_IOERR") or "disk i/o error" in low:
+            # SQLite reports a -wal or -shm file it may no longer write as an I/O error.
+            return not self._files_writable()
+        return False
+
+    def _files_writable(self) -> bool:
+        if self.db_path is None:
+            return True
+        folder = self.db_path.parent
+        files = [self.db_path.with_name(self.db_path.name + s) for s in ("", "-wal", "-shm")]
+        return os.access(folder, os.W_OK) and all(
+            os.access(f, os.W_OK) for f in files if f.exists()
+        )
+
+    def _read_only_message(self, detail: str) -> str:
+        state = "became read-only during the run" if self.has_written else "is read-only"
+        if self.dialect == "postgresql":
+            return (
+                f"the state store {state}: PostgreSQL at {self.url} refuses writes ({detail}). "
+                "Check default_transaction_read_only for the connector's role and database "
+                "(SHOW default_transaction_read_only; ALTER ROLE/DATABASE ... RESET "
+                "default_transaction_read_only) and that state.url names the primary server, "
+                "not a standby or a replica left after a failover"
+            )
+        where = str(self.db_path) if self.db_path is not None else "(in memory)"
+        folder = str(self.db_path.parent) if self.db_path is not None else "its folder"
+        return (
+            f"the state store {state}: SQLite cannot write the state database {where} "
+            f"({detail}). Give the connector's user write access to the file, its -wal and -shm "
+            f"files and the folder {folder} (check their owner and mode, and that the disk is "
+            "not mounted read-only)"
+        )
 
     def upsert(
         self, table: sa.Table, keys: Sequence[str], update: Sequence[str] | None

@@ -130,7 +130,8 @@ class LockRepository:
         path = self.path(name)
         assert path is not None
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            # Readable by the service user only, like the database it sits next to.
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         except OSError as exc:
             raise UnavailableError(f"cannot open the lock file {path}: {exc.strerror}") from None
         try:

@@ -20,7 +20,8 @@ from connector.state import schema as t
 from connector.state.database import Database, as_utc, utcnow
 from connector.state.records import Outcome, RunRecord
 
-# Outcomes `recent_failures` and `iter_outcomes(failed_only=True)` report: both need a human.
+# Outcomes that need a human: `recent_failures` lists records whose latest outcome is one of
+# these, `iter_outcomes(failed_only=True)` exports every one of them.
 FAILURE_OUTCOMES: tuple[str, ...] = ("failed", "refused")
 
 
@@ -125,11 +126,27 @@ class RunRepository:
             return [outcome_record(row) for row in conn.execute(query)]
 
     def recent_failures(self, limit: int = 50) -> list[tuple[datetime, str, Outcome]]:
-        """The newest outcomes in FAILURE_OUTCOMES, newest first, as (at, run_id, outcome)."""
+        """Records that still need a human: those whose latest recorded outcome is in
+        FAILURE_OUTCOMES, newest first, as (at, run_id, outcome).
+
+        An account that failed and has synced since is not listed: its later outcome (created,
+        updated, adopted, held...) supersedes the failure. "Latest" is by outcome id, the order
+        outcomes were written in, which the single-runner lock makes the order of the runs.
+        """
         o = t.record_outcomes
+        later = t.record_outcomes.alias("later")
+        superseded = (
+            sa.select(later.c.id)
+            .where(
+                later.c.billing_account == o.c.billing_account,
+                later.c.account_id == o.c.account_id,
+                later.c.id > o.c.id,
+            )
+            .exists()
+        )
         query = (
             sa.select(o)
-            .where(o.c.outcome.in_(FAILURE_OUTCOMES))
+            .where(o.c.outcome.in_(FAILURE_OUTCOMES), ~superseded)
             .order_by(o.c.at.desc(), o.c.id.desc())
             .limit(limit)
         )

@@ -11,6 +11,7 @@ file or server).
 from __future__ import annotations
 
 import functools
+import os
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
@@ -89,6 +90,8 @@ class StateStore:
                     f"the state database {db_path} does not exist; run `{UPGRADE_COMMAND}` "
                     "(or set state.auto_migrate: true)"
                 )
+            if db_path is not None:
+                _create_private_file(db_path)
         elif backend == "postgresql":
             if parsed.drivername == "postgresql":
                 parsed = parsed.set(drivername="postgresql+psycopg")  # psycopg 3 is what we ship
@@ -155,6 +158,7 @@ class StateStore:
                 before = MigrationContext.configure(conn).get_current_revision()
                 command.upgrade(cfg, "head")
                 after = MigrationContext.configure(conn).get_current_revision()
+        self._db.has_written = True  # the write transaction above committed
         if after != before:
             log.info("state.migrated", url=self.url, from_revision=before, to_revision=after)
 
@@ -250,6 +254,27 @@ class StateStore:
                 "error": last_run.error,
             },
         }
+
+
+# --- files --------------------------------------------------------------------------------------
+
+# The state database holds customer names, emails, phones and addresses: readable by the service
+# user only. SQLite creates its -wal, -shm and -journal files with the database file's mode, so
+# creating the database itself as 0600 covers them too, whatever the umask.
+PRIVATE_FILE_MODE = 0o600
+
+
+def _create_private_file(path: Path) -> None:
+    """Create `path` empty with mode 0600 if it does not exist (SQLite takes an empty file as a
+    new database). An existing file keeps the mode its admin gave it; a missing folder is left
+    for SQLite to report ("cannot open the state database ...")."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE_MODE)
+    except (FileExistsError, FileNotFoundError, NotADirectoryError):
+        return
+    except PermissionError:
+        return  # SQLite says the same, with the file named (UnavailableError)
+    os.close(fd)
 
 
 # --- engine set-up -------------------------------------------------------------------------------
