@@ -226,7 +226,7 @@ def _fail(exc: ConnectorError, *, as_json: bool = False) -> None:
     message = REDACTOR.scrub(str(exc))
     err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     if as_json:
-        _print_json_error(message, exc.exit_code, status="not_started", **_where(exc))
+        _print_json_error(message, exc.exit_code, status="failed", **_where(exc))
     raise typer.Exit(exc.exit_code)
 
 
@@ -256,9 +256,7 @@ def _errors(*, as_json: bool = False) -> Iterator[None]:
 
 
 @contextmanager
-def _json_on_error(
-    mode: str, *, enabled: bool, started: Callable[[], bool] = lambda: True
-) -> Iterator[None]:
+def _json_on_error(mode: str, *, enabled: bool) -> Iterator[None]:
     """Under --json, a run that stops with an error, or cannot start (exit 2 or 3), still prints
     one JSON object (status, error, exit code; where, for a config error) before the error goes
     to stderr, so scripts always get an object."""
@@ -267,11 +265,7 @@ def _json_on_error(
     except ConnectorError as exc:
         if enabled:
             _print_json_error(
-                REDACTOR.scrub(str(exc)),
-                exc.exit_code,
-                status="failed" if started() else "not_started",
-                mode=mode,
-                **_where(exc),
+                REDACTOR.scrub(str(exc)), exc.exit_code, status="failed", mode=mode, **_where(exc)
             )
         raise
 
@@ -345,10 +339,9 @@ def _run(
 
     # Handlers installed (the real command): their process-wide event; in-process (tests): none.
     stop = signals.STOP if signals.installed() else threading.Event()
-    started = False  # the JSON object of an error says whether the run had begun
     with (
         _errors(),
-        _json_on_error(mode, enabled=as_json, started=lambda: started),
+        _json_on_error(mode, enabled=as_json),
         _json_if_stopped_before_the_run(as_json),
     ):
         cfg, secrets = _load(config_file)
@@ -358,7 +351,6 @@ def _run(
         )
         with open_pipeline(cfg, secrets, on_progress=on_progress, stop=stop) as p:
             signals.run_started()  # from here a signal lets the record in progress finish
-            started = True
             try:
                 report = p.engine.run(
                     mode, dry_run=dry_run, since=start, until=end, retry_all=retry_all

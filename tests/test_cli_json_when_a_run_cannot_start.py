@@ -33,7 +33,7 @@ def test_an_invalid_config_prints_one_json_object_with_exit_code_2_and_where(
 
         assert result.returncode == 2
         report = one_object(result.stdout)
-        assert report["exit_code"] == 2 and report["status"] == "not_started"
+        assert report["exit_code"] == 2 and report["status"] == "failed"
         assert report["file"] == str(cfg) and report["line"] == line
         assert "page_size" in str(report["error"]) and "page_size" in result.stderr
     assert requests_seen(sandboxes) == 0
