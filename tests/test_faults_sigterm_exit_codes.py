@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import IO
 
@@ -91,9 +91,14 @@ def test_sigterm_during_start_up_exits_1_contacts_nothing_and_prints_one_json_ob
         text=True,
     )
     with killed_on_exit(proc):
-        with fifo.open("w") as writer:  # returns once the command opened the config
+        writer = os.open(fifo, os.O_WRONLY)  # returns once the command opened the config
+        try:
             proc.send_signal(signal.SIGTERM)
-            writer.write(config_text)
+            # The command may already be gone (stopped mid-read): then nobody reads the config.
+            with suppress(BrokenPipeError):
+                os.write(writer, config_text.encode())
+        finally:
+            os.close(writer)
         out, err = proc.communicate(timeout=60)
 
     assert proc.returncode == 1, (proc.returncode, out, err)  # never -15
