@@ -10,16 +10,29 @@ process (`python -m connector ... --json`, config file and env secrets) four tim
 4. sync after a mapping change (a static metadata field added in a copy of mappings/), which
    re-checks every linked account and updates every customer.
 
-Per scenario it records wall time, orders per second, Stripe requests per created / updated /
-unchanged account, the Stripe request rate achieved against the sandbox's cap, Salesforce calls
-per 1,000 orders, 429s, and the connector process's peak RSS and CPU time, and writes them
-with the machine's description to `--out` as JSON. `--summarize FILE...` prints the README
-table from result files, so every figure there comes from a file this script wrote.
+The Stripe sandbox gets a latency per request (`--stripe-latency`, default 250 ms, Stripe's
+usual for a customer create) and Stripe's two levels of rate limit: a global cap (25 req/s in
+`--stripe-mode test`, 100 in `live`, or `--stripe-cap`) and a budget per endpoint
+(`--stripe-endpoint-rate`, Stripe's default 25; Search 20), each a token bucket holding
+`--stripe-burst` requests (default 5). The Salesforce sandbox waits `--salesforce-latency` per
+request, i.e. per query page. A sandbox without the per-endpoint level (before branch
+stripe-multi) gets one bucket set to each scenario's effective cap; the JSON says which.
 
-Why a child process: its peak RSS (from `wait4`) is the connector's alone, not the sandboxes'
-data or this script's; and the sandboxes' HTTP threads do not compete with the connector for
-one GIL, as they would in-process. The price is the interpreter start and imports (about two
-seconds here), which the wall time includes and the baseline figures show.
+Per scenario it records: the effective cap (the least of the global cap and the sum of the
+budgets of the endpoints the run used), the Stripe requests a second achieved while writing
+(first to last Stripe request) and its ratio to that cap, 429s, Stripe calls per created /
+updated / unchanged account, Salesforce calls against the bound ceil(N/2000) + ceil(new/200) + 5,
+the connector's CPU per record (its own rusage; also net of the interpreter start and imports),
+and its peak RSS, and writes them with the machine's description to `--out` as JSON.
+`bench/readme_tables.py` renders the README's tables from those files, so every figure there
+comes from a file this script wrote.
+
+Why a child process: the sandboxes' data and this script's memory stay out of its figures, and
+the sandboxes' HTTP threads do not compete with the connector for one GIL. Its peak RSS is its
+own VmHWM (from /proc/self/status at exit, written by a small wrapper, and sampled from
+/proc/PID/status while it runs): `wait4`'s ru_maxrss would report the high-water mark the child
+inherited from this process at fork. The price of a child is the interpreter start and imports,
+which the wall time includes and the baseline figures show.
 
 What it must never do: contact anything but 127.0.0.1. The sandboxes bind loopback only, the
 config points both services there, and the child gets sandbox secrets and nothing else from
@@ -30,8 +43,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
-import platform
 import resource
 import shutil
 import subprocess
@@ -50,6 +63,8 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench import readme_tables  # noqa: E402
+from bench.machine import machine  # noqa: E402
 from connector.sandbox.run import SandboxPair, start_sandboxes  # noqa: E402
 from connector.sandbox.salesforce import id18  # noqa: E402
 from connector.shipped import default_mappings_dir  # noqa: E402
@@ -57,7 +72,6 @@ from connector.shipped import default_mappings_dir  # noqa: E402
 MAX_ACCOUNTS = 200_000  # the loops below are bounded by this
 SAMPLE_EVERY = 0.02  # seconds between samples of the Stripe sandbox's request counter
 MIN_FOR_RATE = 50  # Stripe requests below which no "while writing" rate is reported
-BASELINE_IMPORTS = "import connector.cli, connector.app, connector.engine"  # what every run loads
 
 
 # --- the org -------------------------------------------------------------------------------
@@ -130,13 +144,32 @@ def changed_mappings(workdir: Path) -> Path:
 
 # --- running the connector -------------------------------------------------------------------
 
+# The child runs the connector's own entry point under this wrapper, which writes the process's
+# peak RSS (VmHWM from /proc/self/status) to a file at exit. `wait4`'s ru_maxrss cannot be used:
+# it reports the high-water mark the child inherited from this (large) process at fork and exec.
+CHILD_WRAPPER = """
+import atexit, runpy, sys
+def _report(path=sys.argv.pop(1)):
+    try:
+        with open("/proc/self/status") as f:
+            hwm = next((l.split()[1] for l in f if l.startswith("VmHWM:")), "")
+        with open(path, "w") as out:
+            out.write(hwm)
+    except OSError:
+        pass
+atexit.register(_report)
+sys.argv[0] = "billing-connector"
+runpy.run_module(sys.argv.pop(1), run_name="__main__", alter_sys=True)
+"""
+
 
 @dataclass
 class ChildRun:
     exit_code: int
     wall_s: float
     report: dict[str, Any] | None
-    peak_rss_mib: float
+    peak_rss_mib: float  # VmHWM: at exit when the child reported it, else the highest sampled
+    peak_rss_source: str  # "exit" or "sampled" (or "none")
     cpu_s: float
     stderr_tail: str
     stripe_first_s: float | None  # first and last Stripe request, seconds after the start
@@ -150,30 +183,53 @@ def child_env(pair: SandboxPair) -> dict[str, str]:
     return env
 
 
+def _vm_hwm_kib(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return None  # not Linux, or the child has exited (a zombie has no Vm* lines)
+
+
 def run_child(
-    argv: list[str],
+    module: str,
+    args: list[str],
     env: Mapping[str, str],
     workdir: Path,
     *,
     timeout: float,
     stripe_counter: Any = None,
 ) -> ChildRun:
-    """Run one child to completion (or kill it at `timeout`), with its own rusage from wait4."""
+    """Run `python -m module args` to completion (or kill it at `timeout`).
+
+    CPU time comes from the child's own rusage (wait4); peak RSS from the child's VmHWM, as it
+    reported it at exit, or as sampled from /proc/PID/status while it ran if it did not.
+    """
     out_path, err_path = workdir / "child.out", workdir / "child.err"
+    hwm_path = workdir / "child.hwm"
+    hwm_path.unlink(missing_ok=True)
+    argv = [sys.executable, "-c", CHILD_WRAPPER, str(hwm_path), module, *args]
     samples: list[tuple[float, int]] = []
+    peak_sampled = [0]
     done = threading.Event()
     start = time.monotonic()
 
-    def sample() -> None:
+    def sample(pid: int) -> None:
         # Bounded by the child's lifetime and the timeout.
         while not done.wait(SAMPLE_EVERY) and time.monotonic() - start < timeout + 5:
-            samples.append((time.monotonic() - start, stripe_counter()))
+            if stripe_counter:
+                samples.append((time.monotonic() - start, stripe_counter()))
+            hwm = _vm_hwm_kib(pid)
+            if hwm:
+                peak_sampled[0] = max(peak_sampled[0], hwm)
 
     with out_path.open("wb") as out, err_path.open("wb") as err:
         proc = subprocess.Popen(argv, stdout=out, stderr=err, env=dict(env), cwd=workdir)
-        sampler = threading.Thread(target=sample, daemon=True) if stripe_counter else None
-        if sampler:
-            sampler.start()
+        sampler = threading.Thread(target=sample, args=(proc.pid,), daemon=True)
+        sampler.start()
         status, usage = 0, None
         while time.monotonic() - start < timeout:
             pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
@@ -188,8 +244,7 @@ def run_child(
             status
         )  # reaped here; Popen must not wait again
         done.set()
-        if sampler:
-            sampler.join(timeout=5)
+        sampler.join(timeout=5)
     stdout = out_path.read_text(encoding="utf-8", errors="replace").strip().splitlines()
     report = None
     if stdout:
@@ -204,11 +259,17 @@ def run_child(
         if moved:
             first = moved[0] - SAMPLE_EVERY  # the counter moved within the last interval
             last = next(t for t, c in samples if c == samples[-1][1])
+    try:
+        at_exit = int(hwm_path.read_text().strip() or 0)
+    except (OSError, ValueError):
+        at_exit = 0
+    peak_kib = max(at_exit, peak_sampled[0])
     return ChildRun(
         exit_code=proc.returncode,
         wall_s=wall,
         report=report,
-        peak_rss_mib=usage.ru_maxrss / 1024 if usage else 0.0,  # Linux: kilobytes
+        peak_rss_mib=peak_kib / 1024,
+        peak_rss_source="exit" if at_exit else "sampled" if peak_sampled[0] else "none",
         cpu_s=(usage.ru_utime + usage.ru_stime) if usage else 0.0,
         stderr_tail=err_path.read_text(encoding="utf-8", errors="replace")[-2000:],
         stripe_first_s=first,
@@ -230,29 +291,116 @@ def write_config(
     return path
 
 
+# --- the Stripe sandbox's limits -------------------------------------------------------------
+
+# Stripe's documented budgets (docs.stripe.com/rate-limits): the global one per mode, and per
+# endpoint 25 a second by default, Search 20. Endpoints are named as the sandbox counts them.
+GLOBAL_CAP = {"test": 25.0, "live": 100.0}
+ENDPOINTS = {
+    "create": "POST /v1/customers",
+    "update": "POST /v1/customers/{customer}",
+    "retrieve": "GET /v1/customers/{customer}",
+    "list": "GET /v1/customers",
+    "search": "GET /v1/customers/search",
+}
+SEARCH_BUDGET = 20.0
+# Which endpoints each scenario is expected to write through: only used to emulate the
+# per-endpoint level on a sandbox that has one bucket (see `StripeLimits.apply`).
+EXPECTED_ENDPOINTS = {
+    "backfill": ("create",),
+    "sync_unchanged": (),
+    "sync_1pct_changed": ("update",),
+    "recheck_after_mapping_change": ("update",),
+}
+
+
+@dataclass(frozen=True)
+class StripeLimits:
+    """The limits the Stripe sandbox enforces in one set-up, and how it enforces them."""
+
+    mode: str  # "test" or "live": picks the global cap unless `global_cap` is given
+    global_cap: float  # requests a second, all endpoints together; 0 = no limit
+    endpoint_budget: float  # requests a second per endpoint; 0 = no per-endpoint level
+    burst: float
+
+    def budget(self, endpoint: str) -> float | None:
+        if not self.endpoint_budget:
+            return None
+        return (
+            min(SEARCH_BUDGET, self.endpoint_budget)
+            if endpoint == "search"
+            else self.endpoint_budget
+        )
+
+    def effective_cap(self, endpoints_in_use: list[str]) -> float | None:
+        """The least of the global cap and the sum of the budgets of the endpoints in use."""
+        caps = []
+        if self.global_cap:
+            caps.append(self.global_cap)
+        budgets = [self.budget(e) for e in endpoints_in_use]
+        if endpoints_in_use and all(b is not None for b in budgets):
+            caps.append(sum(b for b in budgets if b is not None))
+        return min(caps) if caps else None
+
+    def sandbox_has_levels(self) -> bool:
+        try:
+            import connector.sandbox.stripe_limits  # noqa: F401  (branch stripe-multi)
+        except ImportError:
+            return False
+        return True
+
+    def apply(self, pair: SandboxPair, scenario_name: str | None) -> str:
+        """Set the sandbox's limits for a scenario; returns how they are enforced.
+
+        A sandbox with Stripe's two levels (`connector.sandbox.stripe_limits`) gets both.
+        An older sandbox has one token bucket: it is set to the effective cap of the endpoints
+        the scenario is expected to use, which is what the two levels allow a client that uses
+        only those endpoints (every scenario here writes through one endpoint).
+        """
+        if self.sandbox_has_levels():
+            from connector.sandbox.stripe_limits import RateLimits
+
+            if not self.global_cap and not self.endpoint_budget:
+                pair.stripe.set_rate_limits(None)
+                return "none"
+            # A budget far above anything reachable here stands for "no limit at this level".
+            pair.stripe.set_rate_limits(
+                RateLimits(
+                    burst=self.burst,
+                    global_rate=self.global_cap or 1e9,
+                    endpoint_rate=self.endpoint_budget or 1e9,
+                    endpoint_rates={ENDPOINTS["search"]: self.budget("search") or 1e9},
+                )
+            )
+            return "sandbox: global and per-endpoint levels"
+        expected = list(EXPECTED_ENDPOINTS.get(scenario_name or "", ()))
+        cap = self.effective_cap(expected) if expected else self.global_cap or None
+        pair.stripe.set_rate_limit(cap or None, burst=self.burst)
+        return "sandbox: one bucket at the effective cap of the expected endpoints (per-endpoint level emulated)"
+
+
 # --- measuring ------------------------------------------------------------------------------
 
 
+def _stripe_endpoint(method: str, path: str) -> str:
+    path = path.split("?", 1)[0].rstrip("/")
+    if path == "/v1/customers":
+        return "create" if method == "POST" else "list"
+    if path == "/v1/customers/search":
+        return "search"
+    if path.startswith("/v1/customers/"):
+        return "update" if method == "POST" else "retrieve" if method == "GET" else "other"
+    return "other"
+
+
 def stripe_counts(pair: SandboxPair) -> dict[str, int]:
-    """Stripe requests by kind, counted by the sandbox on arrival (429s included)."""
+    """Stripe requests by endpoint, counted by the sandbox on arrival (429s included)."""
     stats = pair.stripe.stats()
-    out = {
-        "total": 0,
-        "create": 0,
-        "update": 0,
-        "other": 0,
-        "rate_limited": int(stats["rate_limited"]),
-    }
+    out = {"total": 0, **{e: 0 for e in ENDPOINTS}, "other": 0}
+    out["rate_limited"] = int(stats["rate_limited"])
     for key, n in stats["requests"].items():
         method, _, path = key.partition(" ")
-        kind = (
-            "create"
-            if (method, path.rstrip("/")) == ("POST", "/v1/customers")
-            else "update"
-            if method == "POST" and path.startswith("/v1/customers/") and "/search" not in path
-            else "other"
-        )
-        out[kind] += n
+        out[_stripe_endpoint(method, path)] += n
         out["total"] += n
     return out
 
@@ -283,15 +431,24 @@ def _per(num: float, den: float, scale: float = 1.0) -> float | None:
     return round(num * scale / den, 3) if den else None
 
 
+def salesforce_bound(orders: int, created: int) -> int:
+    """The issue's ceiling on Salesforce calls per run: a query page per 2,000 orders, a
+    write-back per 200 new customers, and 5 for the rest (deletions, limits, token)."""
+    return math.ceil(orders / 2000) + math.ceil(created / 200) + 5
+
+
 def scenario(
     name: str,
     what: str,
     pair: SandboxPair,
-    argv: list[str],
+    args_: list[str],
     env: Mapping[str, str],
     workdir: Path,
     args: argparse.Namespace,
+    limits: StripeLimits,
+    baseline: ChildRun,
 ) -> dict[str, Any]:
+    enforced = limits.apply(pair, name)
     stripe_before, sf_before = stripe_counts(pair), salesforce_counts(pair)
     self_before = resource.getrusage(resource.RUSAGE_SELF)
     ops = pair.stripe.operations
@@ -300,57 +457,69 @@ def scenario(
         # Cheap to read while requests run: a handful of keys, unlike the per-path request counts.
         return sum(ops.values()) + pair.stripe.rate_limited
 
-    child = run_child(argv, env, workdir, timeout=args.timeout, stripe_counter=stripe_counter)
+    child = run_child(
+        "connector", args_, env, workdir, timeout=args.timeout, stripe_counter=stripe_counter
+    )
     self_after = resource.getrusage(resource.RUSAGE_SELF)
     stripe = _delta(stripe_counts(pair), stripe_before)
     sf = _delta(salesforce_counts(pair), sf_before)
     r = child.report or {}
     orders, created, updated, unchanged = (
-        r.get(k, 0) for k in ("orders_read", "created", "updated", "unchanged")
+        int(r.get(k, 0) or 0) for k in ("orders_read", "created", "updated", "unchanged")
     )
     window = (
         (child.stripe_last_s - child.stripe_first_s)
         if child.stripe_first_s is not None and child.stripe_last_s
         else None
     )
+    in_use = [e for e in ENDPOINTS if stripe[e]]
+    cap = limits.effective_cap(in_use) if in_use else None
     rate_wall = stripe["total"] / child.wall_s if child.wall_s else 0.0
     # A window measured by sampling every SAMPLE_EVERY seconds means little for a few requests.
     rate_window = stripe["total"] / window if window and stripe["total"] >= MIN_FOR_RATE else None
+    records = orders or None
+    cpu_work = max(0.0, child.cpu_s - baseline.cpu_s)
+    bound = salesforce_bound(orders, created)
     result = {
         "scenario": name,
         "what": what,
-        "command": " ".join(argv[2:]),
+        "command": "billing-connector " + " ".join(args_[:2]),
         "exit_code": child.exit_code,
         "report": child.report,
         "wall_s": round(child.wall_s, 3),
         "orders_per_s": round(orders / child.wall_s, 1) if child.wall_s else None,
         "stripe": {
             **stripe,
+            "endpoints_in_use": [ENDPOINTS[e] for e in in_use],
+            "effective_cap_rps": cap,
+            "limits_enforced_by": enforced,
             "per_created": _per(stripe["create"], created),
             "per_updated": _per(stripe["update"], updated),
             # Every request that is neither a create nor an update, charged to the unchanged
             # accounts: exact when nothing was written, an upper bound otherwise.
-            "per_unchanged": _per(stripe["other"], unchanged),
-            "achieved_rps_over_wall": round(rate_wall, 1),
-            "achieved_rps_while_writing": round(rate_window, 1) if rate_window else None,
+            "per_unchanged": _per(stripe["total"] - stripe["create"] - stripe["update"], unchanged),
+            "achieved_rps_over_wall": round(rate_wall, 2),
+            "achieved_rps_while_writing": round(rate_window, 2) if rate_window else None,
             "writing_window_s": round(window, 3) if window else None,
-            "ratio_to_cap_over_wall": round(rate_wall / args.stripe_cap, 3)
-            if args.stripe_cap
+            "ratio_to_effective_cap_while_writing": round(rate_window / cap, 3)
+            if rate_window and cap
             else None,
-            "ratio_to_cap_while_writing": round(rate_window / args.stripe_cap, 3)
-            if rate_window and args.stripe_cap
-            else None,
-            "ratio_to_connector_rate_while_writing": round(rate_window / args.connector_rate, 3)
-            if rate_window
-            else None,
-            # Lower bounds on the writing time from the sandbox's latency and the connector's pacing.
+            # Lower bound on the writing time of one request at a time.
             "latency_floor_s": round(stripe["total"] * args.stripe_latency, 2),
-            "pacing_floor_s": round(stripe["total"] / args.connector_rate, 2),
         },
-        "salesforce": {**sf, "per_1000_orders": _per(sf["total"], orders, 1000)},
+        "salesforce": {
+            **sf,
+            "bound": bound,
+            "within_bound": sf["total"] <= bound,
+            "per_1000_orders": _per(sf["total"], orders, 1000),
+        },
         "connector_process": {
             "peak_rss_mib": round(child.peak_rss_mib, 1),
+            "peak_rss_source": child.peak_rss_source,
             "cpu_s": round(child.cpu_s, 2),
+            "cpu_ms_per_record": round(child.cpu_s * 1000 / records, 3) if records else None,
+            # Less the interpreter's start and the imports (the baseline run's CPU).
+            "cpu_ms_per_record_net": round(cpu_work * 1000 / records, 3) if records else None,
             "cpu_share_of_wall": round(child.cpu_s / child.wall_s, 3) if child.wall_s else None,
         },
         "sandboxes_cpu_s": round(
@@ -364,62 +533,32 @@ def scenario(
     return result
 
 
-def machine() -> dict[str, Any]:
-    mem_kib = None
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                mem_kib = int(line.split()[1])
-    except OSError:
-        pass
-    try:
-        commit = (
-            subprocess.run(
-                ["git", "rev-parse", "--short", "HEAD"],
-                cwd=REPO,
-                capture_output=True,
-                text=True,
-                timeout=10,
-            ).stdout.strip()
-            or None
-        )
-    except (OSError, subprocess.SubprocessError):
-        commit = None
-    return {
-        "cpu_count": os.cpu_count(),
-        "cpu_model": _cpu_model(),
-        "memory_gib": round(mem_kib / 1024 / 1024, 1) if mem_kib else None,
-        "python": platform.python_version(),
-        "implementation": platform.python_implementation(),
-        "platform": platform.platform(),
-        "connector_commit": commit,
-    }
-
-
-def _cpu_model() -> str | None:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or None
-
-
 # --- the benchmark ----------------------------------------------------------------------------
+
+
+def limits_from(args: argparse.Namespace) -> StripeLimits:
+    global_cap = args.stripe_cap if args.stripe_cap is not None else GLOBAL_CAP[args.stripe_mode]
+    return StripeLimits(
+        mode=args.stripe_mode,
+        global_cap=global_cap,
+        endpoint_budget=args.stripe_endpoint_rate,
+        burst=args.stripe_burst,
+    )
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     started = datetime.now(UTC)
+    limits = limits_from(args)
+    connector_rate = args.connector_rate or limits.effective_cap(["create"]) or 1000
+    args.connector_rate = connector_rate
     pair = start_sandboxes()
     workdir = Path(tempfile.mkdtemp(prefix="sync-bench-"))
     try:
         t0 = time.monotonic()
         pair.salesforce.load(build_org(args.accounts))  # replaces the sample org
-        pair.stripe.reset()  # no customers, no counts; latency and cap are set below
+        pair.stripe.reset()  # no customers, no counts; latency and limits are set below
         load_s = time.monotonic() - t0
         pair.stripe.set_latency(args.stripe_latency)
-        pair.stripe.set_rate_limit(args.stripe_cap or None, burst=1)
         pair.salesforce.set_latency(args.salesforce_latency)
         pair.salesforce.set_daily_limit(
             max(15_000, args.accounts)
@@ -434,9 +573,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             mappings=changed_mappings(workdir),
             args=args,
         )
-        base = [sys.executable, "-m", "connector"]
-
-        baseline = run_child([sys.executable, "-c", BASELINE_IMPORTS], env, workdir, timeout=120)
+        baseline = run_child("bench.baseline_imports", [], env, workdir, timeout=120)
         results = []
         steps = [
             (
@@ -469,7 +606,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if prepare == "change":
                 changed = change_accounts(pair, args.accounts, args.changed_share)
             print(f"{name} ...", file=sys.stderr, flush=True)
-            res = scenario(name, what, pair, [*base, *argv], env, workdir, args)
+            res = scenario(name, what, pair, argv, env, workdir, args, limits, baseline)
             results.append(res)
             print(
                 f"  {res['wall_s']} s, exit {res['exit_code']}, {summary_line(res)}",
@@ -490,19 +627,25 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "accounts": args.accounts,
                 "orders": args.accounts,
                 "stripe_latency_s": args.stripe_latency,
-                "stripe_cap_rps": args.stripe_cap,
-                "connector_rate_rps": args.connector_rate,
+                "stripe_mode": limits.mode,
+                "stripe_global_cap_rps": limits.global_cap or None,
+                "stripe_endpoint_budget_rps": limits.endpoint_budget or None,
+                "stripe_burst": limits.burst,
+                "sandbox_has_both_levels": limits.sandbox_has_levels(),
+                "connector_rate_rps": connector_rate,
                 "salesforce_latency_s": args.salesforce_latency,
                 "page_size": args.page_size,
                 "changed_share": args.changed_share,
                 "accounts_changed": len(changed),
+                "note": args.note,
             },
             "machine": machine(),
             "setup": {
                 "load_s": round(load_s, 2),
                 "baseline_rss_mib": round(baseline.peak_rss_mib, 1),
+                "baseline_cpu_s": round(baseline.cpu_s, 2),
                 "baseline_wall_s": round(baseline.wall_s, 2),
-                "baseline_what": f"python -c '{BASELINE_IMPORTS}' (interpreter and imports, no work)",
+                "baseline_what": "python -m bench.baseline_imports (interpreter and imports, no work)",
             },
             "scenarios": results,
             "checks": {
@@ -527,56 +670,11 @@ def summary_line(res: dict[str, Any]) -> str:
     return (
         f"orders {r.get('orders_read')}, created {r.get('created')}, updated {r.get('updated')}, "
         f"unchanged {r.get('unchanged')}, Stripe {s['total']} ({s['rate_limited']} x 429), "
-        f"Salesforce {res['salesforce']['total']}, RSS {res['connector_process']['peak_rss_mib']} MiB"
+        f"{s['achieved_rps_while_writing']} req/s of cap {s['effective_cap_rps']}, "
+        f"Salesforce {res['salesforce']['total']} (bound {res['salesforce']['bound']}), "
+        f"CPU {res['connector_process']['cpu_ms_per_record']} ms/record, "
+        f"RSS {res['connector_process']['peak_rss_mib']} MiB"
     )
-
-
-# --- the README table -------------------------------------------------------------------------
-
-
-def _fmt(v: Any) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, float):
-        return f"{v:,.2f}".rstrip("0").rstrip(".") if abs(v) < 100 else f"{v:,.0f}"
-    return f"{v:,}" if isinstance(v, int) else str(v)
-
-
-def summarize(files: list[Path]) -> str:
-    """Markdown for the README, straight from result files: a caption and a table per file."""
-    out = []
-    for f in files[:20]:
-        data = json.loads(f.read_text(encoding="utf-8"))
-        p, setup = data["parameters"], data["setup"]
-        cap = f"cap {_fmt(p['stripe_cap_rps'])} req/s" if p["stripe_cap_rps"] else "no cap"
-        out += [
-            f"**N = {p['accounts']:,}**: Stripe latency {_fmt(p['stripe_latency_s'] * 1000)} ms, {cap}, "
-            f"connector rate {_fmt(p['connector_rate_rps'])} req/s; baseline RSS {_fmt(setup['baseline_rss_mib'])} MiB "
-            f"(`{f.as_posix()}`)",
-            "",
-            "| scenario | orders read | wall s | orders/s | Stripe calls (429s) | per created / updated / unchanged | "
-            "Stripe req/s while writing (÷ cap) | Salesforce calls per 1,000 orders | connector CPU s | peak RSS MiB |",
-            "|---|" + "---:|" * 9,
-        ]
-        for s in data["scenarios"]:
-            st, r = s["stripe"], s["report"] or {}
-            per = " / ".join(_fmt(st[k]) for k in ("per_created", "per_updated", "per_unchanged"))
-            rate = "-"
-            if st["achieved_rps_while_writing"]:
-                ratio = (
-                    f" ({_fmt(st['ratio_to_cap_while_writing'])})"
-                    if st["ratio_to_cap_while_writing"]
-                    else ""
-                )
-                rate = _fmt(st["achieved_rps_while_writing"]) + ratio
-            out.append(
-                f"| {s['scenario']} | {_fmt(r.get('orders_read'))} | {_fmt(s['wall_s'])} | {_fmt(s['orders_per_s'])} | "
-                f"{_fmt(st['total'])} ({st['rate_limited']}) | {per} | {rate} | "
-                f"{_fmt(s['salesforce']['per_1000_orders'])} | {_fmt(s['connector_process']['cpu_s'])} | "
-                f"{_fmt(s['connector_process']['peak_rss_mib'])} |"
-            )
-        out.append("")
-    return "\n".join(out).rstrip() + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -592,26 +690,44 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--stripe-latency",
         type=float,
-        default=0.02,
-        help="seconds the Stripe sandbox waits per request (default 0.02)",
+        default=0.25,
+        help="seconds the Stripe sandbox waits per request (default 0.25, a customer create's usual latency)",
+    )
+    ap.add_argument(
+        "--stripe-mode",
+        choices=sorted(GLOBAL_CAP),
+        default="test",
+        help="picks Stripe's global cap: 25 req/s in test mode, 100 in live mode (default test)",
     )
     ap.add_argument(
         "--stripe-cap",
         type=float,
-        default=100,
-        help="Stripe sandbox rate cap, requests/s, burst 1; 0 = none (default 100)",
+        default=None,
+        help="override the global cap, req/s; 0 = no global limit",
+    )
+    ap.add_argument(
+        "--stripe-endpoint-rate",
+        type=float,
+        default=25,
+        help="per-endpoint budget, req/s (Stripe's default 25; Search is 20 at most); 0 = none",
+    )
+    ap.add_argument(
+        "--stripe-burst",
+        type=float,
+        default=5,
+        help="requests the sandbox's buckets let through back-to-back (default 5, as Stripe tolerates bursts)",
     )
     ap.add_argument(
         "--connector-rate",
         type=float,
-        default=20,
-        help="billing.accounts[].max_requests_per_second, the connector's own pacing (default 20, the config default)",
+        default=0,
+        help="billing.accounts[].max_requests_per_second (default: the effective cap of creates)",
     )
     ap.add_argument(
         "--salesforce-latency",
         type=float,
         default=0.0,
-        help="seconds the Salesforce sandbox waits per request (default 0)",
+        help="seconds the Salesforce sandbox waits per request, i.e. per query page (default 0)",
     )
     ap.add_argument(
         "--page-size",
@@ -631,31 +747,27 @@ def main(argv: list[str] | None = None) -> int:
         default=3600,
         help="seconds one connector run may take before it is killed",
     )
+    ap.add_argument("--note", default="", help="a sentence saved with the figures")
     ap.add_argument(
         "--out",
         type=Path,
         default=REPO / "bench" / "results" / "latest.json",
         help="where to write the JSON",
     )
-    ap.add_argument(
-        "--summarize",
-        type=Path,
-        nargs="+",
-        metavar="FILE",
-        help="print the README table from result files and exit",
-    )
     args = ap.parse_args(argv)
-    if args.summarize:
-        print(summarize(args.summarize))
-        return 0
     if not 1 <= args.accounts <= MAX_ACCOUNTS:
         ap.error(f"--accounts must be between 1 and {MAX_ACCOUNTS}")
     if not 0 < args.changed_share <= 1:
         ap.error("--changed-share must be in (0, 1]")
+    if args.stripe_burst < 1:
+        ap.error("--stripe-burst must be at least 1")
+    for name in ("stripe_latency", "salesforce_latency", "stripe_endpoint_rate", "connector_rate"):
+        if getattr(args, name) < 0:
+            ap.error(f"--{name.replace('_', '-')} must not be negative")
     data = run(args)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    print(summarize([args.out]))
+    print(readme_tables.sync_table(data, args.out.name))
     print(f"\nwritten to {args.out}", file=sys.stderr)
     failed = [s["scenario"] for s in data["scenarios"] if s["exit_code"] != 0]
     return 1 if failed or len(data["scenarios"]) < 4 else 0

@@ -14,10 +14,11 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from connector.billing import TARGET_KINDS, build_target
 from connector.billing.base import BillingTarget
-from connector.billing.stripe import StripeTarget
 from connector.config import Config, SecretSource
 from connector.engine import Engine
+from connector.errors import ConfigError
 from connector.mapping import CustomerMapping, load_mappings
 from connector.salesforce import SalesforceSource, connect
 from connector.state.store import StateStore
@@ -38,7 +39,21 @@ def holder_name() -> str:
 
 
 def build_targets(config: Config, secrets: SecretSource) -> list[BillingTarget]:
-    return [StripeTarget(acct, secrets) for acct in config.billing.accounts]
+    """One target per configured billing account, made by the factory its `kind` registers."""
+    return [build_target(acct, secrets) for acct in config.billing.accounts]
+
+
+def check_mapping_fits(config: Config, mapping: CustomerMapping) -> None:
+    """Every billing account must be of the system the customer mapping builds for."""
+    for i, acct in enumerate(config.billing.accounts):
+        system = TARGET_KINDS[acct.kind].system
+        if system != mapping.system:
+            raise ConfigError(
+                f"billing account '{acct.id}' is of kind {acct.kind!r} (system {system!r}) but "
+                f"the customer mapping {mapping.file} builds for system {mapping.system!r}",
+                file=config.source_file,
+                key=f"billing.accounts.{i}.kind",
+            )
 
 
 @contextmanager
@@ -52,6 +67,7 @@ def open_pipeline(
 ) -> Iterator[Pipeline]:
     """Everything a run needs, with the single-runner lock held for its duration."""
     mapping = load_mappings(config.mappings_path)  # exit 2 before anything is contacted
+    check_mapping_fits(config, mapping)
     targets = build_targets(config, secrets)  # a missing key is a config error too
     store = StateStore.open(config.state_url, auto_migrate=config.state.auto_migrate)
     try:
@@ -60,13 +76,17 @@ def open_pipeline(
             if lock:
                 # Holding the lock, any run still marked running belongs to a dead process.
                 store.runs.mark_interrupted()
-            source = connect(config.salesforce, secrets)
+            source = connect(
+                config.salesforce, secrets, writeback_fields=config.billing.writeback_fields()
+            )
             engine = Engine(
                 source=source,
                 targets=targets,
                 store=store,
                 mapping=mapping,
                 overlap_seconds=config.salesforce.overlap_seconds,
+                # Until the engine writes back per account: the first account that has a field.
+                writeback_billing_account=next(iter(config.billing.writeback_fields()), None),
                 writeback_batch=config.salesforce.writeback_batch_size,
                 salesforce_calls=lambda: source.usage.calls,
                 on_progress=on_progress,

@@ -278,6 +278,8 @@ def _load(config_file: Path) -> tuple[Config, SecretSource]:
         fmt=_given.log_format or cfg.log.format,
         secrets=secrets.all_values(),
     )
+    for note in cfg.deprecations:  # on stderr, so `--json` output stays one object
+        err.print(f"warning: {escape(note)}", highlight=False, soft_wrap=True)
     return cfg, secrets
 
 

@@ -8,15 +8,24 @@ are read from an environment variable `NAME` or from the file named by `NAME_FIL
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlparse
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from connector.errors import ConfigError
+from connector.secret_shapes import find_secret
 from connector.yaml_source import PositionedYaml, load_positioned
 
 
@@ -45,8 +54,8 @@ class SalesforceConfig(_Model):
     api_version: str = "62.0"
     # The org's 15- or 18-character id (00D...). Read from the session when not given.
     org_id: str | None = Field(default=None, pattern=r"^00D[A-Za-z0-9]{12}([A-Za-z0-9]{3})?$")
-    # Account field that receives the billing customer id after a create or adoption.
-    stripe_id_field: str = "Stripe_Customer_Id__c"
+    # Deprecated (one release): the first billing account's `writeback_field`.
+    stripe_id_field: str | None = None
     # Extra SOQL condition ANDed to StatusCode = 'Activated', e.g. "Type = 'New Business'".
     order_filter: str | None = None
     # Records per query page (Salesforce's Sforce-Query-Options batchSize, 200-2000).
@@ -83,19 +92,49 @@ class SalesforceConfig(_Model):
         return self
 
 
-class BillingAccountConfig(_Model):
-    """One billing account (a Stripe account). Links are keyed by `id`."""
+# The Account field that received the customer id before it was set per billing account.
+DEFAULT_WRITEBACK_FIELD = "Stripe_Customer_Id__c"
+_SF_FIELD = r"^[A-Za-z][A-Za-z0-9_]*$"
 
-    id: str = Field(default="default", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
-    # Name of the environment variable holding the Stripe secret or restricted key.
+
+class BillingAccountConfig(_Model):
+    """One billing account. Links are keyed by its name (`name`, or `id` as before)."""
+
+    id: str = Field(
+        default="default",
+        min_length=1,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9_.-]+$",
+        validation_alias=AliasChoices("name", "id"),
+    )
+    # Which kind of billing system this is: a key of connector.billing.TARGET_KINDS.
+    kind: str = "stripe"
+    # Name of the environment variable holding the account's secret or restricted key.
     api_key_env: str = "STRIPE_API_KEY"
     # Only for the sandbox or a proxy: http://127.0.0.1:PORT.
     api_base: str | None = None
     # Stripe Connect / Organizations: act on behalf of this account (acct_...).
     stripe_account: str | None = None
-    # Stripe writes per second for this account (test mode allows about 25, live about 100).
+    # Writes per second for this account (Stripe test mode allows about 25, live about 100).
     max_requests_per_second: float = Field(default=20, gt=0, le=1000)
     max_network_retries: int = Field(default=2, ge=0, le=10)
+    # The Account field that receives this account's customer id, or null for none. Unset: the
+    # first account writes to Stripe_Customer_Id__c (as before), the others write nothing.
+    writeback_field: str | None = Field(default=None, pattern=_SF_FIELD, max_length=80)
+
+    @property
+    def name(self) -> str:
+        return self.id
+
+    @field_validator("kind")
+    @classmethod
+    def _known_kind(cls, v: str) -> str:
+        # Imported here: the adapters import this module for their config types.
+        from connector.billing import TARGET_KINDS
+
+        if v not in TARGET_KINDS:
+            raise ValueError(f"unknown kind {v!r}; known: {', '.join(sorted(TARGET_KINDS))}")
+        return v
 
     @field_validator("api_base")
     @classmethod
@@ -111,7 +150,8 @@ class BillingAccountConfig(_Model):
 
 
 class BillingConfig(_Model):
-    target: Literal["stripe"] = "stripe"
+    # Deprecated: the kind of every account that does not name its own `kind`.
+    target: str | None = None
     accounts: tuple[BillingAccountConfig, ...] = (BillingAccountConfig(),)
 
     @field_validator("accounts")
@@ -121,8 +161,17 @@ class BillingConfig(_Model):
             raise ValueError("at least one billing account is needed")
         ids = [a.id for a in v]
         if len(set(ids)) != len(ids):
-            raise ValueError("billing account ids must be unique")
+            raise ValueError("billing account names must be unique")
+        fields = [a.writeback_field.casefold() for a in v if a.writeback_field]
+        if len(set(fields)) != len(fields):
+            raise ValueError(
+                "two billing accounts write their customer ids to the same Account field"
+            )
         return v
+
+    def writeback_fields(self) -> dict[str, str]:
+        """Billing account name -> the Account field that receives its customer id."""
+        return {a.id: a.writeback_field for a in self.accounts if a.writeback_field}
 
 
 class StateConfig(_Model):
@@ -144,11 +193,54 @@ class Config(_Model):
     log: LogConfig = LogConfig()
     # Where the file was read from; relative paths (state, mappings) resolve against its folder.
     source_file: Path | None = Field(default=None, exclude=True)
+    # Deprecated settings this file still uses, as "file:line: what to write instead".
+    _deprecations: tuple[str, ...] = PrivateAttr(default=())
+
+    @model_validator(mode="before")
+    @classmethod
+    def _settings_of_the_previous_release(cls, data: Any) -> Any:
+        """Map the one-Stripe-account settings onto billing accounts (accepted for one release):
+        `salesforce.stripe_id_field` is the first account's `writeback_field`, `billing.target`
+        the kind of accounts that name none. Unset, the first account writes its id to
+        Stripe_Customer_Id__c, as before."""
+        if not isinstance(data, dict):
+            return data
+        sf = data.get("salesforce")
+        legacy = sf.get("stripe_id_field") if isinstance(sf, dict) else None
+        billing = data.get("billing")
+        billing = dict(billing) if isinstance(billing, dict) else {} if billing is None else billing
+        if not isinstance(billing, dict):
+            return data
+        accounts = billing.get("accounts", [{}])
+        if not isinstance(accounts, list | tuple) or not accounts:
+            return data
+        accounts = [dict(a) if isinstance(a, dict) else a for a in accounts]
+        first = accounts[0]
+        if isinstance(first, dict):
+            if "writeback_field" not in first:
+                first["writeback_field"] = legacy or DEFAULT_WRITEBACK_FIELD
+            elif legacy and first["writeback_field"] != legacy:
+                raise ValueError(
+                    "salesforce.stripe_id_field and billing.accounts[0].writeback_field disagree; "
+                    "keep only writeback_field"
+                )
+        target = billing.get("target")
+        if isinstance(target, str):
+            for account in accounts:
+                if isinstance(account, dict):
+                    account.setdefault("kind", target)
+        billing["accounts"] = accounts
+        return {**data, "billing": billing}
 
     def resolve_path(self, p: Path) -> Path:
         if p.is_absolute() or self.source_file is None:
             return p
         return (self.source_file.parent / p).resolve()
+
+    @property
+    def deprecations(self) -> tuple[str, ...]:
+        """Settings of the previous release this file still uses, with what to write instead."""
+        return self._deprecations
 
     @property
     def mappings_path(self) -> Path:
@@ -169,14 +261,6 @@ class Config(_Model):
 
 # --- secrets -------------------------------------------------------------------------------
 
-# Patterns of things that must never sit in a config file. Checked on every string value.
-_SECRET_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
-    (re.compile(r"\b[sr]k_(live|test)_[A-Za-z0-9]{8,}"), "STRIPE_API_KEY"),
-    (re.compile(r"\b00D[A-Za-z0-9]{12,15}![A-Za-z0-9._]{20,}"), "SALESFORCE_ACCESS_TOKEN"),
-    (re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----"), "SALESFORCE_PRIVATE_KEY_FILE"),
-    # A database URL with a password in it (postgresql+psycopg://user:secret@host/db).
-    (re.compile(r"^[a-z][a-z0-9+.-]*://[^/\s:@]+:[^/\s@]+@"), "PGPASSWORD"),
-)
 _SECRET_KEYS = {
     "password": "SALESFORCE_PASSWORD",
     "security_token": "SALESFORCE_SECURITY_TOKEN",
@@ -209,24 +293,45 @@ def _refuse_literal_secrets(doc: PositionedYaml) -> None:
             for i, v in enumerate(node):
                 visit(v, (*path, i))
         elif isinstance(node, str):
-            for pattern, var in _SECRET_PATTERNS:
-                if pattern.search(node):
-                    pos = doc.where(path)
-                    alt = (
-                        "a .pgpass file named by PGPASSFILE"
-                        if var == "PGPASSWORD"
-                        else f"{var}_FILE"
-                    )
-                    raise ConfigError(
-                        f"this value looks like a secret; secrets are never read from config files, "
-                        f"set the environment variable {var} (or {alt}) instead",
-                        file=doc.file,
-                        line=pos.line,
-                        column=pos.column,
-                        key=".".join(map(str, path)),
-                    )
+            found = find_secret(node)
+            if found is not None:
+                shape = found[0]
+                pos = doc.where(path)
+                raise ConfigError(
+                    f"this value looks like a secret ({shape.what}); secrets are never read from "
+                    f"config files, set the environment variable {shape.env} "
+                    f"(or {shape.alternative()}) instead",
+                    file=doc.file,
+                    line=pos.line,
+                    column=pos.column,
+                    key=".".join(map(str, path)),
+                )
 
     visit(doc.data, ())
+    _refuse_secrets_in_comments(doc)
+
+
+def _refuse_secrets_in_comments(doc: PositionedYaml) -> None:
+    """A key commented out is still a key in the file (and in git, backups, tickets): refused
+    like one in a value. Values were checked above; what is left to match is comments."""
+    try:
+        text = doc.file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return  # load_positioned read it a moment ago; nothing more to learn here
+    for number, line in enumerate(text.splitlines(), start=1):
+        found = find_secret(line)
+        if found is None:
+            continue
+        shape, offset = found
+        raise ConfigError(
+            f"this line holds something shaped like a secret ({shape.what}), in a comment or "
+            f"a key; secrets never belong in config files, not even commented out: remove it "
+            f"(and rotate it), and set the environment variable {shape.env} "
+            f"(or {shape.alternative()}) instead",
+            file=doc.file,
+            line=number,
+            column=offset + 1,
+        )
 
 
 def load_config(file: Path) -> Config:
@@ -253,7 +358,29 @@ def load_config(file: Path) -> Config:
             column=pos.column,
             key=".".join(map(str, loc)) or None,
         ) from None
+    cfg._deprecations = tuple(_deprecated_settings(doc))
     return cfg
+
+
+def _deprecated_settings(doc: PositionedYaml) -> list[str]:
+    data = doc.data
+    out = []
+    sf = data.get("salesforce")
+    if isinstance(sf, dict) and "stripe_id_field" in sf:
+        pos = doc.where(("salesforce", "stripe_id_field"))
+        out.append(
+            f"{doc.file}:{pos.line}: salesforce.stripe_id_field is deprecated and will be removed "
+            "in the next release; set writeback_field on the billing account instead "
+            "(billing.accounts[0].writeback_field)"
+        )
+    billing = data.get("billing")
+    if isinstance(billing, dict) and "target" in billing:
+        pos = doc.where(("billing", "target"))
+        out.append(
+            f"{doc.file}:{pos.line}: billing.target is deprecated and will be removed in the next "
+            "release; set kind on each billing account instead (billing.accounts[].kind)"
+        )
+    return out
 
 
 @dataclass(frozen=True)

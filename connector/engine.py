@@ -120,10 +120,13 @@ class RunReport:
     refused: int
     failed: int
     salesforce_calls: int
-    stripe_calls: int
+    stripe_calls: int  # deprecated: the same as billing_calls, kept for one release
     plan: tuple[PlannedWrite, ...] = ()
     error: str | None = None
     error_exit_code: int | None = None
+    billing_calls: int = 0
+    # billing account name -> {created, updated, unchanged, refused, failed, calls}
+    billing_accounts: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
 
     def as_json(self) -> dict[str, Any]:
         keys = (
@@ -137,9 +140,12 @@ class RunReport:
             "refused",
             "failed",
             "salesforce_calls",
+            "billing_calls",
             "stripe_calls",
         )
-        return {k: getattr(self, k) for k in keys}
+        out: dict[str, Any] = {k: getattr(self, k) for k in keys}
+        out["billing_accounts"] = {k: dict(v) for k, v in self.billing_accounts.items()}
+        return out
 
     def summary(self) -> str:
         """One line for people: what happened and what it cost."""
@@ -147,7 +153,7 @@ class RunReport:
             f"created {self.created}, updated {self.updated}, unchanged {self.unchanged}, "
             f"refused {self.refused}, failed {self.failed} | orders read {self.orders_read}, "
             f"accounts {self.accounts_seen} | Salesforce calls {self.salesforce_calls}, "
-            f"Stripe calls {self.stripe_calls}"
+            f"billing calls {self.billing_calls}"
         )
 
     @property
@@ -167,18 +173,18 @@ class _Tally:
     refused: int = 0
     failed: int = 0
     watermark: datetime | None = None
+    # billing account -> outcome -> count, for the per-account report
+    by_account: dict[str, dict[str, int]] = field(default_factory=dict)
 
-    def count(self, action: str) -> None:
-        if action == "create":
-            self.created += 1
-        elif action in ("update", "adopt"):
-            self.updated += 1
-        elif action == "unchanged":
-            self.unchanged += 1
-        elif action == "refused":
-            self.refused += 1
-        elif action == "failed":
-            self.failed += 1
+    def count(self, action: str, billing_account: str) -> None:
+        outcome = {"create": "created", "update": "updated", "adopt": "updated"}.get(
+            action, action
+        )
+        if outcome not in ("created", "updated", "unchanged", "refused", "failed"):
+            return
+        setattr(self, outcome, getattr(self, outcome) + 1)
+        per = self.by_account.setdefault(billing_account, {})
+        per[outcome] = per.get(outcome, 0) + 1
 
     def as_counts(self) -> dict[str, int]:
         return {
@@ -275,7 +281,7 @@ class Engine:
         tally = _Tally()
         plan: list[PlannedWrite] = []
         sf_start = self._sf_calls()
-        stripe_start = sum(t.calls for t in self.targets)
+        calls_start = {t.name: t.calls for t in self.targets}
         status, error, error_exit = "succeeded", None, None
         run = _Run(self, run_id=run_id, dry_run=dry_run, tally=tally, plan=plan)
         log.info("run.started", mode=mode, dry_run=dry_run, since=_iso(since), until=_iso(until))
@@ -356,10 +362,19 @@ class Engine:
             refused=tally.refused,
             failed=tally.failed,
             salesforce_calls=self._sf_calls() - sf_start,
-            stripe_calls=sum(t.calls for t in self.targets) - stripe_start,
+            stripe_calls=sum(t.calls - calls_start[t.name] for t in self.targets),
             plan=tuple(plan),
             error=error,
             error_exit_code=error_exit,
+            billing_calls=sum(t.calls - calls_start[t.name] for t in self.targets),
+            billing_accounts={
+                t.name: {
+                    **dict.fromkeys(("created", "updated", "unchanged", "refused", "failed"), 0),
+                    **tally.by_account.get(t.name, {}),
+                    "calls": t.calls - calls_start[t.name],
+                }
+                for t in self.targets
+            },
         )
         if not dry_run:
             try:
@@ -537,11 +552,11 @@ class _Run:
                 planned = self._plan(target.name, row, links.get(account_id), resolver)
                 if self.dry_run:
                     self.plan.append(planned)
-                    self.tally.count(planned.action)
+                    self.tally.count(planned.action, target.name)
                     continue
                 prev = links.get(account_id)
                 outcome, link = self._apply(target, planned, prev, row)
-                self.tally.count(_action_of(outcome))
+                self.tally.count(_action_of(outcome), target.name)
                 outcomes.append(outcome)
                 if link is not None and link is not prev:
                     links[account_id] = link
@@ -610,7 +625,7 @@ class _Run:
                     winner=d.master_id,
                     customer_id=loser.customer_id,
                 )
-                self.tally.refused += 1
+                self.tally.count("refused", ba)
                 if self.dry_run:
                     self.plan.append(
                         PlannedWrite(
@@ -1120,14 +1135,15 @@ class _Run:
                     "writeback.failed", account_id=r.account_id, code=r.code, error=r.message
                 )
             if outcomes:
-                self.tally.failed += len(outcomes)
+                for _ in outcomes:
+                    self.tally.count("failed", ba)
                 self.e.store.runs.record_outcomes(self.run_id, outcomes)
             for a, _ in batch:
                 self._pending.discard(a)
 
     def _field(self) -> str:
-        cfg = getattr(self.e.source, "config", None)
-        return str(getattr(cfg, "stripe_id_field", "Stripe_Customer_Id__c"))
+        legacy = getattr(self.e.source, "legacy_writeback_field", None)
+        return str((legacy() if legacy else None) or "(write-back field)")
 
 
 class _LinkResolver:

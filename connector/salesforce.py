@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -134,9 +134,15 @@ class OrderRow:
     activated_at: str | None
     # The latest SystemModstamp of the order and every watched record (the cursor candidate).
     watermark: str | None
-    # What the Account's Stripe Id field holds now (None when empty).
+    # Deprecated (the engine moves to `writeback_values`): what the first write-back field holds.
     stripe_id_value: str | None
     record: dict[str, Any]
+    # Each configured write-back field of the Account -> what it holds now (None when empty).
+    writeback_values: Mapping[str, str | None] = field(default_factory=dict)
+
+    def writeback_value(self, field_name: str) -> str | None:
+        """What the Account's `field_name` holds (None when empty or not read)."""
+        return self.writeback_values.get(field_name)
 
     @property
     def basis_key(self) -> tuple[str, str]:
@@ -176,6 +182,8 @@ class SalesforceSource:
     config: SalesforceConfig
     usage: ApiUsage
     org_id: str
+    # Billing account name -> the Account field that receives its customer id (some have none).
+    writeback_fields: Mapping[str, str] = field(default_factory=dict)
     budget_start_remaining: int | None = field(default=None)
     last_total_size: int | None = field(default=None)
 
@@ -223,9 +231,13 @@ class SalesforceSource:
             "AccountId",
             "ActivatedDate",
             *stamps,
-            f"Account.{self.config.stripe_id_field}",
+            *(f"Account.{f}" for f in self._fields_read()),
         ]
-        select = list(dict.fromkeys([*base, *fields]))
+        # SOQL names are case-insensitive and Salesforce refuses a field selected twice.
+        unique: dict[str, str] = {}
+        for name in (*base, *fields):
+            unique.setdefault(name.casefold(), name)
+        select = list(unique.values())
         # An order of an account in the recycle bin is not billed; when the account is
         # restored its orders show again and syncing resumes on the same customer.
         where = ["StatusCode = 'Activated'", "AccountId != null", "Account.IsDeleted = false"]
@@ -276,9 +288,11 @@ class SalesforceSource:
     def _order_row(self, record: dict[str, Any], stamps: Sequence[str]) -> OrderRow:
         marks = [v for v in (_path(record, s) for s in stamps) if isinstance(v, str)]
         account = record.get("Account") or {}
-        field_value = (
-            account.get(self.config.stripe_id_field) if isinstance(account, dict) else None
-        )
+        values = {
+            f: _field_value(account, f) if isinstance(account, dict) else None
+            for f in self._fields_read()
+        }
+        legacy = self.legacy_writeback_field()
         return OrderRow(
             order_id=str(record["Id"]),
             account_id=str(record["AccountId"]),
@@ -288,9 +302,21 @@ class SalesforceSource:
             )
             if marks
             else None,
-            stripe_id_value=(field_value.strip() or None) if isinstance(field_value, str) else None,
+            stripe_id_value=values.get(legacy) if legacy else None,
             record=record,
+            writeback_values=values,
         )
+
+    def _fields_read(self) -> list[str]:
+        """Every write-back field, once (field names are case-insensitive in Salesforce)."""
+        unique: dict[str, str] = {}
+        for f in self.writeback_fields.values():
+            unique.setdefault(f.casefold(), f)
+        return list(unique.values())
+
+    def legacy_writeback_field(self) -> str | None:
+        """The field the engine of the previous release writes to: the first account's."""
+        return next(iter(self.writeback_fields.values()), None)
 
     def describe(self, sobject: str) -> dict[str, Any]:
         result: dict[str, Any] = self._guard(lambda: getattr(self.sf, sobject).describe())
@@ -298,11 +324,17 @@ class SalesforceSource:
 
     # --- write-back ------------------------------------------------------------------------
 
-    def write_back(self, pairs: Sequence[tuple[str, str]]) -> list[WriteBackResult]:
-        """Set the Stripe Id field on Accounts, 200 a call, checking every per-record result."""
+    def write_back(
+        self, pairs: Sequence[tuple[str, str]], field_name: str | None = None
+    ) -> list[WriteBackResult]:
+        """Set `field_name` (by default the first billing account's write-back field) on
+        Accounts, 200 a call, checking every per-record result."""
         out: list[WriteBackResult] = []
         size = self.config.writeback_batch_size
-        fld = self.config.stripe_id_field
+        fld = field_name or self.legacy_writeback_field()
+        if fld is None:
+            # No billing account writes its id back: there is nothing to write, and nothing failed.
+            return [WriteBackResult(acc, True) for acc, _ in pairs]
         for start in range(0, len(pairs), size):
             chunk = pairs[start : start + size]
             body = {
@@ -426,7 +458,20 @@ def _strip(record: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in record.items() if k != "attributes"}
 
 
-def connect(config: SalesforceConfig, secrets: SecretSource) -> SalesforceSource:
+def _field_value(account: Mapping[str, Any], name: str) -> str | None:
+    value = account.get(name)
+    if value is None:
+        folded = name.casefold()
+        value = next((v for k, v in account.items() if k.casefold() == folded), None)
+    return (value.strip() or None) if isinstance(value, str) else None
+
+
+def connect(
+    config: SalesforceConfig,
+    secrets: SecretSource,
+    *,
+    writeback_fields: Mapping[str, str] | None = None,
+) -> SalesforceSource:
     """Log in with the configured method. Secrets come only from the environment or files."""
     loopback = (
         config.instance_url is not None
@@ -502,7 +547,13 @@ def connect(config: SalesforceConfig, secrets: SecretSource) -> SalesforceSource
     except requests.RequestException as exc:
         raise UnavailableError(f"Salesforce unreachable at login: {type(exc).__name__}") from None
     org_id = config.org_id or _org_from_session(sf.session_id) or "unknown"
-    return SalesforceSource(sf=sf, config=config, usage=usage, org_id=org_id)
+    return SalesforceSource(
+        sf=sf,
+        config=config,
+        usage=usage,
+        org_id=org_id,
+        writeback_fields=dict(writeback_fields or {}),
+    )
 
 
 def _org_from_session(session_id: str | None) -> str | None:

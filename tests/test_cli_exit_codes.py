@@ -14,7 +14,8 @@ from connector.sandbox.run import SandboxPair
 from connector.state.store import StateStore
 
 JSON_KEYS = {"run_id", "mode", "orders_read", "accounts_seen", "created", "updated", "unchanged",
-             "refused", "failed", "salesforce_calls", "stripe_calls", "status", "error", "exit_code"}
+             "refused", "failed", "salesforce_calls", "billing_calls", "stripe_calls", "billing_accounts",
+             "status", "error", "exit_code"}
 
 
 def cli(*args: str, env: dict[str, str], cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -33,7 +34,10 @@ def test_sync_json_prints_one_object_and_exits_0(sandboxes: SandboxPair, cli_env
     report = json.loads(result.stdout)
     assert set(report) == JSON_KEYS
     assert report["mode"] == "sync" and report["created"] == 3 and report["failed"] == 0
-    assert report["stripe_calls"] == 3
+    assert report["billing_calls"] == 3 and report["stripe_calls"] == 3  # kept for one release
+    assert report["billing_accounts"] == {
+        "default": {"created": 3, "updated": 0, "unchanged": 0, "refused": 0, "failed": 0, "calls": 3}
+    }
     assert (report["status"], report["error"], report["exit_code"]) == ("succeeded", None, 0)
 
 

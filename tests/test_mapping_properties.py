@@ -10,13 +10,14 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from connector.billing.stripe import METADATA_VALUE_MAX as METADATA_VALUE_MAX_LENGTH
+from connector.billing.stripe_fields import customer_schema
 from connector.billing.stripe_schema import (
     coerce_params,
     create_params_schema,
     update_params_schema,
 )
 from connector.mapping import CustomerMapping, load_mapping, payload_hash
-from connector.mapping.compile import METADATA_VALUE_MAX_LENGTH, customer_schema
 from connector.mapping.countries import _TABLE, ALIASES, alpha2_codes, to_alpha2
 from connector.mapping.transforms import EvalContext, parse_transform, phone
 

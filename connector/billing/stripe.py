@@ -9,22 +9,60 @@ here, so a rate limit never turns into a failed record while the run has time.
 from __future__ import annotations
 
 import random
+import re
+import socket
+import ssl
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from datetime import timedelta
 from typing import Any
 
 import stripe
 
-from connector.billing.base import CustomerPayload, RemoteCustomer
+from connector.billing.base import (
+    BillingUnreachable,
+    CustomerMissing,
+    CustomerPayload,
+    InvalidRequest,
+    RateLimited,
+    RemoteCustomer,
+    TargetRules,
+)
 from connector.config import BillingAccountConfig, SecretSource
-from connector.errors import AuthenticationError, ConfigError, RecordError, TransientError
+from connector.errors import AuthenticationError, ConfigError, TransientError
+from connector.secret_shapes import SecretShape
 
 # Stripe's documented metadata limits.
 METADATA_MAX_KEYS = 50
 METADATA_KEY_MAX = 40
 METADATA_VALUE_MAX = 500
 IDEMPOTENCY_KEY_MAX = 255
+DEFAULT_API_BASE = "https://api.stripe.com"
+
+# Secret keys (sk_live_, sk_test_), restricted keys (rk_live_, rk_test_) and Organization keys
+# (sk_org_...): refused wherever they appear in a config or mapping file.
+KEY_SHAPE = SecretShape(
+    re.compile(r"\b(?:sk|rk)_(?:org_)?(?:live|test)_[A-Za-z0-9]{8,}|\bsk_org_[A-Za-z0-9_]{8,}"),
+    "a Stripe secret or restricted key",
+    "STRIPE_API_KEY",
+)
+
+RULES = TargetRules(
+    system="stripe",
+    # Stripe keeps idempotency keys for at least 24 hours.
+    idempotency_window=timedelta(hours=24),
+    idempotency_key_max=IDEMPOTENCY_KEY_MAX,
+    tag_field="metadata",
+    tag_key_max=METADATA_KEY_MAX,
+    tag_value_max=METADATA_VALUE_MAX,
+    tag_keys_max=METADATA_MAX_KEYS,
+    # "Individual keys can be unset by posting an empty value to them" (and top-level fields).
+    empty_unsets=True,
+    client_chosen_ids=False,
+    search=True,
+    separate_calls=frozenset(),
+)
 
 # How often one request is retried here after a 429 before the record is left for a later run.
 RATE_LIMIT_RETRIES = 6
@@ -69,20 +107,22 @@ def check_metadata(metadata: Mapping[str, Any]) -> dict[str, str]:
         k = str(key).strip()
         v = "" if value is None else str(value).strip()
         if not k:
-            raise RecordError("metadata key is empty", code="metadata_invalid")
+            raise InvalidRequest("metadata key is empty", code="metadata_invalid")
         if len(k) > METADATA_KEY_MAX:
-            raise RecordError(
+            raise InvalidRequest(
                 f"metadata key {k!r} is longer than {METADATA_KEY_MAX} characters",
                 code="metadata_invalid",
             )
         if len(v) > METADATA_VALUE_MAX:
-            raise RecordError(
+            raise InvalidRequest(
                 f"metadata value of {k!r} is longer than {METADATA_VALUE_MAX} characters",
                 code="metadata_invalid",
             )
         out[k] = v
     if sum(1 for v in out.values() if v != "") > METADATA_MAX_KEYS:
-        raise RecordError(f"more than {METADATA_MAX_KEYS} metadata keys", code="metadata_invalid")
+        raise InvalidRequest(
+            f"more than {METADATA_MAX_KEYS} metadata keys", code="metadata_invalid"
+        )
     return out
 
 
@@ -92,7 +132,9 @@ def _to_payload(customer: Any) -> dict[str, Any]:
 
 
 class StripeTarget:
-    """One Stripe account. `name` is the billing account id that links are keyed by."""
+    """One Stripe account. `name` is the billing account name that links are keyed by."""
+
+    rules = RULES
 
     def __init__(
         self, account: BillingAccountConfig, secrets: SecretSource, *, http_client: Any = None
@@ -104,8 +146,12 @@ class StripeTarget:
                 f"to the Stripe secret or restricted key of billing account '{account.id}'"
             )
         self._account = account
+        self.url = account.api_base or DEFAULT_API_BASE
         self.calls = 0
         self.rate_limited = 0
+        # True after a request found no connection at all: the next request is not retried by
+        # the SDK, so a dead account costs its backoff once, not once per record.
+        self._unreachable = False
         self.pacer = Pacer(account.max_requests_per_second)
         kwargs: dict[str, Any] = {"max_network_retries": account.max_network_retries}
         if account.api_base:
@@ -124,10 +170,11 @@ class StripeTarget:
 
     def create_customer(self, payload: CustomerPayload, *, idempotency_key: str) -> str:
         params = self._params(payload)
+        self._check_key(idempotency_key)
         customer = self._call(
-            lambda: self._client.v1.customers.create(
+            lambda options: self._client.v1.customers.create(
                 params=params,  # type: ignore[arg-type]
-                options={"idempotency_key": idempotency_key[:IDEMPOTENCY_KEY_MAX]},
+                options=_with_key(options, idempotency_key),
             )
         )
         return str(customer.id)
@@ -136,24 +183,35 @@ class StripeTarget:
         self, customer_id: str, payload: CustomerPayload, *, idempotency_key: str
     ) -> None:
         params = self._params(payload)
+        self._check_key(idempotency_key)
         self._call(
-            lambda: self._client.v1.customers.update(
+            lambda options: self._client.v1.customers.update(
                 customer_id,
                 params=params,  # type: ignore[arg-type]
-                options={"idempotency_key": idempotency_key[:IDEMPOTENCY_KEY_MAX]},
+                options=_with_key(options, idempotency_key),
             ),
             customer_id=customer_id,
         )
 
+    def fetch_customers(self, ids: Sequence[str]) -> dict[str, RemoteCustomer | None]:
+        # Stripe has no retrieve-many by id; one retrieve per distinct id, paced like the rest.
+        out: dict[str, RemoteCustomer | None] = {}
+        for customer_id in ids:
+            if customer_id not in out:
+                out[customer_id] = self.fetch_customer(customer_id)
+        return out
+
     def fetch_customer(self, customer_id: str) -> RemoteCustomer | None:
         try:
             customer = self._call(
-                lambda: self._client.v1.customers.retrieve(customer_id), customer_id=customer_id
+                lambda options: self._client.v1.customers.retrieve(
+                    customer_id,
+                    options=options,
+                ),
+                customer_id=customer_id,
             )
-        except RecordError as exc:
-            if exc.code == "customer_missing":
-                return None
-            raise
+        except CustomerMissing:
+            return None
         data = _to_payload(customer)
         return RemoteCustomer(
             id=str(data["id"]),
@@ -167,7 +225,10 @@ class StripeTarget:
         # idempotency window, never for read-after-write.
         query = f"metadata['salesforce_account_id']:'{account_id}'"
         result = self._call(
-            lambda: self._client.v1.customers.search(params={"query": query, "limit": 10})
+            lambda options: self._client.v1.customers.search(
+                params={"query": query, "limit": 10},
+                options=options,
+            )
         )
         out = []
         for c in result.data:
@@ -188,69 +249,164 @@ class StripeTarget:
             params["metadata"] = check_metadata(params["metadata"])
         return params
 
+    @staticmethod
+    def _check_key(key: str) -> None:
+        # Never cut a key: a cut key can name an older write and replay it instead of this one.
+        if not key or len(key) > IDEMPOTENCY_KEY_MAX:
+            raise ValueError(
+                f"idempotency key of {len(key)} characters; Stripe accepts 1 to {IDEMPOTENCY_KEY_MAX}"
+            )
+
     def _call(self, fn: Any, *, customer_id: str | None = None) -> Any:
         attempt = 0
         while True:
             self.pacer.wait()
             self.calls += 1
+            options: stripe.RequestOptions = {"max_network_retries": 0} if self._unreachable else {}
             try:
-                result = fn()
+                result = fn(options)
                 self.pacer.recover()
+                self._unreachable = False
                 return result
             except stripe.RateLimitError as exc:
                 # 429: rate cap or lock_timeout. Slow down and try again with the same key.
+                self._unreachable = False
                 self.rate_limited += 1
                 self.pacer.slow_down()
                 attempt += 1
-                if attempt > RATE_LIMIT_RETRIES:
-                    raise TransientError(
-                        f"Stripe kept refusing with 429 ({exc.code or 'rate_limit'})",
-                        code=exc.code or "rate_limit",
-                    ) from None
                 retry_after = _retry_after(exc)
+                if attempt > RATE_LIMIT_RETRIES:
+                    raise RateLimited(
+                        f"Stripe billing account '{self.name}' kept refusing with 429 "
+                        f"({exc.code or 'rate_limit'})",
+                        code=exc.code or "rate_limit",
+                        retry_after=retry_after,
+                        billing_account=self.name,
+                    ) from None
                 time.sleep(
                     retry_after
                     if retry_after is not None
                     else min(8.0, 0.25 * 2**attempt) * (0.5 + random.random() / 2)
                 )
-            except stripe.AuthenticationError:
-                raise AuthenticationError(
-                    f"Stripe refused the key of billing account '{self.name}' (check {self._account.api_key_env})"
-                ) from None
-            except stripe.PermissionError as exc:
-                raise AuthenticationError(
-                    f"the Stripe key of billing account '{self.name}' lacks a permission: {exc.user_message or exc}. "
-                    "A restricted key needs Customers: write"
-                ) from None
-            except stripe.IdempotencyError as exc:
-                raise RecordError(
-                    f"Stripe idempotency conflict: {exc.user_message or exc}",
-                    code="idempotency_error",
-                ) from None
-            except stripe.InvalidRequestError as exc:
-                if exc.http_status == 404 or exc.code == "resource_missing":
-                    raise RecordError(
-                        f"customer {customer_id} does not exist in Stripe billing account '{self.name}'",
-                        code="customer_missing",
-                    ) from None
-                param = f" (parameter {exc.param})" if exc.param else ""
-                raise RecordError(
-                    f"Stripe refused the request{param}: {exc.user_message or exc}",
-                    code=exc.code or "invalid_request",
-                ) from None
             except stripe.APIConnectionError as exc:
+                if _no_connection(exc):
+                    self._unreachable = True
+                    hint = (
+                        "check that the api_base configured for this account is up"
+                        if self._account.api_base
+                        else "check this host's network, proxy and firewall"
+                    )
+                    raise BillingUnreachable(
+                        f"cannot connect to Stripe billing account '{self.name}' at {self.url} "
+                        f"({_network_reason(exc)}); {hint}",
+                        billing_account=self.name,
+                        url=self.url,
+                    ) from None
+                # Connected, then the connection dropped: the request may or may not have been
+                # applied; the same idempotency key makes trying again later safe.
+                self._unreachable = False
                 raise TransientError(
-                    f"Stripe unreachable: {exc.user_message or exc}", code="connection"
-                ) from None
-            except stripe.APIError as exc:
-                raise TransientError(
-                    f"Stripe error {exc.http_status}: {exc.user_message or exc}", code="api_error"
+                    f"connection to Stripe billing account '{self.name}' at {self.url} was "
+                    f"interrupted ({_network_reason(exc)})",
+                    code="connection",
                 ) from None
             except stripe.StripeError as exc:
-                raise TransientError(
-                    f"Stripe error {exc.http_status}: {exc.user_message or exc}",
-                    code="stripe_error",
-                ) from None
+                self._unreachable = False
+                raise self._translate(exc, customer_id) from None
+
+    def _translate(self, exc: stripe.StripeError, customer_id: str | None) -> Exception:
+        """A Stripe answer (not a network failure) as one of the port's typed errors."""
+        if isinstance(exc, stripe.AuthenticationError):
+            return AuthenticationError(
+                f"Stripe refused the key of billing account '{self.name}' (check {self._account.api_key_env})"
+            )
+        if isinstance(exc, stripe.PermissionError):
+            return AuthenticationError(
+                f"the Stripe key of billing account '{self.name}' lacks a permission: {exc.user_message or exc}. "
+                "A restricted key needs Customers: write"
+            )
+        if isinstance(exc, stripe.IdempotencyError):
+            return InvalidRequest(
+                f"Stripe idempotency conflict: {exc.user_message or exc}",
+                code="idempotency_error",
+            )
+        if isinstance(exc, stripe.InvalidRequestError):
+            if exc.http_status == 404 or exc.code == "resource_missing":
+                return CustomerMissing(
+                    f"customer {customer_id} does not exist in Stripe billing account '{self.name}'",
+                    customer_id=customer_id,
+                    billing_account=self.name,
+                )
+            param = f" (parameter {exc.param})" if exc.param else ""
+            return InvalidRequest(
+                f"Stripe refused the request{param}: {exc.user_message or exc}",
+                code=exc.code or "invalid_request",
+                param=exc.param,
+            )
+        if isinstance(exc, stripe.APIError):
+            return TransientError(
+                f"Stripe error {exc.http_status}: {exc.user_message or exc}", code="api_error"
+            )
+        return TransientError(
+            f"Stripe error {exc.http_status}: {exc.user_message or exc}", code="stripe_error"
+        )
+
+
+def _with_key(options: stripe.RequestOptions, key: str) -> stripe.RequestOptions:
+    out: stripe.RequestOptions = {**options, "idempotency_key": key}
+    return out
+
+
+def _causes(exc: BaseException) -> list[BaseException]:
+    """The exception and everything it wraps (causes, contexts, wrapped `reason`s and args)."""
+    seen: list[BaseException] = []
+    todo: list[Any] = [exc]
+    while todo and len(seen) < 32:
+        e = todo.pop()
+        if not isinstance(e, BaseException) or any(e is s for s in seen):
+            continue
+        seen.append(e)
+        todo += [e.__cause__, e.__context__, getattr(e, "reason", None), *e.args]
+    return seen
+
+
+def _no_connection(exc: stripe.APIConnectionError) -> bool:
+    """True when no connection was ever made (refused, no route, DNS, TLS): nothing was sent,
+    and the next record will meet the same wall. False for a connection dropped mid-request."""
+    for e in _causes(exc):
+        if isinstance(e, ConnectionRefusedError | socket.gaierror | ssl.SSLError):
+            return True
+        if type(e).__name__ in _NO_CONNECTION_TYPES:
+            return True
+        if isinstance(e, OSError) and e.errno in _NO_ROUTE_ERRNOS:
+            return True
+    return False
+
+
+_NO_ROUTE_ERRNOS = frozenset({101, 111, 113})  # ENETUNREACH, ECONNREFUSED, EHOSTUNREACH
+# urllib3 / requests names for "the connection was never made" (a connect timeout included:
+# nothing was sent, and a host that swallows SYNs will swallow the next record's too).
+_NO_CONNECTION_TYPES = frozenset(
+    {
+        "NewConnectionError",
+        "NameResolutionError",
+        "SSLError",
+        "ConnectTimeoutError",
+        "ConnectTimeout",
+    }
+)
+
+
+def _network_reason(exc: stripe.APIConnectionError) -> str:
+    """The lowest-level reason, without the SDK's advice to write to Stripe's support."""
+    causes = _causes(exc)
+    for e in reversed(causes):
+        if isinstance(e, OSError) and e.strerror:
+            return str(e.strerror)
+    for e in reversed(causes):
+        if not isinstance(e, stripe.StripeError) and str(e):
+            return f"{type(e).__name__}: {str(e)[:200]}"
+    return "network error"
 
 
 def _retry_after(exc: stripe.StripeError) -> float | None:

@@ -20,7 +20,11 @@ SPEC_FILE = "stripe_customers.openapi.json"
 
 @cache
 def spec() -> dict[str, Any]:
-    text = resources.files("connector.billing").joinpath("specs", SPEC_FILE).read_text(encoding="utf-8")
+    text = (
+        resources.files("connector.billing")
+        .joinpath("specs", SPEC_FILE)
+        .read_text(encoding="utf-8")
+    )
     data: dict[str, Any] = json.loads(text)
     return data
 
@@ -133,7 +137,11 @@ def coerce_params(schema: Mapping[str, Any], value: Any, path: tuple[str, ...] =
     kind = node.get("type")
     if kind == "object":
         if not isinstance(value, Mapping):
-            raise ParamError(ParamProblem(name, f"Invalid object{': ' + _abbreviate(str(value)) if value != '' else ''}"))
+            raise ParamError(
+                ParamProblem(
+                    name, f"Invalid object{': ' + _abbreviate(str(value)) if value != '' else ''}"
+                )
+            )
         props: Mapping[str, Any] = node.get("properties", {})
         extra = node.get("additionalProperties")
         out: dict[str, Any] = {}
@@ -145,11 +153,19 @@ def coerce_params(schema: Mapping[str, Any], value: Any, path: tuple[str, ...] =
                 out[key] = coerce_params(extra, sub, (*path, key))
             else:
                 unknown = _param_name((*path, key))
-                raise ParamError(ParamProblem(unknown, f"Received unknown parameter: {unknown}", "parameter_unknown"))
+                raise ParamError(
+                    ParamProblem(
+                        unknown, f"Received unknown parameter: {unknown}", "parameter_unknown"
+                    )
+                )
         for key in node.get("required", ()):
             if key not in out:
                 missing = _param_name((*path, key))
-                raise ParamError(ParamProblem(missing, f"Missing required param: {missing}.", "parameter_missing"))
+                raise ParamError(
+                    ParamProblem(
+                        missing, f"Missing required param: {missing}.", "parameter_missing"
+                    )
+                )
         return out
     if kind == "array":
         items: list[Any]
@@ -159,17 +175,29 @@ def coerce_params(schema: Mapping[str, Any], value: Any, path: tuple[str, ...] =
             items = [value[k] for k in sorted(value, key=lambda k: int(k))]
         else:
             raise ParamError(ParamProblem(name, "Invalid array"))
-        return [coerce_params(node.get("items", {}), v, (*path, str(i))) for i, v in enumerate(items)]
+        return [
+            coerce_params(node.get("items", {}), v, (*path, str(i))) for i, v in enumerate(items)
+        ]
     if kind == "integer":
         if isinstance(value, bool) or not isinstance(value, int | str):
-            raise ParamError(ParamProblem(name, f"Invalid integer: {_abbreviate(str(value))}", "parameter_invalid_integer"))
+            raise ParamError(
+                ParamProblem(
+                    name, f"Invalid integer: {_abbreviate(str(value))}", "parameter_invalid_integer"
+                )
+            )
         if isinstance(value, str):
             text = value.strip()
             if not text.lstrip("-").isdigit():
-                raise ParamError(ParamProblem(name, f"Invalid integer: {_abbreviate(value)}", "parameter_invalid_integer"))
+                raise ParamError(
+                    ParamProblem(
+                        name, f"Invalid integer: {_abbreviate(value)}", "parameter_invalid_integer"
+                    )
+                )
             value = int(text)
         if "enum" in node and value not in node["enum"]:
-            raise ParamError(ParamProblem(name, f"Invalid {name}: must be one of {_one_of(node['enum'])}"))
+            raise ParamError(
+                ParamProblem(name, f"Invalid {name}: must be one of {_one_of(node['enum'])}")
+            )
         return value
     if kind == "boolean":
         if isinstance(value, bool):
@@ -184,11 +212,18 @@ def coerce_params(schema: Mapping[str, Any], value: Any, path: tuple[str, ...] =
             value = "true" if value else "false"
         value = str(value)
         if "enum" in node and value not in node["enum"]:
-            raise ParamError(ParamProblem(name, f"Invalid {name}: must be one of {_one_of(node['enum'])}"))
+            raise ParamError(
+                ParamProblem(name, f"Invalid {name}: must be one of {_one_of(node['enum'])}")
+            )
         limit = node.get("maxLength")
         if limit is not None and len(value) > limit:
             # Stripe's wording; its published error-code list has no code for this case.
-            raise ParamError(ParamProblem(name, f"Invalid string: {_abbreviate(value)}; must be at most {limit} characters"))
+            raise ParamError(
+                ParamProblem(
+                    name,
+                    f"Invalid string: {_abbreviate(value)}; must be at most {limit} characters",
+                )
+            )
         return value
     return value
 
@@ -229,7 +264,11 @@ def json_schema(ref: str, document: Mapping[str, Any] | None = None) -> dict[str
     converted document, which rides along under `components`.
     """
     doc = document if document is not None else spec()
-    return {"$schema": "https://json-schema.org/draft/2020-12/schema", "$ref": ref, **_converted(doc)}
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$ref": ref,
+        **_converted(doc),
+    }
 
 
 _CONVERTED: dict[int, tuple[Mapping[str, Any], dict[str, Any]]] = {}
@@ -248,21 +287,35 @@ def _pointer(*parts: str) -> str:
     return "#/" + "/".join(p.replace("~", "~0").replace("/", "~1") for p in parts)
 
 
-def response_schema_ref(path: str, method: str, status: int | str, document: Mapping[str, Any] | None = None) -> str:
+def response_schema_ref(
+    path: str, method: str, status: int | str, document: Mapping[str, Any] | None = None
+) -> str:
     doc = document if document is not None else spec()
     responses = doc["paths"][path][method.lower()]["responses"]
     key = str(status) if str(status) in responses else "default"
-    return _pointer("paths", path, method.lower(), "responses", key, "content", "application/json", "schema")
+    return _pointer(
+        "paths", path, method.lower(), "responses", key, "content", "application/json", "schema"
+    )
 
 
 def request_schema_ref(path: str, method: str) -> str:
-    return _pointer("paths", path, method.lower(), "requestBody", "content", "application/x-www-form-urlencoded", "schema")
+    return _pointer(
+        "paths",
+        path,
+        method.lower(),
+        "requestBody",
+        "content",
+        "application/x-www-form-urlencoded",
+        "schema",
+    )
 
 
 _VALIDATORS: dict[tuple[int, str], Any] = {}
 
 
-def schema_problems(ref: str, instance: Any, document: Mapping[str, Any] | None = None) -> list[str]:
+def schema_problems(
+    ref: str, instance: Any, document: Mapping[str, Any] | None = None
+) -> list[str]:
     """Every way `instance` breaks the schema at `ref`, as "path: message" lines."""
     from jsonschema import Draft202012Validator  # a test dependency; see the module note
 
@@ -273,10 +326,14 @@ def schema_problems(ref: str, instance: Any, document: Mapping[str, Any] | None 
         validator = _VALIDATORS[key] = Draft202012Validator(json_schema(ref, doc))
     return [
         f"{'/'.join(str(p) for p in err.absolute_path) or '<root>'}: {err.message}"
-        for err in sorted(validator.iter_errors(instance), key=lambda e: list(map(str, e.absolute_path)))
+        for err in sorted(
+            validator.iter_errors(instance), key=lambda e: list(map(str, e.absolute_path))
+        )
     ]
 
 
-def response_problems(path: str, method: str, status: int, body: Any, document: Mapping[str, Any] | None = None) -> list[str]:
+def response_problems(
+    path: str, method: str, status: int, body: Any, document: Mapping[str, Any] | None = None
+) -> list[str]:
     """Check one answer of the customer API against the description (status picks 200 or default)."""
     return schema_problems(response_schema_ref(path, method, status, document), body, document)

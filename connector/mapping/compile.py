@@ -1,11 +1,13 @@
-"""Mapping specs compiled into plans: checked against Stripe's schema and SOQL rules, then evaluated.
+"""Mapping specs compiled into plans: checked against the target's schema and SOQL rules, then evaluated.
 
 `compile_spec` turns a parsed `MappingSpec` into a frozen `CustomerMapping` (the plan) and every
-problem found; `CustomerMapping.evaluate` maps one Salesforce Order record to a Stripe payload.
-Target paths, types, enums and lengths come only from `stripe_schema.create_params_schema()`.
-Evaluation must never produce a value Stripe would refuse: anything that cannot be sent as is
-is cut to the limit (free text) or left unset (phone, email, country, enum), never guessed.
-It never talks to Salesforce or Stripe; the optional describe check uses a callback.
+problem found; `CustomerMapping.evaluate` maps one Salesforce Order record to a target payload.
+Target paths, types, enums, lengths and value formats come only from the schema the mapping's
+billing system registers (`connector.billing.mapping_schema(system, object)`), and tag limits
+from its `TargetRules`: no vendor rule lives here. Evaluation must never produce a value the
+target would refuse: anything that cannot be sent as is is cut to the limit (free text) or left
+unset (phone, email, country, enum), never guessed. It never talks to Salesforce or a billing
+system; the optional describe check uses a callback.
 """
 
 from __future__ import annotations
@@ -16,12 +18,12 @@ import json
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from functools import cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from connector.billing.base import RESERVED_METADATA_KEYS
-from connector.billing.stripe_schema import create_params_schema, resolve, update_params_schema
+from connector.billing import DEFAULT_SYSTEM, mapping_schema, rules_for, systems
+from connector.billing.base import RESERVED_TAG_KEYS, TargetRules
+from connector.billing.schema import TargetField, TargetSchema, Together
 from connector.mapping.spec import (
     Collector,
     FieldSpec,
@@ -42,34 +44,17 @@ from connector.mapping.transforms import (
     strip_control,
     truncate,
 )
+from connector.secret_shapes import secret_shape
 from connector.yaml_source import KeyPath
 
 # Bump when evaluation rules change, so fingerprints (and so the engine's "mapping changed,
 # re-sync everything" decision) change with them.
 PLAN_VERSION = 1
 
-# Stripe's metadata limits: 50 keys per object, keys up to 40 characters, values up to 500.
-METADATA_MAX_KEYS = 50
-METADATA_KEY_MAX_LENGTH = 40
-METADATA_VALUE_MAX_LENGTH = 500
-# The connector writes RESERVED_METADATA_KEYS on every customer, so mappings get the rest.
-METADATA_MAPPABLE_KEYS = METADATA_MAX_KEYS - len(RESERVED_METADATA_KEYS)
-
 # Salesforce allows at most five levels of child-to-parent relationships in one SOQL query.
 SOQL_MAX_RELATIONSHIP_LEVELS = 5
 ROOTS = ("Order", "Account")
 
-# Parameters a mapping must not set, and why (they exist in Stripe's create schema).
-NOT_MAPPABLE: Mapping[str, str] = {
-    "expand": "a request option, not a customer field",
-    "source": "payment details never come from Salesforce",
-    "payment_method": "payment details never come from Salesforce",
-    "invoice_settings.default_payment_method": "payment details never come from Salesforce",
-    "test_clock": "test clocks are set by hand in test mode",
-    "tax_id_data": "tax ids are separate objects that can only be added on create",
-}
-
-Kind = Literal["string", "enum", "string_list"]
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s.]+$")
 _IDENTIFIER = re.compile(
     r"^[A-Za-z][A-Za-z0-9]*(?:_[A-Za-z0-9]+)*(?:__[A-Za-z][A-Za-z0-9]*(?:_[A-Za-z0-9]+)*)*$"
@@ -77,83 +62,29 @@ _IDENTIFIER = re.compile(
 
 
 @dataclass(frozen=True, slots=True)
-class TargetField:
-    """One settable leaf of a billing object, as the schema describes it."""
+class Target:
+    """What a mapping builds for: one object of one billing system, with its rules."""
 
-    path: str
-    kind: Kind
-    max_length: int | None = None
-    enum: tuple[str, ...] = ()
+    schema: TargetSchema
+    rules: TargetRules
 
+    @property
+    def label(self) -> str:
+        return self.schema.label
 
-@dataclass(frozen=True, slots=True)
-class TargetSchema:
-    """What a target object accepts: its leaves, its objects, and what cannot be mapped."""
+    @property
+    def tag_prefix(self) -> str:
+        return f"{self.rules.tag_field}."
 
-    leaves: Mapping[str, TargetField]
-    objects: frozenset[str]  # paths that are objects (address, shipping, shipping.address)
-    refused: Mapping[str, str]  # path -> why it cannot be mapped
-
-
-def _object_variant(node: Any) -> Any:
-    """Stripe writes "object or '' to unset" as anyOf; the object (or typed) variant is the shape."""
-    node = resolve(node)
-    for variant in node.get("anyOf", ()):
-        variant = resolve(variant)
-        if variant.get("enum") != [""]:
-            return variant
-    return node
+    def tag_field(self, path: str) -> TargetField:
+        return TargetField(path, "string", self.rules.tag_value_max)
 
 
-def _walk_schema(
-    node: Any,
-    prefix: str,
-    leaves: dict[str, TargetField],
-    objects: set[str],
-    refused: dict[str, str],
-) -> None:
-    for name, child in resolve(node).get("properties", {}).items():
-        path = f"{prefix}{name}"
-        shape = _object_variant(child)
-        kind = shape.get("type")
-        if path in NOT_MAPPABLE:
-            refused[path] = NOT_MAPPABLE[path]
-        elif "additionalProperties" in shape:
-            objects.add(path)  # metadata: keys are free, checked separately
-        elif kind == "object" or "properties" in shape:
-            objects.add(path)
-            _walk_schema(shape, f"{path}.", leaves, objects, refused)
-        elif kind == "string" and "enum" in shape:
-            leaves[path] = TargetField(path, "enum", None, tuple(shape["enum"]))
-        elif kind == "string":
-            leaves[path] = TargetField(path, "string", shape.get("maxLength"))
-        elif kind == "array" and resolve(shape.get("items", {})).get("type") == "string":
-            item = resolve(shape["items"])
-            leaves[path] = TargetField(path, "string_list", item.get("maxLength"))
-        else:
-            refused[path] = (
-                f"it is {'an' if str(kind)[:1] in 'aeiou' else 'a'} {kind or 'complex value'}; mappings set text fields"
-            )
-
-
-@cache
-def customer_schema() -> TargetSchema:
-    leaves: dict[str, TargetField] = {}
-    objects: set[str] = set()
-    refused: dict[str, str] = {}
-    _walk_schema(create_params_schema(), "", leaves, objects, refused)
-    update_leaves: dict[str, TargetField] = {}
-    _walk_schema(update_params_schema(), "", update_leaves, set(), {})
-    for path in list(leaves):
-        if path not in update_leaves:
-            # The connector updates customers too; a create-only parameter would be lost.
-            refused[path] = "Stripe accepts it only when a customer is created"
-            del leaves[path]
-    return TargetSchema(leaves, frozenset(objects), refused)
-
-
-# One schema per target object; product, price and subscription follow the same pattern.
-TARGET_SCHEMAS: Mapping[str, Callable[[], TargetSchema]] = {"customer": customer_schema}
+def resolve_target(system: str, obj: str) -> Target | None:
+    """The registered schema and rules for `obj` of `system`, or None when none is registered."""
+    schema = mapping_schema(system, obj)
+    rules = rules_for(system)
+    return Target(schema, rules) if schema is not None and rules is not None else None
 
 
 # --- source paths ---------------------------------------------------------------------------
@@ -267,26 +198,24 @@ class FieldPlan:
 
 
 def finish(value: str, target: TargetField) -> str | list[str]:
-    """Make a value one Stripe accepts for `target`, or "" (unset) when it cannot be made so."""
+    """Make a value the target accepts for `target`, or "" (unset) when it cannot be made so."""
     text = strip_control(value).strip()
-    path = target.path
     if target.kind == "string_list":
         # Salesforce multi-select picklists hold "a;b;c".
         items = [truncate(i.strip(), target.max_length or len(i)) for i in text.split(";")]
         return [i for i in items if i]
     if target.kind == "enum":
         return text if text in target.enum else ""
-    if path == "phone":
-        # A cut phone number is a wrong number; Stripe refuses longer ones: leave it unset.
-        return text if len(text) <= (target.max_length or 20) else ""
-    if path == "email":
-        # Stripe refuses malformed addresses, and a cut address is malformed.
-        ok = len(text) <= (target.max_length or 512) and _EMAIL.match(text)
+    if target.format == "phone":
+        # A cut phone number is a wrong number, and a longer one would be refused: leave it unset.
+        return text if target.max_length is None or len(text) <= target.max_length else ""
+    if target.format == "email":
+        # A malformed address would be refused, and a cut address is malformed.
+        ok = (target.max_length is None or len(text) <= target.max_length) and _EMAIL.match(text)
         return text if ok else ""
-    if path.endswith("address.country"):
+    if target.format == "country":
         return country_code(text)  # idempotent on alpha-2, "" for anything unknown
-    limit = METADATA_VALUE_MAX_LENGTH if path.startswith("metadata.") else target.max_length
-    return truncate(text, limit) if limit else text
+    return truncate(text, target.max_length) if target.max_length else text
 
 
 def _normalise_payload_json(payload: Mapping[str, Any]) -> str:
@@ -297,22 +226,37 @@ def _normalise_payload_json(payload: Mapping[str, Any]) -> str:
 
 @dataclass(frozen=True, slots=True)
 class CustomerMapping:
-    """A compiled mapping: what to read from Salesforce and how to build a Stripe customer payload."""
+    """A compiled mapping: what to read from Salesforce and how to build a customer payload for
+    one billing system (`system`), under that system's rules."""
 
     file: Path
     fields: tuple[FieldPlan, ...]
     target: str = "customer"
     warnings: tuple[Problem, ...] = field(default=(), compare=False)
+    system: str = DEFAULT_SYSTEM
+    # The system's groups of fields accepted only together (from its schema).
+    together: tuple[Together, ...] = field(default=(), compare=False)
     fingerprint: str = field(default="", init=False)
 
     def __post_init__(self) -> None:
-        plan = {
+        plan: dict[str, Any] = {
             "version": PLAN_VERSION,
             "target": self.target,
             "fields": {f.target: f.normalised() for f in self.fields},
         }
+        if self.system != DEFAULT_SYSTEM:
+            # Only when not the default, so mappings written before `system:` existed keep
+            # their fingerprint (a changed one re-checks every linked account).
+            plan["system"] = self.system
         digest = hashlib.sha256(_normalise_payload_json(plan).encode("ascii")).hexdigest()
         object.__setattr__(self, "fingerprint", digest)
+
+    @property
+    def rules(self) -> TargetRules:
+        rules = rules_for(self.system)
+        if rules is None:  # compile_spec only builds mappings for registered systems
+            raise LookupError(f"no billing system {self.system!r} is registered")
+        return rules
 
     def targets(self) -> list[str]:
         return sorted(f.target for f in self.fields)
@@ -341,25 +285,36 @@ class CustomerMapping:
         ctx = EvalContext(read=lambda source: read_source(order_record, source), link=link)
         flat: dict[str, Any] = {}
         for plan in self.fields:
-            value = plan.evaluate(ctx)
-            # Stripe's schema has no "unset" for arrays (preferred_locales): an empty list it is.
-            flat[plan.target] = value
-        shipping = [t for t in flat if t.startswith("shipping.")]
-        if shipping:
-            address = [flat[t] for t in shipping if t.startswith("shipping.address.")]
-            if not flat.get("shipping.name") or not any(address):
-                # Stripe needs both a name and an address for shipping; without them, unset it.
-                for t in shipping:
-                    del flat[t]
-                flat["shipping"] = ""
-        return unflatten(flat)
+            # A list field with nothing in it is an empty list: there is no "unset" for arrays.
+            flat[plan.target] = plan.evaluate(ctx)
+        for rule in self.together:
+            _all_or_nothing(flat, rule)
+        return unflatten(flat, self.rules.tag_field)
 
 
-def unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
+def _in_group(path: str, group: str) -> bool:
+    return path == group or path.startswith(f"{group}.")
+
+
+def _all_or_nothing(flat: dict[str, Any], rule: Together) -> None:
+    """When a record leaves one group of `rule` empty, unset the whole object instead of
+    sending a part the system would refuse."""
+    mapped = [t for t in flat if t.startswith(f"{rule.object}.")]
+    if not mapped:
+        return
+    if all(any(flat[t] for t in mapped if _in_group(t, g)) for g in rule.groups):
+        return
+    for t in mapped:
+        del flat[t]
+    flat[rule.object] = ""
+
+
+def unflatten(flat: Mapping[str, Any], tag_field: str) -> dict[str, Any]:
+    """{"address.city": "X", "<tag_field>.a.b": "Y"} -> nested; a tag key is one level."""
     out: dict[str, Any] = {}
     for path, value in flat.items():
-        if path.startswith("metadata."):
-            parts = ["metadata", path[len("metadata.") :]]
+        if path.startswith(f"{tag_field}."):
+            parts = [tag_field, path[len(tag_field) + 1 :]]
         else:
             parts = path.split(".")
         node = out
@@ -452,9 +407,19 @@ def _kind_word(value: Any) -> str:
 
 
 def _check_static(
-    out: Collector, target: TargetField, located: Located, what: str
+    out: Collector, target: TargetField, located: Located, what: str, label: str
 ) -> str | tuple[str, ...] | None:
     value = located.value
+    for item in value if isinstance(value, list) else [value]:
+        shape = secret_shape(item) if isinstance(item, str) else None
+        if shape is not None:
+            # A mapping file is shared and committed like code; a key in it is a leaked key.
+            out.at(
+                located.where,
+                f"{what} looks like a secret ({shape}); secrets never belong in a mapping file: "
+                "remove it, and rotate it if it is real",
+            )
+            return None
     if target.kind == "string_list":
         items = value if isinstance(value, list) else [value] if what == "default" else None
         if items is None or not all(isinstance(i, str) for i in items):
@@ -467,7 +432,7 @@ def _check_static(
             if target.max_length is not None and len(item) > target.max_length:
                 out.at(
                     located.where,
-                    f"{what} is longer than Stripe's {target.max_length} characters for {target.path}",
+                    f"{what} is longer than {label}'s {target.max_length} characters for {target.path}",
                 )
                 return None
         return tuple(items) if what == "value" else ";".join(items)
@@ -483,49 +448,55 @@ def _check_static(
     if target.kind == "enum" and value not in target.enum:
         allowed = ", ".join(repr(e) for e in target.enum if e)
         out.at(
-            located.where, f"{value!r} is not a {target.path} Stripe accepts; use one of {allowed}"
+            located.where, f"{value!r} is not a {target.path} {label} accepts; use one of {allowed}"
         )
         return None
-    limit = METADATA_VALUE_MAX_LENGTH if target.path.startswith("metadata.") else target.max_length
+    limit = target.max_length
     if limit is not None and len(value.strip()) > limit:
         out.at(
             located.where,
-            f"{what} is {len(value.strip())} characters; Stripe allows {limit} for {target.path}",
+            f"{what} is {len(value.strip())} characters; {label} allows {limit} for {target.path}",
         )
         return None
     if value.strip() and finish(value, target) == "":
         why = (
             "not an email address"
-            if target.path == "email"
+            if target.format == "email"
             else "not a country; use a name or an ISO code like DE"
-            if target.path.endswith("country")
+            if target.format == "country"
             else "not a value it accepts"
         )
-        out.at(located.where, f"Stripe would refuse {value!r} for {target.path}: {why}")
+        out.at(located.where, f"{label} would refuse {value!r} for {target.path}: {why}")
         return None
     return value
 
 
-def _resolve_target(
-    out: Collector, spec_field: FieldSpec, schema: TargetSchema
-) -> TargetField | None:
+def _resolve_target(out: Collector, spec_field: FieldSpec, target: Target) -> TargetField | None:
     path = spec_field.target
     where = spec_field.where
-    if path.startswith("metadata."):
-        key = path[len("metadata.") :]
+    schema, rules, label = target.schema, target.rules, target.label
+    tag = rules.tag_field
+    if path.startswith(target.tag_prefix):
+        key = path[len(target.tag_prefix) :]
+        forbidden = "".join(f"'{c}', " for c in schema.tag_key_forbidden)
         if not key.strip() or key != key.strip():
-            out.at(where, f"metadata key {key!r} is empty or has surrounding spaces")
-        elif key in RESERVED_METADATA_KEYS:
-            out.at(where, f"metadata.{key} is written by the connector itself; choose another key")
-        elif len(key) > METADATA_KEY_MAX_LENGTH:
+            out.at(where, f"{tag} key {key!r} is empty or has surrounding spaces")
+        elif key in RESERVED_TAG_KEYS:
+            out.at(where, f"{tag}.{key} is written by the connector itself; choose another key")
+        elif len(key) > rules.tag_key_max:
             out.at(
                 where,
-                f"metadata key {key!r} is {len(key)} characters; Stripe allows {METADATA_KEY_MAX_LENGTH}",
+                f"{tag} key {key!r} is {len(key)} characters; {label} allows {rules.tag_key_max}",
             )
-        elif any(c in key for c in "[]."):
-            out.at(where, f"metadata key {key!r} must not contain '[', ']' (Stripe) or '.' (paths)")
+        elif any(c in key for c in f"{schema.tag_key_forbidden}."):
+            out.at(
+                where,
+                f"{tag} key {key!r} must not contain "
+                + (f"{forbidden[:-2]} ({label}) or " if forbidden else "")
+                + "'.' (paths)",
+            )
         else:
-            return TargetField(path, "string", METADATA_VALUE_MAX_LENGTH)
+            return target.tag_field(path)
         return None
     if path in schema.leaves:
         return schema.leaves[path]
@@ -539,7 +510,7 @@ def _resolve_target(
         known = [*schema.leaves, *(f"{o}." for o in schema.objects)]
         close = difflib.get_close_matches(path, known, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
-        out.at(where, f"unknown target {path!r} for a Stripe customer{hint}")
+        out.at(where, f"unknown target {path!r} for a {label} {schema.object}{hint}")
     return None
 
 
@@ -547,13 +518,20 @@ def compile_spec(spec: MappingSpec, problems: Iterable[Problem] = ()) -> Compile
     """Check a parsed spec against the target schema and SOQL rules; build the plan if it is sound."""
     out = Collector(spec.doc)
     out.problems.extend(problems)
-    schema_for = TARGET_SCHEMAS.get(spec.target)
-    if schema_for is None:
+    system = spec.system or DEFAULT_SYSTEM
+    kind = systems().get(system)
+    if kind is None:
         out.value_at(
-            ("target",), f"unknown target {spec.target!r}; known: {', '.join(TARGET_SCHEMAS)}"
+            ("system",),
+            f"unknown billing system {system!r}; known: {', '.join(sorted(systems()))}",
         )
         return Compiled(None, tuple(out.problems), (), out)
-    schema = schema_for()
+    resolved = resolve_target(system, spec.target)
+    if resolved is None:
+        out.value_at(
+            ("target",), f"unknown target {spec.target!r}; known: {', '.join(kind.schemas)}"
+        )
+        return Compiled(None, tuple(out.problems), (), out)
     plans: list[FieldPlan] = []
     refs: list[SourceRef] = []
     seen: dict[str, FieldSpec] = {}
@@ -569,7 +547,7 @@ def compile_spec(spec: MappingSpec, problems: Iterable[Problem] = ()) -> Compile
                 )
                 ok = False
         seen[spec_field.target] = spec_field
-        target = _resolve_target(out, spec_field, schema)
+        target = _resolve_target(out, spec_field, resolved)
         linked = any(isinstance(t, Link) for t, _ in spec_field.transforms)
         for source in spec_field.sources:
             why = check_source_path(source.value)
@@ -594,13 +572,13 @@ def compile_spec(spec: MappingSpec, problems: Iterable[Problem] = ()) -> Compile
                     refs.append(SourceRef(source_path, item_where, False))
         if target is None:
             continue
-        _check_transforms_fit(out, target, spec_field)
+        _check_transforms_fit(out, target, spec_field, resolved.label)
         value = default = None
         if spec_field.value is not None:
-            value = _check_static(out, target, spec_field.value, "value")
+            value = _check_static(out, target, spec_field.value, "value", resolved.label)
             ok = ok and value is not None
         if spec_field.default is not None:
-            default = _check_static(out, target, spec_field.default, "default")
+            default = _check_static(out, target, spec_field.default, "default", resolved.label)
             ok = ok and default is not None
         if ok:
             plans.append(
@@ -613,18 +591,25 @@ def compile_spec(spec: MappingSpec, problems: Iterable[Problem] = ()) -> Compile
                     transforms=tuple(t for t, _ in spec_field.transforms),
                 )
             )
-    _check_whole(out, spec)
+    _check_whole(out, spec, resolved)
     errors = [p for p in out.problems if p.severity == "error"]
     mapping = None
     if not errors:
         warnings = tuple(p for p in out.problems if p.severity == "warning")
         mapping = CustomerMapping(
-            spec.file, tuple(sorted(plans, key=lambda p: p.target)), spec.target, warnings
+            spec.file,
+            tuple(sorted(plans, key=lambda p: p.target)),
+            spec.target,
+            warnings,
+            system=system,
+            together=resolved.schema.together,
         )
     return Compiled(mapping, tuple(out.problems), tuple(refs), out)
 
 
-def _check_transforms_fit(out: Collector, target: TargetField, spec_field: FieldSpec) -> None:
+def _check_transforms_fit(
+    out: Collector, target: TargetField, spec_field: FieldSpec, label: str
+) -> None:
     """Transform arguments that cannot give a value the target accepts, and silent unsets."""
     names = [t.name for t, _ in spec_field.transforms]
     if target.kind == "enum":
@@ -641,38 +626,41 @@ def _check_transforms_fit(out: Collector, target: TargetField, spec_field: Field
                     allowed = ", ".join(repr(e) for e in target.enum if e)
                     out.at(
                         value_where,
-                        f"{value!r} is not a {target.path} Stripe accepts; use one of {allowed}",
+                        f"{value!r} is not a {target.path} {label} accepts; use one of {allowed}",
                     )
-    if target.path == "phone" and spec_field.sources and "phone" not in names:
+    if target.format == "phone" and spec_field.sources and "phone" not in names:
+        limit = f"{label}'s {target.max_length} characters" if target.max_length else "the limit"
         out.at(
             spec_field.where,
-            "phone without the phone transform: numbers typed with spaces or an extension often pass "
-            "Stripe's 20 characters and are then left unset; add transforms: [phone]",
+            f"{target.path} without the phone transform: numbers typed with spaces or an extension "
+            f"often pass {limit} and are then left unset; add transforms: [phone]",
             "warning",
         )
 
 
-def _check_whole(out: Collector, spec: MappingSpec) -> None:
+def _check_whole(out: Collector, spec: MappingSpec, target: Target) -> None:
     """Rules about the set of targets rather than one of them."""
-    targets = {f.target: f for f in spec.fields}
-    metadata = [f for f in spec.fields if f.target.startswith("metadata.")]
-    if len(metadata) > METADATA_MAPPABLE_KEYS:
+    rules, label = target.rules, target.label
+    tags = [f for f in spec.fields if f.target.startswith(target.tag_prefix)]
+    mappable = rules.tag_keys_max - len(RESERVED_TAG_KEYS)
+    if len(tags) > mappable:
         out.at(
-            metadata[METADATA_MAPPABLE_KEYS].where,
-            f"too many metadata keys ({len(metadata)}); Stripe allows {METADATA_MAX_KEYS} per customer "
-            f"and the connector uses {len(RESERVED_METADATA_KEYS)}, so at most {METADATA_MAPPABLE_KEYS}",
+            tags[mappable].where,
+            f"too many {rules.tag_field} keys ({len(tags)}); {label} allows {rules.tag_keys_max} "
+            f"per {spec.target} and the connector uses {len(RESERVED_TAG_KEYS)}, so at most {mappable}",
         )
-    shipping_address = [f for f in spec.fields if f.target.startswith("shipping.address.")]
-    if shipping_address and "shipping.name" not in targets:
-        out.at(
-            shipping_address[0].where,
-            "shipping.address needs shipping.name too: Stripe requires a name with a shipping address",
-        )
-    if "shipping.name" in targets and not shipping_address:
-        out.at(
-            targets["shipping.name"].where,
-            "shipping.name needs shipping.address fields too: Stripe requires an address with a shipping name",
-        )
+    for rule in target.schema.together:
+        mapped = {g: [f for f in spec.fields if _in_group(f.target, g)] for g in rule.groups}
+        missing = [g for g, fields in mapped.items() if not fields]
+        if not missing or len(missing) == len(rule.groups):
+            continue
+        for group, fields in mapped.items():
+            if fields:
+                message = rule.missing.get(group) or (
+                    f"{group} needs {', '.join(missing)} too: {label} accepts "
+                    f"{rule.object} only with all of {', '.join(rule.groups)}"
+                )
+                out.at(fields[0].where, message)
 
 
 # --- describe check ----------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """ISO 3166-1 country codes, embedded so that `country_code` works offline.
 
 Holds the alpha-2 and alpha-3 codes and the English short names of ISO 3166-1 (plus XK, Kosovo,
-which Stripe accepts), and a few aliases people type into Salesforce's free-text country fields.
+which billing systems accept as a user-assigned code), and a few aliases people type into Salesforce's free-text country fields.
 It must never guess: a value it cannot name exactly gives "" (unset), never a wrong country.
 """
 

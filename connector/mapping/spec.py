@@ -1,6 +1,7 @@
 """The mapping file as written: its models, and the parser that reads them from YAML.
 
-A mapping file names one billing object (`target: customer`) and, under `fields`, one entry per
+A mapping file names one billing object (`target: customer`), optionally the billing system it
+builds for (`system:`; by default connector.billing.DEFAULT_SYSTEM), and, under `fields`, one entry per
 target path (`address.line1`, `metadata.region`). Each entry takes `from` (one source path or a
 list tried in order), or a static `value`, plus optional `default` and `transforms`. This module
 only checks the shape of the file; what the targets and sources mean is checked in `compile`.
@@ -21,7 +22,7 @@ from connector.yaml_source import KeyPath, Position, PositionedYaml, _walk
 
 Severity = Literal["error", "warning"]
 
-TOP_LEVEL_KEYS = ("target", "fields")
+TOP_LEVEL_KEYS = ("system", "target", "fields")
 FIELD_KEYS = ("from", "value", "default", "transforms")
 
 
@@ -68,7 +69,7 @@ class Located:
 
 @dataclass(frozen=True, slots=True)
 class FieldSpec:
-    """One entry under `fields`, shape-checked but not yet checked against Stripe or Salesforce."""
+    """One entry under `fields`, shape-checked but not yet checked against the target or Salesforce."""
 
     target: str
     where: KeyPath  # of the target key
@@ -84,6 +85,9 @@ class MappingSpec:
     doc: PositionedYaml
     target: str
     fields: tuple[FieldSpec, ...]
+    # None: the file names no system (every file written before `system:` existed); the compiler
+    # reads it as connector.billing.DEFAULT_SYSTEM.
+    system: str | None = None
 
 
 class Collector:
@@ -189,6 +193,12 @@ def read_spec(file: Path, text: str) -> tuple[MappingSpec | None, list[Problem]]
     for key in data:
         if key not in TOP_LEVEL_KEYS:
             out.at((key,), f"unknown key {key!r}; a mapping file has {', '.join(TOP_LEVEL_KEYS)}")
+    system = data.get("system")
+    if "system" in data and (not isinstance(system, str) or not system):
+        out.value_at(
+            ("system",), "system must be the name of the billing system this file builds for"
+        )
+        system = None
     target = data.get("target")
     if "target" not in data:
         out.at((), "missing 'target' (e.g. target: customer)")
@@ -209,7 +219,9 @@ def read_spec(file: Path, text: str) -> tuple[MappingSpec | None, list[Problem]]
             parsed = _read_field(out, name, entry)
             if parsed is not None:
                 fields.append(parsed)
-    spec = MappingSpec(file, doc, target, tuple(fields)) if isinstance(target, str) else None
+    spec = (
+        MappingSpec(file, doc, target, tuple(fields), system) if isinstance(target, str) else None
+    )
     return spec, out.problems
 
 

@@ -21,7 +21,8 @@ from connector.mapping.countries import to_alpha2
 
 KeyPath = tuple[str | int, ...]
 
-# Stripe refuses phone numbers longer than this (POST /v1/customers `phone` maxLength).
+# No dialable number is longer (E.164 allows 15 digits; a "+" and a generous margin); anything
+# longer is not a phone number. The target's own limit is applied afterwards by `finish`.
 PHONE_MAX_LENGTH = 20
 
 
@@ -85,7 +86,7 @@ def upper(value: str) -> str:
 
 
 def truncate(value: str, length: int) -> str:
-    # Whitespace left at the cut would be trimmed by Stripe's side of things anyway; keep it tidy.
+    # Whitespace left at the cut would only be trimmed later anyway; keep it tidy.
     return value if len(value) <= length else value[:length].rstrip()
 
 
@@ -102,8 +103,8 @@ def phone(value: str) -> str:
 
     Separators (spaces, dots, dashes, brackets) go. An extension ("x12", "ext. 12", "#12") is cut
     off rather than run into the number, which would make a different, wrong number. Digits in
-    other scripts become ASCII digits. A result over Stripe's 20 characters is "" (unset):
-    a cut number is a wrong number, and Stripe would refuse a longer one.
+    other scripts become ASCII digits. A result over 20 characters is "" (unset): a cut number
+    is a wrong number.
     """
     text = value.strip()
     plus = text.startswith("+")

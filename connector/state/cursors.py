@@ -10,6 +10,8 @@ import sqlalchemy as sa
 from connector.state import schema as t
 from connector.state.database import Database, utcnow
 
+_GET = sa.select(t.cursors.c.value).where(t.cursors.c.name == sa.bindparam("name"))
+
 
 class CursorRepository:
     """`store.cursors`: name -> value."""
@@ -19,12 +21,10 @@ class CursorRepository:
 
     def get(self, name: str) -> str | None:
         with self._db.connect() as conn:
-            value: str | None = conn.execute(
-                sa.select(t.cursors.c.value).where(t.cursors.c.name == name)
-            ).scalar()
+            value: str | None = conn.execute(_GET, {"name": name}).scalar()
         return value
 
     def set(self, name: str, value: str) -> None:
-        stmt = self._db.upsert(t.cursors, ["name"], ["value", "updated_at"])
+        stmt = self._db.upsert(t.cursors, ("name",), ("value", "updated_at"))
         with self._db.connect(write=True) as conn:
             conn.execute(stmt, [{"name": name, "value": value, "updated_at": utcnow()}])

@@ -72,6 +72,8 @@ class Database:
         # Set once a write transaction committed: a read-only error after that means the store
         # *became* read-only under a running process, not that it was opened read-only.
         self.has_written = False
+        # Upserts built once per (table, keys, update columns): see `upsert`.
+        self._upserts: dict[tuple[str, tuple[str, ...], tuple[str, ...] | None], sa.Insert] = {}
 
     @property
     def dialect(self) -> str:
@@ -202,7 +204,21 @@ class Database:
     def upsert(
         self, table: sa.Table, keys: Sequence[str], update: Sequence[str] | None
     ) -> sa.Insert:
-        """INSERT ... ON CONFLICT (keys) DO UPDATE SET update=excluded (DO NOTHING if None)."""
+        """INSERT ... ON CONFLICT (keys) DO UPDATE SET update=excluded (DO NOTHING if None).
+
+        Built once per table, keys and columns and then reused: building one (its `excluded`
+        column collection above all) cost more CPU than running it, and the engine upserts per
+        record. A statement is immutable, so sharing it between threads is safe.
+        """
+        memo = (table.name, tuple(keys), tuple(update) if update else None)
+        stmt = self._upserts.get(memo)
+        if stmt is None:
+            stmt = self._upserts[memo] = self._build_upsert(table, keys, update)
+        return stmt
+
+    def _build_upsert(
+        self, table: sa.Table, keys: Sequence[str], update: Sequence[str] | None
+    ) -> sa.Insert:
         if self.dialect == "postgresql":
             pg = postgresql.insert(table)
             if not update:

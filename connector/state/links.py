@@ -1,7 +1,9 @@
 """Cross-references: Salesforce account <-> billing customer per billing account, and orders.
 
 Look-ups take iterables of ids and run one query per chunk of `LOOKUP_CHUNK` ids; writes take
-whole pages in one statement with many parameter sets. What this module must never do: let one
+whole pages in one statement with many parameter sets. Statements are built once, at import (or
+once per dialect for upserts, see `Database.upsert`), with bind parameters: building a SQLAlchemy
+statement costs more CPU than running it on SQLite, and a sync runs these per record. What this module must never do: let one
 customer be linked to two accounts of one billing account (unless one was merged away).
 """
 
@@ -19,6 +21,68 @@ from connector.state import schema as t
 from connector.state.database import Database, chunks, utcnow
 from connector.state.records import Link, OrderLink
 
+_L = t.links
+_O = t.order_links
+_BA: sa.BindParameter[str] = sa.bindparam("ba")
+_IDS: sa.BindParameter[list[str]] = sa.bindparam("ids", expanding=True)
+
+_GET_MANY = sa.select(_L).where(_L.c.billing_account == _BA, _L.c.account_id.in_(_IDS))
+# A merged-away account's link may share the customer with the survivor's: the link in use
+# comes first.
+_BY_CUSTOMER = (
+    sa.select(_L)
+    .where(_L.c.billing_account == _BA, _L.c.customer_id == sa.bindparam("customer_id"))
+    .order_by(sa.case((_L.c.status == "merged", 1), else_=0), _L.c.account_id)
+    .limit(1)
+)
+_ITER = (
+    sa.select(_L)
+    .where(_L.c.billing_account == _BA, _L.c.account_id > sa.bindparam("after"))
+    .order_by(_L.c.account_id)
+    .limit(sa.bindparam("batch"))
+)
+_ITER_STATUS = _ITER.where(_L.c.status == sa.bindparam("status"))
+_FINGERPRINTS = (
+    sa.select(_L.c.mapping_fingerprint)
+    .where(
+        _L.c.billing_account == _BA,
+        _L.c.status == "active",
+        _L.c.mapping_fingerprint.is_not(None),
+    )
+    .distinct()
+)
+_COUNTS = (
+    sa.select(_L.c.status, sa.func.count()).where(_L.c.billing_account == _BA).group_by(_L.c.status)
+)
+_SET_STATUS = (
+    _L.update()
+    .where(_L.c.billing_account == _BA, _L.c.account_id == sa.bindparam("acc"))
+    .values(status=sa.bindparam("new_status"))
+)
+_WRITTEN_BACK = (
+    _L.update()
+    .where(_L.c.billing_account == _BA, _L.c.account_id.in_(_IDS))
+    .values(writeback_pending=False)
+)
+_PENDING_WRITEBACKS = (
+    sa.select(_L)
+    .where(
+        _L.c.billing_account == _BA,
+        _L.c.writeback_pending.is_(True),
+        _L.c.status == "active",
+    )
+    .order_by(_L.c.last_synced_at, _L.c.account_id)
+    .limit(sa.bindparam("limit"))
+)
+_CUSTOMER_HOLDERS = sa.select(_L.c.customer_id, _L.c.account_id).where(
+    _L.c.billing_account == _BA, _L.c.customer_id.in_(_IDS), _L.c.status != "merged"
+)
+_ORDER_LINKS = sa.select(_O).where(_O.c.billing_account == _BA, _O.c.order_id.in_(_IDS))
+_LINK_UPDATE_COLUMNS = tuple(
+    c.name for c in _L.columns if c.name not in ("billing_account", "account_id", "first_synced_at")
+)
+_ORDER_UPDATE_COLUMNS = ("account_id", "customer_id", "last_seen_at")
+
 
 class LinkRepository:
     """`store.links`: the cross-references and the orders seen for each account."""
@@ -30,10 +94,7 @@ class LinkRepository:
         out: dict[str, Link] = {}
         with self._db.connect() as conn:
             for chunk in chunks(account_ids):
-                query = sa.select(t.links).where(
-                    t.links.c.billing_account == billing_account, t.links.c.account_id.in_(chunk)
-                )
-                for row in conn.execute(query):
+                for row in conn.execute(_GET_MANY, {"ba": billing_account, "ids": chunk}):
                     out[row.account_id] = link_record(row)
         return out
 
@@ -41,17 +102,10 @@ class LinkRepository:
         return self.get_many(billing_account, [account_id]).get(account_id)
 
     def by_customer(self, billing_account: str, customer_id: str) -> Link | None:
-        # A merged-away account's link may share the customer with the survivor's: the link in
-        # use comes first.
-        query = (
-            sa.select(t.links)
-            .where(
-                t.links.c.billing_account == billing_account, t.links.c.customer_id == customer_id
-            )
-            .order_by(sa.case((t.links.c.status == "merged", 1), else_=0), t.links.c.account_id)
-        )
         with self._db.connect() as conn:
-            row = conn.execute(query).first()
+            row = conn.execute(
+                _BY_CUSTOMER, {"ba": billing_account, "customer_id": customer_id}
+            ).first()
         return link_record(row) if row is not None else None
 
     def iter(
@@ -62,17 +116,13 @@ class LinkRepository:
         Each batch is its own short read, so no snapshot or cursor stays open between yields.
         """
         after = ""
+        query = _ITER if status is None else _ITER_STATUS
         while True:
-            query = (
-                sa.select(t.links)
-                .where(t.links.c.billing_account == billing_account, t.links.c.account_id > after)
-                .order_by(t.links.c.account_id)
-                .limit(batch)
-            )
+            params: dict[str, object] = {"ba": billing_account, "after": after, "batch": batch}
             if status is not None:
-                query = query.where(t.links.c.status == status)
+                params["status"] = status
             with self._db.connect() as conn:
-                rows = [link_record(row) for row in conn.execute(query)]
+                rows = [link_record(row) for row in conn.execute(query, params)]
             yield from rows
             if len(rows) < batch:
                 return
@@ -80,27 +130,15 @@ class LinkRepository:
 
     def fingerprints_in_use(self, billing_account: str) -> set[str]:
         """The mapping fingerprints active links were last written with (one query, no rows)."""
-        query = (
-            sa.select(t.links.c.mapping_fingerprint)
-            .where(
-                t.links.c.billing_account == billing_account,
-                t.links.c.status == "active",
-                t.links.c.mapping_fingerprint.is_not(None),
-            )
-            .distinct()
-        )
         with self._db.connect() as conn:
-            return {str(fp) for fp in conn.execute(query).scalars()}
+            return {
+                str(fp) for fp in conn.execute(_FINGERPRINTS, {"ba": billing_account}).scalars()
+            }
 
     def counts(self, billing_account: str) -> dict[str, int]:
         """Links per status."""
-        query = (
-            sa.select(t.links.c.status, sa.func.count())
-            .where(t.links.c.billing_account == billing_account)
-            .group_by(t.links.c.status)
-        )
         with self._db.connect() as conn:
-            return {status: int(n) for status, n in conn.execute(query)}
+            return {status: int(n) for status, n in conn.execute(_COUNTS, {"ba": billing_account})}
 
     def save(self, links: Iterable[Link]) -> None:
         """Insert or update links by (billing_account, account_id); first_synced_at is kept.
@@ -119,54 +157,29 @@ class LinkRepository:
         # same batch never meets the unique index while both are still in use.
         ordered = sorted(by_key.values(), key=lambda link: link.status != "merged")
         rows = [_link_values(link, now) for link in ordered]
-        update = [
-            c.name
-            for c in t.links.columns
-            if c.name not in ("billing_account", "account_id", "first_synced_at")
-        ]
+        stmt = self._db.upsert(t.links, ("billing_account", "account_id"), _LINK_UPDATE_COLUMNS)
         with self._db.connect(write=True) as conn:
             _refuse_customer_reuse(conn, list(by_key.values()))
-            conn.execute(self._db.upsert(t.links, ["billing_account", "account_id"], update), rows)
+            conn.execute(stmt, rows)
 
     def set_status(self, billing_account: str, account_id: str, status: str) -> bool:
         """Set one link's status; False if there is no such link."""
         with self._db.connect(write=True) as conn:
             result = conn.execute(
-                t.links.update()
-                .where(
-                    t.links.c.billing_account == billing_account,
-                    t.links.c.account_id == account_id,
-                )
-                .values(status=status)
+                _SET_STATUS, {"ba": billing_account, "acc": account_id, "new_status": status}
             )
         return result.rowcount > 0
 
     def mark_written_back(self, billing_account: str, account_ids: Iterable[str]) -> None:
         with self._db.connect(write=True) as conn:
             for chunk in chunks(account_ids):
-                conn.execute(
-                    t.links.update()
-                    .where(
-                        t.links.c.billing_account == billing_account,
-                        t.links.c.account_id.in_(chunk),
-                    )
-                    .values(writeback_pending=False)
-                )
+                conn.execute(_WRITTEN_BACK, {"ba": billing_account, "ids": chunk})
 
     def pending_writebacks(self, billing_account: str, limit: int = 200) -> list[Link]:
         """Active links whose customer id is not yet confirmed on the Salesforce Account."""
-        query = (
-            sa.select(t.links)
-            .where(
-                t.links.c.billing_account == billing_account,
-                t.links.c.writeback_pending.is_(True),
-                t.links.c.status == "active",
-            )
-            .order_by(t.links.c.last_synced_at, t.links.c.account_id)
-            .limit(limit)
-        )
         with self._db.connect() as conn:
-            return [link_record(row) for row in conn.execute(query)]
+            rows = conn.execute(_PENDING_WRITEBACKS, {"ba": billing_account, "limit": limit})
+            return [link_record(row) for row in rows]
 
     # --- orders -------------------------------------------------------------------------------
 
@@ -188,9 +201,7 @@ class LinkRepository:
             for r in by_key.values()
         ]
         stmt = self._db.upsert(
-            t.order_links,
-            ["billing_account", "order_id"],
-            ["account_id", "customer_id", "last_seen_at"],
+            t.order_links, ("billing_account", "order_id"), _ORDER_UPDATE_COLUMNS
         )
         with self._db.connect(write=True) as conn:
             conn.execute(stmt, values)
@@ -199,11 +210,7 @@ class LinkRepository:
         out: dict[str, OrderLink] = {}
         with self._db.connect() as conn:
             for chunk in chunks(order_ids):
-                query = sa.select(t.order_links).where(
-                    t.order_links.c.billing_account == billing_account,
-                    t.order_links.c.order_id.in_(chunk),
-                )
-                for row in conn.execute(query):
+                for row in conn.execute(_ORDER_LINKS, {"ba": billing_account, "ids": chunk}):
                     out[row.order_id] = OrderLink(
                         billing_account=row.billing_account,
                         order_id=row.order_id,
@@ -230,12 +237,8 @@ def _refuse_customer_reuse(conn: Connection, links: list[Link]) -> None:
         by_account.setdefault(billing_account, {})[customer_id] = link
     for billing_account, wanted in by_account.items():
         for chunk in chunks(wanted):
-            query = sa.select(t.links.c.customer_id, t.links.c.account_id).where(
-                t.links.c.billing_account == billing_account,
-                t.links.c.customer_id.in_(chunk),
-                t.links.c.status != "merged",
-            )
-            for customer_id, holder in conn.execute(query):
+            params = {"ba": billing_account, "ids": chunk}
+            for customer_id, holder in conn.execute(_CUSTOMER_HOLDERS, params):
                 if holder == wanted[customer_id].account_id:
                     continue
                 if (billing_account, holder) in merged_here:

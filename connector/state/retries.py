@@ -28,6 +28,17 @@ def retry_delay(attempts: int) -> timedelta:
     return min(delay, RETRY_CAP)
 
 
+_Q = t.retry_queue
+_BA: sa.BindParameter[str] = sa.bindparam("ba")
+_IDS: sa.BindParameter[list[str]] = sa.bindparam("ids", expanding=True)
+# Built once: the engine clears the retries of every page it wrote.
+_PREVIOUS = sa.select(_Q.c.account_id, _Q.c.attempts, _Q.c.first_failed_at).where(
+    _Q.c.billing_account == _BA, _Q.c.account_id.in_(_IDS)
+)
+_CLEAR = _Q.delete().where(_Q.c.billing_account == _BA, _Q.c.account_id.in_(_IDS))
+_UPDATE_COLUMNS = ("attempts", "next_attempt_at", "last_error")
+
+
 class RetryRepository:
     """`store.retries`: per billing account, the accounts to try again and when."""
 
@@ -47,10 +58,8 @@ class RetryRepository:
         with self._db.connect(write=True) as conn:
             previous: dict[str, tuple[int, datetime]] = {}
             for chunk in chunks(errors):
-                query = sa.select(q.c.account_id, q.c.attempts, q.c.first_failed_at).where(
-                    q.c.billing_account == billing_account, q.c.account_id.in_(chunk)
-                )
-                for account_id, attempts, first in conn.execute(query):
+                params = {"ba": billing_account, "ids": chunk}
+                for account_id, attempts, first in conn.execute(_PREVIOUS, params):
                     previous[account_id] = (attempts, first)
             rows = []
             for account_id, error in errors.items():
@@ -73,9 +82,7 @@ class RetryRepository:
                         "first_failed_at": first,
                     }
                 )
-            stmt = self._db.upsert(
-                q, ["billing_account", "account_id"], ["attempts", "next_attempt_at", "last_error"]
-            )
+            stmt = self._db.upsert(q, ("billing_account", "account_id"), _UPDATE_COLUMNS)
             conn.execute(stmt, rows)
         return out
 
@@ -103,14 +110,9 @@ class RetryRepository:
             return [retry_record(row) for row in conn.execute(query)]
 
     def clear(self, billing_account: str, account_ids: Iterable[str]) -> None:
-        q = t.retry_queue
         with self._db.connect(write=True) as conn:
             for chunk in chunks(account_ids):
-                conn.execute(
-                    q.delete().where(
-                        q.c.billing_account == billing_account, q.c.account_id.in_(chunk)
-                    )
-                )
+                conn.execute(_CLEAR, {"ba": billing_account, "ids": chunk})
 
 
 def retry_record(row: Row[Any]) -> RetryItem:

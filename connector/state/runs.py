@@ -24,6 +24,10 @@ from connector.state.records import Outcome, RunRecord
 # these, `iter_outcomes(failed_only=True)` exports every one of them.
 FAILURE_OUTCOMES: tuple[str, ...] = ("failed", "refused")
 
+# Built once: a run records a page of outcomes per page of orders.
+_INSERT_OUTCOMES = t.record_outcomes.insert()
+_GET_RUN = sa.select(t.runs).where(t.runs.c.run_id == sa.bindparam("run_id"))
+
 
 class RunRepository:
     """`store.runs`: one row per run, one outcome row per record a run touched."""
@@ -67,7 +71,7 @@ class RunRepository:
 
     def get(self, run_id: str) -> RunRecord | None:
         with self._db.connect() as conn:
-            row = conn.execute(sa.select(t.runs).where(t.runs.c.run_id == run_id)).first()
+            row = conn.execute(_GET_RUN, {"run_id": run_id}).first()
         return run_record(row) if row is not None else None
 
     def recent(self, limit: int = 10) -> list[RunRecord]:
@@ -114,7 +118,7 @@ class RunRepository:
         ]
         if rows:
             with self._db.connect(write=True) as conn:
-                conn.execute(t.record_outcomes.insert(), rows)
+                conn.execute(_INSERT_OUTCOMES, rows)
 
     def outcomes_for_run(self, run_id: str) -> list[Outcome]:
         query = (
