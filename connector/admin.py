@@ -15,6 +15,7 @@ import structlog
 
 from connector.billing.base import BillingTarget
 from connector.errors import ConfigError
+from connector.sfid import ACCOUNT_PREFIX, SalesforceIdError, normalize_sf_id
 from connector.state.ports import Store
 from connector.state.records import Link, Outcome
 
@@ -54,6 +55,67 @@ CONFLICT_CHOICES: dict[str, tuple[str, ...]] = {
 }
 
 
+# Longer than any billing system's ids (Stripe's are about 20 characters, Chargebee's at most
+# 50); a value this long is a pasted paragraph, not an id.
+MAX_CUSTOMER_ID_LENGTH = 255
+
+
+def check_customer_id(value: str | None, *, argument: str) -> str:
+    """A billing customer id an admin typed, refused before anything is read or written.
+
+    Target-neutral: each billing system has its own id shapes, so this only refuses what no
+    system uses: empty (an unset shell variable), whitespace, control characters, or a value
+    too long to be an id. The billing account then says whether the customer exists.
+    """
+    if value is None or value == "":
+        raise ConfigError(
+            "needs a customer id, and the value is empty (an unset shell variable?); nothing was changed",
+            key=argument,
+        )
+    shown = value if len(value) <= 40 else value[:40] + "..."
+    if len(value) > MAX_CUSTOMER_ID_LENGTH:
+        raise ConfigError(
+            f"{shown!r} is not a customer id: longer than {MAX_CUSTOMER_ID_LENGTH} characters; "
+            "nothing was changed",
+            key=argument,
+        )
+    if any(c.isspace() for c in value) or not value.isprintable():
+        raise ConfigError(
+            f"{shown!r} is not a customer id: it contains spaces or control characters; "
+            "nothing was changed",
+            key=argument,
+        )
+    return value
+
+
+# Conflict numbers are the store's 64-bit keys; a larger number cannot name one, and passing it
+# on would make the database driver fail instead of telling the admin.
+MAX_CONFLICT_ID = 2**63 - 1
+
+
+def check_conflict_id(value: int, *, argument: str = "CONFLICT_ID") -> int:
+    if not 1 <= value <= MAX_CONFLICT_ID:
+        raise ConfigError(
+            f"{value} is not a conflict number (see `billing-connector conflicts list`); "
+            "nothing was changed",
+            key=argument,
+        )
+    return value
+
+
+def check_account_id(value: str | None, *, argument: str) -> str:
+    """An Account id an admin typed, in the 18-character form the store and Salesforce use.
+
+    The 15-character form from a Salesforce URL is the same account: without this, a link
+    keyed by it would slip past the "already linked" guard and the next sync would write the
+    other customer's id into the Account.
+    """
+    try:
+        return normalize_sf_id(value or "", prefix=ACCOUNT_PREFIX, what="account id")
+    except SalesforceIdError as exc:
+        raise ConfigError(f"{exc}; nothing was changed", key=argument) from None
+
+
 def link_account(
     store: Store,
     target: BillingTarget,
@@ -65,6 +127,8 @@ def link_account(
     note: str = "xref link",
 ) -> Link:
     """Link an account to an existing customer by an admin's decision; recorded as a run."""
+    account_id = check_account_id(account_id, argument="ACCOUNT")
+    customer_id = check_customer_id(customer_id, argument="CUSTOMER")
     remote = target.fetch_customer(customer_id)
     if remote is None or remote.deleted:
         raise ConfigError(
@@ -142,7 +206,7 @@ def resolve_conflict(
     by: str,
 ) -> Any:
     """Apply and record an admin's decision on a conflict: link, new or ignore."""
-    conflict = store.conflicts.get(conflict_id)
+    conflict = store.conflicts.get(check_conflict_id(conflict_id))
     if conflict is None:
         raise ConfigError(
             f"there is no conflict {conflict_id}; see `billing-connector conflicts list`"
@@ -162,8 +226,7 @@ def resolve_conflict(
             f"choose one of {', '.join(sorted(allowed))}"
         )
     if choice == "link":
-        if not customer_id:
-            raise ConfigError("--link needs a customer id")
+        customer_id = check_customer_id(customer_id, argument="--link")
         target = next((t for t in targets if t.name == conflict.billing_account), None)
         if target is None:
             raise ConfigError(

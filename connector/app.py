@@ -20,6 +20,7 @@ from connector.config import Config, SecretSource
 from connector.engine import Engine
 from connector.errors import ConfigError
 from connector.mapping import CustomerMapping, load_mappings
+from connector.partitions import hold_partitions, partitions_of
 from connector.salesforce import SalesforceSource, connect
 from connector.state.store import StateStore
 
@@ -56,6 +57,41 @@ def check_mapping_fits(config: Config, mapping: CustomerMapping) -> None:
             )
 
 
+def connect_source(config: Config, secrets: SecretSource) -> SalesforceSource:
+    """Log in to Salesforce with the Account fields the billing accounts write back to."""
+    return connect(config.salesforce, secrets, writeback_fields=config.billing.writeback_fields())
+
+
+def make_engine(
+    config: Config,
+    *,
+    mapping: CustomerMapping,
+    store: StateStore,
+    source: SalesforceSource,
+    targets: list[BillingTarget],
+    on_progress: Callable[[int, int | None], None] | None = None,
+    stop: threading.Event | None = None,
+    before_write: Callable[[], None] | None = None,
+    cursor_scope: str | None = None,
+) -> Engine:
+    """An engine for `targets` (every billing account, or one daemon partition)."""
+    return Engine(
+        source=source,
+        targets=targets,
+        store=store,
+        mapping=mapping,
+        overlap_seconds=config.salesforce.overlap_seconds,
+        # Until the engine writes back per account: the first account that has a field.
+        writeback_billing_account=next(iter(config.billing.writeback_fields()), None),
+        writeback_batch=config.salesforce.writeback_batch_size,
+        salesforce_calls=lambda: source.usage.calls,
+        on_progress=on_progress,
+        stop=stop,
+        before_write=before_write,
+        cursor_scope=cursor_scope,
+    )
+
+
 @contextmanager
 def open_pipeline(
     config: Config,
@@ -65,38 +101,29 @@ def open_pipeline(
     stop: threading.Event | None = None,
     lock: bool = True,
 ) -> Iterator[Pipeline]:
-    """Everything a run needs, with the single-runner lock held for its duration."""
+    """Everything a run needs, with every partition's lock held for its duration (the daemon
+    takes the same locks, so a one-shot command and `run` never write the same account)."""
     mapping = load_mappings(config.mappings_path)  # exit 2 before anything is contacted
     check_mapping_fits(config, mapping)
     targets = build_targets(config, secrets)  # a missing key is a config error too
     store = StateStore.open(config.state_url, auto_migrate=config.state.auto_migrate)
     try:
-        lock_cm = store.locks.hold("sync", holder=holder_name()) if lock else _null()
-        with lock_cm:
-            if lock:
-                # Holding the lock, any run still marked running belongs to a dead process.
-                store.runs.mark_interrupted()
-            source = connect(
-                config.salesforce, secrets, writeback_fields=config.billing.writeback_fields()
-            )
-            engine = Engine(
+        parts = partitions_of(config) if lock else []
+        with hold_partitions(store.locks, parts, holder_name()) as held:
+            for p in parts:
+                # Holding its lock, any run of the partition still marked running is dead.
+                store.runs.mark_interrupted(p.billing_account)
+            source = connect_source(config, secrets)
+            engine = make_engine(
+                config,
+                mapping=mapping,
+                store=store,
                 source=source,
                 targets=targets,
-                store=store,
-                mapping=mapping,
-                overlap_seconds=config.salesforce.overlap_seconds,
-                # Until the engine writes back per account: the first account that has a field.
-                writeback_billing_account=next(iter(config.billing.writeback_fields()), None),
-                writeback_batch=config.salesforce.writeback_batch_size,
-                salesforce_calls=lambda: source.usage.calls,
                 on_progress=on_progress,
                 stop=stop,
+                before_write=held.check if lock else None,
             )
             yield Pipeline(config, mapping, store, source, targets, engine)
     finally:
         store.close()
-
-
-@contextmanager
-def _null() -> Iterator[None]:
-    yield

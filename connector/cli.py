@@ -68,6 +68,11 @@ DryRunOpt = Annotated[
 ]
 
 
+# Set once a sync or backfill has started its run, so that an internal error says a run was
+# recorded as failed only when there was one.
+_RUN_STARTED = threading.Event()
+
+
 def main() -> None:
     signals.install()  # normally done already by connector.__main__, before the imports
     command = typer.main.get_command(app)
@@ -82,8 +87,9 @@ def main() -> None:
 
         text = REDACTOR.scrub("".join(traceback.format_exception(exc)))
         err.print(text, highlight=False, markup=False, soft_wrap=True)
+        recorded = " (the run in progress was recorded as failed)" if _RUN_STARTED.is_set() else ""
         err.print(
-            "internal error: this is a bug in billing-connector (a run in progress was recorded as failed)",
+            f"internal error: this is a bug in billing-connector{recorded}",
             highlight=False,
         )
         raise SystemExit(1) from None
@@ -353,6 +359,7 @@ def _run(
         )
         with open_pipeline(cfg, secrets, on_progress=on_progress, stop=stop) as p:
             signals.run_started()  # from here a signal lets the record in progress finish
+            _RUN_STARTED.set()
             try:
                 report = p.engine.run(
                     mode, dry_run=dry_run, since=start, until=end, retry_all=retry_all
@@ -549,6 +556,13 @@ def status(config: ConfigOpt = Path("config.yaml"), as_json: JsonOpt = False) ->
     for name, cursor in sorted(stats.get("cursors", {}).items()):
         if cursor.get("value"):
             out.print(f"cursor {name}: {cursor['value']}", highlight=False)
+    for name, who in sorted(stats.get("partitions", {}).items()):
+        # Daemon replicas (or a one-shot sync) running now, one line per partition.
+        out.print(
+            f"{name}: held by {who.get('holder')} since {who.get('since')}",
+            highlight=False,
+            markup=False,
+        )
     if failures:
         out.print(f"\nfailing records ({len(failures)}, latest first):")
         for at, _run_id, o in failures:
@@ -640,6 +654,10 @@ def mappings_preview(
         err.print("error: give --account ID or --order ID")
         raise typer.Exit(2)
     with _errors(as_json=as_json):
+        account, order = (
+            _sf_id_option(account, "--account", "001"),
+            _sf_id_option(order, "--order", "801"),
+        )
         cfg, secrets = _load(config)
         with open_pipeline(cfg, secrets, lock=False) as p:
             rows = [
@@ -706,6 +724,18 @@ def mappings_preview(
                 else ("(same)" if entry["customer_id"] else ""),
             )
         out.print(t)
+
+
+def _sf_id_option(value: str | None, option: str, prefix: str) -> str | None:
+    """A Salesforce id option in its 18-character form (the 15-character URL form is accepted)."""
+    from connector.sfid import SalesforceIdError, normalize_sf_id
+
+    if value is None:
+        return None
+    try:
+        return normalize_sf_id(value, prefix=prefix, what=option.lstrip("-") + " id")
+    except SalesforceIdError as exc:
+        raise ConfigError(str(exc), key=option) from None
 
 
 def _dig(data: Any, dotted: str) -> Any:
@@ -835,14 +865,18 @@ def conflicts_resolve(
     ] = None,
 ) -> None:
     """Record an admin's decision on a conflict (exactly one of --link, --new, --ignore)."""
-    from connector.admin import resolve_conflict
+    from connector.admin import check_conflict_id, check_customer_id, resolve_conflict
     from connector.app import build_targets
 
     if sum([link is not None, new, ignore]) != 1:
         err.print("error: give exactly one of --link CUSTOMER, --new, --ignore")
         raise typer.Exit(2)
-    choice = "link" if link else "new" if new else "ignore"
+    # `--link ""` (an unset shell variable) is a link with a bad value, never a quiet --ignore.
+    choice = "link" if link is not None else "new" if new else "ignore"
     with _errors():
+        check_conflict_id(conflict_id)
+        if link is not None:
+            link = check_customer_id(link, argument="--link")
         cfg, secrets = _load(config)
         targets = build_targets(cfg, secrets) if choice == "link" else []
         with _opened_store(cfg) as store:
@@ -862,7 +896,10 @@ def xref_show(
     as_json: JsonOpt = False,
 ) -> None:
     """Everything the store knows about one account: links, conflicts, retries, last outcomes."""
+    from connector.admin import check_account_id
+
     with _errors(as_json=as_json):
+        account = check_account_id(account, argument="ACCOUNT")
         cfg, _ = _load(config)
         with _opened_store(cfg) as store:
             info: dict[str, Any] = {"account_id": account, "billing_accounts": []}
@@ -945,10 +982,13 @@ def xref_link(
     ] = None,
 ) -> None:
     """Link an account to an existing customer (support work); the next run updates it."""
-    from connector.admin import link_account
+    from connector.admin import check_account_id, check_customer_id, link_account
     from connector.app import build_targets
 
     with _errors():
+        # Checked before anything is opened: a bad argument changes nothing and contacts nothing.
+        account = check_account_id(account, argument="ACCOUNT")
+        customer = check_customer_id(customer, argument="CUSTOMER")
         cfg, secrets = _load(config)
         targets = build_targets(cfg, secrets)
         target = next((t for t in targets if t.name == (billing_account or targets[0].name)), None)
@@ -1131,6 +1171,137 @@ def init(
         markup=False,
         soft_wrap=True,
     )
+
+
+# --- the daemon and its history (issue 16) -------------------------------------------------------
+
+
+@app.command()
+def run(
+    config: ConfigOpt = Path("config.yaml"),
+    health_port: Annotated[
+        int | None,
+        typer.Option(
+            "--health-port", help="Serve /livez, /readyz and /metrics on this port (0: any free)."
+        ),
+    ] = None,
+    health_host: Annotated[
+        str | None,
+        typer.Option("--health-host", help="Address for the health port (default 127.0.0.1)."),
+    ] = None,
+    once: Annotated[
+        bool,
+        typer.Option("--once", help="One tick (every partition this process gets), then exit."),
+    ] = False,
+) -> None:
+    """The daemon: sync on the schedule in config until SIGTERM or SIGINT (then exit 0)."""
+    from connector.daemon import Daemon, stop_on_signals
+    from connector.health import HealthServer
+    from connector.log import get_logger
+
+    log = get_logger("connector.cli")
+    stop = threading.Event()
+    # Signals first: a stop during start-up is a clean stop too.
+    with _errors(), stop_on_signals(stop):
+        cfg, secrets = _load(config)
+        port = health_port if health_port is not None else cfg.health.port
+        with Daemon(cfg, secrets, stop=stop) as daemon:
+            server = None
+            if port is not None:
+                try:
+                    server = HealthServer(
+                        daemon.health,
+                        daemon.metrics,
+                        host=health_host or cfg.health.host,
+                        port=port,
+                    ).start()
+                except OSError as exc:
+                    raise ConfigError(
+                        f"cannot listen on {health_host or cfg.health.host}:{port}: {exc.strerror}",
+                        key="--health-port",
+                    ) from None
+                host, bound = server.address
+                log.info("health.listening", host=host, port=bound)
+            try:
+                if once:
+                    result = daemon.tick()
+                    code = max([r.exit_code for r in result.reports.values()] or [0])
+                    if daemon.fatal is not None:
+                        code = daemon.fatal.exit_code
+                else:
+                    code = daemon.serve()
+            finally:
+                if server is not None:
+                    server.stop()
+    raise typer.Exit(code)
+
+
+class HistoryFormat(StrEnum):
+    csv = "csv"
+    json = "json"
+
+
+HISTORY_COLUMNS = (
+    "at",
+    "run_id",
+    "billing_account",
+    "account_id",
+    "order_id",
+    "outcome",
+    "customer_id",
+    "error_code",
+    "error_message",
+    "changed_fields",
+)
+
+
+@app.command()
+def history(
+    config: ConfigOpt = Path("config.yaml"),
+    failed: Annotated[
+        bool, typer.Option("--failed", help="Only records that failed or were refused.")
+    ] = False,
+    since: Annotated[
+        str | None, typer.Option("--since", help="Only outcomes on or after this date (UTC).")
+    ] = None,
+    fmt: Annotated[
+        HistoryFormat, typer.Option("--format", help="csv or json (a JSON array).")
+    ] = HistoryFormat.csv,
+) -> None:
+    """Export what happened to each account in each run, with the error an admin needs."""
+    import csv
+
+    with _errors():
+        cfg = load_config(config)
+        start = _parse_date(since, "--since")
+        with _opened_store(cfg) as store:
+            rows = (
+                {
+                    "at": at.isoformat(timespec="seconds"),
+                    "run_id": run_id,
+                    "billing_account": o.billing_account,
+                    "account_id": o.account_id,
+                    "order_id": o.order_id or "",
+                    "outcome": o.outcome,
+                    "customer_id": o.customer_id or "",
+                    "error_code": o.error_code or "",
+                    # Errors can quote what a service answered: redacted like every log line.
+                    "error_message": REDACTOR.scrub(o.error_message or ""),
+                    "changed_fields": ";".join(o.changed_fields),
+                }
+                for at, run_id, o in store.runs.iter_outcomes(failed_only=failed, since=start)
+            )
+            if fmt is HistoryFormat.csv:
+                writer = csv.DictWriter(sys.stdout, fieldnames=HISTORY_COLUMNS, lineterminator="\n")
+                writer.writeheader()
+                for row in rows:
+                    writer.writerow(row)
+            else:
+                # Streamed, so a long history never sits in memory as one list.
+                sys.stdout.write("[")
+                for n, row in enumerate(rows):
+                    sys.stdout.write(("," if n else "") + "\n" + json.dumps(row))
+                sys.stdout.write("\n]\n")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -8,7 +8,8 @@ are read from an environment variable `NAME` or from the file named by `NAME_FIL
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlparse
@@ -25,7 +26,9 @@ from pydantic import (
 )
 
 from connector.errors import ConfigError
+from connector.log import REDACTOR
 from connector.secret_shapes import find_secret
+from connector.sfid import ORGANIZATION_PREFIX, normalize_sf_id
 from connector.yaml_source import PositionedYaml, load_positioned
 
 
@@ -53,7 +56,7 @@ class SalesforceConfig(_Model):
     consumer_key: str | None = None
     api_version: str = "62.0"
     # The org's 15- or 18-character id (00D...). Read from the session when not given.
-    org_id: str | None = Field(default=None, pattern=r"^00D[A-Za-z0-9]{12}([A-Za-z0-9]{3})?$")
+    org_id: str | None = None
     # Deprecated (one release): the first billing account's `writeback_field`.
     stripe_id_field: str | None = None
     # Extra SOQL condition ANDed to StatusCode = 'Activated', e.g. "Type = 'New Business'".
@@ -77,6 +80,12 @@ class SalesforceConfig(_Model):
         if parsed.scheme == "http" and parsed.hostname not in LOOPBACK_HOSTS:
             raise ValueError("plain http is only allowed on loopback (the sandbox); use https")
         return v.rstrip("/")
+
+    @field_validator("org_id")
+    @classmethod
+    def _org_id(cls, v: str | None) -> str | None:
+        # Both forms are shown in Setup; the store and metadata hold the 18-character one.
+        return None if v is None else normalize_sf_id(v, prefix=ORGANIZATION_PREFIX, what="org id")
 
     @model_validator(mode="after")
     def _auth_needs(self) -> SalesforceConfig:
@@ -185,12 +194,94 @@ class LogConfig(_Model):
     format: Literal["auto", "json", "console"] = "auto"
 
 
+# --- the daemon (`billing-connector run`) -----------------------------------------------------
+
+_EVERY = re.compile(r"^\s*(\d+)\s*(s|m|h)\s*$")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600}
+
+
+class ScheduleConfig(_Model):
+    """When `run` syncs: every N seconds/minutes/hours, or on a crontab line (UTC)."""
+
+    # "30s", "5m", "1h". The default when neither `every` nor `cron` is given is 5m.
+    every: str | None = None
+    # Five crontab fields, e.g. "*/5 * * * *" (minute hour day month weekday).
+    cron: str | None = None
+    # "HH:MM" (UTC): once a day, re-evaluate every linked account (a full recheck). Off when null.
+    nightly_recheck: str | None = Field(default=None, pattern=r"^([01]\d|2[0-3]):[0-5]\d$")
+
+    @field_validator("every")
+    @classmethod
+    def _every(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        m = _EVERY.match(v)
+        if not m or int(m.group(1)) == 0:
+            raise ValueError("must be a duration like 30s, 5m or 1h")
+        return v.strip()
+
+    @field_validator("cron")
+    @classmethod
+    def _cron(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        from apscheduler.triggers.cron import CronTrigger
+
+        try:
+            CronTrigger.from_crontab(v, timezone="UTC")
+        except ValueError as exc:
+            raise ValueError(f"not a crontab line of five fields ({exc})") from None
+        return v.strip()
+
+    @model_validator(mode="after")
+    def _one_of(self) -> ScheduleConfig:
+        if self.every is not None and self.cron is not None:
+            raise ValueError("give either 'every' or 'cron', not both")
+        return self
+
+    @property
+    def interval_seconds(self) -> int | None:
+        """The interval of an `every` schedule (the default 5m when neither is set)."""
+        if self.cron is not None:
+            return None
+        m = _EVERY.match(self.every or "5m")
+        assert m is not None
+        return int(m.group(1)) * _UNIT_SECONDS[m.group(2)]
+
+
+class HealthConfig(_Model):
+    """The /livez, /readyz and /metrics endpoint; `--health-port` overrides `port`."""
+
+    port: int | None = Field(default=None, ge=1, le=65535)
+    # Loopback unless said otherwise: metrics name accounts and error counts.
+    host: str = "127.0.0.1"
+    # /readyz is ready when every partition's last run succeeded within this many intervals.
+    ready_within_intervals: float = Field(default=2, gt=0)
+
+
+class AlertsConfig(_Model):
+    """Alerts to a Slack-compatible webhook. The URL holds a token, so it comes from the
+    environment variable named here (or the file named by `<NAME>_FILE`), never from YAML."""
+
+    webhook_url_env: str = Field(
+        default="BILLING_CONNECTOR_ALERT_WEBHOOK_URL", pattern=r"^[A-Z_][A-Z0-9_]*$"
+    )
+    # Unhealthy when more than this share of a run's records failed.
+    failure_ratio: float = Field(default=0.2, ge=0, le=1)
+    # Unhealthy when less than this share of the org's daily API requests remains.
+    api_budget_low: float = Field(default=0.1, ge=0, le=1)
+    timeout_seconds: float = Field(default=5, gt=0, le=60)
+
+
 class Config(_Model):
     salesforce: SalesforceConfig
     billing: BillingConfig = BillingConfig()
     state: StateConfig = StateConfig()
     mappings_dir: Path = Path("mappings")
     log: LogConfig = LogConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+    health: HealthConfig = HealthConfig()
+    alerts: AlertsConfig = AlertsConfig()
     # Where the file was read from; relative paths (state, mappings) resolve against its folder.
     source_file: Path | None = Field(default=None, exclude=True)
     # Deprecated settings this file still uses, as "file:line: what to write instead".
@@ -271,6 +362,7 @@ _SECRET_KEYS = {
     "private_key": "SALESFORCE_PRIVATE_KEY_FILE",
     "api_key": "STRIPE_API_KEY",
     "secret_key": "STRIPE_API_KEY",
+    "webhook_url": "BILLING_CONNECTOR_ALERT_WEBHOOK_URL",
 }
 
 
@@ -383,17 +475,49 @@ def _deprecated_settings(doc: PositionedYaml) -> list[str]:
     return out
 
 
+# The variables SecretSource reads, named in its repr and handed to the log redactor.
+_SECRET_NAMES = (
+    "SALESFORCE_PASSWORD",
+    "SALESFORCE_SECURITY_TOKEN",
+    "SALESFORCE_CONSUMER_SECRET",
+    "SALESFORCE_ACCESS_TOKEN",
+    "SALESFORCE_PRIVATE_KEY",
+    "STRIPE_API_KEY",
+)
+
+
 @dataclass(frozen=True)
 class SecretSource:
-    """Reads secrets from the environment: `NAME`, or the file named by `NAME_FILE`."""
+    """Reads secrets from the environment: `NAME`, or the file named by `NAME_FILE`.
 
-    environ: dict[str, str]
+    Every value it hands out is registered with the log redactor first, so that value is
+    removed from logs, tracebacks and stored errors whatever its shape. Its repr names the
+    secrets that are set, never their values (a SecretSource ends up in tracebacks and
+    debuggers).
+    """
+
+    environ: dict[str, str] = field(repr=False)
 
     @classmethod
     def from_os(cls) -> SecretSource:
         return cls(dict(os.environ))
 
+    def __repr__(self) -> str:
+        known = self._names()
+        names = sorted(n for n in self.environ if n in known or n.removesuffix("_FILE") in known)
+        return f"SecretSource(set={', '.join(names) or 'none'})"
+
+    def _names(self) -> set[str]:
+        # Billing accounts name their key variable (api_key_env); by convention it ends in _API_KEY.
+        given = (k.removesuffix("_FILE") for k in self.environ)
+        return {*_SECRET_NAMES, *(k for k in given if k.endswith("_API_KEY"))}
+
     def get(self, name: str) -> str | None:
+        value = self._read(name)
+        REDACTOR.add(value)
+        return value
+
+    def _read(self, name: str) -> str | None:
         if self.environ.get(name):
             return self.environ[name]
         file = self.environ.get(f"{name}_FILE")
@@ -403,6 +527,10 @@ class SecretSource:
             except OSError as exc:
                 raise ConfigError(
                     f"cannot read secret file named by {name}_FILE: {exc.strerror}"
+                ) from None
+            except UnicodeDecodeError:
+                raise ConfigError(
+                    f"the secret file named by {name}_FILE is not UTF-8 text"
                 ) from None
         return None
 
@@ -416,16 +544,8 @@ class SecretSource:
 
     def all_values(self) -> list[str]:
         """Every secret value known, for the log redactor."""
-        names = [
-            "SALESFORCE_PASSWORD",
-            "SALESFORCE_SECURITY_TOKEN",
-            "SALESFORCE_CONSUMER_SECRET",
-            "SALESFORCE_ACCESS_TOKEN",
-            "STRIPE_API_KEY",
-        ]
-        names += [k for k in self.environ if k.endswith("_API_KEY")]
         out = []
-        for n in names:
+        for n in sorted(self._names()):
             try:
                 v = self.get(n)
             except ConfigError:

@@ -31,6 +31,7 @@ import structlog
 from connector.billing.base import RESERVED_METADATA_KEYS, BillingTarget
 from connector.errors import (
     ConnectorError,
+    LockLost,
     RecordError,
     TransientError,
     UnavailableError,
@@ -127,6 +128,9 @@ class RunReport:
     billing_calls: int = 0
     # billing account name -> {created, updated, unchanged, refused, failed, calls}
     billing_accounts: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
+    # The error's class (AuthenticationError, ConfigError, LockLost...): the daemon stops on
+    # what will not pass by itself and backs off on the rest.
+    error_type: str | None = None
 
     def as_json(self) -> dict[str, Any]:
         keys = (
@@ -247,6 +251,8 @@ class Engine:
         on_progress: Callable[[int, int | None], None] | None = None,
         stop: threading.Event | None = None,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
+        before_write: Callable[[], None] | None = None,
+        cursor_scope: str | None = None,
     ) -> None:
         self.source = source
         self.targets = list(targets)
@@ -262,6 +268,12 @@ class Engine:
         self.on_progress = on_progress
         self.stop = stop or threading.Event()
         self.now = now
+        # The runner-lock check: called before each billing write and each store write batch;
+        # raises LockLost when another runner may have taken over, so this one stops writing.
+        self.before_write = before_write or (lambda: None)
+        # A daemon partition (one billing account of several) keeps cursors of its own: one
+        # partition's progress says nothing about what another has applied.
+        self.cursor_scope = cursor_scope
         self.fields = list(mapping.soql_fields())
         self.watch = watched_relationships(self.fields)
 
@@ -276,13 +288,20 @@ class Engine:
         until: datetime | None = None,
         retry_all: bool = False,
     ) -> RunReport:
-        run_id = self.store.runs.start(mode, dry_run=dry_run) if not dry_run else _dry_run_id()
+        run_id = (
+            self.store.runs.start(
+                mode, dry_run=dry_run, partition=",".join(t.name for t in self.targets)
+            )
+            if not dry_run
+            else _dry_run_id()
+        )
         structlog.contextvars.bind_contextvars(run_id=run_id)
         tally = _Tally()
         plan: list[PlannedWrite] = []
         sf_start = self._sf_calls()
         calls_start = {t.name: t.calls for t in self.targets}
         status, error, error_exit = "succeeded", None, None
+        error_type: str | None = None
         run = _Run(self, run_id=run_id, dry_run=dry_run, tally=tally, plan=plan)
         log.info("run.started", mode=mode, dry_run=dry_run, since=_iso(since), until=_iso(until))
         try:
@@ -312,6 +331,12 @@ class Engine:
                 status = "interrupted"
             elif tally.failed or tally.refused:
                 status = "partial"
+        except LockLost as exc:
+            # Another runner may hold the partition now: stop writing at once. What was applied
+            # is recorded or replayable (intents, idempotency keys); the cursor did not move.
+            status, error, error_exit = "interrupted", REDACTOR.scrub(str(exc)), exc.exit_code
+            error_type = type(exc).__name__
+            log.error("run.lock_lost", error=error)
         except (UnavailableError, TransientError) as exc:
             # The run could not go on (login, limits, a query that kept failing): exit 3. What
             # was applied is recorded; the cursor did not move, so nothing is skipped.
@@ -320,9 +345,11 @@ class Engine:
                 REDACTOR.scrub(str(exc)),
                 UnavailableError.exit_code,
             )
+            error_type = type(exc).__name__
             log.error("run.failed", error=error)
         except ConnectorError as exc:
             status, error, error_exit = "failed", REDACTOR.scrub(str(exc)), exc.exit_code
+            error_type = type(exc).__name__
             log.error("run.failed", error=error)
         except (SystemExit, KeyboardInterrupt) as exc:
             # Stopped at once (a second SIGTERM raises SystemExit(130), Ctrl-C without the CLI's
@@ -366,6 +393,7 @@ class Engine:
             plan=tuple(plan),
             error=error,
             error_exit_code=error_exit,
+            error_type=error_type,
             billing_calls=sum(t.calls - calls_start[t.name] for t in self.targets),
             billing_accounts={
                 t.name: {
@@ -397,6 +425,9 @@ class Engine:
         log.info("run.finished", run_id=run_id, status=report.status, **_counts(report))
         return report
 
+    def cursor(self, name: str) -> str:
+        return f"{name}@{self.cursor_scope}" if self.cursor_scope else name
+
     def _mapping_changed(self) -> bool:
         # Links an admin set by hand carry no fingerprint until their first sync.
         fp = self.mapping.fingerprint
@@ -410,12 +441,12 @@ class Engine:
         after_id = None
         changed_since = None
         if mode == "backfill":
-            backfill_cursor = f"backfill:{_iso(since) or '-'}:{_iso(until) or '-'}"
+            backfill_cursor = self.cursor(f"backfill:{_iso(since) or '-'}:{_iso(until) or '-'}")
             after_id = self.store.cursors.get(backfill_cursor) or None
             if after_id:
                 log.info("backfill.resuming", after_id=after_id)
         elif mode == "sync":
-            cursor = parse_sf_datetime(self.store.cursors.get(ORDERS_CURSOR))
+            cursor = parse_sf_datetime(self.store.cursors.get(self.cursor(ORDERS_CURSOR)))
             changed_since = cursor - self.overlap if cursor else None
         pages = self.source.activated_orders(
             self.fields,
@@ -431,6 +462,7 @@ class Engine:
                 return False
             if backfill_cursor and not run.dry_run and page.rows:
                 # Resume point: every record of this page has its outcome recorded.
+                self.before_write()
                 self.store.cursors.set(backfill_cursor, max(r.order_id for r in page.rows))
         if backfill_cursor and not run.dry_run:
             self.store.cursors.set(backfill_cursor, "")
@@ -438,7 +470,7 @@ class Engine:
 
     def _process_deletions(self, run: _Run) -> None:
         """Deleted and merged accounts: links are marked, conflicts opened, billing untouched."""
-        cursor = parse_sf_datetime(self.store.cursors.get(DELETIONS_CURSOR))
+        cursor = parse_sf_datetime(self.store.cursors.get(self.cursor(DELETIONS_CURSOR)))
         since = cursor - self.overlap if cursor else None
         newest: datetime | None = None
         for page in self.source.deleted_accounts(since=since):
@@ -448,7 +480,10 @@ class Engine:
                     newest = stamp
             run.apply_deletions(page)
         if newest and not run.dry_run and (cursor is None or newest > cursor):
-            self.store.cursors.set(DELETIONS_CURSOR, newest.strftime("%Y-%m-%dT%H:%M:%S.000+0000"))
+            self.before_write()
+            self.store.cursors.set(
+                self.cursor(DELETIONS_CURSOR), newest.strftime("%Y-%m-%dT%H:%M:%S.000+0000")
+            )
 
     def _process_retries(self, run: _Run, *, retry_all: bool) -> bool:
         for target in self.targets:
@@ -470,13 +505,16 @@ class Engine:
         return True
 
     def _advance_cursor(self, mode: str, watermark: datetime, *, backfill_window: bool) -> None:
-        current = parse_sf_datetime(self.store.cursors.get(ORDERS_CURSOR))
+        current = parse_sf_datetime(self.store.cursors.get(self.cursor(ORDERS_CURSOR)))
         if mode == "backfill" and current is not None:
             return  # a backfill never moves the incremental cursor backwards or forwards past a sync
         if mode == "backfill" and not backfill_window:
             return  # a windowed backfill did not read everything
         if current is None or watermark > current:
-            self.store.cursors.set(ORDERS_CURSOR, watermark.strftime("%Y-%m-%dT%H:%M:%S.000+0000"))
+            self.before_write()
+            self.store.cursors.set(
+                self.cursor(ORDERS_CURSOR), watermark.strftime("%Y-%m-%dT%H:%M:%S.000+0000")
+            )
 
 
 class _Run:
@@ -555,6 +593,7 @@ class _Run:
                     self.tally.count(planned.action, target.name)
                     continue
                 prev = links.get(account_id)
+                self.e.before_write()
                 outcome, link = self._apply(target, planned, prev, row)
                 self.tally.count(_action_of(outcome), target.name)
                 outcomes.append(outcome)
@@ -587,6 +626,7 @@ class _Run:
                     continue  # never synced (merging before sync is the documented way), or already handled
                 if d.master_id is None:
                     if not self.dry_run:
+                        self.e.before_write()
                         store.links.set_status(ba, d.account_id, "deleted")
                     log.info(
                         "sync.account.deleted",
@@ -639,6 +679,7 @@ class _Run:
                         )
                     )
                     continue
+                self.e.before_write()
                 with store.transaction():
                     store.links.set_status(ba, d.account_id, "merged")
                     store.conflicts.open(
@@ -667,6 +708,7 @@ class _Run:
                     )
                 )
             if outcomes and not self.dry_run:
+                self.e.before_write()
                 store.runs.record_outcomes(self.run_id, outcomes)
 
     def _record(
@@ -690,6 +732,7 @@ class _Run:
             for o in outcomes
             if o.outcome in ("created", "updated", "adopted", "unchanged")
         ]
+        self.e.before_write()
         with self.e.store.transaction():
             if saves:
                 self.e.store.links.save(saves)
@@ -897,6 +940,9 @@ class _Run:
                     first_synced_at=now,
                     last_synced_at=now,
                 )
+                # The create may have taken long; if the lock went meanwhile, the open intent
+                # lets whoever holds it now replay this create and link the same customer.
+                self.e.before_write()
                 store.intents.complete_create(
                     new, [OrderLink(ba, p.order_id, p.account_id, customer_id)]
                 )
@@ -1097,6 +1143,7 @@ class _Run:
         while self.writebacks and (final or len(self.writebacks) >= self.e.writeback_batch):
             batch = self.writebacks[: self.e.writeback_batch]
             self.writebacks = self.writebacks[self.e.writeback_batch :]
+            self.e.before_write()
             try:
                 results = self.e.source.write_back(batch)
             except TransientError as exc:

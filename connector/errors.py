@@ -70,6 +70,12 @@ class LockHeldError(UnavailableError):
     """Another runner holds the single-runner lock."""
 
 
+class LockLost(UnavailableError):
+    """The runner lock (or a partition's lock) was lost mid-run: its PostgreSQL session ended or
+    its lock file was removed or replaced. The run stops writing at once; another runner may
+    hold the lock now."""
+
+
 class BudgetExhaustedError(UnavailableError):
     """The Salesforce API budget guard stopped the run before it spent more than allowed."""
 

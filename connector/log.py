@@ -12,17 +12,26 @@ import re
 import sys
 from collections.abc import Iterable
 from typing import Any, TextIO
+from urllib.parse import quote, quote_plus
 
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
 REDACTED = "[redacted]"
 
-# Shapes of secrets, whatever variable they came from.
+# Shapes of secrets, whatever variable they came from. `%21` is `!` URL-encoded: a token
+# quoted into a query string or a form body keeps its shape that way.
 _SECRET_SHAPES = re.compile(
-    r"(?:[sr]k_(?:live|test)_[A-Za-z0-9]{6,})"  # Stripe secret and restricted keys
-    r"|(?:00D[A-Za-z0-9]{12,15}![A-Za-z0-9._]{10,})"  # Salesforce session ids / access tokens
-    r"|(?:Bearer\s+[A-Za-z0-9._~+/!=-]{8,})"  # Authorization headers
+    # Stripe secret, restricted and Organization keys (sk_org_...), and webhook secrets
+    r"(?:[sr]k_(?:live|test|org)_[A-Za-z0-9_]{6,})"
+    r"|(?:whsec_[A-Za-z0-9]{8,})"
+    # Salesforce session ids / access tokens: org id, "!", then an opaque part that may hold
+    # "-", "_" and "." (and "%xx" once URL-encoded)
+    r"|(?:00D[A-Za-z0-9]{12,15}(?:!|%21)(?:[A-Za-z0-9._\-]|%[0-9A-Fa-f]{2}){10,})"
+    # JWTs (the JWT bearer flow's assertion, OAuth id tokens): header.payload.signature,
+    # base64url, the header always starting with '{"' = eyJ
+    r"|(?:eyJ[A-Za-z0-9_\-]{4,}\.[A-Za-z0-9_\-]{4,}\.[A-Za-z0-9_\-]*)"
+    r"|(?:Bearer\s+[A-Za-z0-9._~+/!=%\-]{8,})"  # Authorization headers
     r"|(?:Basic\s+[A-Za-z0-9+/=]{8,})"
     r"|(?:-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?-----END [A-Z ]*PRIVATE KEY-----)"
 )
@@ -33,15 +42,28 @@ _SECRET_FIELDS = re.compile(
 
 
 class Redactor:
-    """Removes known secret values and anything shaped like a secret from an event."""
+    """Removes known secret values and anything shaped like a secret from an event.
+
+    Known values are the exact secrets this process loaded (SecretSource registers each one it
+    reads) or received (a login's session id): they are removed as given and in their
+    URL-encoded forms, wherever they appear, whatever their shape.
+    """
 
     def __init__(self, secrets: Iterable[str] = ()) -> None:
-        self._values = sorted({s for s in secrets if s and len(s) >= 6}, key=len, reverse=True)
+        self._values: list[str] = []
+        self.add(*secrets)
 
-    def add(self, *secrets: str) -> None:
-        self._values = sorted(
-            {*self._values, *(s for s in secrets if s and len(s) >= 6)}, key=len, reverse=True
-        )
+    def add(self, *secrets: str | None) -> None:
+        found = set(self._values)
+        for secret in secrets:
+            # Very short values would redact ordinary words; no real key or token is that short.
+            if not secret or len(secret) < 6:
+                continue
+            found |= {secret, secret.strip(), quote(secret, safe=""), quote_plus(secret)}
+            # A secret file's value may be a PEM or carry a newline; its lines are secrets too.
+            found |= {ln.strip() for ln in secret.splitlines() if len(ln.strip()) >= 16}
+        # Longest first, so a value that contains another is removed whole.
+        self._values = sorted((v for v in found if len(v) >= 6), key=len, reverse=True)
 
     def scrub(self, text: str) -> str:
         for value in self._values:

@@ -34,6 +34,8 @@ from connector.errors import (
     TransientError,
     UnavailableError,
 )
+from connector.log import REDACTOR
+from connector.sfid import normalize_sf_id
 
 
 class LoopbackAdapter(HTTPAdapter):
@@ -295,7 +297,7 @@ class SalesforceSource:
         legacy = self.legacy_writeback_field()
         return OrderRow(
             order_id=str(record["Id"]),
-            account_id=str(record["AccountId"]),
+            account_id=normalize_sf_id(str(record["AccountId"]), what="Order.AccountId"),
             activated_at=record.get("ActivatedDate"),
             watermark=max(
                 marks, key=lambda m: parse_sf_datetime(m) or datetime.min.replace(tzinfo=UTC)
@@ -542,10 +544,11 @@ def connect(
             )
     except SalesforceAuthenticationFailed as exc:
         raise AuthenticationError(
-            f"Salesforce login ({config.auth}) failed: {exc.code} {exc.message}"
+            f"Salesforce login ({config.auth}) failed: {_login_reason(exc)}"
         ) from None
     except requests.RequestException as exc:
         raise UnavailableError(f"Salesforce unreachable at login: {type(exc).__name__}") from None
+    REDACTOR.add(sf.session_id)  # whatever its shape, the session id never reaches a log
     org_id = config.org_id or _org_from_session(sf.session_id) or "unknown"
     return SalesforceSource(
         sf=sf,
@@ -554,6 +557,22 @@ def connect(
         org_id=org_id,
         writeback_fields=dict(writeback_fields or {}),
     )
+
+
+def _login_reason(exc: SalesforceAuthenticationFailed) -> str:
+    """Salesforce's own reason (INVALID_LOGIN: ..., invalid_grant: authentication failure).
+
+    The exception's `message` attribute is simple-salesforce's unformatted template
+    ('... Response content: {content}'); the reason is in `code` and `auth_message`.
+    """
+    reason = getattr(exc, "auth_message", None)
+    if isinstance(reason, bytes):
+        reason = reason.decode("utf-8", "replace")
+    if not reason:
+        content = exc.content
+        reason = content.decode("utf-8", "replace") if isinstance(content, bytes) else str(content)
+    code = f"{exc.code}: " if getattr(exc, "code", None) not in (None, "") else ""
+    return f"{code}{reason.strip()[:500] or 'no reason given'}"
 
 
 def _org_from_session(session_id: str | None) -> str | None:

@@ -44,6 +44,12 @@ _OWN_SHAPES: tuple[SecretShape, ...] = (
         "PGPASSWORD",
         "a .pgpass file named by PGPASSFILE",
     ),
+    # An incoming-webhook URL is its own credential (the daemon's alerts).
+    SecretShape(
+        re.compile(r"hooks\.slack\.com/(services|workflows)/"),
+        "a Slack webhook URL",
+        "BILLING_CONNECTOR_ALERT_WEBHOOK_URL",
+    ),
 )
 
 

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from connector.partitions import Partition
 from connector.sandbox.run import SandboxPair
 from connector.state.store import StateStore
 
@@ -109,7 +110,8 @@ def test_a_refused_salesforce_token_exits_3(sandboxes: SandboxPair, cli_env: dic
 def test_another_runner_holding_the_lock_exits_3_naming_it(sandboxes: SandboxPair, cli_env: dict[str, str], db_url: str) -> None:
     store = StateStore.open(db_url)
     try:
-        with store.locks.hold("sync", holder="replica-a:4242"):
+        # A daemon replica running the billing account's partition.
+        with store.locks.hold(Partition("default").lock_name, holder="replica-a:4242"):
             result = cli("sync", env=cli_env)
     finally:
         store.close()

@@ -104,7 +104,7 @@ def test_the_old_and_new_id_field_settings_must_agree(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("account", "says"),
     [
-        ({"name": "x", "kind": "chargebeee"}, "unknown kind 'chargebeee'; known: stripe"),
+        ({"name": "x", "kind": "chargebeee"}, "unknown kind 'chargebeee'; known: chargebee, stripe"),
         ({"name": "x", "writeback_field": "Bad Field"}, "String should match pattern"),
     ],
 )

@@ -19,7 +19,7 @@ __all__ = ["db_url"]  # fixture, imported for pytest
 
 def test_upgrade_from_empty_creates_every_table(db_url: str) -> None:
     with StateStore.open(db_url) as store:
-        assert store.current_revision() == StateStore.head_revision() == "0001"
+        assert store.current_revision() == StateStore.head_revision() == "0002"
         with store._engine.connect() as conn:
             tables = set(sa.inspect(conn).get_table_names())
     assert tables >= {*schema.metadata.tables, "alembic_version"}
@@ -29,7 +29,7 @@ def test_upgrade_twice_is_a_no_op(db_url: str) -> None:
     StateStore.open(db_url).close()
     with StateStore.open(db_url) as store:
         store.upgrade()
-        assert store.current_revision() == "0001"
+        assert store.current_revision() == StateStore.head_revision()
 
 
 def test_migrated_schema_matches_schema_py(db_url: str) -> None:
@@ -45,7 +45,7 @@ def test_without_auto_migrate_an_empty_database_names_the_upgrade_command(db_url
         StateStore.open(db_url, auto_migrate=False)
     StateStore.open(db_url).close()
     with StateStore.open(db_url, auto_migrate=False) as store:
-        assert store.current_revision() == "0001"
+        assert store.current_revision() == StateStore.head_revision()
 
 
 def test_without_auto_migrate_a_missing_sqlite_file_is_not_created(tmp_path: Path) -> None:
@@ -62,11 +62,11 @@ def test_a_schema_behind_head_names_the_upgrade_command(
     db_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     StateStore.open(db_url).close()
-    # With one revision so far, "behind" is simulated by a newer head.
-    monkeypatch.setattr(StateStore, "head_revision", staticmethod(lambda: "0002"))
+    # "Behind" is simulated by a newer head.
+    monkeypatch.setattr(StateStore, "head_revision", staticmethod(lambda: "0003"))
     with pytest.raises(
         ConfigError,
-        match=f"at schema revision 0001 but this version needs 0002; run `{UPGRADE_COMMAND}`",
+        match=f"at schema revision 0002 but this version needs 0003; run `{UPGRADE_COMMAND}`",
     ):
         StateStore.open(db_url, auto_migrate=False)
 

@@ -11,6 +11,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from connector.billing import chargebee as _chargebee
+from connector.billing import chargebee_schema as _chargebee_schema
 from connector.billing import stripe as _stripe
 from connector.billing import stripe_fields as _stripe_fields
 from connector.billing.base import BillingTarget, TargetRules
@@ -42,6 +44,14 @@ TARGET_KINDS: Mapping[str, TargetKind] = {
         factory=_stripe.StripeTarget,
         schemas={"customer": _stripe_fields.customer_schema},
         secret_shapes=(_stripe.KEY_SHAPE,),
+    ),
+    "chargebee": TargetKind(
+        kind="chargebee",
+        system="chargebee",
+        rules=_chargebee.RULES,
+        factory=_chargebee.ChargebeeTarget.from_config,
+        schemas={"customer": _chargebee_schema.customer_schema},
+        secret_shapes=(_chargebee.KEY_SHAPE,),
     ),
 }
 

@@ -24,6 +24,7 @@ from typing import Any
 from connector.billing import DEFAULT_SYSTEM, mapping_schema, rules_for, systems
 from connector.billing.base import RESERVED_TAG_KEYS, TargetRules
 from connector.billing.schema import TargetField, TargetSchema, Together
+from connector.errors import ConfigError
 from connector.mapping.spec import (
     Collector,
     FieldSpec,
@@ -32,6 +33,7 @@ from connector.mapping.spec import (
     MappingSpec,
     Problem,
     Severity,
+    problem_from_config_error,
     read_spec,
     value_path,
 )
@@ -45,7 +47,7 @@ from connector.mapping.transforms import (
     truncate,
 )
 from connector.secret_shapes import secret_shape
-from connector.yaml_source import KeyPath
+from connector.yaml_source import KeyPath, read_text
 
 # Bump when evaluation rules change, so fingerprints (and so the engine's "mapping changed,
 # re-sync everything" decision) change with them.
@@ -780,10 +782,9 @@ def _position(problem: Problem) -> tuple[int, int]:
 
 def compile_file(path: Path) -> tuple[Compiled | None, list[Problem]]:
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
-        return None, [Problem(path, 1, 1, f"cannot read mapping file: {reason}")]
+        text = read_text(path)  # names the line and column of a byte that is not UTF-8
+    except ConfigError as exc:
+        return None, [problem_from_config_error(exc, path)]
     spec, problems = read_spec(path, text)
     if spec is None:
         return None, problems

@@ -18,7 +18,7 @@ import yaml
 
 from connector.errors import ConfigError, MappingError
 from connector.mapping.transforms import Transform, TransformArgError, parse_transform
-from connector.yaml_source import KeyPath, Position, PositionedYaml, _walk
+from connector.yaml_source import KeyPath, Position, PositionedYaml, _walk, compose
 
 Severity = Literal["error", "warning"]
 
@@ -153,19 +153,10 @@ def _drop_duplicate_keys(
 def parse_yaml(file: Path, text: str) -> tuple[PositionedYaml | None, list[Problem]]:
     """YAML with positions, reporting duplicate keys instead of stopping at the first one."""
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark
-        return None, [
-            Problem(
-                file,
-                mark.line + 1 if mark else 1,
-                mark.column + 1 if mark else 1,
-                f"not valid YAML: {exc.problem}",
-            )
-        ]
-    except yaml.YAMLError as exc:
-        return None, [Problem(file, 1, 1, f"not valid YAML: {exc}")]
+        # Bounded: an alias bomb or a non-plain tag is a problem at its line, not minutes of work.
+        node = compose(text, file)
+    except ConfigError as exc:
+        return None, [problem_from_config_error(exc, file)]
     problems: list[Problem] = []
     positions: dict[KeyPath, Position] = {}
     if node is None:

@@ -18,6 +18,7 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
+from connector.sandbox.chargebee import ChargebeeSandbox
 from connector.sandbox.salesforce import SalesforceSandbox
 from connector.sandbox.stripe import StripeSandbox
 from connector.sandbox.stripe_accounts import DEFAULT_ACCOUNT
@@ -27,6 +28,8 @@ SANDBOX_ORG_ID = "00D000000000001AAA"
 # Shaped like a real token (org id, "!", opaque part) so the org id is read from it as in production.
 SANDBOX_TOKEN = "00D000000000001!AQsandboxAccessTokenForLocalUseOnly"
 SANDBOX_STRIPE_KEY = "sk_test_sandbox0000000000000000"
+# A Chargebee test-site key is "test_" + opaque text; the sandbox accepts any such key.
+SANDBOX_CHARGEBEE_KEY = "test_sandboxChargebeeKeyForLocalUseOnly"
 
 
 @dataclass
@@ -136,6 +139,16 @@ def start_sandboxes(
     sf.set_latency(salesforce_latency)
     st.start()
     return SandboxPair(salesforce=sf, stripe=st)
+
+
+def start_chargebee_sandbox(
+    data: dict[str, Any] | None = None, *, port: int = 0
+) -> ChargebeeSandbox:
+    """A local Chargebee site with the `chargebee` section of a data set (entities, sharing,
+    customers); the SDK reaches it with `sandbox.sdk_options()` and SANDBOX_CHARGEBEE_KEY."""
+    sandbox = ChargebeeSandbox(port=port).start()
+    sandbox.load(data or {})
+    return sandbox
 
 
 def run_demo(

@@ -65,6 +65,7 @@ class RunRecord:
     status: str  # running | succeeded | partial | failed | interrupted
     counts: dict[str, int]
     error: str | None = None
+    partition: str | None = None  # billing accounts the run covered, comma-separated
 
 
 @dataclass(frozen=True, slots=True)

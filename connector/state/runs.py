@@ -35,7 +35,7 @@ class RunRepository:
     def __init__(self, db: Database) -> None:
         self._db = db
 
-    def start(self, mode: str, *, dry_run: bool) -> str:
+    def start(self, mode: str, *, dry_run: bool, partition: str | None = None) -> str:
         run_id = uuid.uuid4().hex
         with self._db.connect(write=True) as conn:
             conn.execute(
@@ -48,6 +48,7 @@ class RunRepository:
                     counts={},
                     host=socket.gethostname(),
                     pid=os.getpid(),
+                    partition=partition,
                 )
             )
         return run_id
@@ -79,12 +80,25 @@ class RunRepository:
         with self._db.connect() as conn:
             return [run_record(row) for row in conn.execute(query)]
 
-    def mark_interrupted(self) -> int:
-        """Runs left 'running' by a crash become 'interrupted'. Call only while holding the lock."""
+    def mark_interrupted(self, partition: str | None = None) -> int:
+        """Runs left 'running' by a crash become 'interrupted'. Call only while holding the lock
+        (of `partition`, when given: then only runs that covered it, or older runs that do not
+        say, are marked; a replica running another partition keeps its run)."""
+        r = t.runs.c
+        covers: sa.ColumnElement[bool] = sa.true()
+        if partition is not None:
+            like = partition.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            covers = sa.or_(
+                r.partition.is_(None),
+                r.partition == partition,
+                r.partition.like(f"{like},%", escape="\\"),
+                r.partition.like(f"%,{like}", escape="\\"),
+                r.partition.like(f"%,{like},%", escape="\\"),
+            )
         with self._db.connect(write=True) as conn:
             result = conn.execute(
                 t.runs.update()
-                .where(t.runs.c.status == "running")
+                .where(r.status == "running", covers)
                 .values(
                     status="interrupted",
                     finished_at=utcnow(),
@@ -188,6 +202,7 @@ def run_record(row: Row[Any]) -> RunRecord:
         status=row.status,
         counts=dict(row.counts or {}),
         error=row.error,
+        partition=row.partition,
     )
 
 

@@ -135,6 +135,8 @@ runs = sa.Table(
     sa.Column("error", sa.Text()),
     sa.Column("host", sa.String(255)),
     sa.Column("pid", sa.Integer()),
+    # The billing accounts the run covered, comma-separated (0002); NULL for older runs.
+    sa.Column("partition", sa.String(255)),
     sa.Index(None, "started_at"),
     sa.Index(None, "status"),
 )

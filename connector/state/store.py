@@ -242,6 +242,8 @@ class StateStore:
             "open_intents": int(open_intents),
             "cursors": cursors,
             "lock": lock,
+            # Who runs which partition now (daemon replicas, or a one-shot sync holding all).
+            "partitions": self.locks.held("partition-"),
             "last_run": None
             if last_run is None
             else {
