@@ -65,8 +65,9 @@ sys.path.insert(0, str(REPO))
 
 from bench import readme_tables  # noqa: E402
 from bench.machine import machine  # noqa: E402
-from connector.sandbox.run import SandboxPair, repo_mappings_dir, start_sandboxes  # noqa: E402
+from connector.sandbox.run import SandboxPair, start_sandboxes  # noqa: E402
 from connector.sandbox.salesforce import id18  # noqa: E402
+from connector.shipped import default_mappings_dir  # noqa: E402
 
 MAX_ACCOUNTS = 200_000  # the loops below are bounded by this
 SAMPLE_EVERY = 0.02  # seconds between samples of the Stripe sandbox's request counter
@@ -135,7 +136,7 @@ def change_accounts(pair: SandboxPair, n: int, share: float) -> list[str]:
 def changed_mappings(workdir: Path) -> Path:
     """A copy of the shipped mappings with one static metadata field added (a mapping change)."""
     target = workdir / "mappings-changed"
-    shutil.copytree(repo_mappings_dir(), target)
+    shutil.copytree(default_mappings_dir(), target)
     with (target / "customer.yaml").open("a", encoding="utf-8") as f:
         f.write('\n  metadata.bench_mapping:\n    value: "v2"\n')
     return target
@@ -564,7 +565,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         )  # a real org of this size has more
 
         env = child_env(pair)
-        config = write_config(pair, workdir, "config.yaml", mappings=repo_mappings_dir(), args=args)
+        config = write_config(pair, workdir, "config.yaml", mappings=default_mappings_dir(), args=args)
         config2 = write_config(
             pair,
             workdir,

@@ -1,6 +1,19 @@
-"""`python -m connector` is the same as the `billing-connector` command."""
+"""`python -m connector` and the `billing-connector` command.
 
-from connector.cli import main
+The signal handlers go in before anything heavy is imported (typer, rich, SQLAlchemy, the
+clients take most of a second): a SIGTERM during start-up then exits with the documented code
+instead of -15. See connector/signals.py.
+"""
+
+from connector import signals
+
+
+def main() -> None:
+    signals.install()
+    from connector.cli import main as cli_main
+
+    cli_main()
+
 
 if __name__ == "__main__":
     main()

@@ -10,14 +10,13 @@ Exit codes (the same for every command):
 from __future__ import annotations
 
 import json
-import signal
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from datetime import UTC, date, datetime
-from enum import StrEnum
+from enum import Enum, StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -26,6 +25,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from connector import __version__, signals
 from connector import log as logsetup
 from connector.config import Config, SecretSource, load_config
 from connector.errors import ConfigError, ConnectorError
@@ -74,8 +74,11 @@ _RUN_STARTED = threading.Event()
 
 
 def main() -> None:
+    signals.install()  # normally done already by connector.__main__, before the imports
+    command = typer.main.get_command(app)
+    _accept_global_options_after_commands(command)
     try:
-        app()
+        command(prog_name="billing-connector")
     except (SystemExit, KeyboardInterrupt):
         raise
     except Exception as exc:
@@ -90,44 +93,185 @@ def main() -> None:
             highlight=False,
         )
         raise SystemExit(1) from None
+    finally:
+        # Flushed here rather than at interpreter exit: a signal that lands while stdout is
+        # blocked (a full pipe) then exits with the documented code, not 120.
+        with suppress(OSError, ValueError):
+            sys.stdout.flush()
+
+
+# --- global options: before the command (`billing-connector -c prod.yaml sync`) or after it ----
+
+
+class LogLevel(StrEnum):
+    debug = "debug"
+    info = "info"
+    warning = "warning"
+    error = "error"
+
+
+class LogFormat(StrEnum):
+    auto = "auto"
+    json = "json"
+    console = "console"
+
+
+LogLevelOpt = Annotated[
+    LogLevel | None,
+    typer.Option("--log-level", help="Overrides log.level of the config file.", show_default=False),
+]
+LogFormatOpt = Annotated[
+    LogFormat | None,
+    typer.Option(
+        "--log-format", help="Overrides log.format of the config file.", show_default=False
+    ),
+]
+
+
+@dataclass
+class _GlobalOptions:
+    """What the command line said about config and logging, wherever the options stood."""
+
+    config: Path | None = None
+    log_level: str | None = None
+    log_format: str | None = None
+
+
+_given = _GlobalOptions()
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        print(f"billing-connector {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _global_options(
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            "-c",
+            help="Path to config.yaml, for every command (default: $BILLING_CONNECTOR_CONFIG, "
+            "else ./config.yaml). Also accepted after the command, where it wins.",
+            show_default=False,
+        ),
+    ] = None,
+    log_level: LogLevelOpt = None,
+    log_format: LogFormatOpt = None,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", is_eager=True, callback=_show_version, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    global _given
+    _given = _GlobalOptions(
+        config=config,
+        log_level=log_level.value if log_level else None,
+        log_format=log_format.value if log_format else None,
+    )
+
+
+def _remember_log_option(ctx: Any, param: Any, value: Any) -> Any:
+    if value is not None:
+        setattr(_given, param.name, value.value if isinstance(value, Enum) else str(value))
+    return value
+
+
+def _config_after_command(ctx: Any, param: Any, value: Any) -> Any:
+    # After the command, -c wins; else -c before the command beats the environment and default.
+    source = ctx.get_parameter_source(param.name)
+    if _given.config is not None and getattr(source, "name", "") != "COMMANDLINE":
+        return _given.config
+    return value
+
+
+_log_options_app = typer.Typer(add_completion=False)
+
+
+@_log_options_app.command()
+def _log_options(log_level: LogLevelOpt = None, log_format: LogFormatOpt = None) -> None:
+    """A template only: typer builds the --log-level/--log-format parameters every command gets."""
+
+
+def _log_option_params() -> list[Any]:
+    params = [
+        p
+        for p in typer.main.get_command(_log_options_app).params
+        if p.name in ("log_level", "log_format")
+    ]
+    for p in params:
+        p.expose_value = False  # the command functions never see them; `_given` holds them
+        p.callback = _remember_log_option
+    return params
+
+
+def _accept_global_options_after_commands(command: Any) -> None:
+    """Give every command --log-level and --log-format, and let its --config defer to a -c
+    given before the command (see `_config_after_command`)."""
+    subcommands = getattr(command, "commands", None)
+    if subcommands is not None:
+        for sub in subcommands.values():
+            _accept_global_options_after_commands(sub)
+        return
+    names = {p.name for p in command.params}
+    for param in command.params:
+        if param.name == "config" and param.callback is None:
+            param.callback = _config_after_command
+    command.params.extend(p for p in _log_option_params() if p.name not in names)
 
 
 # --- shared plumbing ---------------------------------------------------------------------------
 
 
-def _fail(exc: ConnectorError) -> None:
+def _fail(exc: ConnectorError, *, as_json: bool = False) -> None:
     # Error texts can quote what a service answered; they pass the same redaction as logs.
-    err.print(
-        f"[bold red]error:[/] {escape(REDACTOR.scrub(str(exc)))}", highlight=False, soft_wrap=True
-    )
+    message = REDACTOR.scrub(str(exc))
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    if as_json:
+        _print_json_error(message, exc.exit_code, status="failed", **_where(exc))
     raise typer.Exit(exc.exit_code)
 
 
+def _where(exc: ConnectorError) -> dict[str, Any]:
+    """The place of a configuration error, for the JSON object."""
+    if not isinstance(exc, ConfigError):
+        return {}
+    return {
+        "file": str(exc.file) if exc.file else None,
+        "line": exc.line,
+        "column": exc.column,
+        "key": exc.key,
+    }
+
+
+def _print_json_error(message: str, exit_code: int, *, status: str, **extra: Any) -> None:
+    """The one JSON object of a command that could not run (or was stopped before its run)."""
+    print(json.dumps({"status": status, "error": message, "exit_code": exit_code, **extra}))
+
+
 @contextmanager
-def _errors() -> Iterator[None]:
+def _errors(*, as_json: bool = False) -> Iterator[None]:
     try:
         yield
     except ConnectorError as exc:
-        _fail(exc)
+        _fail(exc, as_json=as_json)
 
 
 @contextmanager
 def _json_on_error(mode: str, *, enabled: bool) -> Iterator[None]:
-    """Under --json, a run that stops with an error still prints one JSON object (status,
-    error, exit code) before the error goes to stderr, so scripts always get an object."""
+    """Under --json, a run that stops with an error, or cannot start (exit 2 or 3), still prints
+    one JSON object (status, error, exit code; where, for a config error) before the error goes
+    to stderr, so scripts always get an object."""
     try:
         yield
     except ConnectorError as exc:
         if enabled:
-            print(
-                json.dumps(
-                    {
-                        "mode": mode,
-                        "status": "failed",
-                        "error": REDACTOR.scrub(str(exc)),
-                        "exit_code": exc.exit_code,
-                    }
-                )
+            _print_json_error(
+                REDACTOR.scrub(str(exc)), exc.exit_code, status="failed", mode=mode, **_where(exc)
             )
         raise
 
@@ -135,7 +279,11 @@ def _json_on_error(mode: str, *, enabled: bool) -> Iterator[None]:
 def _load(config_file: Path) -> tuple[Config, SecretSource]:
     secrets = SecretSource.from_os()
     cfg = load_config(config_file)
-    logsetup.configure(level=cfg.log.level, fmt=cfg.log.format, secrets=secrets.all_values())
+    logsetup.configure(
+        level=_given.log_level or cfg.log.level,
+        fmt=_given.log_format or cfg.log.format,
+        secrets=secrets.all_values(),
+    )
     for note in cfg.deprecations:  # on stderr, so `--json` output stays one object
         err.print(f"warning: {escape(note)}", highlight=False, soft_wrap=True)
     return cfg, secrets
@@ -153,28 +301,6 @@ def _parse_date(value: str | None, name: str) -> datetime | None:
         raise ConfigError(
             f"{name} must be a date like 2026-01-31 or 2026-01-31T00:00:00Z, not {value!r}"
         ) from None
-
-
-@contextmanager
-def _stop_on_signals() -> Iterator[threading.Event]:
-    """SIGTERM/SIGINT finish the record in progress and stop; a second signal exits at once."""
-    stop = threading.Event()
-    previous: dict[signal.Signals, Any] = {}
-
-    def handler(signum: int, frame: object) -> None:
-        if stop.is_set():
-            raise SystemExit(130)
-        stop.set()
-        err.print("stopping after the record in progress (signal again to exit at once)")
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        with suppress(ValueError):  # not the main thread: leave signals alone
-            previous[sig] = signal.signal(sig, handler)
-    try:
-        yield stop
-    finally:
-        for sig, h in previous.items():
-            signal.signal(sig, h)
 
 
 def _progress(enabled: bool) -> tuple[Callable[[int, int | None], None] | None, Callable[[], None]]:
@@ -219,16 +345,20 @@ def _run(
 ) -> None:
     from connector.app import open_pipeline
 
-    with _errors(), _json_on_error(mode, enabled=as_json):
+    # Handlers installed (the real command): their process-wide event; in-process (tests): none.
+    stop = signals.STOP if signals.installed() else threading.Event()
+    with (
+        _errors(),
+        _json_on_error(mode, enabled=as_json),
+        _json_if_stopped_before_the_run(as_json),
+    ):
         cfg, secrets = _load(config_file)
         start, end = _parse_date(since, "--since"), _parse_date(until, "--until")
         on_progress, stop_progress = _progress(
             mode == "backfill" and not as_json and err.is_terminal
         )
-        with (
-            _stop_on_signals() as stop,
-            open_pipeline(cfg, secrets, on_progress=on_progress, stop=stop) as p,
-        ):
+        with open_pipeline(cfg, secrets, on_progress=on_progress, stop=stop) as p:
+            signals.run_started()  # from here a signal lets the record in progress finish
             _RUN_STARTED.set()
             try:
                 report = p.engine.run(
@@ -256,6 +386,20 @@ def _run(
                 soft_wrap=True,
             )
         raise typer.Exit(report.exit_code)
+
+
+@contextmanager
+def _json_if_stopped_before_the_run(as_json: bool) -> Iterator[None]:
+    try:
+        yield
+    except signals.Interrupted as exc:
+        if as_json:
+            _print_json_error(
+                f"stopped by {exc.signal_name} before the run started",
+                1,
+                status="interrupted",
+            )
+        raise
 
 
 def _safe_url(url: str) -> str:
@@ -320,7 +464,7 @@ def backfill(
 def status(config: ConfigOpt = Path("config.yaml"), as_json: JsonOpt = False) -> None:
     """Last runs, failing records and open conflicts."""
 
-    with _errors():
+    with _errors(as_json=as_json):
         cfg, _ = _load(config)
         with _opened_store(cfg) as store:
             runs = store.runs.recent(limit=10)
@@ -531,7 +675,7 @@ def mappings_preview(
     if not account and not order:
         err.print("error: give --account ID or --order ID")
         raise typer.Exit(2)
-    with _errors():
+    with _errors(as_json=as_json):
         account, order = (
             _sf_id_option(account, "--account", "001"),
             _sf_id_option(order, "--order", "801"),
@@ -667,7 +811,7 @@ def conflicts_list(
     """Each conflict with what happened and the choices an admin has."""
     from connector.admin import CONFLICT_CHOICES
 
-    with _errors():
+    with _errors(as_json=as_json):
         cfg, _ = _load(config)
         with _opened_store(cfg) as store:
             conflicts = store.conflicts.list(None if all_ else "open")
@@ -776,7 +920,7 @@ def xref_show(
     """Everything the store knows about one account: links, conflicts, retries, last outcomes."""
     from connector.admin import check_account_id
 
-    with _errors():
+    with _errors(as_json=as_json):
         account = check_account_id(account, argument="ACCOUNT")
         cfg, _ = _load(config)
         with _opened_store(cfg) as store:
@@ -967,10 +1111,16 @@ def sandbox(
     if accounts:
         print(accounts)
     print("Ctrl-C to stop.", flush=True)
+    # The servers are the run here: the first signal stops them cleanly (exit 0).
+    stop = (
+        signals.run_started("stopping the sandbox servers")
+        if signals.installed()
+        else threading.Event()
+    )
     try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
+        while not stop.wait(3600):
+            pass
+    except KeyboardInterrupt:  # in-process, without the handlers
         pass
     finally:
         pair.stop()
@@ -985,9 +1135,64 @@ def demo(
     """Start the sandbox with the sample data, backfill, change a few accounts, sync, and show what happened."""
     from connector.sandbox.run import run_demo
 
+    stop = (
+        signals.run_started("stopping the demo after the step in progress")
+        if signals.installed()
+        else None
+    )
     with _errors():
-        code = run_demo(state_dir, console=out)
+        code = run_demo(
+            state_dir,
+            console=out,
+            stop=stop,
+            log_level=_given.log_level or "warning",
+            log_format=_given.log_format or "console",
+        )
     raise typer.Exit(code)
+
+
+@app.command()
+def init(
+    directory: Annotated[
+        Path, typer.Argument(help="Where to write config.yaml and mappings/ (default: here).")
+    ] = Path("."),
+) -> None:
+    """Write a commented config.yaml and the default mappings to start from (never overwrites)."""
+    from connector.shipped import default_mappings_dir, example_config
+
+    with _errors():
+        mappings = default_mappings_dir()
+        files = [(example_config(), directory / "config.yaml")] + [
+            (f, directory / "mappings" / f.relative_to(mappings))
+            for f in sorted(mappings.rglob("*"))
+            if f.is_file() and "__pycache__" not in f.parts
+        ]
+        existing = [dest for _, dest in files if dest.exists() or dest.is_symlink()]
+        if existing:
+            more = f" (and {len(existing) - 1} more file(s))" if len(existing) > 1 else ""
+            raise ConfigError(
+                f"already exists{more}; init never overwrites a file: move it away or give "
+                "another directory",
+                file=existing[0],
+            )
+        for source, dest in files:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            text = source.read_bytes()
+            if dest.name == "config.yaml" and dest.parent == directory:
+                text = b"# Written by `billing-connector init`; edit it for your org.\n" + text
+            # "x": exclusive create, so a file that appeared since the check is not overwritten.
+            with dest.open("xb") as fh:
+                fh.write(text)
+    config = directory / "config.yaml"
+    out.print(f"wrote {config} and {len(files) - 1} mapping file(s) in {directory / 'mappings'}")
+    out.print(
+        "next: edit the config (every key is explained in it), export the secrets it names, then\n"
+        f"  billing-connector -c {config} mappings check --online\n"
+        f"  billing-connector -c {config} backfill --dry-run",
+        highlight=False,
+        markup=False,
+        soft_wrap=True,
+    )
 
 
 # --- the daemon and its history (issue 16) -------------------------------------------------------

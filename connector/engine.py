@@ -227,6 +227,14 @@ class Tally:
     def total(self, key: str) -> int:
         return sum(getattr(c, key) for c in self.by_account.values())
 
+    def as_counts(self) -> dict[str, int]:
+        keys = ("created", "updated", "unchanged", "refused", "failed")
+        return {
+            "orders_read": self.orders_read,
+            "accounts_seen": len(self.accounts),
+            **{k: self.total(k) for k in keys},
+        }
+
 
 @dataclass(frozen=True, slots=True)
 class Applied:
@@ -423,9 +431,19 @@ class Engine:
             status, error, error_exit = "failed", REDACTOR.scrub(str(exc)), exc.exit_code
             error_type = type(exc).__name__
             log.error("run.failed", error=error)
+        except (SystemExit, KeyboardInterrupt) as exc:
+            # Stopped at once (a second SIGTERM raises SystemExit(130), Ctrl-C without the CLI's
+            # handlers): an interrupted run, not a failed one. If the store cannot record it now,
+            # the next run marks it interrupted when it takes the lock.
+            counts = scope.tally.as_counts()
+            if not dry_run:
+                with contextlib.suppress(Exception):
+                    self.store.runs.finish(run_id, status="interrupted", counts=counts, error=None)
+            log.warning("run.interrupted", exit=getattr(exc, "code", None), **counts)
+            raise
         except BaseException as exc:
-            # A bug or an interpreter exit: the run is recorded as failed before it propagates,
-            # so `status` never shows it running forever.
+            # A bug: the run is recorded as failed before it propagates, so `status` never
+            # shows it running forever.
             if not dry_run:
                 self.store.runs.finish(
                     run_id,

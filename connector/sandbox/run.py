@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -150,21 +151,25 @@ def start_chargebee_sandbox(
     return sandbox
 
 
-def repo_mappings_dir() -> Path:
-    """The shipped mappings: ./mappings when run from a checkout, else next to the package."""
-    here = Path.cwd() / "mappings"
-    if (here / "customer.yaml").exists():
-        return here
-    return Path(__file__).resolve().parents[2] / "mappings"
+def run_demo(
+    state_dir: Path,
+    *,
+    console: Console,
+    stop: threading.Event | None = None,
+    log_level: str = "warning",
+    log_format: str = "console",
+) -> int:
+    """Backfill, edit, sync, sync again; print each step. Returns the exit code.
 
-
-def run_demo(state_dir: Path, *, console: Console) -> int:
-    """Backfill, edit, sync, sync again; print each step. Returns the exit code."""
+    `stop` set (a signal) ends the step in progress cleanly and skips the rest: exit 1.
+    """
     from connector.app import open_pipeline
     from connector.config import Config, SecretSource
     from connector.log import configure
+    from connector.shipped import default_mappings_dir
 
-    configure(level="warning", fmt="console")
+    configure(level=log_level, fmt=log_format)
+    mappings = default_mappings_dir()  # the shipped ones, wherever the command is run from
     pair = start_sandboxes()
     try:
         if state_dir.exists():
@@ -173,9 +178,7 @@ def run_demo(state_dir: Path, *, console: Console) -> int:
         state_dir.mkdir(mode=0o700, parents=True)
         state_dir.chmod(0o700)
         state_file = (state_dir / "state.db").resolve()
-        cfg_data = pair.config_dict(
-            state_url=f"sqlite:///{state_file}", mappings_dir=str(repo_mappings_dir())
-        )
+        cfg_data = pair.config_dict(state_url=f"sqlite:///{state_file}", mappings_dir=str(mappings))
         cfg = Config.model_validate(cfg_data)
         # Left behind so `status`, `conflicts list` and `xref show` can read the demo's store.
         (state_dir / "config.yaml").write_text(
@@ -191,18 +194,26 @@ def run_demo(state_dir: Path, *, console: Console) -> int:
 
         def step(title: str, mode: str, **kw: Any) -> Any:
             nonlocal worst
-            with open_pipeline(cfg, secrets) as p:
+            if stop is not None and stop.is_set():
+                raise _Stopped
+            with open_pipeline(cfg, secrets, stop=stop) as p:
                 report = p.engine.run(mode, **kw)  # type: ignore[arg-type]
             _print(console, title, report)
             worst = max(worst, report.exit_code)
+            if report.status == "interrupted":
+                raise _Stopped
             return report
 
-        step("1. backfill: every activated order", "backfill")
-        edited = _edit_some_accounts(pair)
-        console.print(f"\n[bold]2. edits in Salesforce[/]: {edited}")
-        step("3. dry run of the next sync (nothing is written)", "sync", dry_run=True)
-        step("4. sync: only what changed", "sync")
-        step("5. sync again: nothing changed, no Stripe call", "sync")
+        try:
+            step("1. backfill: every activated order", "backfill")
+            edited = _edit_some_accounts(pair)
+            console.print(f"\n[bold]2. edits in Salesforce[/]: {edited}")
+            step("3. dry run of the next sync (nothing is written)", "sync", dry_run=True)
+            step("4. sync: only what changed", "sync")
+            step("5. sync again: nothing changed, no Stripe call", "sync")
+        except _Stopped:
+            console.print("\n[bold]stopped by a signal[/]: the rest of the demo was skipped")
+            return 1
         customers = pair.stripe.customers()
         t = Table(title=f"Stripe sandbox now holds {len(customers)} customers (first 8)")
         for col in ("id", "name", "email", "country", "salesforce_account_id"):
@@ -224,6 +235,10 @@ def run_demo(state_dir: Path, *, console: Console) -> int:
         return worst
     finally:
         pair.stop()
+
+
+class _Stopped(Exception):
+    """A signal asked the demo to stop between steps."""
 
 
 def _edit_some_accounts(pair: SandboxPair) -> str:
