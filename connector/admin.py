@@ -32,25 +32,26 @@ CONFLICT_CHOICES: dict[str, tuple[str, ...]] = {
     ),
     "winner_field_names_other_customer": (
         "--link <customer in the field>: move this account's link to that customer",
-        "--ignore: keep the current link (correct the Stripe Id field in Salesforce first, or it is raised again)",
+        "--ignore: keep the current link (correct the write-back field in Salesforce first, or it is raised again)",
     ),
     "writeback_field_mismatch": (
         "--link <customer in the field>: move this account's link to that customer",
-        "--ignore: keep the current link (correct the Stripe Id field in Salesforce first, or it is raised again)",
+        "--ignore: keep the current link (correct the write-back field in Salesforce first, or it is raised again)",
     ),
+    # The name this conflict had before the port was neutral: conflicts stored then still resolve.
     "stripe_id_field_mismatch": (
         "--link <customer in the field>: move this account's link to that customer",
-        "--ignore: keep the current link (correct the Stripe Id field in Salesforce first, or it is raised again)",
+        "--ignore: keep the current link (correct the write-back field in Salesforce first, or it is raised again)",
     ),
     "customer_linked_elsewhere": (
-        "--new: create a new customer for this account (its Stripe Id field is overwritten)",
+        "--new: create a new customer for this account (its write-back field is overwritten)",
         "--link CUSTOMER: link another existing customer",
-        "--ignore: close (correct the Stripe Id field in Salesforce first, or it is raised again)",
+        "--ignore: close (correct the write-back field in Salesforce first, or it is raised again)",
     ),
     "customer_belongs_to_other_account": (
         "--new: create a new customer for this account",
         "--link CUSTOMER: link an existing customer anyway",
-        "--ignore: close (correct the Stripe Id field first, or it is raised again)",
+        "--ignore: close (correct the write-back field first, or it is raised again)",
     ),
     "customer_deleted_in_billing": (
         "--new: create a new customer for this account",

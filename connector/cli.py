@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
 app = typer.Typer(
     name="billing-connector",
-    help="Keep Stripe customers in step with activated Salesforce orders.",
+    help="Keep billing customers (Stripe, Chargebee) in step with activated Salesforce orders.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -669,7 +669,7 @@ def mappings_preview(
     order: Annotated[str | None, typer.Option("--order", help="Salesforce Order Id.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Show the payload that would be sent for an account or order, and the difference from Stripe now."""
+    """Show the payload that would be sent for an account or order, and the difference from what billing holds now."""
     from connector.app import open_pipeline
 
     if not account and not order:
@@ -735,7 +735,7 @@ def mappings_preview(
         )
         t.add_column("field")
         t.add_column("would send")
-        t.add_column("in Stripe now")
+        t.add_column("in billing now")
         changes = entry.get("changes", {})
         for k, v in flatten(entry["payload"]).items():
             t.add_row(

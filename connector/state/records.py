@@ -77,7 +77,7 @@ class Intent:
     idempotency_key: str
     payload_hash: str
     created_at: datetime
-    # The exact parameters sent with the key: a retry must send the same ones, or Stripe
+    # The exact parameters sent with the key: a retry must send the same ones, or the billing system
     # answers idempotency_error instead of replaying the first answer.
     payload: dict[str, Any] | None = None
 
