@@ -33,6 +33,10 @@ CONFLICT_CHOICES: dict[str, tuple[str, ...]] = {
         "--link <customer in the field>: move this account's link to that customer",
         "--ignore: keep the current link (correct the Stripe Id field in Salesforce first, or it is raised again)",
     ),
+    "writeback_field_mismatch": (
+        "--link <customer in the field>: move this account's link to that customer",
+        "--ignore: keep the current link (correct the Stripe Id field in Salesforce first, or it is raised again)",
+    ),
     "stripe_id_field_mismatch": (
         "--link <customer in the field>: move this account's link to that customer",
         "--ignore: keep the current link (correct the Stripe Id field in Salesforce first, or it is raised again)",

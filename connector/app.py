@@ -119,8 +119,7 @@ def open_pipeline(
                 store=store,
                 mapping=mapping,
                 overlap_seconds=config.salesforce.overlap_seconds,
-                # Until the engine writes back per account: the first account that has a field.
-                writeback_billing_account=next(iter(config.billing.writeback_fields()), None),
+                writeback_fields=config.billing.writeback_fields(),
                 writeback_batch=config.salesforce.writeback_batch_size,
                 salesforce_calls=lambda: source.usage.calls,
                 on_progress=on_progress,

@@ -1,41 +1,56 @@
-"""One sync pass: read -> map -> plan -> apply -> record.
+"""One sync pass: read -> plan -> apply -> record, page by page and billing account by billing account.
 
-The engine reads activated orders page by page from a `Source`, evaluates the customer mapping
-for the account of each order, decides per account and billing account what to do (a
-`PlannedWrite`), applies the plan through a `BillingTarget`, and records every link, outcome and
-cursor in the state store. It never merges, moves or deletes a billing customer, and it never
-writes to a customer while a conflict about that account is open.
+The engine reads activated orders page by page from a `Source`, fetches in batches the context a
+decision needs (`PlanContext`), lets the pure planner decide every record (`planner.plan_record`),
+applies each decision with one small function per action through the `BillingTarget` port, and
+records a page's outcomes, links, retries and conflicts in one store transaction. A dry run stops
+after planning: the plan it prints is what the run does. It never merges, moves or deletes a
+billing customer, and never writes to a customer while a conflict about that account is open.
+It knows no billing system by name: keys, windows and tags come from `target.rules`.
 
 Guarantees a run keeps, whatever fails:
-- a create is preceded by a recorded intent holding its idempotency key and exact payload, and
-  the link is saved with the intent cleared in one transaction, so a crash between the two is
-  completed with the same key on the next run instead of creating a second customer;
+- the creates of a page are recorded as intents (key and exact payload) before any is sent, and
+  the links are saved with the intents dropped in the page's transaction, so a crash in between
+  is finished with the same key on the next run instead of creating a second customer;
 - an unchanged payload (same hash as last written) costs no billing call at all;
-- the incremental cursor moves only at the end of a run that read every page, and only to the
-  newest SystemModstamp read; records that failed go to the retry list instead of holding the
-  cursor back for everyone else.
+- the incremental cursor moves only at the end of a run that read everything, and only to the
+  Salesforce server time at which that run's reading began (a resumed backfill: its first
+  attempt's), never to the newest row some query happened to return; records that failed go
+  to the retry list instead of holding the cursor back for everyone else.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from functools import partial
 from typing import Any, Literal, Protocol
 
 import structlog
 
-from connector.billing.base import RESERVED_METADATA_KEYS, BillingTarget
+from connector.billing.base import BillingTarget, BillingUnreachable, CustomerMissing
 from connector.errors import (
     ConnectorError,
+    LockLost,
     RecordError,
     TransientError,
     UnavailableError,
 )
 from connector.log import REDACTOR
-from connector.mapping import CustomerMapping, diff_payloads, payload_hash
+from connector.mapping import CustomerMapping
+from connector.mapping.compile import read_source, soql_path
+from connector.planner import (
+    LINKS,
+    Lookup,
+    PlanContext,
+    PlannedWrite,
+    plan_record,
+    wants_new_customer,
+)
 from connector.salesforce import (
     DeletedAccount,
     OrderPage,
@@ -46,16 +61,20 @@ from connector.salesforce import (
 from connector.state.ports import Store
 from connector.state.records import Intent, Link, OrderLink, Outcome
 
+__all__ = ["ORDERS_CURSOR", "Engine", "PlannedWrite", "RunReport", "Source"]
+
 log = structlog.get_logger("connector.engine")
 
 Mode = Literal["sync", "backfill", "recheck", "retry"]
-Action = Literal["create", "update", "adopt", "unchanged", "refused", "failed"]
 
 ORDERS_CURSOR = "salesforce.orders.modstamp"
 DELETIONS_CURSOR = "salesforce.accounts.deleted.modstamp"
-# Stripe keeps idempotency keys for at least 24 hours; an older intent cannot be replayed.
-IDEMPOTENCY_WINDOW = timedelta(hours=24)
-KEY_PREFIX = "bc1"
+SF_STAMP = "%Y-%m-%dT%H:%M:%S.000+0000"
+# After this many records in a row found no connection to a billing account, the account is
+# down, not the records: the run stops (exit 3) instead of failing every record slowly.
+UNREACHABLE_STREAK = 3
+# How many accounts one dependents query names (SOQL IN lists stay well under the URI limit).
+DEPENDENTS_CHUNK = 200
 
 
 class Source(Protocol):
@@ -73,36 +92,53 @@ class Source(Protocol):
         activated_until: datetime | None = None,
         after_id: str | None = None,
         account_ids: Sequence[str] | None = None,
+        referencing: Mapping[str, Sequence[str]] | None = None,
     ) -> Iterator[OrderPage]: ...
 
-    def write_back(self, pairs: Sequence[tuple[str, str]]) -> list[WriteBackResult]: ...
+    def write_back(
+        self, pairs: Sequence[tuple[str, str]], field_name: str | None = None
+    ) -> list[WriteBackResult]: ...
 
     def deleted_accounts(self, *, since: datetime | None) -> Iterator[list[DeletedAccount]]: ...
 
+    def server_time(self) -> datetime: ...
+
+
+# --- what a run reports ----------------------------------------------------------------------
+
 
 @dataclass(frozen=True, slots=True)
-class PlannedWrite:
-    """What one Salesforce account will do to one billing account, decided before any call."""
+class Decision:
+    """What the run did with one account: the planned action and the outcome it had."""
 
     account_id: str
     billing_account: str
-    action: Action
-    order_id: str
-    payload: Mapping[str, Any] = field(default_factory=dict)
-    payload_hash: str = ""
-    customer_id: str | None = None
-    changed_fields: tuple[str, ...] = ()
-    reason: str | None = None
-    error_code: str | None = None
-    basis_activated_at: str | None = None
+    action: str
+    outcome: str
 
-    def detail(self) -> str:
-        """What this write changes (or why it is refused), short enough for one line."""
-        if self.action in ("refused", "failed"):
-            return str(self.reason or self.error_code or "")
-        if self.action == "create":
-            return f"new customer ({len(self.changed_fields)} fields)"
-        return ", ".join(self.changed_fields)
+
+@dataclass
+class AccountCounts:
+    created: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    refused: int = 0
+    failed: int = 0
+    calls: int = 0
+
+    def add(self, kind: str) -> None:
+        key = {
+            "create": "created",
+            "replay": "created",
+            "reconcile": "created",
+            "created": "created",
+            "update": "updated",
+            "adopt": "updated",
+            "updated": "updated",
+            "adopted": "updated",
+        }.get(kind, kind)
+        if key in ("created", "updated", "unchanged", "refused", "failed"):
+            setattr(self, key, getattr(self, key) + 1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,13 +155,18 @@ class RunReport:
     refused: int
     failed: int
     salesforce_calls: int
-    stripe_calls: int  # deprecated: the same as billing_calls, kept for one release
+    billing_calls: int
+    writeback_failed: int = 0
+    billing_accounts: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
     plan: tuple[PlannedWrite, ...] = ()
+    decisions: tuple[Decision, ...] = ()
     error: str | None = None
     error_exit_code: int | None = None
-    billing_calls: int = 0
-    # billing account name -> {created, updated, unchanged, refused, failed, calls}
-    billing_accounts: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
+
+    @property
+    def stripe_calls(self) -> int:
+        """The name `billing_calls` had before the port was neutral; kept for one release."""
+        return self.billing_calls
 
     def as_json(self) -> dict[str, Any]:
         keys = (
@@ -138,6 +179,7 @@ class RunReport:
             "unchanged",
             "refused",
             "failed",
+            "writeback_failed",
             "salesforce_calls",
             "billing_calls",
             "stripe_calls",
@@ -148,9 +190,10 @@ class RunReport:
 
     def summary(self) -> str:
         """One line for people: what happened and what it cost."""
+        wb = f", write-back failed {self.writeback_failed}" if self.writeback_failed else ""
         return (
             f"created {self.created}, updated {self.updated}, unchanged {self.unchanged}, "
-            f"refused {self.refused}, failed {self.failed} | orders read {self.orders_read}, "
+            f"refused {self.refused}, failed {self.failed}{wb} | orders read {self.orders_read}, "
             f"accounts {self.accounts_seen} | Salesforce calls {self.salesforce_calls}, "
             f"billing calls {self.billing_calls}"
         )
@@ -159,38 +202,86 @@ class RunReport:
     def exit_code(self) -> int:
         if self.error_exit_code is not None:
             return self.error_exit_code
-        return 1 if (self.failed or self.refused or self.status != "succeeded") else 0
+        bad = self.failed or self.refused or self.writeback_failed
+        return 1 if (bad or self.status != "succeeded") else 0
+
+
+# --- the small pieces of one run -------------------------------------------------------------
 
 
 @dataclass
-class _Tally:
+class Tally:
+    """Counts of one run, per billing account; each account is counted once per pass."""
+
     orders_read: int = 0
     accounts: set[str] = field(default_factory=set)
-    created: int = 0
-    updated: int = 0
-    unchanged: int = 0
-    refused: int = 0
-    failed: int = 0
-    watermark: datetime | None = None
-    # billing account -> outcome -> count, for the per-account report
-    by_account: dict[str, dict[str, int]] = field(default_factory=dict)
+    by_account: dict[str, AccountCounts] = field(default_factory=dict)
+    writeback_failed: int = 0
 
-    def count(self, action: str, billing_account: str) -> None:
-        outcome = {"create": "created", "update": "updated", "adopt": "updated"}.get(
-            action, action
-        )
-        if outcome not in ("created", "updated", "unchanged", "refused", "failed"):
+    def of(self, ba: str) -> AccountCounts:
+        return self.by_account.setdefault(ba, AccountCounts())
+
+    def total(self, key: str) -> int:
+        return sum(getattr(c, key) for c in self.by_account.values())
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    """One applied decision: its outcome for the store, and the link as it is now."""
+
+    planned: PlannedWrite
+    outcome: Outcome
+    link: Link | None
+    save_link: bool = False  # the link changed and must be saved
+    created: bool = False  # a new link whose intent is dropped with it
+    conflict: tuple[str, str | None, dict[str, Any]] | None = None  # kind, other account, details
+    unreachable: BillingUnreachable | None = None
+
+
+@dataclass
+class WriteBacks:
+    """Customer ids waiting to be written to the Account's write-back field, sent 200 a call."""
+
+    billing_account: str
+    field_name: str
+    batch: int
+    pending: dict[str, str] = field(default_factory=dict)
+    confirmed: list[str] = field(default_factory=list)
+
+    def queue(self, link: Link, field_value: str | None, *, overwrite: bool) -> None:
+        if link.billing_account != self.billing_account or link.status != "active":
             return
-        setattr(self, outcome, getattr(self, outcome) + 1)
-        per = self.by_account.setdefault(billing_account, {})
-        per[outcome] = per.get(outcome, 0) + 1
+        if field_value == link.customer_id:
+            if link.writeback_pending:
+                self.confirmed.append(link.account_id)
+            return
+        if field_value and not overwrite:
+            return  # never overwrite a field that names another customer (a conflict is open)
+        self.pending[link.account_id] = link.customer_id
 
-    def see(self, row: OrderRow) -> None:
-        self.orders_read += 1
-        self.accounts.add(row.account_id)
-        stamp = parse_sf_datetime(row.watermark)
-        if stamp and (self.watermark is None or stamp > self.watermark):
-            self.watermark = stamp
+    def take(self, *, final: bool) -> Iterator[list[tuple[str, str]]]:
+        while self.pending and (final or len(self.pending) >= self.batch):
+            batch = list(self.pending.items())[: self.batch]
+            for a, _ in batch:
+                del self.pending[a]
+            yield batch
+
+
+@dataclass(frozen=True)
+class RunScope:
+    """What one run carries from page to page: each piece small and typed."""
+
+    run_id: str
+    dry_run: bool
+    tally: Tally
+    writebacks: dict[str, WriteBacks]  # billing account -> its write-back queue
+    fresh: Mapping[str, Mapping[str, datetime]]  # ba -> account -> when an admin chose --new
+    held_now: dict[str, set[str]]  # ba -> accounts this run held (a dry run cannot store them)
+    done: dict[str, set[str]]  # ba -> accounts applied this run (the retry pass skips them)
+    streak: dict[str, int]  # ba -> records in a row that found no connection
+    plan: list[PlannedWrite] = field(default_factory=list)
+    decisions: list[Decision] = field(default_factory=list)
+    expected_total: list[int | None] = field(default_factory=lambda: [None])
 
 
 def watched_relationships(fields: Sequence[str]) -> list[str]:
@@ -203,19 +294,13 @@ def watched_relationships(fields: Sequence[str]) -> list[str]:
     return list(out)
 
 
-def create_key(billing_account: str, account_id: str, digest: str) -> str:
-    return f"{KEY_PREFIX}-{billing_account}-{account_id}-create-{digest[:32]}"
-
-
-def update_key(link: Link, digest: str) -> str:
-    # The previous hash and the time of the last write make the key unique per transition,
-    # so a payload that goes A -> B -> A is written again instead of replayed from 24 h ago,
-    # while a retry of the same transition (after a crash) replays.
-    stamp = int(link.last_synced_at.timestamp()) if link.last_synced_at else 0
-    prev = (link.payload_hash or "none")[:16]
-    return (
-        f"{KEY_PREFIX}-{link.billing_account}-{link.account_id}-update-{prev}-{digest[:32]}-{stamp}"
-    )
+def link_sources(mapping: CustomerMapping) -> tuple[str, ...]:
+    """Source paths whose value the `link` transform turns into a customer id (Account.ParentId)."""
+    out: dict[str, None] = {}
+    for plan in mapping.fields:
+        if any(t.normalised() == "link" for t in plan.transforms):
+            out.update(dict.fromkeys(plan.sources))
+    return tuple(out)
 
 
 class Engine:
@@ -229,29 +314,31 @@ class Engine:
         store: Store,
         mapping: CustomerMapping,
         overlap_seconds: int = 300,
-        writeback_billing_account: str | None = None,
+        writeback_fields: Mapping[str, str] | None = None,
         writeback_batch: int = 200,
         salesforce_calls: Callable[[], int] = lambda: 0,
         on_progress: Callable[[int, int | None], None] | None = None,
         stop: threading.Event | None = None,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
+        before_write: Callable[[], None] | None = None,
     ) -> None:
         self.source = source
         self.targets = list(targets)
         self.store = store
         self.mapping = mapping
         self.overlap = timedelta(seconds=overlap_seconds)
-        # Only one billing account's customer id fits the Account's Stripe Id field.
-        self.writeback_account = writeback_billing_account or (
-            self.targets[0].name if self.targets else None
-        )
+        # Billing account -> the Account field that receives its customer id (some have none).
+        self.writeback_fields = dict(writeback_fields or {})
         self.writeback_batch = writeback_batch
         self._sf_calls = salesforce_calls
         self.on_progress = on_progress
         self.stop = stop or threading.Event()
         self.now = now
+        # The runner lock's check: raises LockLost before a write when the lock is gone.
+        self.before_write = before_write or (lambda: None)
         self.fields = list(mapping.soql_fields())
         self.watch = watched_relationships(self.fields)
+        self.link_sources = link_sources(mapping)
 
     # --- the run --------------------------------------------------------------------------
 
@@ -266,12 +353,10 @@ class Engine:
     ) -> RunReport:
         run_id = self.store.runs.start(mode, dry_run=dry_run) if not dry_run else _dry_run_id()
         structlog.contextvars.bind_contextvars(run_id=run_id)
-        tally = _Tally()
-        plan: list[PlannedWrite] = []
+        scope = self._scope(run_id, dry_run)
         sf_start = self._sf_calls()
         calls_start = {t.name: t.calls for t in self.targets}
         status, error, error_exit = "succeeded", None, None
-        run = _Run(self, run_id=run_id, dry_run=dry_run, tally=tally, plan=plan)
         log.info("run.started", mode=mode, dry_run=dry_run, since=_iso(since), until=_iso(until))
         try:
             effective = mode
@@ -282,27 +367,34 @@ class Engine:
             if mode in ("sync", "backfill"):
                 # Merges and deletes first, so the accounts they concern are held before any
                 # of their orders is planned.
-                self._process_deletions(run)
-            completed = self._read_and_apply(run, effective, since=since, until=until)
+                self._process_deletions(scope)
+            snapshot = self.source.server_time() if mode != "retry" else None
+            completed, snapshot = self._read_and_apply(
+                scope, effective, since=since, until=until, snapshot=snapshot
+            )
             if completed and mode in ("sync", "retry"):
-                completed = self._process_retries(run, retry_all=retry_all or mode == "retry")
-            run.flush_writebacks(final=True)
-            if (
-                completed
-                and not dry_run
-                and mode in ("sync", "recheck", "backfill")
-                and tally.watermark
-            ):
+                completed = self._process_retries(scope, retry_all=retry_all or mode == "retry")
+            self._flush_writebacks(scope, final=True)
+            if completed and not dry_run and snapshot is not None:
                 self._advance_cursor(
-                    mode, tally.watermark, backfill_window=since is None and until is None
+                    mode, snapshot, backfill_window=since is None and until is None
                 )
             if not completed:
                 status = "interrupted"
-            elif tally.failed or tally.refused:
+            elif (
+                scope.tally.total("failed")
+                or scope.tally.total("refused")
+                or scope.tally.writeback_failed
+            ):
                 status = "partial"
+        except LockLost as exc:
+            # Another runner may hold the lock now: stop before the next write. What was
+            # applied is recorded; the cursor did not move.
+            status, error, error_exit = "interrupted", REDACTOR.scrub(str(exc)), exc.exit_code
+            log.error("run.lock_lost", error=error)
         except (UnavailableError, TransientError) as exc:
-            # The run could not go on (login, limits, a query that kept failing): exit 3. What
-            # was applied is recorded; the cursor did not move, so nothing is skipped.
+            # The run could not go on (login, limits, a billing account down, a query that
+            # kept failing): exit 3. What was applied is recorded; the cursor did not move.
             status, error, error_exit = (
                 "failed",
                 REDACTOR.scrub(str(exc)),
@@ -326,32 +418,8 @@ class Engine:
             raise
         finally:
             structlog.contextvars.unbind_contextvars("run_id")
-        report = RunReport(
-            run_id=run_id,
-            mode=mode,
-            dry_run=dry_run,
-            status=status,
-            orders_read=tally.orders_read,
-            accounts_seen=len(tally.accounts),
-            created=tally.created,
-            updated=tally.updated,
-            unchanged=tally.unchanged,
-            refused=tally.refused,
-            failed=tally.failed,
-            salesforce_calls=self._sf_calls() - sf_start,
-            stripe_calls=sum(t.calls - calls_start[t.name] for t in self.targets),
-            plan=tuple(plan),
-            error=error,
-            error_exit_code=error_exit,
-            billing_calls=sum(t.calls - calls_start[t.name] for t in self.targets),
-            billing_accounts={
-                t.name: {
-                    **dict.fromkeys(("created", "updated", "unchanged", "refused", "failed"), 0),
-                    **tally.by_account.get(t.name, {}),
-                    "calls": t.calls - calls_start[t.name],
-                }
-                for t in self.targets
-            },
+        report = self._report(
+            scope, mode, status, error, error_exit, sf_start=sf_start, calls_start=calls_start
         )
         if not dry_run:
             try:
@@ -374,23 +442,110 @@ class Engine:
         log.info("run.finished", run_id=run_id, status=report.status, **_counts(report))
         return report
 
+    def _scope(self, run_id: str, dry_run: bool) -> RunScope:
+        names = [t.name for t in self.targets]
+        # Accounts an admin resolved with `conflicts resolve --new`: they get a new customer
+        # whatever their write-back field says, once.
+        fresh: dict[str, dict[str, datetime]] = {n: {} for n in names}
+        for c in self.store.conflicts.list("resolved"):
+            if c.resolution == "new" and c.billing_account in fresh and c.resolved_at is not None:
+                fresh[c.billing_account][c.account_id] = c.resolved_at
+        writebacks = {
+            ba: WriteBacks(ba, name, self.writeback_batch)
+            for ba, name in self.writeback_fields.items()
+            if ba in names
+        }
+        if not dry_run:
+            # Write-backs that failed in earlier runs are retried first.
+            for ba, queue in writebacks.items():
+                for ln in self.store.links.pending_writebacks(ba, limit=10_000):
+                    queue.pending[ln.account_id] = ln.customer_id
+        return RunScope(
+            run_id=run_id,
+            dry_run=dry_run,
+            tally=Tally(),
+            writebacks=writebacks,
+            fresh=fresh,
+            held_now={n: set() for n in names},
+            done={n: set() for n in names},
+            streak={n: 0 for n in names},
+        )
+
+    def _report(
+        self,
+        scope: RunScope,
+        mode: str,
+        status: str,
+        error: str | None,
+        error_exit: int | None,
+        *,
+        sf_start: int,
+        calls_start: Mapping[str, int],
+    ) -> RunReport:
+        tally = scope.tally
+        per: dict[str, dict[str, int]] = {}
+        for t in self.targets:
+            counts = tally.of(t.name)
+            counts.calls = t.calls - calls_start.get(t.name, 0)
+            per[t.name] = {
+                "created": counts.created,
+                "updated": counts.updated,
+                "unchanged": counts.unchanged,
+                "refused": counts.refused,
+                "failed": counts.failed,
+                "calls": counts.calls,
+            }
+        return RunReport(
+            run_id=scope.run_id,
+            mode=mode,
+            dry_run=scope.dry_run,
+            status=status,
+            orders_read=tally.orders_read,
+            accounts_seen=len(tally.accounts),
+            created=tally.total("created"),
+            updated=tally.total("updated"),
+            unchanged=tally.total("unchanged"),
+            refused=tally.total("refused"),
+            failed=tally.total("failed"),
+            writeback_failed=tally.writeback_failed,
+            salesforce_calls=self._sf_calls() - sf_start,
+            billing_calls=sum(c["calls"] for c in per.values()),
+            billing_accounts=per,
+            plan=tuple(scope.plan),
+            decisions=tuple(scope.decisions),
+            error=error,
+            error_exit_code=error_exit,
+        )
+
     def _mapping_changed(self) -> bool:
         # Links an admin set by hand carry no fingerprint until their first sync.
         fp = self.mapping.fingerprint
         return any(self.store.links.fingerprints_in_use(t.name) - {fp} for t in self.targets)
 
+    # --- reading ------------------------------------------------------------------------------
+
     def _read_and_apply(
-        self, run: _Run, mode: str, *, since: datetime | None, until: datetime | None
-    ) -> bool:
-        """Read every page and apply it. False when interrupted."""
+        self,
+        scope: RunScope,
+        mode: str,
+        *,
+        since: datetime | None,
+        until: datetime | None,
+        snapshot: datetime | None,
+    ) -> tuple[bool, datetime | None]:
+        """Read every page and apply it. Returns (completed, the time the cursor may move to)."""
         backfill_cursor = None
         after_id = None
         changed_since = None
         if mode == "backfill":
             backfill_cursor = f"backfill:{_iso(since) or '-'}:{_iso(until) or '-'}"
-            after_id = self.store.cursors.get(backfill_cursor) or None
-            if after_id:
-                log.info("backfill.resuming", after_id=after_id)
+            resume = _BackfillPoint.parse(self.store.cursors.get(backfill_cursor))
+            if resume is not None:
+                after_id = resume.after_id
+                # Changes made while the first attempt ran, to records it had already done,
+                # are read by the syncs after this backfill only if the cursor starts there.
+                snapshot = resume.snapshot or snapshot
+                log.info("backfill.resuming", after_id=after_id, snapshot=_iso(snapshot))
         elif mode == "sync":
             cursor = parse_sf_datetime(self.store.cursors.get(ORDERS_CURSOR))
             changed_since = cursor - self.overlap if cursor else None
@@ -403,17 +558,637 @@ class Engine:
             after_id=after_id,
         )
         for page in pages:
-            run.expected_total = page.total
-            if not run.apply_page(page.rows):
-                return False
-            if backfill_cursor and not run.dry_run and page.rows:
+            scope.expected_total[0] = page.total
+            if not self._process_rows(scope, page.rows, self.targets):
+                return False, snapshot
+            if backfill_cursor and not scope.dry_run and page.rows:
                 # Resume point: every record of this page has its outcome recorded.
-                self.store.cursors.set(backfill_cursor, max(r.order_id for r in page.rows))
-        if backfill_cursor and not run.dry_run:
-            self.store.cursors.set(backfill_cursor, "")
+                point = _BackfillPoint(max(r.order_id for r in page.rows), snapshot)
+                self._set_cursor(backfill_cursor, point.dump())
+        if backfill_cursor and not scope.dry_run:
+            self._set_cursor(backfill_cursor, "")
+        return True, snapshot
+
+    def _process_retries(self, scope: RunScope, *, retry_all: bool) -> bool:
+        # Rows read here never move the cursor: the cursor is the run's snapshot time.
+        for target in self.targets:
+            items = (
+                self.store.retries.all(target.name)
+                if retry_all
+                else self.store.retries.due(target.name, now=self.now())
+            )
+            todo = [i.account_id for i in items if i.account_id not in scope.done[target.name]]
+            for start in range(0, len(todo), 200):
+                chunk = todo[start : start + 200]
+                for page in self.source.activated_orders(
+                    self.fields, watch=self.watch, account_ids=chunk
+                ):
+                    if not self._process_rows(scope, page.rows, [target]):
+                        return False
         return True
 
-    def _process_deletions(self, run: _Run) -> None:
+    def _process_dependents(
+        self, scope: RunScope, linked: set[str], targets: Sequence[BillingTarget], depth: int = 0
+    ) -> bool:
+        """Accounts whose mapping reads a link that was just created or moved (`link`
+        transform): read their orders and plan them again, wherever they fell in the page
+        order, in this run or an earlier one."""
+        if not self.link_sources or not linked or depth > 8:
+            return True
+        paths = [soql_path(s) for s in self.link_sources]
+        ids = sorted(linked)
+        for start in range(0, len(ids), DEPENDENTS_CHUNK):
+            chunk = ids[start : start + DEPENDENTS_CHUNK]
+            for page in self.source.activated_orders(
+                self.fields, watch=self.watch, referencing={p: chunk for p in paths}
+            ):
+                if not self._process_rows(scope, page.rows, targets, depth=depth + 1):
+                    return False
+        return True
+
+    # --- one page ----------------------------------------------------------------------------
+
+    def _process_rows(
+        self,
+        scope: RunScope,
+        rows: Sequence[OrderRow],
+        targets: Sequence[BillingTarget],
+        *,
+        depth: int = 0,
+    ) -> bool:
+        """Plan and apply one page for each billing account. False when interrupted."""
+        orders_before = scope.tally.orders_read
+        best: dict[str, OrderRow] = {}
+        for row in rows:
+            scope.tally.orders_read += 1
+            scope.tally.accounts.add(row.account_id)
+            cur = best.get(row.account_id)
+            if cur is None or row.basis_key > cur.basis_key:
+                best[row.account_id] = row
+        newly_linked: set[str] = set()
+        for target in targets:
+            links = self.store.links.get_many(target.name, list(best))
+            ctx = self._context(scope, target, list(best.values()), links)
+            completed, linked = self._plan_and_apply(
+                scope, target, list(best.values()), rows, links, ctx, orders_before
+            )
+            newly_linked |= linked
+            if not completed:
+                return False
+        self._flush_writebacks(scope, final=False)
+        if scope.dry_run:
+            return True
+        return self._process_dependents(scope, newly_linked - set(best), targets, depth)
+
+    def _plan_and_apply(
+        self,
+        scope: RunScope,
+        target: BillingTarget,
+        rows: list[OrderRow],
+        all_rows: Sequence[OrderRow],
+        links: dict[str, Link],
+        ctx: PlanContext,
+        orders_before: int,
+    ) -> tuple[bool, set[str]]:
+        ba = target.name
+        page_size = len(all_rows)
+        links_before = dict(links)
+        plans = [
+            plan_record(r, links.get(r.account_id), ctx, self.mapping, target.rules) for r in rows
+        ]
+        if scope.dry_run:
+            for p in plans:
+                scope.plan.append(p)
+                scope.tally.of(ba).add(p.action)
+                scope.decisions.append(Decision(p.account_id, ba, p.action, p.action))
+                if p.conflict is not None:
+                    scope.held_now[ba].add(p.account_id)
+            return True, set()
+        # Records whose `link` source names an account this page is about to link wait for
+        # it, then are planned again with its customer: the child-before-parent case.
+        linking = {p.account_id for p in plans if p.action in LINKS}
+        by_account = {r.account_id: r for r in rows}
+        waiting = {
+            p.account_id
+            for p in plans
+            if linking and self._reads_link_of(by_account[p.account_id], linking - {p.account_id})
+        }
+        first = [p for p in plans if p.account_id not in waiting]
+        applied: list[Applied] = []
+        try:
+            completed = self._apply_waiting_last(
+                scope,
+                target,
+                ctx,
+                first,
+                waiting,
+                links,
+                by_account,
+                applied,
+                orders_before,
+                page_size,
+            )
+        except BaseException:
+            # Whatever stops the batch (a lost lock, a billing account down, a signal), what
+            # billing already holds is recorded, so no cross-reference is lost.
+            with contextlib.suppress(LockLost):
+                self._record(scope, ba, applied, all_rows, self._unsent(plans, applied))
+            raise
+        self._record(scope, ba, applied, all_rows, self._unsent(plans, applied))
+        queue = scope.writebacks.get(ba)
+        for a in applied:
+            if a.link is not None and queue is not None:
+                queue.queue(
+                    a.link,
+                    by_account[a.planned.account_id].writeback_value(queue.field_name),
+                    overwrite=a.planned.overwrite_field or a.planned.account_id in scope.fresh[ba],
+                )
+        linked = {
+            a.planned.account_id
+            for a in applied
+            if a.link is not None
+            and a.save_link
+            and (
+                a.created
+                or a.planned.action in LINKS
+                or _was_admin_link(links_before.get(a.planned.account_id))
+            )
+        }
+        return completed, linked
+
+    def _apply_waiting_last(
+        self,
+        scope: RunScope,
+        target: BillingTarget,
+        ctx: PlanContext,
+        first: list[PlannedWrite],
+        waiting: set[str],
+        links: dict[str, Link],
+        by_account: Mapping[str, OrderRow],
+        applied: list[Applied],
+        orders_before: int,
+        page_size: int,
+    ) -> bool:
+        completed = self._apply_all(
+            scope, target, first, links, by_account, applied, orders_before, page_size
+        )
+        if completed and waiting:
+            live = dict(ctx.links)
+            live.update(
+                {
+                    a.link.account_id: a.link.customer_id
+                    for a in applied
+                    if a.link and a.link.status == "active"
+                }
+            )
+            again = replace(ctx, links=live)
+            second = [
+                plan_record(by_account[a], links.get(a), again, self.mapping, target.rules)
+                for a in by_account
+                if a in waiting
+            ]
+            completed = self._apply_all(
+                scope, target, second, links, by_account, applied, orders_before, page_size
+            )
+        return completed
+
+    @staticmethod
+    def _unsent(plans: Sequence[PlannedWrite], applied: Sequence[Applied]) -> list[str]:
+        """Creates whose intent was written ahead but which were never sent (the run stopped
+        first): their intents are dropped with the batch, nothing is left to replay."""
+        tried = {a.planned.account_id for a in applied}
+        return [p.account_id for p in plans if p.action == "create" and p.account_id not in tried]
+
+    def _reads_link_of(self, row: OrderRow, accounts: set[str]) -> bool:
+        return any(read_source(row.record, s) in accounts for s in self.link_sources)
+
+    def _apply_all(
+        self,
+        scope: RunScope,
+        target: BillingTarget,
+        plans: list[PlannedWrite],
+        links: dict[str, Link],
+        rows: Mapping[str, OrderRow],
+        applied: list[Applied],
+        orders_before: int,
+        page_size: int,
+    ) -> bool:
+        ba = target.name
+        creates = [p for p in plans if p.action == "create"]
+        if creates:
+            # Write-ahead: every create of the batch is recorded with its key and exact payload
+            # before any is sent, so a crash in between is finished with the same key.
+            self._store_write(lambda: self._record_intents(creates))
+        for n, p in enumerate(plans, start=1):
+            if self.on_progress:
+                self.on_progress(
+                    orders_before + page_size * n // max(1, len(plans)), scope.expected_total[0]
+                )
+            if self.stop.is_set():
+                return False  # finish cleanly: what was applied is recorded, the rest read again
+            if p.writes:
+                self.before_write()
+            result = self._apply(target, p, links.get(p.account_id))
+            applied.append(result)
+            if result.link is not None:
+                links[p.account_id] = result.link
+            scope.done[ba].add(p.account_id)
+            scope.decisions.append(Decision(p.account_id, ba, p.action, result.outcome.outcome))
+            if result.unreachable is not None:
+                scope.streak[ba] += 1
+                if scope.streak[ba] >= UNREACHABLE_STREAK:
+                    self._stop_unreachable(scope, ba, applied, result.unreachable)
+            elif p.writes:
+                scope.streak[ba] = 0
+        return True
+
+    def _stop_unreachable(
+        self, scope: RunScope, ba: str, applied: list[Applied], exc: BillingUnreachable
+    ) -> None:
+        # The records that found no connection are not failed: they are read again next run.
+        dropped = {a.planned.account_id for a in applied if a.unreachable is not None}
+        applied[:] = [a for a in applied if a.unreachable is None]
+        scope.done[ba] -= dropped
+        scope.decisions[:] = [
+            d
+            for d in scope.decisions
+            if not (d.billing_account == ba and d.account_id in dropped and d.outcome == "failed")
+        ]
+        raise UnavailableError(
+            f"billing account '{exc.billing_account}' at {exc.url} is unreachable: "
+            f"{UNREACHABLE_STREAK} records in a row found no connection ({exc.message}). "
+            "The run stopped; those records were not marked failed and the cursor did not move"
+        )
+
+    def _record_intents(self, creates: Iterable[PlannedWrite]) -> None:
+        now = self.now()
+        with self.store.transaction():
+            for p in creates:
+                assert p.idempotency_key is not None
+                self.store.intents.record(
+                    Intent(
+                        billing_account=p.billing_account,
+                        account_id=p.account_id,
+                        idempotency_key=p.idempotency_key,
+                        payload_hash=p.payload_hash,
+                        created_at=now,
+                        payload=dict(p.payload),
+                    )
+                )
+
+    # --- context, fetched in batches before planning ---------------------------------------
+
+    def _context(
+        self,
+        scope: RunScope,
+        target: BillingTarget,
+        rows: list[OrderRow],
+        links: Mapping[str, Link],
+    ) -> PlanContext:
+        ba = target.name
+        rules = target.rules
+        writeback_field = self.writeback_fields.get(ba)
+        fresh = scope.fresh.get(ba, {})
+        held = frozenset(self.store.conflicts.held_accounts(ba) | scope.held_now[ba])
+        # Customers named by write-back fields that differ from the link: adopt or conflict.
+        named: dict[str, str] = {}
+        if writeback_field:
+            for r in rows:
+                link = links.get(r.account_id)
+                value = r.writeback_value(writeback_field)
+                if value and (link is None or value != link.customer_id):
+                    named[r.account_id] = value
+        owners: dict[str, str] = {}
+        for cid in dict.fromkeys(named.values()):
+            owner = self.store.links.by_customer(ba, cid)
+            if owner is not None:
+                owners[cid] = owner.account_id
+        to_fetch = [
+            cid
+            for acc, cid in named.items()
+            if links.get(acc) is None
+            and cid not in owners
+            and acc not in held
+            and not wants_new_customer(fresh.get(acc), None)
+        ]
+        customers: dict[str, Any] = {}
+        errors: dict[str, str] = {}
+        if to_fetch:
+            try:
+                customers = dict(target.fetch_customers(list(dict.fromkeys(to_fetch))))
+            except (TransientError, RecordError) as exc:
+                errors = {cid: REDACTOR.scrub(str(exc)) for cid in to_fetch}
+        page_accounts = {r.account_id for r in rows}
+        intents = {
+            i.account_id: i for i in self.store.intents.open(ba) if i.account_id in page_accounts
+        }
+        now = self.now()
+        lookups: dict[str, Lookup] = {}
+        for acc, intent in intents.items():
+            if intent.payload is not None and now - intent.created_at < rules.idempotency_window:
+                continue
+            if acc in held:
+                continue
+            lookups[acc] = self._lookup(target, acc)
+        for lk in lookups.values():
+            for cid in lk.customer_ids:
+                owner = self.store.links.by_customer(ba, cid)
+                if owner is not None and owner.status != "merged":
+                    owners[cid] = owner.account_id
+        return PlanContext(
+            billing_account=ba,
+            org_id=self.source.org_id,
+            fingerprint=self.mapping.fingerprint,
+            now=now,
+            writeback_field=writeback_field,
+            held=held,
+            fresh=fresh,
+            customers=customers,
+            customer_errors=errors,
+            owners=owners,
+            intents=intents,
+            lookups=lookups,
+            links=self._link_snapshot(ba, rows),
+        )
+
+    def _lookup(self, target: BillingTarget, account_id: str) -> Lookup:
+        """Find the customer an interrupted create past the key window may have made."""
+        if not target.rules.search:
+            return Lookup(error=f"billing account '{target.name}' cannot search customers by tag")
+        try:
+            found = target.find_by_salesforce_account(account_id)
+        except (TransientError, RecordError) as exc:
+            return Lookup(error=f"the search failed: {REDACTOR.scrub(str(exc))}")
+        return Lookup(tuple(c.id for c in found if not c.deleted))
+
+    def _link_snapshot(self, ba: str, rows: Sequence[OrderRow]) -> dict[str, str]:
+        """The links the `link` transform reads for this page, in one store query."""
+        if not self.link_sources:
+            return {}
+        ids = {v for r in rows for s in self.link_sources if (v := read_source(r.record, s))}
+        if not ids:
+            return {}
+        return {
+            a: ln.customer_id
+            for a, ln in self.store.links.get_many(ba, sorted(ids)).items()
+            if ln.status == "active"
+        }
+
+    # --- applying: one small function per action ---------------------------------------------
+
+    def _apply(self, target: BillingTarget, p: PlannedWrite, link: Link | None) -> Applied:
+        try:
+            if p.action == "refused":
+                return self._apply_refused(p, link)
+            if p.action == "failed":
+                log.warning("sync.record.failed", account_id=p.account_id, error=p.reason)
+                return Applied(p, _outcome(p, "failed", p.error_code, p.reason), link)
+            if p.action == "unchanged":
+                return self._apply_unchanged(p, link)
+            if p.action == "create":
+                assert p.idempotency_key is not None
+                cid = target.create_customer(p.payload, idempotency_key=p.idempotency_key)
+                return self._linked(p, cid, p.payload_hash, p.payload, created=True)
+            if p.action == "replay":
+                return self._apply_replay(target, p)
+            if p.action == "reconcile":
+                assert p.customer_id is not None and p.idempotency_key is not None
+                target.update_customer(p.customer_id, p.payload, idempotency_key=p.idempotency_key)
+                log.info(
+                    "sync.intent.reconciled", account_id=p.account_id, customer_id=p.customer_id
+                )
+                return self._linked(p, p.customer_id, p.payload_hash, p.payload, created=True)
+            if p.action == "adopt":
+                assert p.customer_id is not None and p.idempotency_key is not None
+                target.update_customer(p.customer_id, p.payload, idempotency_key=p.idempotency_key)
+                log.info("sync.record.adopted", account_id=p.account_id, customer_id=p.customer_id)
+                return self._linked(p, p.customer_id, p.payload_hash, p.payload, kind="adopted")
+            return self._apply_update(target, p, link)
+        except BillingUnreachable as exc:
+            log.warning("sync.record.unreachable", account_id=p.account_id, error=str(exc))
+            return Applied(
+                p, _outcome(p, "failed", "billing_unreachable", str(exc)), link, unreachable=exc
+            )
+        except CustomerMissing as exc:
+            conflict = None
+            if p.action == "update" and p.customer_id:
+                # Deleted in billing: never re-created on our own (it may have been
+                # deliberate); the account is held and the admin chooses --new or --link.
+                conflict = (
+                    "customer_deleted_in_billing",
+                    None,
+                    {"order_id": p.order_id, "message": str(exc)},
+                )
+            log.warning(
+                "sync.record.failed", account_id=p.account_id, code=exc.code, error=str(exc)
+            )
+            return Applied(p, _outcome(p, "failed", exc.code, str(exc)), link, conflict=conflict)
+        except (RecordError, TransientError) as exc:
+            code = exc.code or type(exc).__name__
+            log.warning("sync.record.failed", account_id=p.account_id, code=code, error=str(exc))
+            return Applied(p, _outcome(p, "failed", code, str(exc)), link)
+
+    def _apply_refused(self, p: PlannedWrite, link: Link | None) -> Applied:
+        log.warning("sync.record.refused", account_id=p.account_id, reason=p.reason)
+        conflict = None
+        if p.conflict is not None:
+            conflict = (
+                p.conflict.kind,
+                p.conflict.other_account_id,
+                {"reason": p.reason, "order_id": p.order_id},
+            )
+        return Applied(p, _outcome(p, "refused", p.error_code, p.reason), link, conflict=conflict)
+
+    def _apply_unchanged(self, p: PlannedWrite, link: Link | None) -> Applied:
+        fp = self.mapping.fingerprint
+        out = _outcome(p, "unchanged")
+        if (
+            link is not None
+            and p.payload_hash
+            and (
+                link.mapping_fingerprint != fp
+                or link.status == "deleted"
+                or link.payload_hash != p.payload_hash
+            )
+        ):
+            if link.status == "deleted":
+                # Restored from the recycle bin: syncing resumes on the same customer.
+                log.info(
+                    "sync.account.restored", account_id=p.account_id, customer_id=link.customer_id
+                )
+            fresh = replace(
+                link,
+                mapping_fingerprint=fp,
+                status="active",
+                payload_hash=p.payload_hash,
+                payload=dict(p.payload),
+            )
+            return Applied(p, out, fresh, save_link=True)
+        return Applied(p, out, link)
+
+    def _apply_replay(self, target: BillingTarget, p: PlannedWrite) -> Applied:
+        assert p.idempotency_key is not None and p.create_payload is not None
+        log.info("sync.intent.replayed", account_id=p.account_id, key=p.idempotency_key)
+        cid = target.create_customer(p.create_payload, idempotency_key=p.idempotency_key)
+        if p.followup_key is None:
+            return self._linked(p, cid, p.payload_hash, p.payload, created=True)
+        # The account changed since the lost create: bring the customer up to date now. Saved
+        # as written by the create first, so a failed update is retried as an update.
+        try:
+            target.update_customer(cid, p.send or p.payload, idempotency_key=p.followup_key)
+        except (RecordError, TransientError) as exc:
+            from connector.mapping import payload_hash
+
+            done = self._linked(
+                p, cid, payload_hash(p.create_payload), p.create_payload, created=True
+            )
+            out = _outcome(p, "failed", exc.code or type(exc).__name__, str(exc), customer_id=cid)
+            return replace(done, outcome=out)
+        return self._linked(p, cid, p.payload_hash, p.payload, created=True)
+
+    def _apply_update(self, target: BillingTarget, p: PlannedWrite, link: Link | None) -> Applied:
+        assert link is not None and p.customer_id is not None and p.idempotency_key is not None
+        target.update_customer(
+            p.customer_id, p.send or p.payload, idempotency_key=p.idempotency_key
+        )
+        updated = replace(
+            link,
+            payload_hash=p.payload_hash,
+            payload=dict(p.payload),
+            mapping_fingerprint=self.mapping.fingerprint,
+            basis_order_id=p.order_id,
+            basis_order_activated_at=p.basis_activated_at,
+            last_synced_at=self.now(),
+            status="active",
+        )
+        log.info(
+            "sync.record.updated",
+            account_id=p.account_id,
+            customer_id=p.customer_id,
+            fields=list(p.changed_fields),
+        )
+        return Applied(p, _outcome(p, "updated"), updated, save_link=True)
+
+    def _linked(
+        self,
+        p: PlannedWrite,
+        customer_id: str,
+        digest: str,
+        written: Mapping[str, Any],
+        *,
+        created: bool = False,
+        kind: Literal["created", "adopted"] = "created",
+    ) -> Applied:
+        now = self.now()
+        link = Link(
+            billing_account=p.billing_account,
+            account_id=p.account_id,
+            customer_id=customer_id,
+            status="active",
+            payload_hash=digest,
+            payload=dict(written),
+            mapping_fingerprint=self.mapping.fingerprint,
+            basis_order_id=p.order_id,
+            basis_order_activated_at=p.basis_activated_at,
+            writeback_pending=True,
+            first_synced_at=now,
+            last_synced_at=now,
+        )
+        if kind == "created":
+            log.info("sync.record.created", account_id=p.account_id, customer_id=customer_id)
+        out = _outcome(p, kind, customer_id=customer_id)
+        return Applied(p, out, link, save_link=True, created=created)
+
+    # --- recording: one transaction per batch ------------------------------------------------
+
+    def _record(
+        self,
+        scope: RunScope,
+        ba: str,
+        applied: Sequence[Applied],
+        rows: Sequence[OrderRow],
+        unsent: Sequence[str] = (),
+    ) -> None:
+        """Links, intents dropped, orders, outcomes, conflicts and retries of one batch, in one
+        transaction; then the counts, so an account is counted once."""
+        if not applied and not unsent:
+            return
+        for a in applied:
+            scope.tally.of(ba).add(a.outcome.outcome)
+            if a.conflict is not None:
+                scope.held_now[ba].add(a.planned.account_id)
+        failed = [a.outcome for a in applied if a.outcome.outcome == "failed"]
+        ok = [
+            a.planned.account_id
+            for a in applied
+            if a.outcome.outcome in ("created", "updated", "adopted", "unchanged")
+        ]
+        # Every order of the batch whose account is linked now names its customer.
+        active = {
+            a.planned.account_id: a.link.customer_id
+            for a in applied
+            if a.link is not None and a.link.status == "active"
+        }
+        order_links = [
+            OrderLink(ba, r.order_id, r.account_id, active[r.account_id])
+            for r in rows
+            if r.account_id in active
+        ]
+
+        def write() -> None:
+            with self.store.transaction():
+                saves = [a.link for a in applied if a.save_link and a.link is not None]
+                if saves:
+                    self.store.links.save(saves)
+                created = [a.planned.account_id for a in applied if a.created]
+                for account_id in [*created, *unsent]:
+                    self.store.intents.drop(ba, account_id)
+                if order_links:
+                    self.store.links.save_order_links(order_links)
+                for a in applied:
+                    if a.conflict is not None:
+                        kind, other, details = a.conflict
+                        self.store.conflicts.open(
+                            kind,
+                            billing_account=ba,
+                            account_id=a.planned.account_id,
+                            other_account_id=other,
+                            customer_id=a.planned.customer_id,
+                            details=details,
+                        )
+                # Unchanged records are counted in the run, not stored one by one.
+                stored = [a.outcome for a in applied if a.outcome.outcome != "unchanged"]
+                if stored:
+                    self.store.runs.record_outcomes(scope.run_id, stored)
+                if failed:
+                    self.store.retries.schedule(
+                        ba,
+                        {o.account_id: f"{o.error_code}: {o.error_message}" for o in failed},
+                        now=self.now(),
+                    )
+                if ok:
+                    self.store.retries.clear(ba, ok)
+
+        try:
+            self.before_write()
+        except LockLost:
+            # What was applied in billing is recorded even so: a lost link is worse than a
+            # write made while a second runner starts (the keys keep that one harmless).
+            write()
+            raise
+        write()
+
+    def _set_cursor(self, name: str, value: str) -> None:
+        self.before_write()
+        self.store.cursors.set(name, value)
+
+    def _store_write(self, fn: Callable[[], None]) -> None:
+        self.before_write()
+        fn()
+
+    # --- deletions and merges ----------------------------------------------------------------
+
+    def _process_deletions(self, scope: RunScope) -> None:
         """Deleted and merged accounts: links are marked, conflicts opened, billing untouched."""
         cursor = parse_sf_datetime(self.store.cursors.get(DELETIONS_CURSOR))
         since = cursor - self.overlap if cursor else None
@@ -423,657 +1198,133 @@ class Engine:
                 stamp = parse_sf_datetime(d.modstamp)
                 if stamp and (newest is None or stamp > newest):
                     newest = stamp
-            run.apply_deletions(page)
-        if newest and not run.dry_run and (cursor is None or newest > cursor):
-            self.store.cursors.set(DELETIONS_CURSOR, newest.strftime("%Y-%m-%dT%H:%M:%S.000+0000"))
-
-    def _process_retries(self, run: _Run, *, retry_all: bool) -> bool:
-        for target in self.targets:
-            items = (
-                self.store.retries.all(target.name)
-                if retry_all
-                else self.store.retries.due(target.name, now=self.now())
+            for target in self.targets:
+                self._apply_deletions(scope, target.name, page)
+        if newest and not scope.dry_run and (cursor is None or newest > cursor):
+            self._store_write(
+                lambda: self.store.cursors.set(DELETIONS_CURSOR, newest.strftime(SF_STAMP))
             )
-            todo = [
-                i.account_id for i in items if i.account_id not in run.done.get(target.name, set())
-            ]
-            for start in range(0, len(todo), 200):
-                chunk = todo[start : start + 200]
-                for page in self.source.activated_orders(
-                    self.fields, watch=self.watch, account_ids=chunk
-                ):
-                    if not run.apply_page(page.rows, only=[target]):
-                        return False
-        return True
 
-    def _advance_cursor(self, mode: str, watermark: datetime, *, backfill_window: bool) -> None:
-        current = parse_sf_datetime(self.store.cursors.get(ORDERS_CURSOR))
-        if mode == "backfill" and current is not None:
-            return  # a backfill never moves the incremental cursor backwards or forwards past a sync
-        if mode == "backfill" and not backfill_window:
-            return  # a windowed backfill did not read everything
-        if current is None or watermark > current:
-            self.store.cursors.set(ORDERS_CURSOR, watermark.strftime("%Y-%m-%dT%H:%M:%S.000+0000"))
-
-
-class _Run:
-    """The mutable working state of one run; plans and applies page by page."""
-
-    def __init__(
-        self, engine: Engine, *, run_id: str, dry_run: bool, tally: _Tally, plan: list[PlannedWrite]
-    ) -> None:
-        self.e = engine
-        self.run_id = run_id
-        self.dry_run = dry_run
-        self.tally = tally
-        self.plan = plan
-        self.done: dict[str, set[str]] = {}
-        self.expected_total: int | None = None
-        self.writebacks: list[tuple[str, str]] = []
-        self.held: dict[str, set[str]] = {
-            t.name: engine.store.conflicts.held_accounts(t.name) for t in engine.targets
-        }
-        # Accounts an admin resolved with `conflicts resolve --new`: they get a new customer
-        # whatever their Stripe Id field says, once.
-        self.fresh: dict[str, dict[str, datetime]] = {t.name: {} for t in engine.targets}
-        for c in engine.store.conflicts.list("resolved"):
-            if (
-                c.resolution == "new"
-                and c.billing_account in self.fresh
-                and c.resolved_at is not None
-            ):
-                self.fresh[c.billing_account][c.account_id] = c.resolved_at
-        # Accounts whose Stripe Id field an admin's explicit link overrides in this run.
-        self.overwrite_field: dict[str, set[str]] = {t.name: set() for t in engine.targets}
-        self.intents: dict[str, dict[str, Intent]] = {
-            t.name: {i.account_id: i for i in engine.store.intents.open(t.name)}
-            for t in engine.targets
-        }
-        wb = engine.writeback_account
-        if wb and not dry_run:
-            # Write-backs that failed in earlier runs are retried first.
-            self.writebacks = [
-                (ln.account_id, ln.customer_id)
-                for ln in engine.store.links.pending_writebacks(wb, limit=10_000)
-            ]
-            self._pending = {a for a, _ in self.writebacks}
-        else:
-            self._pending = set()
-
-    # --- one page ---------------------------------------------------------------------------
-
-    def apply_page(
-        self, rows: Sequence[OrderRow], only: Sequence[BillingTarget] | None = None
-    ) -> bool:
-        orders_before = self.tally.orders_read
-        best: dict[str, OrderRow] = {}
-        for row in rows:
-            self.tally.see(row)
-            cur = best.get(row.account_id)
-            if cur is None or row.basis_key > cur.basis_key:
-                best[row.account_id] = row
-        for target in only or self.e.targets:
-            links = self.e.store.links.get_many(target.name, list(best))
-            resolver = _LinkResolver(self.e.store, target.name)
-            outcomes: list[Outcome] = []
-            saves: list[Link] = []
-            for done, (account_id, row) in enumerate(best.items(), start=1):
-                if self.e.on_progress:
-                    self.e.on_progress(
-                        orders_before + len(rows) * done // len(best), self.expected_total
-                    )
-                if self.e.stop.is_set():
-                    # Finish cleanly: what was applied is recorded, the rest is read again.
-                    self._record(target.name, outcomes, saves, rows, links)
-                    return False
-                planned = self._plan(target.name, row, links.get(account_id), resolver)
-                if self.dry_run:
-                    self.plan.append(planned)
-                    self.tally.count(planned.action, target.name)
-                    continue
-                prev = links.get(account_id)
-                outcome, link = self._apply(target, planned, prev, row)
-                self.tally.count(_action_of(outcome), target.name)
-                outcomes.append(outcome)
-                if link is not None and link is not prev:
-                    links[account_id] = link
-                    if outcome.outcome != "created":  # creates are saved at once, with their intent
-                        saves.append(link)
-                if link is not None:
-                    self._queue_writeback(target.name, link, row)
-                self.done.setdefault(target.name, set()).add(account_id)
-            if not self.dry_run:
-                self._record(target.name, outcomes, saves, rows, links)
-        self.flush_writebacks(final=False)
-        return True
-
-    def apply_deletions(self, page: Sequence[DeletedAccount]) -> None:
-        store = self.e.store
+    def _apply_deletions(self, scope: RunScope, ba: str, page: Sequence[DeletedAccount]) -> None:
+        store = self.store
         ids = [d.account_id for d in page] + [d.master_id for d in page if d.master_id]
-        for target in self.e.targets:
-            ba = target.name
-            links = store.links.get_many(ba, ids)
-            outcomes: list[Outcome] = []
-            for d in page:
-                loser = links.get(d.account_id)
-                if (
-                    loser is None
-                    or loser.status == "merged"
-                    or (loser.status == "deleted" and not d.master_id)
-                ):
-                    continue  # never synced (merging before sync is the documented way), or already handled
-                if d.master_id is None:
-                    if not self.dry_run:
-                        store.links.set_status(ba, d.account_id, "deleted")
-                    log.info(
-                        "sync.account.deleted",
-                        account_id=d.account_id,
-                        customer_id=loser.customer_id,
-                    )
-                    outcomes.append(
-                        Outcome(
-                            account_id=d.account_id,
-                            billing_account=ba,
-                            outcome="skipped",
-                            customer_id=loser.customer_id,
-                            error_code="account_deleted",
-                            error_message="the account was deleted in Salesforce; its customer is left as it is",
-                        )
-                    )
-                    continue
-                winner = links.get(d.master_id)
-                if winner is not None and winner.status != "merged":
-                    kind, held, other = "merge_both_linked", d.account_id, d.master_id
-                    message = (
-                        f"account {d.account_id} (customer {loser.customer_id}) was merged into {d.master_id}, "
-                        f"which has its own customer {winner.customer_id}; both are kept, "
-                        f"{loser.customer_id} is no longer written"
-                    )
-                else:
-                    kind, held, other = "merge_loser_linked", d.master_id, d.account_id
-                    message = (
-                        f"account {d.account_id} (customer {loser.customer_id}) was merged into {d.master_id}, "
-                        f"which has no customer; {d.master_id} is held until an admin decides"
-                    )
-                log.warning(
-                    "sync.merge.refused",
-                    kind=kind,
-                    loser=d.account_id,
-                    winner=d.master_id,
-                    customer_id=loser.customer_id,
+        links = store.links.get_many(ba, ids)
+        outcomes: list[Outcome] = []
+        statuses: list[tuple[str, str]] = []
+        conflicts: list[tuple[str, str, str, str | None, dict[str, Any]]] = []
+        for d in page:
+            loser = links.get(d.account_id)
+            if (
+                loser is None
+                or loser.status == "merged"
+                or (loser.status == "deleted" and not d.master_id)
+            ):
+                continue  # never synced (merging before sync is the documented way), or done
+            if d.master_id is None:
+                statuses.append((d.account_id, "deleted"))
+                log.info(
+                    "sync.account.deleted", account_id=d.account_id, customer_id=loser.customer_id
                 )
-                self.tally.count("refused", ba)
-                if self.dry_run:
-                    self.plan.append(
-                        PlannedWrite(
-                            account_id=held,
-                            billing_account=ba,
-                            action="refused",
-                            order_id="",
-                            customer_id=loser.customer_id,
-                            reason=message,
-                            error_code=kind,
-                        )
-                    )
-                    continue
-                with store.transaction():
-                    store.links.set_status(ba, d.account_id, "merged")
-                    store.conflicts.open(
-                        kind,
-                        billing_account=ba,
-                        account_id=held,
-                        other_account_id=other,
-                        customer_id=loser.customer_id,
-                        details={
-                            "loser": d.account_id,
-                            "winner": d.master_id,
-                            "loser_customer": loser.customer_id,
-                            "winner_customer": winner.customer_id if winner else None,
-                            "message": message,
-                        },
-                    )
-                self.held[ba].add(held)
                 outcomes.append(
                     Outcome(
-                        account_id=held,
+                        account_id=d.account_id,
                         billing_account=ba,
-                        outcome="refused",
+                        outcome="skipped",
                         customer_id=loser.customer_id,
-                        error_code=kind,
-                        error_message=message,
+                        error_code="account_deleted",
+                        error_message="the account was deleted in Salesforce; its customer is left as it is",
                     )
                 )
-            if outcomes and not self.dry_run:
-                store.runs.record_outcomes(self.run_id, outcomes)
-
-    def _record(
-        self,
-        ba: str,
-        outcomes: list[Outcome],
-        saves: list[Link],
-        rows: Sequence[OrderRow],
-        links: Mapping[str, Link] | None = None,
-    ) -> None:
-        if self.dry_run:
-            return
-        order_links = [
-            OrderLink(ba, r.order_id, r.account_id, links[r.account_id].customer_id)
-            for r in rows
-            if links and r.account_id in links and links[r.account_id].status == "active"
-        ]
-        failed = [o for o in outcomes if o.outcome == "failed"]
-        ok = [
-            o.account_id
-            for o in outcomes
-            if o.outcome in ("created", "updated", "adopted", "unchanged")
-        ]
-        with self.e.store.transaction():
-            if saves:
-                self.e.store.links.save(saves)
-            if order_links:
-                self.e.store.links.save_order_links(order_links)
-            # Unchanged records are counted in the run, not stored one by one.
-            self.e.store.runs.record_outcomes(
-                self.run_id, [o for o in outcomes if o.outcome != "unchanged"]
-            )
-            if failed:
-                self.e.store.retries.schedule(
-                    ba,
-                    {o.account_id: f"{o.error_code}: {o.error_message}" for o in failed},
-                    now=self.e.now(),
+                continue
+            winner = links.get(d.master_id)
+            if winner is not None and winner.status != "merged":
+                kind, held, other = "merge_both_linked", d.account_id, d.master_id
+                message = (
+                    f"account {d.account_id} (customer {loser.customer_id}) was merged into {d.master_id}, "
+                    f"which has its own customer {winner.customer_id}; both are kept, "
+                    f"{loser.customer_id} is no longer written"
                 )
-            if ok:
-                self.e.store.retries.clear(ba, ok)
-
-    # --- deciding -----------------------------------------------------------------------------
-
-    def _plan(
-        self, ba: str, row: OrderRow, link: Link | None, resolver: _LinkResolver
-    ) -> PlannedWrite:
-        acc = row.account_id
-        # The Account has one Stripe Id field, and it speaks for the write-back billing account
-        # only: other billing accounts neither adopt from it nor compare their links with it.
-        field_value = row.stripe_id_value if ba == self.e.writeback_account else None
-        make = partial(
-            PlannedWrite,
-            account_id=acc,
-            billing_account=ba,
-            order_id=row.order_id,
-            basis_activated_at=row.activated_at,
-        )
-        fresh = self._wants_new_customer(ba, acc, link)
-        if acc in self.held[ba] or (
-            link is not None and link.status in ("held", "merged") and not fresh
-        ):
-            return make(
-                action="refused",
-                customer_id=link.customer_id if link else None,
-                reason="an open conflict holds this account; see `billing-connector conflicts list`",
-                error_code="conflict_open",
-            )
-        if (
-            link is not None
-            and link.basis_order_id
-            and link.basis_order_id != row.order_id
-            and row.basis_key < (link.basis_order_activated_at or "", link.basis_order_id)
-            and link.mapping_fingerprint == self.e.mapping.fingerprint
-        ):
-            # Only the account's latest activated order decides its customer; an older order
-            # that changed (or whose contact changed) does not.
-            return make(action="unchanged", customer_id=link.customer_id, reason="older order")
-        try:
-            payload = dict(self.e.mapping.evaluate(row.record, link=resolver))
-        except ConnectorError as exc:
-            return make(action="failed", reason=str(exc), error_code="mapping_error")
-        meta = {
-            k: v
-            for k, v in dict(payload.get("metadata") or {}).items()
-            if k not in RESERVED_METADATA_KEYS
-        }
-        meta.update(salesforce_account_id=acc, salesforce_org_id=self.e.source.org_id)
-        payload["metadata"] = meta
-        digest = payload_hash(payload)
-        if fresh:
-            # The admin chose a new customer for this account (`conflicts resolve --new`).
-            return make(
-                action="create",
-                payload=payload,
-                payload_hash=digest,
-                changed_fields=tuple(_flat_keys(payload)),
-                reason="new customer chosen by an admin",
-            )
-        if link is None:
-            if field_value:
-                owner = self.e.store.links.by_customer(ba, field_value)
-                if owner is not None and owner.account_id != acc:
-                    return make(
-                        action="refused",
-                        payload=payload,
-                        payload_hash=digest,
-                        customer_id=field_value,
-                        error_code="customer_linked_elsewhere",
-                        reason=f"the Account's Stripe Id field names {field_value}, "
-                        f"which is linked to account {owner.account_id}",
-                    )
-                return make(
-                    action="adopt",
-                    payload=payload,
-                    payload_hash=digest,
-                    customer_id=field_value,
-                    changed_fields=tuple(_flat_keys(payload)),
-                    reason="Stripe Id field already set: adopt that customer",
+            else:
+                kind, held, other = "merge_loser_linked", d.master_id, d.account_id
+                message = (
+                    f"account {d.account_id} (customer {loser.customer_id}) was merged into {d.master_id}, "
+                    f"which has no customer; {d.master_id} is held until an admin decides"
                 )
-            return make(
-                action="create",
-                payload=payload,
-                payload_hash=digest,
-                changed_fields=tuple(_flat_keys(payload)),
+            log.warning(
+                "sync.merge.refused",
+                kind=kind,
+                loser=d.account_id,
+                winner=d.master_id,
+                customer_id=loser.customer_id,
             )
-        admin_linked = link.payload_hash is None and link.mapping_fingerprint is None
-        if field_value and field_value != link.customer_id and admin_linked:
-            # An admin linked this account by hand (`xref link`, `conflicts resolve --link`):
-            # that decision wins over the field, which is overwritten with the linked id.
-            self.overwrite_field[ba].add(acc)
-        elif field_value and field_value != link.customer_id:
-            owner = self.e.store.links.by_customer(ba, field_value)
-            kind = (
-                "winner_field_names_other_customer"
-                if owner is not None
-                else "stripe_id_field_mismatch"
-            )
-            return make(
-                action="refused",
-                payload=payload,
-                payload_hash=digest,
-                customer_id=link.customer_id,
-                error_code=kind,
-                reason=f"the Account's Stripe Id field names {field_value} but the account "
-                f"is linked to {link.customer_id}",
-            )
-        if digest == link.payload_hash:
-            return make(
-                action="unchanged",
-                payload=payload,
-                payload_hash=digest,
-                customer_id=link.customer_id,
-            )
-        return make(
-            action="update",
-            payload=payload,
-            payload_hash=digest,
-            customer_id=link.customer_id,
-            changed_fields=tuple(diff_payloads(link.payload, payload)),
-        )
-
-    def _wants_new_customer(self, ba: str, account_id: str, link: Link | None) -> bool:
-        """True until the new customer an admin asked for (`--new`) has been created."""
-        resolved_at = self.fresh[ba].get(account_id)
-        if resolved_at is None:
-            return False
-        return link is None or link.last_synced_at is None or link.last_synced_at < resolved_at
-
-    # --- applying ----------------------------------------------------------------------------
-
-    def _apply(
-        self, target: BillingTarget, p: PlannedWrite, link: Link | None, row: OrderRow
-    ) -> tuple[Outcome, Link | None]:
-        ba = target.name
-        store = self.e.store
-        now = self.e.now()
-        try:
-            if p.action == "refused":
-                if p.error_code in (
-                    "stripe_id_field_mismatch",
-                    "customer_linked_elsewhere",
-                    "winner_field_names_other_customer",
-                ):
-                    store.conflicts.open(
-                        p.error_code,
-                        billing_account=ba,
-                        account_id=p.account_id,
-                        customer_id=p.customer_id,
-                        details={"reason": p.reason, "order_id": p.order_id},
-                    )
-                    self.held[ba].add(p.account_id)
-                log.warning("sync.record.refused", account_id=p.account_id, reason=p.reason)
-                return self._outcome(p, "refused", error_code=p.error_code, message=p.reason), link
-            if p.action == "failed":
-                log.warning("sync.record.failed", account_id=p.account_id, error=p.reason)
-                return self._outcome(p, "failed", error_code=p.error_code, message=p.reason), link
-            if p.action == "unchanged":
-                fp = self.e.mapping.fingerprint
-                if (
-                    link is not None
-                    and p.payload_hash
-                    and (link.mapping_fingerprint != fp or link.status == "deleted")
-                ):
-                    if link.status == "deleted":
-                        # Restored from the recycle bin: syncing resumes on the same customer.
-                        log.info(
-                            "sync.account.restored",
-                            account_id=p.account_id,
-                            customer_id=link.customer_id,
-                        )
-                    link = _replace(link, mapping_fingerprint=fp, status="active")
-                return self._outcome(p, "unchanged"), link
-            if p.action == "create":
-                customer_id, written = self._create(target, p, now)
-                # `written` is what the customer holds now: a replayed intent may carry an older
-                # payload, and then the next run sees the difference and updates it.
-                new = Link(
-                    billing_account=ba,
-                    account_id=p.account_id,
-                    customer_id=customer_id,
-                    status="active",
-                    payload_hash=payload_hash(written),
-                    payload=dict(written),
-                    mapping_fingerprint=self.e.mapping.fingerprint,
-                    basis_order_id=p.order_id,
-                    basis_order_activated_at=p.basis_activated_at,
-                    writeback_pending=True,
-                    first_synced_at=now,
-                    last_synced_at=now,
-                )
-                store.intents.complete_create(new, [OrderLink(ba, p.order_id, p.account_id, customer_id)])
-                self.intents[ba].pop(p.account_id, None)
-                log.info("sync.record.created", account_id=p.account_id, customer_id=customer_id)
-                if new.payload_hash != p.payload_hash:
-                    # The account changed since the lost create: bring the customer up to date now.
-                    target.update_customer(
-                        customer_id, p.payload, idempotency_key=update_key(new, p.payload_hash)
-                    )
-                    new = _replace(
-                        new,
-                        payload_hash=p.payload_hash,
-                        payload=dict(p.payload),
-                        last_synced_at=self.e.now(),
-                    )
-                    store.links.save([new])
-                return self._outcome(p, "created", customer_id=customer_id), new
-            if p.action == "adopt":
-                assert p.customer_id is not None
-                remote = target.fetch_customer(p.customer_id)
-                if remote is None or remote.deleted:
-                    raise RecordError(
-                        f"the Account's Stripe Id field names {p.customer_id}, which "
-                        f"{'was deleted' if remote else 'does not exist'} in billing account '{ba}'; "
-                        "correct or clear the field (a cleared field makes the connector create a new customer)",
-                        code="adopt_customer_missing",
-                    )
-                owner = remote.metadata.get("salesforce_account_id")
-                if owner and owner != p.account_id:
-                    store.conflicts.open(
-                        "customer_belongs_to_other_account",
-                        billing_account=ba,
-                        account_id=p.account_id,
-                        other_account_id=owner,
-                        customer_id=p.customer_id,
-                        details={"order_id": p.order_id},
-                    )
-                    self.held[ba].add(p.account_id)
-                    return self._outcome(
-                        p,
-                        "refused",
-                        error_code="customer_belongs_to_other_account",
-                        message=f"{p.customer_id} is marked as the customer of account {owner}",
-                    ), link
-                adopted = Link(
-                    billing_account=ba,
-                    account_id=p.account_id,
-                    customer_id=p.customer_id,
-                    status="active",
-                    payload_hash=None,
-                    payload=None,
-                    mapping_fingerprint=self.e.mapping.fingerprint,
-                    basis_order_id=p.order_id,
-                    basis_order_activated_at=p.basis_activated_at,
-                    writeback_pending=False,
-                    first_synced_at=now,
-                    last_synced_at=None,
-                )
-                store.links.save([adopted])  # linked first, so a failed update still keeps the link
-                target.update_customer(
-                    p.customer_id, p.payload, idempotency_key=update_key(adopted, p.payload_hash)
-                )
-                done = _replace(
-                    adopted,
-                    payload_hash=p.payload_hash,
-                    payload=dict(p.payload),
-                    last_synced_at=now,
-                )
-                log.info("sync.record.adopted", account_id=p.account_id, customer_id=p.customer_id)
-                return self._outcome(p, "adopted", customer_id=p.customer_id), done
-            # update
-            assert link is not None and p.customer_id is not None
-            target.update_customer(
-                p.customer_id, p.payload, idempotency_key=update_key(link, p.payload_hash)
-            )
-            updated = _replace(
-                link,
-                payload_hash=p.payload_hash,
-                payload=dict(p.payload),
-                mapping_fingerprint=self.e.mapping.fingerprint,
-                basis_order_id=p.order_id,
-                basis_order_activated_at=p.basis_activated_at,
-                last_synced_at=now,
-                status="active",
-            )
-            log.info(
-                "sync.record.updated",
-                account_id=p.account_id,
-                customer_id=p.customer_id,
-                fields=list(p.changed_fields),
-            )
-            return self._outcome(p, "updated", customer_id=p.customer_id), updated
-        except (RecordError, TransientError) as exc:
-            code = getattr(exc, "code", None) or type(exc).__name__
-            if code == "customer_missing" and p.action == "update" and p.customer_id:
-                # Deleted in Stripe: never re-created on our own (it may have been deliberate);
-                # the account is held and the admin chooses --new or --link.
-                store.conflicts.open(
-                    "customer_deleted_in_billing",
-                    billing_account=ba,
-                    account_id=p.account_id,
-                    customer_id=p.customer_id,
-                    details={"order_id": p.order_id, "message": str(exc)},
-                )
-                self.held[ba].add(p.account_id)
-            log.warning("sync.record.failed", account_id=p.account_id, code=code, error=str(exc))
-            return self._outcome(p, "failed", error_code=code, message=str(exc)), link
-
-    def _create(
-        self, target: BillingTarget, p: PlannedWrite, now: datetime
-    ) -> tuple[str, Mapping[str, Any]]:
-        """Create the customer, or finish a create a crash interrupted. Returns the id and the
-        payload the customer was written with."""
-        ba = target.name
-        intent = self.intents[ba].get(p.account_id)
-        if intent is not None:
-            if now - intent.created_at < IDEMPOTENCY_WINDOW and intent.payload is not None:
-                # A create was sent and its answer lost: replay it exactly; Stripe answers with
-                # the customer it made (or makes it now).
-                log.info(
-                    "sync.intent.replayed", account_id=p.account_id, key=intent.idempotency_key
-                )
-                return target.create_customer(
-                    intent.payload, idempotency_key=intent.idempotency_key
-                ), intent.payload
-            # Older than Stripe keeps keys: look the customer up by the metadata every customer
-            # carries before making a new one (search lags by about a minute, not by a day).
-            found = [c for c in target.find_by_salesforce_account(p.account_id) if not c.deleted]
-            if len(found) > 1:
-                raise RecordError(
-                    f"{len(found)} customers already carry salesforce_account_id={p.account_id}; "
-                    "link the right one with `billing-connector xref link`",
-                    code="duplicate_customers",
-                )
-            if found:
-                log.info("sync.intent.reconciled", account_id=p.account_id, customer_id=found[0].id)
-                target.update_customer(
-                    found[0].id,
-                    p.payload,
-                    idempotency_key=f"{KEY_PREFIX}-{ba}-{p.account_id}-reconcile-{p.payload_hash[:32]}",
-                )
-                return found[0].id, p.payload
-        key = create_key(ba, p.account_id, p.payload_hash)
-        self.e.store.intents.record(
-            Intent(
+            scope.tally.of(ba).refused += 1
+            scope.held_now[ba].add(held)
+            planned = PlannedWrite(
+                account_id=held,
                 billing_account=ba,
-                account_id=p.account_id,
-                idempotency_key=key,
-                payload_hash=p.payload_hash,
-                created_at=now,
-                payload=dict(p.payload),
+                action="refused",
+                order_id="",
+                customer_id=loser.customer_id,
+                reason=message,
+                error_code=kind,
             )
-        )
-        return target.create_customer(p.payload, idempotency_key=key), p.payload
-
-    def _outcome(
-        self,
-        p: PlannedWrite,
-        kind: str,
-        *,
-        customer_id: str | None = None,
-        error_code: str | None = None,
-        message: str | None = None,
-    ) -> Outcome:
-        # Error texts are kept and shown by `status`: a service may echo a key or token in them.
-        return Outcome(
-            account_id=p.account_id,
-            billing_account=p.billing_account,
-            outcome=kind,  # type: ignore[arg-type]
-            customer_id=customer_id or p.customer_id,
-            order_id=p.order_id,
-            error_code=error_code,
-            error_message=REDACTOR.scrub(message) if message else None,
-            changed_fields=p.changed_fields if kind != "unchanged" else (),
-        )
+            scope.decisions.append(Decision(held, ba, "refused", "refused"))
+            if scope.dry_run:
+                scope.plan.append(planned)
+                continue
+            statuses.append((d.account_id, "merged"))
+            details = {
+                "loser": d.account_id,
+                "winner": d.master_id,
+                "loser_customer": loser.customer_id,
+                "winner_customer": winner.customer_id if winner else None,
+                "message": message,
+            }
+            conflicts.append((kind, held, other, loser.customer_id, details))
+            outcomes.append(
+                Outcome(
+                    account_id=held,
+                    billing_account=ba,
+                    outcome="refused",
+                    customer_id=loser.customer_id,
+                    error_code=kind,
+                    error_message=message,
+                )
+            )
+        if scope.dry_run or not (outcomes or statuses):
+            return
+        self.before_write()
+        with store.transaction():
+            for account_id, status in statuses:
+                store.links.set_status(ba, account_id, status)
+            for kind, held, other, customer_id, details in conflicts:
+                store.conflicts.open(
+                    kind,
+                    billing_account=ba,
+                    account_id=held,
+                    other_account_id=other,
+                    customer_id=customer_id,
+                    details=details,
+                )
+            if outcomes:
+                store.runs.record_outcomes(scope.run_id, outcomes)
 
     # --- write-back --------------------------------------------------------------------------
 
-    def _queue_writeback(self, ba: str, link: Link, row: OrderRow) -> None:
-        if ba != self.e.writeback_account or link.status != "active":
+    def _flush_writebacks(self, scope: RunScope, *, final: bool) -> None:
+        if scope.dry_run:
             return
-        if row.stripe_id_value == link.customer_id:
-            if link.writeback_pending:
-                self.e.store.links.mark_written_back(ba, [link.account_id])
-            return
-        decided = link.account_id in self.fresh[ba] or link.account_id in self.overwrite_field[ba]
-        if row.stripe_id_value and row.stripe_id_value != link.customer_id and not decided:
-            return  # never overwrite a field that names another customer (a conflict is open)
-        if link.account_id not in self._pending:
-            self._pending.add(link.account_id)
-            self.writebacks.append((link.account_id, link.customer_id))
+        for wb in scope.writebacks.values():
+            self._flush_queue(scope, wb, final=final)
 
-    def flush_writebacks(self, *, final: bool) -> None:
-        ba = self.e.writeback_account
-        if self.dry_run or ba is None:
-            return
-        while self.writebacks and (final or len(self.writebacks) >= self.e.writeback_batch):
-            batch = self.writebacks[: self.e.writeback_batch]
-            self.writebacks = self.writebacks[self.e.writeback_batch :]
+    def _flush_queue(self, scope: RunScope, wb: WriteBacks, *, final: bool) -> None:
+        ba = wb.billing_account
+        if wb.confirmed:
+            confirmed, wb.confirmed = wb.confirmed, []
+            self._store_write(lambda: self.store.links.mark_written_back(ba, confirmed))
+        for batch in wb.take(final=final):
             try:
-                results = self.e.source.write_back(batch)
+                results = self.source.write_back(batch, wb.field_name)
             except TransientError as exc:
                 # The links stay pending and the next run writes them back; the records are
                 # reported now, so nobody believes the ids reached Salesforce.
@@ -1089,18 +1340,17 @@ class _Run:
                     for a, _ in batch
                 ]
             ok = [r.account_id for r in results if r.ok]
-            if ok:
-                self.e.store.links.mark_written_back(ba, ok)
             failures = [r for r in results if not r.ok]
+            customers = dict(batch)
             outcomes = [
                 Outcome(
                     account_id=r.account_id,
                     billing_account=ba,
                     outcome="failed",
-                    customer_id=dict(batch).get(r.account_id),
+                    customer_id=customers.get(r.account_id),
                     error_code=f"writeback_{r.code}",
                     error_message=REDACTOR.scrub(
-                        f"writing the customer id to Account.{self._field()} failed: {r.message}"
+                        f"writing the customer id to Account.{wb.field_name} failed: {r.message}"
                     ),
                 )
                 for r in failures
@@ -1109,53 +1359,78 @@ class _Run:
                 log.warning(
                     "writeback.failed", account_id=r.account_id, code=r.code, error=r.message
                 )
-            if outcomes:
-                for _ in outcomes:
-                    self.tally.count("failed", ba)
-                self.e.store.runs.record_outcomes(self.run_id, outcomes)
-            for a, _ in batch:
-                self._pending.discard(a)
+            # A write-back failure is its own count: the account's sync outcome stays counted
+            # once, as created or updated.
+            scope.tally.writeback_failed += len(outcomes)
 
-    def _field(self) -> str:
-        legacy = getattr(self.e.source, "legacy_writeback_field", None)
-        return str((legacy() if legacy else None) or "(write-back field)")
+            def write(ok: list[str] = ok, outcomes: list[Outcome] = outcomes) -> None:
+                with self.store.transaction():
+                    if ok:
+                        self.store.links.mark_written_back(ba, ok)
+                    if outcomes:
+                        self.store.runs.record_outcomes(scope.run_id, outcomes)
 
+            self._store_write(write)
 
-class _LinkResolver:
-    """The `link` transform: a Salesforce account id -> its customer id, cached per page."""
+    # --- the cursor ---------------------------------------------------------------------------
 
-    def __init__(self, store: Store, billing_account: str) -> None:
-        self.store = store
-        self.ba = billing_account
-        self.cache: dict[str, str | None] = {}
-
-    def __call__(self, account_id: str) -> str | None:
-        if account_id not in self.cache:
-            link = self.store.links.get(self.ba, account_id)
-            self.cache[account_id] = link.customer_id if link and link.status == "active" else None
-        return self.cache[account_id]
-
-
-def _replace(link: Link, **changes: Any) -> Link:
-    from dataclasses import replace
-
-    return replace(link, **changes)
+    def _advance_cursor(self, mode: str, snapshot: datetime, *, backfill_window: bool) -> None:
+        if mode not in ("sync", "recheck", "backfill"):
+            return  # a retry pass reads a few records only: it never moves the cursor
+        current = parse_sf_datetime(self.store.cursors.get(ORDERS_CURSOR))
+        if mode == "backfill" and current is not None:
+            return  # a backfill never moves the incremental cursor backwards or forwards past a sync
+        if mode == "backfill" and not backfill_window:
+            return  # a windowed backfill did not read everything
+        if current is None or snapshot > current:
+            self._store_write(
+                lambda: self.store.cursors.set(ORDERS_CURSOR, snapshot.strftime(SF_STAMP))
+            )
 
 
-def _action_of(outcome: Outcome) -> str:
-    return {"created": "create", "updated": "update", "adopted": "adopt"}.get(
-        outcome.outcome, outcome.outcome
+@dataclass(frozen=True, slots=True)
+class _BackfillPoint:
+    """Where a backfill resumes, and the server time at which its first attempt began."""
+
+    after_id: str
+    snapshot: datetime | None
+
+    def dump(self) -> str:
+        return json.dumps({"after_id": self.after_id, "snapshot": _iso(self.snapshot)})
+
+    @staticmethod
+    def parse(value: str | None) -> _BackfillPoint | None:
+        if not value:
+            return None
+        if not value.startswith("{"):
+            return _BackfillPoint(value, None)  # written before the snapshot was kept
+        data = json.loads(value)
+        return _BackfillPoint(str(data["after_id"]), parse_sf_datetime(data.get("snapshot")))
+
+
+def _was_admin_link(link: Link | None) -> bool:
+    return link is not None and link.payload_hash is None and link.mapping_fingerprint is None
+
+
+def _outcome(
+    p: PlannedWrite,
+    kind: str,
+    error_code: str | None = None,
+    message: str | None = None,
+    *,
+    customer_id: str | None = None,
+) -> Outcome:
+    # Error texts are kept and shown by `status`: a service may echo a key or token in them.
+    return Outcome(
+        account_id=p.account_id,
+        billing_account=p.billing_account,
+        outcome=kind,  # type: ignore[arg-type]
+        customer_id=customer_id or p.customer_id,
+        order_id=p.order_id,
+        error_code=error_code,
+        error_message=REDACTOR.scrub(message) if message else None,
+        changed_fields=p.changed_fields if kind != "unchanged" else (),
     )
-
-
-def _flat_keys(payload: Mapping[str, Any], prefix: str = "") -> list[str]:
-    out: list[str] = []
-    for k, v in payload.items():
-        if isinstance(v, Mapping):
-            out += _flat_keys(v, f"{prefix}{k}.")
-        else:
-            out.append(f"{prefix}{k}")
-    return out
 
 
 def _counts(r: RunReport) -> dict[str, int]:
@@ -1167,6 +1442,4 @@ def _iso(dt: datetime | None) -> str | None:
 
 
 def _dry_run_id() -> str:
-    import uuid
-
     return "dry-" + uuid.uuid4().hex[:12]

@@ -70,6 +70,13 @@ class LockHeldError(UnavailableError):
     """Another runner holds the single-runner lock."""
 
 
+class LockLost(UnavailableError):
+    """The single-runner lock was lost mid-run (its connection ended, its file was removed).
+
+    Raised by the runner's `before_write` check before the next write: the run ends
+    `interrupted`, what was applied is recorded, the cursor does not move (exit 3)."""
+
+
 class BudgetExhaustedError(UnavailableError):
     """The Salesforce API budget guard stopped the run before it spent more than allowed."""
 

@@ -8,11 +8,13 @@ configured loopback address instead (the library itself stays unmodified).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -102,9 +104,15 @@ class ApiUsage:
     used: int | None = None
     limit: int | None = None
     used_at_start: int | None = None
+    # Salesforce's clock, from the Date header of the latest answer (second precision).
+    server_date: datetime | None = None
 
     def observe(self, response: requests.Response, *args: Any, **kwargs: Any) -> None:
         self.calls += 1
+        date = response.headers.get("Date")
+        if date:
+            with contextlib.suppress(TypeError, ValueError):
+                self.server_date = parsedate_to_datetime(date).astimezone(UTC)
         m = _LIMIT_INFO.search(response.headers.get("Sforce-Limit-Info", ""))
         if m:
             self.used, self.limit = int(m.group(1)), int(m.group(2))
@@ -220,6 +228,7 @@ class SalesforceSource:
         activated_until: datetime | None = None,
         after_id: str | None = None,
         account_ids: Sequence[str] | None = None,
+        referencing: Mapping[str, Sequence[str]] | None = None,
     ) -> Iterator[OrderPage]:
         """Activated orders with every mapped Order, Account and contact field in one query.
 
@@ -227,6 +236,8 @@ class SalesforceSource:
         with `changed_since`, an order is read when it or any watched record changed, so an
         edited account or contact updates its customer without a new order. Incremental reads
         order by SystemModstamp; backfills by Id so they can resume after the last Id done.
+        `referencing` reads the orders whose field (e.g. Account.ParentId) names one of the
+        given ids: the accounts whose `link` mapping reads a link that just changed.
         """
         stamps = ["SystemModstamp", *[f"{w}.SystemModstamp" for w in watch]]
         base = [
@@ -258,6 +269,15 @@ class SalesforceSource:
             where.append(f"Id > {soql_quote(after_id)}")
         if account_ids is not None:
             where.append("AccountId IN (" + ", ".join(soql_quote(a) for a in account_ids) + ")")
+        if referencing:
+            where.append(
+                "("
+                + " OR ".join(
+                    f"{path} IN (" + ", ".join(soql_quote(i) for i in ids) + ")"
+                    for path, ids in referencing.items()
+                )
+                + ")"
+            )
         order_by = "Id" if changed_since is None else "SystemModstamp, Id"
         soql = (
             f"SELECT {', '.join(select)} FROM Order WHERE {' AND '.join(where)} ORDER BY {order_by}"
@@ -266,6 +286,21 @@ class SalesforceSource:
             yield OrderPage(
                 rows=[self._order_row(r, stamps) for r in page], total=self.last_total_size
             )
+
+    def server_time(self) -> datetime:
+        """Salesforce's clock now: the Date of the latest answer, or of a cheap call if none.
+
+        The incremental cursor moves to this time taken before a run reads its orders: every
+        change stamped before it is visible to that read (the overlap covers commit lag).
+        """
+        if self.usage.server_date is None:
+            self._guard(lambda: self.sf.limits())
+        if self.usage.server_date is None:
+            raise UnavailableError(
+                "Salesforce answered without a Date header; the connector cannot tell which "
+                "changes a run has read"
+            )
+        return self.usage.server_date
 
     def deleted_accounts(self, *, since: datetime | None) -> Iterator[list[DeletedAccount]]:
         """Accounts deleted or merged away since `since` (queryAll: the recycle bin included).

@@ -14,7 +14,7 @@ from connector.sandbox.run import SandboxPair
 from connector.state.store import StateStore
 
 JSON_KEYS = {"run_id", "mode", "orders_read", "accounts_seen", "created", "updated", "unchanged",
-             "refused", "failed", "salesforce_calls", "billing_calls", "stripe_calls", "billing_accounts",
+             "refused", "failed", "writeback_failed", "salesforce_calls", "billing_calls", "stripe_calls", "billing_accounts",
              "status", "error", "exit_code"}
 
 

@@ -17,10 +17,13 @@ import stripe
 from conftest import BILLED
 from fault_readback import BA, assert_one_customer_each, cli, opened, read_store
 
-from connector.billing.stripe import StripeTarget
-from connector.engine import IDEMPOTENCY_WINDOW, PlannedWrite, RunReport, create_key
+from connector.billing.stripe import RULES, StripeTarget
+from connector.engine import PlannedWrite, RunReport
+from connector.planner import create_key
 from connector.sandbox.run import SANDBOX_STRIPE_KEY, SandboxPair
 from connector.state.records import Intent
+
+IDEMPOTENCY_WINDOW = RULES.idempotency_window
 
 INITECH = "001000000000A02AAA"
 

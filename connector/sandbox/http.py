@@ -346,7 +346,12 @@ class SandboxServer:
                     with contextlib.suppress(OSError):
                         self.connection.shutdown(socket.SHUT_RDWR)
                     return
-                self.send_response(resp.status)
+                if "Date" in resp.headers:
+                    # The server's own clock (a sandbox's logical one), not the wall clock.
+                    self.send_response_only(resp.status)
+                    self.send_header("Server", self.version_string())
+                else:
+                    self.send_response(resp.status)
                 payload = resp.body or b""
                 for k, v in resp.headers.items():
                     self.send_header(k, v)

@@ -28,6 +28,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
+from email.utils import formatdate
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -1344,6 +1345,9 @@ class SalesforceSandbox(SandboxServer):
     def decorate(self, req: Request, resp: Response) -> Response:
         if self._is_rest(req):
             resp.headers["Sforce-Limit-Info"] = f"api-usage={self._api_used}/{self.daily_api_limit}"
+        # Salesforce's Date header tells clients its clock; here it is the logical clock that
+        # stamps SystemModstamp, so advancing it moves both.
+        resp.headers["Date"] = formatdate(self.clock.now().timestamp(), usegmt=True)
         return resp
 
     def not_found(self, req: Request) -> Response:
