@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from connector.billing import TARGET_KINDS, build_target
 from connector.billing.base import BillingTarget
 from connector.config import Config, SecretSource
-from connector.engine import Engine
+from connector.engine import Engine, SharingGroup
 from connector.errors import ConfigError
 from connector.mapping import CustomerMapping, MappingErrors, Problem, load_mappings
 from connector.mapping.accounts import check_shared_fields, load_account_mappings
@@ -124,6 +124,11 @@ def open_pipeline(
                 salesforce_calls=lambda: source.usage.calls,
                 on_progress=on_progress,
                 stop=stop,
+                routing=config.routing,
+                sharing_groups=[
+                    SharingGroup(g.label, g.accounts, g.primary)
+                    for g in config.billing.sharing_groups
+                ],
             )
             yield Pipeline(config, mapping, store, source, targets, engine)
     finally:
