@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import socket
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -92,14 +92,28 @@ def open_pipeline(
     on_progress: Callable[[int, int | None], None] | None = None,
     stop: threading.Event | None = None,
     lock: bool = True,
+    accounts: Sequence[str] | None = None,
 ) -> Iterator[Pipeline]:
-    """Everything a run needs, with the single-runner lock held for its duration."""
+    """Everything a run needs, with the single-runner lock held for its duration.
+
+    `accounts` limits the run to those billing accounts (`sync --account NAME`); their cursors
+    are then their own."""
+    known = [a.id for a in config.billing.accounts]
+    unknown = [a for a in accounts or () if a not in known]
+    if unknown:
+        raise ConfigError(
+            f"--account {unknown[0]}: no such billing account; configured: {', '.join(known)}",
+            key="--account",
+        )
+    only = sorted(set(accounts)) if accounts and set(accounts) != set(known) else None
     mapping = load_mappings(config.mappings_path)  # exit 2 before anything is contacted
     check_mapping_fits(config, mapping)
     disagreements = check_group_mappings(config)
     if disagreements:
         raise MappingErrors(disagreements)
     targets = build_targets(config, secrets)  # a missing key is a config error too
+    if only is not None:
+        targets = [t for t in targets if t.name in only]
     store = StateStore.open(config.state_url, auto_migrate=config.state.auto_migrate)
     try:
         lock_cm = store.locks.hold("sync", holder=holder_name()) if lock else _null()
@@ -125,6 +139,7 @@ def open_pipeline(
                 on_progress=on_progress,
                 stop=stop,
                 routing=config.routing,
+                cursor_scope="+".join(only) if only is not None else None,
                 sharing_groups=[
                     SharingGroup(g.label, g.accounts, g.primary)
                     for g in config.billing.sharing_groups

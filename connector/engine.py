@@ -344,12 +344,17 @@ class Engine:
         before_write: Callable[[], None] | None = None,
         routing: RoutingConfig | None = None,
         sharing_groups: Sequence[SharingGroup] = (),
+        cursor_scope: str | None = None,
     ) -> None:
         self.source = source
         self.targets = list(targets)
         # Which billing account each order goes to (None: every order to every account).
         self.routing = routing
         self.groups = [g for g in sharing_groups if len(g.members) > 1]
+        # Set when the run covers some billing accounts only (`sync --account`): its cursors
+        # are its own, so the shared ones never move past changes the other accounts have not
+        # applied; it starts from whichever is later, its own or the shared one.
+        self.cursor_scope = cursor_scope
         self.store = store
         self.mapping = mapping
         self.overlap = timedelta(seconds=overlap_seconds)
@@ -564,7 +569,7 @@ class Engine:
         after_id = None
         changed_since = None
         if mode == "backfill":
-            backfill_cursor = f"backfill:{_iso(since) or '-'}:{_iso(until) or '-'}"
+            backfill_cursor = self._scoped(f"backfill:{_iso(since) or '-'}:{_iso(until) or '-'}")
             resume = _BackfillPoint.parse(self.store.cursors.get(backfill_cursor))
             if resume is not None:
                 after_id = resume.after_id
@@ -573,7 +578,7 @@ class Engine:
                 snapshot = resume.snapshot or snapshot
                 log.info("backfill.resuming", after_id=after_id, snapshot=_iso(snapshot))
         elif mode == "sync":
-            cursor = parse_sf_datetime(self.store.cursors.get(ORDERS_CURSOR))
+            cursor = self._time_cursor(ORDERS_CURSOR)
             changed_since = cursor - self.overlap if cursor else None
         pages = self.source.activated_orders(
             self.fields,
@@ -1434,7 +1439,7 @@ class Engine:
 
     def _process_deletions(self, scope: RunScope) -> None:
         """Deleted and merged accounts: links are marked, conflicts opened, billing untouched."""
-        cursor = parse_sf_datetime(self.store.cursors.get(DELETIONS_CURSOR))
+        cursor = self._time_cursor(DELETIONS_CURSOR)
         since = cursor - self.overlap if cursor else None
         newest: datetime | None = None
         for page in self.source.deleted_accounts(since=since):
@@ -1446,7 +1451,9 @@ class Engine:
                 self._apply_deletions(scope, target.name, page)
         if newest and not scope.dry_run and (cursor is None or newest > cursor):
             self._store_write(
-                lambda: self.store.cursors.set(DELETIONS_CURSOR, newest.strftime(SF_STAMP))
+                lambda: self.store.cursors.set(
+                    self._scoped(DELETIONS_CURSOR), newest.strftime(SF_STAMP)
+                )
             )
 
     def _apply_deletions(self, scope: RunScope, ba: str, page: Sequence[DeletedAccount]) -> None:
@@ -1621,15 +1628,29 @@ class Engine:
     def _advance_cursor(self, mode: str, snapshot: datetime, *, backfill_window: bool) -> None:
         if mode not in ("sync", "recheck", "backfill"):
             return  # a retry pass reads a few records only: it never moves the cursor
-        current = parse_sf_datetime(self.store.cursors.get(ORDERS_CURSOR))
+        current = self._time_cursor(ORDERS_CURSOR)
         if mode == "backfill" and current is not None:
             return  # a backfill never moves the incremental cursor backwards or forwards past a sync
         if mode == "backfill" and not backfill_window:
             return  # a windowed backfill did not read everything
         if current is None or snapshot > current:
             self._store_write(
-                lambda: self.store.cursors.set(ORDERS_CURSOR, snapshot.strftime(SF_STAMP))
+                lambda: self.store.cursors.set(
+                    self._scoped(ORDERS_CURSOR), snapshot.strftime(SF_STAMP)
+                )
             )
+
+    def _scoped(self, name: str) -> str:
+        return f"{name}@{self.cursor_scope}" if self.cursor_scope else name
+
+    def _time_cursor(self, name: str) -> datetime | None:
+        """The run's time cursor: the shared one, or for a scoped run the later of the shared
+        one and its own (a full run covers every account, so its cursor holds for each)."""
+        shared = parse_sf_datetime(self.store.cursors.get(name))
+        if not self.cursor_scope:
+            return shared
+        own = parse_sf_datetime(self.store.cursors.get(self._scoped(name)))
+        return max((c for c in (shared, own) if c is not None), default=None)
 
 
 @dataclass(frozen=True, slots=True)

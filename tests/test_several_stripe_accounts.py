@@ -365,3 +365,47 @@ def test_a_group_formed_after_customers_exist_opens_a_conflict_and_writes_to_nei
     assert all(
         not e["path"].endswith(separate["uk"]) for e in unshared.stripe.exchanges if e["method"] in ("POST", "DELETE")
     )
+
+
+def cli(world: World, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "connector", *args], env=world.env(), capture_output=True, text=True, timeout=300
+    )
+
+
+def test_sync_and_backfill_run_one_billing_account_with_a_cursor_of_its_own(unshared: World) -> None:
+    from connector.engine import ORDERS_CURSOR
+
+    only = cli(unshared, "backfill", "--account", "us", "--json")
+    assert only.returncode == 1, only.stderr  # Nowhere's order is refused: it routes nowhere
+    report = json.loads(only.stdout)
+    assert set(report["billing_accounts"]) == {"us"} and report["billing_accounts"]["us"]["created"] == 2
+    assert unshared.customers_made_for(BETA) == 0  # Beta bills in Europe only
+    with StateStore.open(unshared.db_url) as store:
+        # The shared cursor stays where the other accounts are: nothing was applied for them.
+        assert store.cursors.get(ORDERS_CURSOR) is None
+        assert store.cursors.get(f"{ORDERS_CURSOR}@us")
+    synced = cli(unshared, "sync", "--account", "us", "--json")
+    assert json.loads(synced.stdout)["billing_accounts"]["us"]["created"] == 0
+    full = cli(unshared, "sync", "--json")
+    counts = json.loads(full.stdout)["billing_accounts"]
+    assert counts["eu"]["created"] == 3 and counts["uk"]["created"] == 1 and counts["us"]["created"] == 0
+    bad = cli(unshared, "sync", "--account", "apac")
+    assert bad.returncode == 2 and "--account apac" in bad.stderr and "eu, uk, us" in bad.stderr
+
+
+def test_xref_show_and_status_break_down_per_billing_account(shared: World) -> None:
+    shared.run("backfill")
+    shown = cli(shared, "xref", "show", UMBRELLA, "--json")
+    assert shown.returncode == 0, shown.stderr
+    per = {b["billing_account"]: b for b in json.loads(shown.stdout)["billing_accounts"]}
+    links = shared.links(UMBRELLA)
+    assert {ba: b["customer_id"] for ba, b in per.items()} == links
+    assert per["eu"]["customer_id"] == per["uk"]["customer_id"]
+    assert (per["eu"]["created_in"], per["eu"]["used_from"]) == ("eu", ["eu", "uk"])
+    assert per["uk"]["sharing_group"] == "eu+uk" and per["us"]["created_in"] is None
+    status = cli(shared, "status", "--json")
+    assert status.returncode == 0, status.stderr
+    by_account = json.loads(status.stdout)["billing_accounts"]
+    assert by_account["eu"]["links"] == {"active": 3}
+    assert by_account["uk"]["links"] == {"active": 1} and by_account["us"]["links"] == {"active": 2}
