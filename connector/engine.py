@@ -872,7 +872,8 @@ class Engine:
                         error_message=f"shared customer created in billing account {writer}",
                     )
                 )
-                scope.tally.of(member).add("adopted")
+                # no billing write: counted as unchanged, so run counts stay counts of writes
+                scope.tally.of(member).add("unchanged")
                 scope.decisions.append(Decision(acc, member, "adopt", "adopted"))
 
         def write() -> None:

@@ -409,3 +409,24 @@ def test_xref_show_and_status_break_down_per_billing_account(shared: World) -> N
     by_account = json.loads(status.stdout)["billing_accounts"]
     assert by_account["eu"]["links"] == {"active": 3}
     assert by_account["uk"]["links"] == {"active": 1} and by_account["us"]["links"] == {"active": 2}
+
+
+def test_the_demo_gives_umbrella_one_shared_customer_and_one_separate_and_prints_its_links(tmp_path: Path) -> None:
+    import io
+    import re
+
+    from rich.console import Console
+
+    from connector.sandbox.run import run_demo
+
+    console = Console(file=io.StringIO(), width=200, record=True)
+    code = run_demo(tmp_path / "demo", console=console)
+    text = console.export_text()
+    assert code == 0, text
+    rows = {
+        m.group(1): (m.group(2), m.group(3))
+        for m in re.finditer(r"│ (europe|uk|us)\s+│ acct_\w+\s+│ (cus_\w+)\s+│ (\w+)\s+│", text)
+    }
+    assert set(rows) == {"europe", "uk", "us"}
+    assert rows["europe"] == rows["uk"] == (rows["europe"][0], "europe")
+    assert rows["us"][0] != rows["europe"][0] and rows["us"][1] == "us"
