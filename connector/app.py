@@ -20,7 +20,11 @@ from connector.config import Config, SecretSource
 from connector.engine import Engine, SharingGroup
 from connector.errors import ConfigError
 from connector.mapping import CustomerMapping, MappingErrors, Problem, load_mappings
-from connector.mapping.accounts import check_shared_fields, load_account_mappings
+from connector.mapping.accounts import (
+    check_shared_fields,
+    load_account_mappings,
+    mapping_folders,
+)
 from connector.salesforce import SalesforceSource, connect
 from connector.state.store import StateStore
 
@@ -111,6 +115,21 @@ def open_pipeline(
     disagreements = check_group_mappings(config)
     if disagreements:
         raise MappingErrors(disagreements)
+    names = [a.id for a in config.billing.accounts]
+    # Accounts with a mapping folder of their own; the others use the shared mapping.
+    own = {
+        name: folder
+        for name, folder in mapping_folders(config.mappings_path, names).items()
+        if folder != config.mappings_path
+    }
+    per_account = load_account_mappings(config.mappings_path, list(own)) if own else {}
+    for name, m in per_account.items():
+        if m.system != mapping.system:
+            raise ConfigError(
+                f"billing account '{name}': its mapping {m.file} builds for system "
+                f"{m.system!r}, the shared one for {mapping.system!r}",
+                file=m.file,
+            )
     targets = build_targets(config, secrets)  # a missing key is a config error too
     if only is not None:
         targets = [t for t in targets if t.name in only]
@@ -140,6 +159,7 @@ def open_pipeline(
                 stop=stop,
                 routing=config.routing,
                 cursor_scope="+".join(only) if only is not None else None,
+                mappings=per_account,
                 sharing_groups=[
                     SharingGroup(g.label, g.accounts, g.primary)
                     for g in config.billing.sharing_groups

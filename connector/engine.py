@@ -345,6 +345,7 @@ class Engine:
         routing: RoutingConfig | None = None,
         sharing_groups: Sequence[SharingGroup] = (),
         cursor_scope: str | None = None,
+        mappings: Mapping[str, CustomerMapping] | None = None,
     ) -> None:
         self.source = source
         self.targets = list(targets)
@@ -357,6 +358,8 @@ class Engine:
         self.cursor_scope = cursor_scope
         self.store = store
         self.mapping = mapping
+        # A billing account with a mapping folder of its own (mappings/<name>/) uses it.
+        self.mappings = dict(mappings or {})
         self.overlap = timedelta(seconds=overlap_seconds)
         # Billing account -> the Account field that receives its customer id (some have none).
         self.writeback_fields = dict(writeback_fields or {})
@@ -367,9 +370,14 @@ class Engine:
         self.now = now
         # The runner lock's check: raises LockLost before a write when the lock is gone.
         self.before_write = before_write or (lambda: None)
-        self.fields = list(mapping.soql_fields())
+        every = [mapping, *self.mappings.values()]
+        unique: dict[str, str] = {}
+        for m in every:
+            for f in m.soql_fields():
+                unique.setdefault(f.casefold(), f)
+        self.fields = sorted(unique.values())
         self.watch = watched_relationships(self.fields)
-        self.link_sources = link_sources(mapping)
+        self.link_sources = tuple(dict.fromkeys(s for m in every for s in link_sources(m)))
 
     # --- the run --------------------------------------------------------------------------
 
@@ -550,8 +558,13 @@ class Engine:
 
     def _mapping_changed(self) -> bool:
         # Links an admin set by hand carry no fingerprint until their first sync.
-        fp = self.mapping.fingerprint
-        return any(self.store.links.fingerprints_in_use(t.name) - {fp} for t in self.targets)
+        return any(
+            self.store.links.fingerprints_in_use(t.name) - {self.mapping_of(t.name).fingerprint}
+            for t in self.targets
+        )
+
+    def mapping_of(self, billing_account: str) -> CustomerMapping:
+        return self.mappings.get(billing_account, self.mapping)
 
     # --- reading ------------------------------------------------------------------------------
 
@@ -904,7 +917,8 @@ class Engine:
         page_size = len(all_rows)
         links_before = dict(links)
         plans = [
-            plan_record(r, links.get(r.account_id), ctx, self.mapping, target.rules) for r in rows
+            plan_record(r, links.get(r.account_id), ctx, self.mapping_of(ba), target.rules)
+            for r in rows
         ]
         if scope.dry_run:
             for p in plans:
@@ -993,7 +1007,9 @@ class Engine:
             )
             again = replace(ctx, links=live)
             second = [
-                plan_record(by_account[a], links.get(a), again, self.mapping, target.rules)
+                plan_record(
+                    by_account[a], links.get(a), again, self.mapping_of(target.name), target.rules
+                )
                 for a in by_account
                 if a in waiting
             ]
@@ -1148,7 +1164,7 @@ class Engine:
         return PlanContext(
             billing_account=ba,
             org_id=self.source.org_id,
-            fingerprint=self.mapping.fingerprint,
+            fingerprint=self.mapping_of(ba).fingerprint,
             now=now,
             writeback_field=writeback_field,
             held=held,
@@ -1250,7 +1266,7 @@ class Engine:
         return Applied(p, _outcome(p, "refused", p.error_code, p.reason), link, conflict=conflict)
 
     def _apply_unchanged(self, p: PlannedWrite, link: Link | None) -> Applied:
-        fp = self.mapping.fingerprint
+        fp = self.mapping_of(p.billing_account).fingerprint
         out = _outcome(p, "unchanged")
         if (
             link is not None
@@ -1305,7 +1321,7 @@ class Engine:
             link,
             payload_hash=p.payload_hash,
             payload=dict(p.payload),
-            mapping_fingerprint=self.mapping.fingerprint,
+            mapping_fingerprint=self.mapping_of(p.billing_account).fingerprint,
             basis_order_id=p.order_id,
             basis_order_activated_at=p.basis_activated_at,
             last_synced_at=self.now(),
@@ -1337,7 +1353,7 @@ class Engine:
             status="active",
             payload_hash=digest,
             payload=dict(written),
-            mapping_fingerprint=self.mapping.fingerprint,
+            mapping_fingerprint=self.mapping_of(p.billing_account).fingerprint,
             basis_order_id=p.order_id,
             basis_order_activated_at=p.basis_activated_at,
             writeback_pending=True,

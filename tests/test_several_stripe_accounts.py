@@ -430,3 +430,22 @@ def test_the_demo_gives_umbrella_one_shared_customer_and_one_separate_and_prints
     assert set(rows) == {"europe", "uk", "us"}
     assert rows["europe"] == rows["uk"] == (rows["europe"][0], "europe")
     assert rows["us"][0] != rows["europe"][0] and rows["us"][1] == "us"
+
+
+def test_an_account_with_a_mapping_folder_of_its_own_is_written_with_it(unshared: World, tmp_path: Path) -> None:
+    folder = tmp_path / "mappings"
+    (folder / "us").mkdir(parents=True)
+    text = (MAPPINGS / "customer.yaml").read_text()
+    (folder / "customer.yaml").write_text(text)
+    (folder / "us" / "customer.yaml").write_text(text + "  metadata.entity:\n    value: Umbrella US Inc\n")
+    data = yaml.safe_load(unshared.config_path.read_text())
+    data["mappings_dir"] = str(folder)
+    unshared.config_path.write_text(yaml.safe_dump(data, sort_keys=False))
+    unshared.run("backfill")
+    links = unshared.links(ACME)
+    us = unshared.stripe.get_customer(links["us"], account=US)
+    eu = unshared.stripe.get_customer(links["eu"], account=EU)
+    assert us is not None and eu is not None
+    assert us["metadata"].get("entity") == "Umbrella US Inc" and "entity" not in eu["metadata"]
+    again = unshared.run("sync")
+    assert again.created == again.updated == 0  # each account's links carry its own fingerprint
