@@ -26,6 +26,7 @@ import json
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, Protocol
@@ -632,7 +633,13 @@ class Engine:
         return True
 
     def _process_dependents(
-        self, scope: RunScope, linked: set[str], targets: Sequence[BillingTarget], depth: int = 0
+        self,
+        scope: RunScope,
+        linked: set[str],
+        targets: Sequence[BillingTarget],
+        depth: int = 0,
+        *,
+        skip: AbstractSet[str] = frozenset(),
     ) -> bool:
         """Accounts whose mapping reads a link that was just created or moved (`link`
         transform): read their orders and plan them again, wherever they fell in the page
@@ -646,7 +653,8 @@ class Engine:
             for page in self.source.activated_orders(
                 self.fields, watch=self.watch, referencing={p: chunk for p in paths}
             ):
-                if not self._process_rows(scope, page.rows, targets, depth=depth + 1):
+                rows = [r for r in page.rows if r.account_id not in skip]
+                if rows and not self._process_rows(scope, rows, targets, depth=depth + 1):
                     return False
         return True
 
@@ -698,7 +706,8 @@ class Engine:
         self._flush_writebacks(scope, final=False)
         if scope.dry_run:
             return True
-        return self._process_dependents(scope, newly_linked - seen, targets, depth)
+        # This page's own readers of those links were planned again within the page.
+        return self._process_dependents(scope, newly_linked, targets, depth, skip=seen)
 
     # --- routing and sharing groups ------------------------------------------------------------
 
@@ -939,6 +948,7 @@ class Engine:
         }
         first = [p for p in plans if p.account_id not in waiting]
         applied: list[Applied] = []
+        attempted: set[str] = set()  # accounts whose write was sent (or being sent)
         try:
             completed = self._apply_waiting_last(
                 scope,
@@ -948,6 +958,7 @@ class Engine:
                 waiting,
                 links,
                 by_account,
+                attempted,
                 applied,
                 orders_before,
                 page_size,
@@ -956,9 +967,9 @@ class Engine:
             # Whatever stops the batch (a lost lock, a billing account down, a signal), what
             # billing already holds is recorded, so no cross-reference is lost.
             with contextlib.suppress(LockLost):
-                self._record(scope, ba, applied, all_rows, self._unsent(plans, applied))
+                self._record(scope, ba, applied, all_rows, self._unsent(plans, attempted))
             raise
-        self._record(scope, ba, applied, all_rows, self._unsent(plans, applied))
+        self._record(scope, ba, applied, all_rows, self._unsent(plans, attempted))
         queue = scope.writebacks.get(ba)
         for a in applied:
             if a.link is not None and queue is not None:
@@ -989,12 +1000,13 @@ class Engine:
         waiting: set[str],
         links: dict[str, Link],
         by_account: Mapping[str, OrderRow],
+        attempted: set[str],
         applied: list[Applied],
         orders_before: int,
         page_size: int,
     ) -> bool:
         completed = self._apply_all(
-            scope, target, first, links, by_account, applied, orders_before, page_size
+            scope, target, first, links, attempted, applied, orders_before, page_size
         )
         if completed and waiting:
             live = dict(ctx.links)
@@ -1014,16 +1026,18 @@ class Engine:
                 if a in waiting
             ]
             completed = self._apply_all(
-                scope, target, second, links, by_account, applied, orders_before, page_size
+                scope, target, second, links, attempted, applied, orders_before, page_size
             )
         return completed
 
     @staticmethod
-    def _unsent(plans: Sequence[PlannedWrite], applied: Sequence[Applied]) -> list[str]:
+    def _unsent(plans: Sequence[PlannedWrite], attempted: set[str]) -> list[str]:
         """Creates whose intent was written ahead but which were never sent (the run stopped
-        first): their intents are dropped with the batch, nothing is left to replay."""
-        tried = {a.planned.account_id for a in applied}
-        return [p.account_id for p in plans if p.action == "create" and p.account_id not in tried]
+        first): their intents are dropped with the batch. A create that was being sent when the
+        run stopped keeps its intent: the billing system may have made the customer."""
+        return [
+            p.account_id for p in plans if p.action == "create" and p.account_id not in attempted
+        ]
 
     def _reads_link_of(self, row: OrderRow, accounts: set[str]) -> bool:
         return any(read_source(row.record, s) in accounts for s in self.link_sources)
@@ -1034,7 +1048,7 @@ class Engine:
         target: BillingTarget,
         plans: list[PlannedWrite],
         links: dict[str, Link],
-        rows: Mapping[str, OrderRow],
+        attempted: set[str],
         applied: list[Applied],
         orders_before: int,
         page_size: int,
@@ -1054,6 +1068,7 @@ class Engine:
                 return False  # finish cleanly: what was applied is recorded, the rest read again
             if p.writes:
                 self.before_write()
+            attempted.add(p.account_id)
             result = self._apply(target, p, links.get(p.account_id))
             applied.append(result)
             if result.link is not None:

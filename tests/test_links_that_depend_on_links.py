@@ -52,6 +52,8 @@ def test_a_parent_that_gets_its_customer_in_a_later_run_reaches_its_child_at_onc
     # The parent has no activated order yet: the child is synced without a parent customer.
     cfg = make_config(mappings_dir=link_mapping(tmp_path), salesforce={"overlap_seconds": 0})
     run_sync("backfill", config=cfg)
+    run_sync("sync", config=cfg)  # reads what the write-back touched: the children are quiet now
+    sandboxes.salesforce.advance_clock(3600)
     assert "parent_customer" not in by_account(sandboxes)[ACME]["metadata"]
 
     order = sandboxes.salesforce.create("Order", {"AccountId": PARENT, "Status": "Draft", "EffectiveDate": "2026-06-01"})
@@ -60,7 +62,7 @@ def test_a_parent_that_gets_its_customer_in_a_later_run_reaches_its_child_at_onc
     report = run_sync("sync", config=cfg)
 
     customers = by_account(sandboxes)
-    assert report.created == 1 and report.exit_code == 0
+    assert report.created == 1 and report.updated == 2 and report.exit_code == 0
     # Both children of the parent (Acme and Initech) now name the parent's new customer.
     assert customers[ACME]["metadata"]["parent_customer"] == customers[PARENT]["id"]
     assert customers[INITECH]["metadata"]["parent_customer"] == customers[PARENT]["id"]

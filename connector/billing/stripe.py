@@ -469,7 +469,7 @@ def _no_connection(exc: stripe.APIConnectionError) -> bool:
     for e in _causes(exc):
         if isinstance(e, ConnectionRefusedError | socket.gaierror | ssl.SSLError):
             return True
-        if type(e).__name__ in ("NewConnectionError", "NameResolutionError", "SSLError"):
+        if type(e).__name__ in _NO_CONNECTION_TYPES:
             return True
         if isinstance(e, OSError) and e.errno in _NO_ROUTE_ERRNOS:
             return True
@@ -477,6 +477,17 @@ def _no_connection(exc: stripe.APIConnectionError) -> bool:
 
 
 _NO_ROUTE_ERRNOS = frozenset({101, 111, 113})  # ENETUNREACH, ECONNREFUSED, EHOSTUNREACH
+# urllib3 / requests names for "the connection was never made" (a connect timeout included:
+# nothing was sent, and a host that swallows SYNs will swallow the next record's too).
+_NO_CONNECTION_TYPES = frozenset(
+    {
+        "NewConnectionError",
+        "NameResolutionError",
+        "SSLError",
+        "ConnectTimeoutError",
+        "ConnectTimeout",
+    }
+)
 
 
 def _network_reason(exc: stripe.APIConnectionError) -> str:
