@@ -100,8 +100,8 @@ def open_pipeline(
 ) -> Iterator[Pipeline]:
     """Everything a run needs, with the single-runner lock held for its duration.
 
-    `accounts` limits the run to those billing accounts (`sync --account NAME`); their cursors
-    are then their own."""
+    `accounts` limits the run to those billing accounts (`sync --account NAME`), with the other
+    members of their sharing groups; their cursors are then their own."""
     known = [a.id for a in config.billing.accounts]
     unknown = [a for a in accounts or () if a not in known]
     if unknown:
@@ -109,7 +109,12 @@ def open_pipeline(
             f"--account {unknown[0]}: no such billing account; configured: {', '.join(known)}",
             key="--account",
         )
-    only = sorted(set(accounts)) if accounts and set(accounts) != set(known) else None
+    chosen = set(accounts or ())
+    for group in config.billing.sharing_groups:
+        # A group's customer is written by one member: running a member runs its group.
+        if chosen & set(group.accounts):
+            chosen |= set(group.accounts)
+    only = sorted(chosen) if chosen and chosen != set(known) else None
     mapping = load_mappings(config.mappings_path)  # exit 2 before anything is contacted
     check_mapping_fits(config, mapping)
     disagreements = check_group_mappings(config)

@@ -449,3 +449,12 @@ def test_an_account_with_a_mapping_folder_of_its_own_is_written_with_it(unshared
     assert us["metadata"].get("entity") == "Umbrella US Inc" and "entity" not in eu["metadata"]
     again = unshared.run("sync")
     assert again.created == again.updated == 0  # each account's links carry its own fingerprint
+
+
+def test_running_one_member_of_a_sharing_group_runs_its_group(shared: World) -> None:
+    result = cli(shared, "backfill", "--account", "uk", "--json")
+    report = json.loads(result.stdout)
+    assert set(report["billing_accounts"]) == {"eu", "uk"}
+    links = shared.links(UMBRELLA)
+    assert links.keys() == {"eu", "uk"} and links["eu"] == links["uk"]
+    assert shared.customers_of(UMBRELLA)[US] == []
