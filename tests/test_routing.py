@@ -269,3 +269,4 @@ def test_mappings_check_reports_routing_and_per_account_folders(tmp_path: Path) 
     assert online.returncode == 2
     line = next(i for i, ln in enumerate(cfg.read_text().splitlines(), 1) if "Region__c" in ln)
     assert f"{cfg}:{line}:" in online.stderr and "no field 'Region__c'" in online.stderr
+
