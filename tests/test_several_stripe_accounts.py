@@ -458,3 +458,27 @@ def test_running_one_member_of_a_sharing_group_runs_its_group(shared: World) -> 
     links = shared.links(UMBRELLA)
     assert links.keys() == {"eu", "uk"} and links["eu"] == links["uk"]
     assert shared.customers_of(UMBRELLA)[US] == []
+
+
+def test_the_daemon_routes_each_partitions_orders_to_its_own_account(unshared: World) -> None:
+    from connector.daemon import Daemon
+
+    secrets = SecretSource({"SALESFORCE_ACCESS_TOKEN": SANDBOX_TOKEN, "STRIPE_ORG_KEY": ORG_KEY})
+    with Daemon(unshared.config, secrets) as daemon:
+        result = daemon.tick()
+    assert set(result.reports) == {"eu", "uk", "us"}
+    assert unshared.links(BETA).keys() == {"eu"}  # Beta bills in Europe only
+    assert unshared.customers_of(BETA)[US] == [] and unshared.customers_of(BETA)[UK] == []
+    assert unshared.customers_made_for(NOWHERE) == 0  # its order routes nowhere
+
+
+def test_the_daemon_refuses_a_sharing_group_its_partitions_would_split_and_writes_nothing(
+    shared: World,
+) -> None:
+    from connector.daemon import Daemon
+    from connector.errors import ConfigError
+
+    secrets = SecretSource({"SALESFORCE_ACCESS_TOKEN": SANDBOX_TOKEN, "STRIPE_ORG_KEY": ORG_KEY})
+    with pytest.raises(ConfigError, match=r"sharing group .*use `sync`"):
+        Daemon(shared.config, secrets)
+    assert shared.customers_made_for(UMBRELLA) == 0 and shared.links(UMBRELLA) == {}
