@@ -53,6 +53,10 @@ CONFLICT_CHOICES: dict[str, tuple[str, ...]] = {
         "--link CUSTOMER: link an existing customer anyway",
         "--ignore: close (correct the write-back field first, or it is raised again)",
     ),
+    "shared_group_separate_customers": (
+        "--link <one of its customers>: every account of the sharing group uses that customer "
+        "for this Salesforce account; the other stays in billing, untouched and never written again",
+    ),
     "customer_deleted_in_billing": (
         "--new: create a new customer for this account",
         "--link CUSTOMER: link another existing customer",
@@ -230,8 +234,38 @@ def resolve_conflict(
             f"conflict {conflict_id} ({conflict.kind}) cannot be resolved with --{choice}; "
             f"choose one of {', '.join(sorted(allowed))}"
         )
-    if choice == "link":
-        customer_id = check_customer_id(customer_id, argument="--link")
+    # Checked before anything is read or written; "" for the choices that take no id.
+    chosen = check_customer_id(customer_id, argument="--link") if choice == "link" else ""
+    if choice == "link" and conflict.kind == "shared_group_separate_customers":
+        customers = dict(conflict.details.get("customers") or {})
+        if chosen not in customers.values():
+            raise ConfigError(
+                f"conflict {conflict_id}: choose one of the account's customers "
+                f"({', '.join(f'{m}: {c}' for m, c in sorted(customers.items()))}); nothing was "
+                "changed"
+            )
+        by_name = {t.name: t for t in targets}
+        missing = sorted(m for m in customers if m not in by_name)
+        if missing:
+            raise ConfigError(
+                f"billing account(s) {', '.join(missing)} of conflict {conflict_id} are not in "
+                "the configuration; nothing was changed"
+            )
+        # Every member of the group that holds another customer now uses the chosen one; the
+        # other customer stays in billing, untouched (never merged, moved or deleted).
+        for member, current in sorted(customers.items()):
+            if current != chosen:
+                link_account(
+                    store,
+                    by_name[member],
+                    conflict.account_id,
+                    chosen,
+                    by=by,
+                    force=True,
+                    note=f"conflict {conflict_id} resolved (sharing group)",
+                )
+        resolution = f"link:{chosen}"
+    elif choice == "link":
         target = next((t for t in targets if t.name == conflict.billing_account), None)
         if target is None:
             raise ConfigError(
@@ -241,12 +275,12 @@ def resolve_conflict(
             store,
             target,
             conflict.account_id,
-            customer_id,
+            chosen,
             by=by,
             force=True,
             note=f"conflict {conflict_id} resolved",
         )
-        resolution = f"link:{customer_id}"
+        resolution = f"link:{chosen}"
     else:
         resolution = choice
     resolved = store.conflicts.resolve(conflict_id, resolution=resolution, by=by)

@@ -10,17 +10,21 @@ from __future__ import annotations
 import os
 import socket
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 from connector.billing import TARGET_KINDS, build_target
 from connector.billing.base import BillingTarget
 from connector.config import Config, SecretSource
-from connector.engine import Engine
+from connector.engine import Engine, SharingGroup
 from connector.errors import ConfigError
 from connector.mapping import CustomerMapping, MappingErrors, Problem, load_mappings
-from connector.mapping.accounts import check_shared_fields, load_account_mappings
+from connector.mapping.accounts import (
+    check_shared_fields,
+    load_account_mappings,
+    mapping_folders,
+)
 from connector.partitions import hold_partitions, partitions_of
 from connector.salesforce import SalesforceSource, connect
 from connector.state.store import StateStore
@@ -96,6 +100,48 @@ def check_group_mappings(config: Config) -> list[Problem]:
     return check_shared_fields(mappings, sharing_groups(config))
 
 
+def account_mappings(config: Config, mapping: CustomerMapping) -> dict[str, CustomerMapping]:
+    """The mappings of billing accounts with a folder of their own (mappings/<account>/); the
+    others use the shared `mapping`. Each must build for the shared mapping's system."""
+    names = [a.id for a in config.billing.accounts]
+    own = {
+        name: folder
+        for name, folder in mapping_folders(config.mappings_path, names).items()
+        if folder != config.mappings_path
+    }
+    per_account = load_account_mappings(config.mappings_path, list(own)) if own else {}
+    for name, m in per_account.items():
+        if m.system != mapping.system:
+            raise ConfigError(
+                f"billing account '{name}': its mapping {m.file} builds for system "
+                f"{m.system!r}, the shared one for {mapping.system!r}",
+                file=m.file,
+            )
+    return per_account
+
+
+def engine_groups(config: Config, targets: Sequence[BillingTarget]) -> list[SharingGroup]:
+    """The sharing groups an engine for `targets` applies. A group's customers are written by
+    one member, so an engine runs all of a group's members or none: running some of them only
+    (a daemon partition of one member) could create a second customer for the group."""
+    names = {t.name for t in targets}
+    out = []
+    for g in config.billing.sharing_groups:
+        inside = names & set(g.accounts)
+        if not inside:
+            continue
+        if inside != set(g.accounts):
+            raise ConfigError(
+                f"sharing group {g.label}: this run has {', '.join(sorted(inside))} but not "
+                f"{', '.join(sorted(set(g.accounts) - inside))}; a group's members run together "
+                "(the daemon's partitions do not follow sharing groups yet: use `sync`)",
+                file=config.source_file,
+                key="billing.sharing_groups",
+            )
+        out.append(SharingGroup(g.label, g.accounts, g.primary))
+    return out
+
+
 def make_engine(
     config: Config,
     *,
@@ -107,8 +153,11 @@ def make_engine(
     stop: threading.Event | None = None,
     before_write: Callable[[], None] | None = None,
     cursor_scope: str | None = None,
+    mappings: Mapping[str, CustomerMapping] | None = None,
 ) -> Engine:
-    """An engine for `targets` (every billing account, or one daemon partition)."""
+    """An engine for `targets` (every billing account, some of them for `--account`, or one
+    daemon partition), routing orders and sharing customers as configured. `mappings`: the
+    per-account mappings when the caller has loaded them already."""
     return Engine(
         source=source,
         targets=targets,
@@ -124,6 +173,9 @@ def make_engine(
         stop=stop,
         before_write=before_write,
         cursor_scope=cursor_scope,
+        routing=config.routing,
+        sharing_groups=engine_groups(config, targets),
+        mappings=account_mappings(config, mapping) if mappings is None else mappings,
     )
 
 
@@ -135,24 +187,36 @@ def open_pipeline(
     on_progress: Callable[[int, int | None], None] | None = None,
     stop: threading.Event | None = None,
     lock: bool = True,
+    accounts: Sequence[str] | None = None,
 ) -> Iterator[Pipeline]:
     """Everything a run needs, with every partition's lock held for its duration (the daemon
-    takes the same locks, so a one-shot command and `run` never write the same account)."""
+    takes the same locks, so a one-shot command and `run` never write the same account).
+
+    `accounts` limits the run to those billing accounts (`sync --account NAME`), with the other
+    members of their sharing groups; their cursors are then their own, as a daemon
+    partition's are."""
+    known = [a.id for a in config.billing.accounts]
+    unknown = [a for a in accounts or () if a not in known]
+    if unknown:
+        raise ConfigError(
+            f"--account {unknown[0]}: no such billing account; configured: {', '.join(known)}",
+            key="--account",
+        )
+    chosen = set(accounts or ())
+    for group in config.billing.sharing_groups:
+        # A group's customer is written by one member: running a member runs its group.
+        if chosen & set(group.accounts):
+            chosen |= set(group.accounts)
+    only = sorted(chosen) if chosen and chosen != set(known) else None
     mapping = load_mappings(config.mappings_path)  # exit 2 before anything is contacted
     check_mapping_fits(config, mapping)
     disagreements = check_group_mappings(config)
     if disagreements:
         raise MappingErrors(disagreements)
-    if config.routing is not None or config.billing.sharing_groups:
-        # Checked (config, `mappings check`), but this engine writes every order to every
-        # billing account: running would ignore them silently, so it does not run at all.
-        raise ConfigError(
-            "routing and billing.sharing_groups are checked but not applied by this version's "
-            "engine; remove them to run, or use the release that routes orders",
-            file=config.source_file,
-            key="routing" if config.routing is not None else "billing.sharing_groups",
-        )
+    per_account = account_mappings(config, mapping)
     targets = build_targets(config, secrets)  # a missing key is a config error too
+    if only is not None:
+        targets = [t for t in targets if t.name in only]
     store = StateStore.open(config.state_url, auto_migrate=config.state.auto_migrate)
     try:
         parts = partitions_of(config) if lock else []
@@ -170,6 +234,8 @@ def open_pipeline(
                 on_progress=on_progress,
                 stop=stop,
                 before_write=held.check if lock else None,
+                cursor_scope="+".join(only) if only is not None else None,
+                mappings=per_account,
             )
             yield Pipeline(config, mapping, store, source, targets, engine)
     finally:

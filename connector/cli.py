@@ -63,6 +63,13 @@ ConfigOpt = Annotated[
     typer.Option("--config", "-c", envvar="BILLING_CONNECTOR_CONFIG", help="Path to config.yaml."),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")]
+AccountOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--account",
+        help="Run only this billing account (repeatable); its cursor is its own.",
+    ),
+]
 DryRunOpt = Annotated[
     bool, typer.Option("--dry-run", help="Print the plan; change nothing anywhere.")
 ]
@@ -342,6 +349,7 @@ def _run(
     since: str | None = None,
     until: str | None = None,
     retry_all: bool = False,
+    accounts: list[str] | None = None,
 ) -> None:
     from connector.app import open_pipeline
 
@@ -357,7 +365,9 @@ def _run(
         on_progress, stop_progress = _progress(
             mode == "backfill" and not as_json and err.is_terminal
         )
-        with open_pipeline(cfg, secrets, on_progress=on_progress, stop=stop) as p:
+        with open_pipeline(
+            cfg, secrets, on_progress=on_progress, stop=stop, accounts=accounts
+        ) as p:
             signals.run_started()  # from here a signal lets the record in progress finish
             _RUN_STARTED.set()
             try:
@@ -439,9 +449,10 @@ def sync(
         bool,
         typer.Option("--retry-failed", help="Retry every failed record now, not only those due."),
     ] = False,
+    account: AccountOpt = None,
 ) -> None:
     """One incremental pass: orders, accounts and contacts changed since the last run."""
-    _run(config, "sync", dry_run=dry_run, as_json=as_json, retry_all=retry_failed)
+    _run(config, "sync", dry_run=dry_run, as_json=as_json, retry_all=retry_failed, accounts=account)
 
 
 @app.command()
@@ -455,9 +466,18 @@ def backfill(
     ] = None,
     dry_run: DryRunOpt = False,
     as_json: JsonOpt = False,
+    account: AccountOpt = None,
 ) -> None:
     """Every activated order in the window; resumes where a crashed backfill stopped."""
-    _run(config, "backfill", dry_run=dry_run, as_json=as_json, since=since, until=until)
+    _run(
+        config,
+        "backfill",
+        dry_run=dry_run,
+        as_json=as_json,
+        since=since,
+        until=until,
+        accounts=account,
+    )
 
 
 @app.command()
@@ -509,6 +529,15 @@ def status(config: ConfigOpt = Path("config.yaml"), as_json: JsonOpt = False) ->
                         for c in conflicts
                     ],
                     "stats": stats,
+                    # Per billing account: its links by status, failing records, open conflicts.
+                    "billing_accounts": {
+                        a.id: {
+                            "links": dict(stats.get("links", {}).get(a.id, {})),
+                            "failures": sum(1 for _, _, o in failures if o.billing_account == a.id),
+                            "conflicts": sum(1 for c in conflicts if c.billing_account == a.id),
+                        }
+                        for a in cfg.billing.accounts
+                    },
                 },
                 default=str,
             )
@@ -925,8 +954,22 @@ def xref_show(
         cfg, _ = _load(config)
         with _opened_store(cfg) as store:
             info: dict[str, Any] = {"account_id": account, "billing_accounts": []}
+            links = {a.id: store.links.get(a.id, account) for a in cfg.billing.accounts}
             for acct in cfg.billing.accounts:
-                link = store.links.get(acct.id, account)
+                link = links[acct.id]
+                group = cfg.billing.group_of(acct.id)
+                # A customer of a sharing group: the member whose link is oldest created it,
+                # the others use it by the same id.
+                sharing = [
+                    ln
+                    for m in (group.accounts if group and link else ())
+                    if (ln := links.get(m)) is not None and ln.customer_id == link.customer_id
+                ]
+                creator = (
+                    min(sharing, key=lambda ln: ln.first_synced_at).billing_account
+                    if len(sharing) > 1
+                    else None
+                )
                 retries = [r for r in store.retries.all(acct.id) if r.account_id == account]
                 info["billing_accounts"].append(
                     {
@@ -941,6 +984,11 @@ def xref_show(
                         else None,
                         "writeback_pending": link.writeback_pending if link else None,
                         "basis_order_id": link.basis_order_id if link else None,
+                        "sharing_group": group.label if group else None,
+                        "created_in": creator,
+                        "used_from": sorted(ln.billing_account for ln in sharing)
+                        if creator
+                        else [],
                         "retry": {
                             "attempts": retries[0].attempts,
                             "next_attempt_at": retries[0].next_attempt_at.isoformat(),
@@ -970,6 +1018,11 @@ def xref_show(
             + (
                 f" [{b['status']}], last synced {b['last_synced_at']}, write-back "
                 f"{'pending' if b['writeback_pending'] else 'done'}"
+                + (
+                    f", shared in group {b['sharing_group']} (created in {b['created_in']})"
+                    if b["created_in"]
+                    else ""
+                )
                 if b["customer_id"]
                 else ""
             ),

@@ -28,7 +28,14 @@ from typing import Any
 import structlog
 
 from connector.alerts import Alerter
-from connector.app import build_targets, connect_source, holder_name, make_engine
+from connector.app import (
+    account_mappings,
+    build_targets,
+    connect_source,
+    engine_groups,
+    holder_name,
+    make_engine,
+)
 from connector.billing.base import BillingTarget
 from connector.config import Config, SecretSource
 from connector.engine import ORDERS_CURSOR, RunReport
@@ -121,8 +128,12 @@ class Daemon:
         self._connect = login or connect_source
         # Configuration first (exit 2 before anything is contacted), then the store.
         self.mapping: CustomerMapping = load_mappings(config.mappings_path)
+        self.mappings = account_mappings(config, self.mapping)
         self.targets: dict[str, BillingTarget] = {t.name: t for t in build_targets(config, secrets)}
         self.partitions = partitions_of(config)
+        for target in self.targets.values():
+            # A partition runs one billing account; a sharing group's members must run together.
+            engine_groups(config, [target])
         self.store = StateStore.open(config.state_url, auto_migrate=config.state.auto_migrate)
         self._member = ExitStack()
         self._held: dict[str, _Held] = {}
@@ -219,6 +230,7 @@ class Daemon:
         engine = make_engine(
             self.config,
             mapping=self.mapping,
+            mappings=self.mappings,
             store=self.store,
             source=source,
             targets=[target],

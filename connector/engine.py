@@ -52,6 +52,7 @@ from connector.planner import (
     plan_record,
     wants_new_customer,
 )
+from connector.routing import RoutingConfig, route
 from connector.salesforce import (
     DeletedAccount,
     OrderPage,
@@ -220,12 +221,15 @@ class Tally:
     accounts: set[str] = field(default_factory=set)
     by_account: dict[str, AccountCounts] = field(default_factory=dict)
     writeback_failed: int = 0
+    # Orders no routing rule sends anywhere: refused, but of no billing account.
+    unrouted: int = 0
 
     def of(self, ba: str) -> AccountCounts:
         return self.by_account.setdefault(ba, AccountCounts())
 
     def total(self, key: str) -> int:
-        return sum(getattr(c, key) for c in self.by_account.values())
+        extra = self.unrouted if key == "refused" else 0
+        return extra + sum(int(getattr(c, key)) for c in self.by_account.values())
 
     def as_counts(self) -> dict[str, int]:
         keys = ("created", "updated", "unchanged", "refused", "failed")
@@ -295,6 +299,23 @@ class RunScope:
     expected_total: list[int | None] = field(default_factory=lambda: [None])
 
 
+@dataclass(frozen=True, slots=True)
+class SharingGroup:
+    """Billing accounts that share customers: one customer per Salesforce account in the group,
+    created in one member (the primary, or the account of its first routed order) and used from
+    the others by the same id. The member whose link is oldest writes it; the others only link."""
+
+    label: str
+    members: tuple[str, ...]
+    primary: str | None = None
+
+
+# The conflict opened when one Salesforce account has different customers in two accounts of a
+# sharing group (a group formed after customers existed): neither is written until an admin
+# chooses the customer the group uses.
+GROUP_CONFLICT = "shared_group_separate_customers"
+
+
 def watched_relationships(fields: Sequence[str]) -> list[str]:
     """Every relationship a mapping reads through, e.g. Account, Account.Parent, BillToContact."""
     out: dict[str, None] = {"Account": None}
@@ -333,11 +354,19 @@ class Engine:
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
         before_write: Callable[[], None] | None = None,
         cursor_scope: str | None = None,
+        routing: RoutingConfig | None = None,
+        sharing_groups: Sequence[SharingGroup] = (),
+        mappings: Mapping[str, CustomerMapping] | None = None,
     ) -> None:
         self.source = source
         self.targets = list(targets)
+        # Which billing account each order goes to (None: every order to every account).
+        self.routing = routing
+        self.groups = [g for g in sharing_groups if len(g.members) > 1]
         self.store = store
         self.mapping = mapping
+        # A billing account with a mapping folder of its own (mappings/<name>/) uses it.
+        self.mappings = dict(mappings or {})
         self.overlap = timedelta(seconds=overlap_seconds)
         # Billing account -> the Account field that receives its customer id (some have none).
         self.writeback_fields = dict(writeback_fields or {})
@@ -348,12 +377,18 @@ class Engine:
         self.now = now
         # The runner lock's check: raises LockLost before a write when the lock is gone.
         self.before_write = before_write or (lambda: None)
-        # A daemon partition (one billing account of several) keeps cursors of its own: one
-        # partition's progress says nothing about what another has applied.
+        # A daemon partition (one billing account of several), or `sync --account`, keeps
+        # cursors of its own: one partition's progress says nothing about what another has
+        # applied, so the shared cursors never move past changes the others have not.
         self.cursor_scope = cursor_scope
-        self.fields = list(mapping.soql_fields())
+        every = [mapping, *self.mappings.values()]
+        unique: dict[str, str] = {}
+        for m in every:
+            for f in m.soql_fields():
+                unique.setdefault(f.casefold(), f)
+        self.fields = sorted(unique.values())
         self.watch = watched_relationships(self.fields)
-        self.link_sources = link_sources(mapping)
+        self.link_sources = tuple(dict.fromkeys(s for m in every for s in link_sources(m)))
 
     # --- the run --------------------------------------------------------------------------
 
@@ -562,8 +597,13 @@ class Engine:
 
     def _mapping_changed(self) -> bool:
         # Links an admin set by hand carry no fingerprint until their first sync.
-        fp = self.mapping.fingerprint
-        return any(self.store.links.fingerprints_in_use(t.name) - {fp} for t in self.targets)
+        return any(
+            self.store.links.fingerprints_in_use(t.name) - {self.mapping_of(t.name).fingerprint}
+            for t in self.targets
+        )
+
+    def mapping_of(self, billing_account: str) -> CustomerMapping:
+        return self.mappings.get(billing_account, self.mapping)
 
     # --- reading ------------------------------------------------------------------------------
 
@@ -668,28 +708,247 @@ class Engine:
     ) -> bool:
         """Plan and apply one page for each billing account. False when interrupted."""
         orders_before = scope.tally.orders_read
-        best: dict[str, OrderRow] = {}
+        wanted = {t.name for t in targets}
+        routed: dict[str, list[OrderRow]] = {t.name: [] for t in self.targets}
         for row in rows:
             scope.tally.orders_read += 1
             scope.tally.accounts.add(row.account_id)
-            cur = best.get(row.account_id)
-            if cur is None or row.basis_key > cur.basis_key:
-                best[row.account_id] = row
+            for ba in self._route(scope, row):
+                if ba in wanted:
+                    routed[ba].append(row)
+        users: dict[str, dict[str, tuple[set[str], OrderRow]]] = {}
+        if self.groups:
+            routed, users = self._through_groups(scope, routed)
         newly_linked: set[str] = set()
-        for target in targets:
+        seen: set[str] = set()
+        for target in self.targets:
+            mine = routed.get(target.name) or []
+            if not mine:
+                continue
+            best: dict[str, OrderRow] = {}
+            for row in mine:
+                cur = best.get(row.account_id)
+                if cur is None or row.basis_key > cur.basis_key:
+                    best[row.account_id] = row
+            seen |= set(best)
             links = self.store.links.get_many(target.name, list(best))
             ctx = self._context(scope, target, list(best.values()), links)
             completed, linked = self._plan_and_apply(
-                scope, target, list(best.values()), rows, links, ctx, orders_before
+                scope, target, list(best.values()), mine, links, ctx, orders_before
             )
             newly_linked |= linked
             if not completed:
                 return False
+            if target.name in users:
+                self._link_users(scope, target.name, users[target.name])
         self._flush_writebacks(scope, final=False)
         if scope.dry_run:
             return True
         # This page's own readers of those links were planned again within the page.
-        return self._process_dependents(scope, newly_linked, targets, depth, skip=set(best))
+        return self._process_dependents(scope, newly_linked, targets, depth, skip=seen)
+
+    # --- routing and sharing groups ------------------------------------------------------------
+
+    def _route(self, scope: RunScope, row: OrderRow) -> list[str]:
+        """The billing accounts `row` is written to; none (recorded as refused) when unroutable."""
+        if self.routing is None:
+            return [t.name for t in self.targets]
+        decision = route(row.record, self.routing)
+        if decision.account is not None:
+            return [decision.account]
+        scope.tally.unrouted += 1
+        scope.decisions.append(Decision(row.account_id, "", "refused", "refused"))
+        log.warning(
+            "order.unroutable",
+            order_id=row.order_id,
+            account_id=row.account_id,
+            reason=decision.reason,
+        )
+        if not scope.dry_run:
+            outcome = Outcome(
+                row.account_id,
+                "",
+                "refused",
+                order_id=row.order_id,
+                error_code="unroutable",
+                error_message=decision.reason,
+            )
+            self._store_write(lambda: self.store.runs.record_outcomes(scope.run_id, [outcome]))
+        return []
+
+    def _through_groups(
+        self, scope: RunScope, routed: dict[str, list[OrderRow]]
+    ) -> tuple[dict[str, list[OrderRow]], dict[str, dict[str, tuple[set[str], OrderRow]]]]:
+        """Rows routed to a member of a sharing group are planned under the one member that
+        writes the account's customer; the members that only use it are returned as
+        writer -> account -> (using members, latest row) and linked after the writer."""
+        out = {ba: list(rs) for ba, rs in routed.items()}
+        users: dict[str, dict[str, tuple[set[str], OrderRow]]] = {}
+        for group in self.groups:
+            rows_of: dict[str, list[tuple[str, OrderRow]]] = {}
+            for member in group.members:
+                for row in out.get(member, []):
+                    rows_of.setdefault(row.account_id, []).append((member, row))
+            if not rows_of:
+                continue
+            accounts = list(rows_of)
+            links = {m: self.store.links.get_many(m, accounts) for m in group.members}
+            held = set().union(
+                *(
+                    self.store.conflicts.held_accounts(m) | scope.held_now.get(m, set())
+                    for m in group.members
+                )
+            )
+            for acc, pairs in rows_of.items():
+                active = {
+                    m: ln
+                    for m in group.members
+                    if (ln := links[m].get(acc)) is not None and ln.status == "active"
+                }
+                refuse = acc in held
+                if len({ln.customer_id for ln in active.values()}) > 1:
+                    refuse = True
+                    self._open_group_conflict(scope, group, acc, active)
+                for member, row in pairs:
+                    out[member].remove(row)
+                if refuse:
+                    for member in dict.fromkeys(m for m, _ in pairs):
+                        scope.tally.of(member).add("refused")
+                        scope.decisions.append(Decision(acc, member, "refused", "refused"))
+                    continue
+                if active:
+                    # The member whose link is oldest created the customer; it writes it.
+                    writer = min(
+                        active.values(),
+                        key=lambda ln: ln.first_synced_at or datetime.max.replace(tzinfo=UTC),
+                    ).billing_account
+                elif group.primary is not None:
+                    writer = group.primary
+                else:
+                    writer = min(pairs, key=lambda p: p[1].basis_key)[0]
+                if writer not in out:
+                    out[writer] = []
+                out[writer].extend(row for _, row in pairs)
+                using = {m for m, _ in pairs} | set(active)
+                using.discard(writer)
+                if using:
+                    latest = max((r for _, r in pairs), key=lambda r: r.basis_key)
+                    users.setdefault(writer, {})[acc] = (using, latest)
+        return out, users
+
+    def _open_group_conflict(
+        self, scope: RunScope, group: SharingGroup, account_id: str, active: Mapping[str, Link]
+    ) -> None:
+        oldest = min(
+            active.values(),
+            key=lambda ln: ln.first_synced_at or datetime.max.replace(tzinfo=UTC),
+        )
+        customers = {m: ln.customer_id for m, ln in active.items()}
+        for member in active:
+            scope.held_now.setdefault(member, set()).add(account_id)
+        if scope.dry_run:
+            return
+        # One conflict, under the member whose customer differs from the oldest link's.
+        other = next(m for m, ln in active.items() if ln.customer_id != oldest.customer_id)
+        details = {
+            "sharing_group": group.label,
+            "customers": customers,
+            "message": (
+                f"sharing group {group.label} shares customers, but this account has a "
+                f"customer in each of {', '.join(sorted(customers))} "
+                f"({', '.join(f'{m}: {c}' for m, c in sorted(customers.items()))}); the group "
+                "was formed after they were created. Neither is written until you choose the "
+                "one the group uses; the other stays in billing, untouched"
+            ),
+        }
+
+        def write() -> None:
+            self.store.conflicts.open(
+                GROUP_CONFLICT,
+                billing_account=other,
+                account_id=account_id,
+                customer_id=active[other].customer_id,
+                details=details,
+            )
+
+        self._store_write(write)
+        log.warning(
+            "group.separate_customers",
+            account_id=account_id,
+            group=group.label,
+            customers=customers,
+        )
+
+    def _link_users(
+        self, scope: RunScope, writer: str, users: Mapping[str, tuple[set[str], OrderRow]]
+    ) -> None:
+        """Members of a group that use the customer the writer holds: the same id, linked
+        without a call to billing (never created twice), and written back to their field."""
+        if scope.dry_run:
+            for acc, (using, _) in users.items():
+                for member in sorted(using):
+                    scope.decisions.append(Decision(acc, member, "adopt", "adopted"))
+            return
+        written = self.store.links.get_many(writer, list(users))
+        saves: list[Link] = []
+        outcomes: list[Outcome] = []
+        queued: list[tuple[str, Link, OrderRow]] = []
+        now = self.now()
+        for acc, (using, row) in users.items():
+            source = written.get(acc)
+            if source is None or source.status != "active":
+                continue  # the writer refused or failed: nothing to share yet
+            for member in sorted(using):
+                current = self.store.links.get(member, acc)
+                if current is not None and current.customer_id == source.customer_id:
+                    scope.tally.of(member).add("unchanged")
+                    queued.append((member, current, row))
+                    continue
+                if current is not None:
+                    continue  # a different customer: the next pass opens the group conflict
+                link = Link(
+                    billing_account=member,
+                    account_id=acc,
+                    customer_id=source.customer_id,
+                    status="active",
+                    payload_hash=source.payload_hash,
+                    payload=source.payload,
+                    mapping_fingerprint=source.mapping_fingerprint,
+                    basis_order_id=source.basis_order_id,
+                    basis_order_activated_at=source.basis_order_activated_at,
+                    writeback_pending=True,
+                    first_synced_at=now,
+                    last_synced_at=now,
+                )
+                saves.append(link)
+                queued.append((member, link, row))
+                outcomes.append(
+                    Outcome(
+                        acc,
+                        member,
+                        "adopted",
+                        customer_id=source.customer_id,
+                        order_id=row.order_id,
+                        error_message=f"shared customer created in billing account {writer}",
+                    )
+                )
+                # no billing write: counted as unchanged, so run counts stay counts of writes
+                scope.tally.of(member).add("unchanged")
+                scope.decisions.append(Decision(acc, member, "adopt", "adopted"))
+
+        def write() -> None:
+            with self.store.transaction():
+                if saves:
+                    self.store.links.save(saves)
+                if outcomes:
+                    self.store.runs.record_outcomes(scope.run_id, outcomes)
+
+        if saves or outcomes:
+            self._store_write(write)
+        for member, link, row in queued:
+            queue = scope.writebacks.get(member)
+            if queue is not None:
+                queue.queue(link, row.writeback_value(queue.field_name), overwrite=False)
 
     def _plan_and_apply(
         self,
@@ -705,7 +964,8 @@ class Engine:
         page_size = len(all_rows)
         links_before = dict(links)
         plans = [
-            plan_record(r, links.get(r.account_id), ctx, self.mapping, target.rules) for r in rows
+            plan_record(r, links.get(r.account_id), ctx, self.mapping_of(ba), target.rules)
+            for r in rows
         ]
         if scope.dry_run:
             for p in plans:
@@ -797,7 +1057,9 @@ class Engine:
             )
             again = replace(ctx, links=live)
             second = [
-                plan_record(by_account[a], links.get(a), again, self.mapping, target.rules)
+                plan_record(
+                    by_account[a], links.get(a), again, self.mapping_of(target.name), target.rules
+                )
                 for a in by_account
                 if a in waiting
             ]
@@ -955,7 +1217,7 @@ class Engine:
         return PlanContext(
             billing_account=ba,
             org_id=self.source.org_id,
-            fingerprint=self.mapping.fingerprint,
+            fingerprint=self.mapping_of(ba).fingerprint,
             now=now,
             writeback_field=writeback_field,
             held=held,
@@ -1057,7 +1319,7 @@ class Engine:
         return Applied(p, _outcome(p, "refused", p.error_code, p.reason), link, conflict=conflict)
 
     def _apply_unchanged(self, p: PlannedWrite, link: Link | None) -> Applied:
-        fp = self.mapping.fingerprint
+        fp = self.mapping_of(p.billing_account).fingerprint
         out = _outcome(p, "unchanged")
         if (
             link is not None
@@ -1112,7 +1374,7 @@ class Engine:
             link,
             payload_hash=p.payload_hash,
             payload=dict(p.payload),
-            mapping_fingerprint=self.mapping.fingerprint,
+            mapping_fingerprint=self.mapping_of(p.billing_account).fingerprint,
             basis_order_id=p.order_id,
             basis_order_activated_at=p.basis_activated_at,
             last_synced_at=self.now(),
@@ -1144,7 +1406,7 @@ class Engine:
             status="active",
             payload_hash=digest,
             payload=dict(written),
-            mapping_fingerprint=self.mapping.fingerprint,
+            mapping_fingerprint=self.mapping_of(p.billing_account).fingerprint,
             basis_order_id=p.order_id,
             basis_order_activated_at=p.basis_activated_at,
             writeback_pending=True,

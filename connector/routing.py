@@ -200,7 +200,8 @@ def check_routing(
         if not rule.values:
             out.append(
                 RoutingProblem(
-                    at, f"routing rule {i + 1} ({rule.describe_test()}) lists no value: it can never match"
+                    at,
+                    f"routing rule {i + 1} ({rule.describe_test()}) lists no value: it can never match",
                 )
             )
             continue

@@ -270,17 +270,3 @@ def test_mappings_check_reports_routing_and_per_account_folders(tmp_path: Path) 
     line = next(i for i, ln in enumerate(cfg.read_text().splitlines(), 1) if "Region__c" in ln)
     assert f"{cfg}:{line}:" in online.stderr and "no field 'Region__c'" in online.stderr
 
-
-def test_this_engine_refuses_to_run_with_routing_rather_than_ignore_it(tmp_path: Path) -> None:
-    from connector.app import open_pipeline
-
-    cfg = load_config(
-        _config(
-            tmp_path,
-            "http://127.0.0.1:1",
-            {"routing": {"rules": [{"field": "Order.CurrencyIsoCode", "equals": "USD", "account": "us"}]}},
-        )
-    )
-    with pytest.raises(ConfigError, match="routing") as caught, open_pipeline(cfg, SecretSource({})):
-        pass
-    assert caught.value.key == "routing"

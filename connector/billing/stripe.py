@@ -80,6 +80,7 @@ def shared_fields(version: str) -> frozenset[str]:
 def account_shared_fields(account: BillingAccountConfig) -> frozenset[str]:
     return shared_fields(account.stripe_version or PINNED_API_VERSION)
 
+
 # Secret keys (sk_live_, sk_test_), restricted keys (rk_live_, rk_test_) and Organization keys
 # (sk_org_...): refused wherever they appear in a config or mapping file.
 KEY_SHAPE = SecretShape(

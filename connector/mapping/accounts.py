@@ -68,9 +68,7 @@ def check_account_mappings(
 
 def shared_plan(mapping: CustomerMapping, shared: frozenset[str]) -> dict[str, object]:
     """The part of `mapping` that writes fields a sharing group shares (by top-level key)."""
-    return {
-        f.target: f.normalised() for f in mapping.fields if f.target.split(".")[0] in shared
-    }
+    return {f.target: f.normalised() for f in mapping.fields if f.target.split(".")[0] in shared}
 
 
 def check_shared_fields(

@@ -82,9 +82,13 @@ class Fault:
     path: str | None = None  # match paths containing this regex
     drop: str | None = None  # "before" | "after"
     hits: int = 0
+    # match only requests carrying this header with this value (e.g. one Stripe-Context)
+    header: tuple[str, str] | None = None
 
     def matches(self, req: Request) -> bool:
         if self.method and req.method.upper() != self.method.upper():
+            return False
+        if self.header is not None and req.header(self.header[0]) != self.header[1]:
             return False
         return not (self.path and not re.search(self.path, req.path))
 

@@ -30,6 +30,15 @@ SANDBOX_TOKEN = "00D000000000001!AQsandboxAccessTokenForLocalUseOnly"
 SANDBOX_STRIPE_KEY = "sk_test_sandbox0000000000000000"
 # A Chargebee test-site key is "test_" + opaque text; the sandbox accepts any such key.
 SANDBOX_CHARGEBEE_KEY = "test_sandboxChargebeeKeyForLocalUseOnly"
+# The sample's several-account set-up (issue 13): an organization key for three accounts, two
+# of which share customers. A sandbox key: it opens nothing but the local Stripe sandbox.
+SAMPLE_ORG_KEY = "sk_org_test_sample_umbrella_000000"
+SAMPLE_ACCOUNTS = (
+    ("europe", "acct_1SampleEurope0000", "Stripe_Europe_Customer_Id__c"),
+    ("uk", "acct_1SampleUK00000000", "Stripe_Europe_Customer_Id__c"),  # shares Europe's customers
+    ("us", "acct_1SampleUS00000000", "Stripe_US_Customer_Id__c"),
+)
+SAMPLE_ID_FIELDS = ("Stripe_Europe_Customer_Id__c", "Stripe_US_Customer_Id__c")
 
 
 @dataclass
@@ -62,6 +71,37 @@ class SandboxPair:
 
     def secrets(self) -> dict[str, str]:
         return {"SALESFORCE_ACCESS_TOKEN": self.access_token, "STRIPE_API_KEY": self.stripe_key}
+
+    def several_accounts_config(
+        self, *, state_url: str, mappings_dir: str = "mappings"
+    ) -> dict[str, Any]:
+        """The sample's three Stripe accounts behind one organization key: Europe and UK in a
+        sharing group, the US outside; orders routed by their Stripe account lookup, the rest
+        to Europe."""
+        data = self.config_dict(state_url=state_url, mappings_dir=mappings_dir)
+        data["billing"] = {
+            "accounts": [
+                {
+                    "name": name,
+                    "api_key_env": "STRIPE_ORG_KEY",
+                    "stripe_context": acct,
+                    "api_base": self.stripe.url,
+                    "writeback_field": field,
+                }
+                for name, acct, field in SAMPLE_ACCOUNTS
+            ],
+            "sharing_groups": [{"name": "umbrella-europe", "accounts": ["europe", "uk"]}],
+        }
+        data["routing"] = {
+            "rules": [
+                {
+                    "field": "Order.Stripe_Account__r.Stripe_ID__c",
+                    "map": {acct: name for name, acct, _ in SAMPLE_ACCOUNTS},
+                }
+            ],
+            "default": "europe",
+        }
+        return data
 
     def stripe_accounts_text(self) -> str:
         """The Stripe accounts a data set adds beside the default one, for people to copy from."""
@@ -135,6 +175,7 @@ def start_sandboxes(
         port=salesforce_port,
         access_token=SANDBOX_TOKEN,
         org_id=SANDBOX_ORG_ID,
+        customer_id_fields=SAMPLE_ID_FIELDS,
     ).start()
     sf.set_latency(salesforce_latency)
     st.start()
@@ -227,6 +268,7 @@ def run_demo(
                 (c.get("metadata") or {}).get("salesforce_account_id", ""),
             )
         console.print(t)
+        worst = max(worst, _several_accounts(pair, state_dir, console))
         console.print(
             f"\nState file: {state_file}\nNext: billing-connector status -c {state_dir / 'config.yaml'}\n"
             "      billing-connector sandbox   (servers that stay up, with a ready config)",
@@ -235,6 +277,54 @@ def run_demo(
         return worst
     finally:
         pair.stop()
+
+
+UMBRELLA = "001000000000007AAA"
+
+
+def _several_accounts(pair: SandboxPair, state_dir: Path, console: Console) -> int:
+    """Three Stripe accounts (two sharing customers): Umbrella, with orders in all three, gets
+    one shared customer and one separate one. Prints its links."""
+    from connector.app import open_pipeline
+    from connector.config import Config, SecretSource
+    from connector.shipped import default_mappings_dir
+
+    if not all(pair.stripe.directory.accounts.get(a) for _, a, _ in SAMPLE_ACCOUNTS):
+        return 0  # a data set without the sample's accounts
+    state_file = (state_dir / "several-accounts.db").resolve()
+    data = pair.several_accounts_config(
+        state_url=f"sqlite:///{state_file}", mappings_dir=str(default_mappings_dir())
+    )
+    secrets = SecretSource(
+        {"SALESFORCE_ACCESS_TOKEN": pair.access_token, "STRIPE_ORG_KEY": SAMPLE_ORG_KEY}
+    )
+    with open_pipeline(Config.model_validate(data), secrets) as p:
+        report = p.engine.run("backfill")
+        links = {name: p.store.links.get(name, UMBRELLA) for name, _, _ in SAMPLE_ACCOUNTS}
+    _print(
+        console,
+        "6. several Stripe accounts: Europe + UK share customers, the US does not; orders "
+        "routed by Order.Stripe_Account__r.Stripe_ID__c (backfill)",
+        report,
+    )
+    t = Table(title=f"Umbrella Corporation ({UMBRELLA}): one link per billing account")
+    for col in ("billing account", "Stripe account", "customer", "created in"):
+        t.add_column(col)
+    # The member whose link is oldest created the customer; the others use it by its id.
+    created_in: dict[str, str] = {}
+    dated = [(ln.first_synced_at, n, ln.customer_id) for n, ln in links.items() if ln]
+    for _, name, customer in sorted((d for d in dated if d[0] is not None), reverse=True):
+        created_in[customer] = name
+    for name, acct, _ in SAMPLE_ACCOUNTS:
+        ln = links[name]
+        t.add_row(
+            name,
+            acct,
+            ln.customer_id if ln else "-",
+            created_in.get(ln.customer_id, "-") if ln else "-",
+        )
+    console.print(t)
+    return report.exit_code
 
 
 class _Stopped(Exception):
