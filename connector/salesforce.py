@@ -144,8 +144,6 @@ class OrderRow:
     activated_at: str | None
     # The latest SystemModstamp of the order and every watched record (the cursor candidate).
     watermark: str | None
-    # Deprecated (the engine moves to `writeback_values`): what the first write-back field holds.
-    stripe_id_value: str | None
     record: dict[str, Any]
     # Each configured write-back field of the Account -> what it holds now (None when empty).
     writeback_values: Mapping[str, str | None] = field(default_factory=dict)
@@ -333,7 +331,6 @@ class SalesforceSource:
             f: _field_value(account, f) if isinstance(account, dict) else None
             for f in self._fields_read()
         }
-        legacy = self.legacy_writeback_field()
         return OrderRow(
             order_id=str(record["Id"]),
             account_id=normalize_sf_id(str(record["AccountId"]), what="Order.AccountId"),
@@ -343,7 +340,6 @@ class SalesforceSource:
             )
             if marks
             else None,
-            stripe_id_value=values.get(legacy) if legacy else None,
             record=record,
             writeback_values=values,
         )

@@ -55,7 +55,7 @@ def row(*, name: str = "Acme", field: str | None = None, order: str = "801000000
     record = {"Id": order, "AccountId": ACC, "ActivatedDate": activated,
               "Account": {"Name": name, "Phone": None, "ParentId": parent}}
     return OrderRow(order_id=order, account_id=ACC, activated_at=activated, watermark=None,
-                    stripe_id_value=field, record=record,
+                    record=record,
                     writeback_values={WB_FIELD: field})
 
 
