@@ -316,9 +316,13 @@ class SalesforceSource:
         )
         for page in self.query_pages(soql, include_deleted=True):
             yield [
+                # Both ids key links in the store, so both in the 18-character form: a master
+                # named in the 15-character form must still find the winner's link.
                 DeletedAccount(
-                    account_id=str(r["Id"]),
-                    master_id=r.get("MasterRecordId") or None,
+                    account_id=normalize_sf_id(str(r["Id"]), what="Account.Id"),
+                    master_id=normalize_sf_id(str(master), what="Account.MasterRecordId")
+                    if (master := r.get("MasterRecordId"))
+                    else None,
                     modstamp=r.get("SystemModstamp"),
                 )
                 for r in page
