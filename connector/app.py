@@ -133,8 +133,7 @@ def engine_groups(config: Config, targets: Sequence[BillingTarget]) -> list[Shar
         if inside != set(g.accounts):
             raise ConfigError(
                 f"sharing group {g.label}: this run has {', '.join(sorted(inside))} but not "
-                f"{', '.join(sorted(set(g.accounts) - inside))}; a group's members run together "
-                "(the daemon's partitions do not follow sharing groups yet: use `sync`)",
+                f"{', '.join(sorted(set(g.accounts) - inside))}; a group's members run together",
                 file=config.source_file,
                 key="billing.sharing_groups",
             )
@@ -223,7 +222,8 @@ def open_pipeline(
         with hold_partitions(store.locks, parts, holder_name()) as held:
             for p in parts:
                 # Holding its lock, any run of the partition still marked running is dead.
-                store.runs.mark_interrupted(p.billing_account)
+                for account in p.accounts:
+                    store.runs.mark_interrupted(account)
             source = connect_source(config, secrets)
             engine = make_engine(
                 config,

@@ -220,7 +220,15 @@ class BillingConfig(_Model):
     def _groups_of_known_accounts(self) -> BillingConfig:
         kinds = {a.id: a.kind for a in self.accounts}
         seen: dict[str, str] = {}
+        labels: set[str] = set()
         for group in self.sharing_groups:
+            # A group is one daemon partition, named (in its lock, logs and metrics) by its label.
+            if group.label in kinds or group.label in labels:
+                raise ValueError(
+                    f"sharing group name {group.label!r} is also the name of a billing account "
+                    "or of another group; give the group a name of its own"
+                )
+            labels.add(group.label)
             for name in group.accounts:
                 if name not in kinds:
                     raise ValueError(
