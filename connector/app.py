@@ -25,7 +25,7 @@ from connector.mapping.accounts import (
     load_account_mappings,
     mapping_folders,
 )
-from connector.partitions import hold_partitions, partitions_of
+from connector.partitions import hold_partitions, partitions_holding, partitions_of
 from connector.salesforce import SalesforceSource, connect
 from connector.state.store import StateStore
 
@@ -188,12 +188,13 @@ def open_pipeline(
     lock: bool = True,
     accounts: Sequence[str] | None = None,
 ) -> Iterator[Pipeline]:
-    """Everything a run needs, with every partition's lock held for its duration (the daemon
-    takes the same locks, so a one-shot command and `run` never write the same account).
+    """Everything a run needs, with the lock of every partition it runs held for its duration
+    (the daemon takes the same locks, so a one-shot command and `run` never write the same
+    account).
 
     `accounts` limits the run to those billing accounts (`sync --account NAME`), with the other
-    members of their sharing groups; their cursors are then their own, as a daemon
-    partition's are."""
+    members of their sharing groups; it then holds only their partitions' locks (a replica may
+    run the others meanwhile), and their cursors are their own, as a daemon partition's are."""
     known = [a.id for a in config.billing.accounts]
     unknown = [a for a in accounts or () if a not in known]
     if unknown:
@@ -218,7 +219,13 @@ def open_pipeline(
         targets = [t for t in targets if t.name in only]
     store = StateStore.open(config.state_url, auto_migrate=config.state.auto_migrate)
     try:
-        parts = partitions_of(config) if lock else []
+        parts = (
+            []
+            if not lock
+            else partitions_of(config)
+            if only is None
+            else partitions_holding(config, only)
+        )
         with hold_partitions(store.locks, parts, holder_name()) as held:
             for p in parts:
                 # Holding its lock, any run of the partition still marked running is dead.

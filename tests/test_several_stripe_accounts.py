@@ -537,3 +537,37 @@ def test_a_group_formed_later_starts_its_partition_at_its_least_advanced_members
     assert result.reports["eu+uk"].created == 0
     with StateStore.open(unshared.db_url) as store:
         assert (store.cursors.get(f"{ORDERS_CURSOR}@eu+uk") or "") >= eu_cursor
+
+
+def test_account_takes_only_the_lock_of_its_own_partition(unshared: World) -> None:
+    from connector.partitions import Partition
+
+    # A daemon replica runs Europe's partition: the US one can run beside it, Europe not.
+    with (
+        StateStore.open(unshared.db_url) as store,
+        store.locks.hold(Partition("eu").lock_name, holder="replica-a:4242"),
+    ):
+        us = cli(unshared, "sync", "--account", "us", "--json")
+        eu = cli(unshared, "sync", "--account", "eu", "--json")
+    assert us.returncode == 1, us.stderr  # ran: Nowhere's order is refused, it routes nowhere
+    assert json.loads(us.stdout)["billing_accounts"]["us"]["created"] == 2
+    assert eu.returncode == 3 and "replica-a:4242" in eu.stderr
+    assert unshared.links(ACME).keys() == {"us"}
+
+
+def test_account_takes_the_lock_of_the_sharing_group_holding_that_account(shared: World) -> None:
+    from connector.partitions import Partition
+
+    # A daemon replica runs the group's partition: `--account us` runs beside it, while
+    # `--account uk` (in the group) is refused naming the replica.
+    group = Partition("eu+uk", ("eu", "uk"))
+    with (
+        StateStore.open(shared.db_url) as store,
+        store.locks.hold(group.lock_name, holder="replica-a:4242"),
+    ):
+        us = cli(shared, "sync", "--account", "us", "--json")
+        uk = cli(shared, "sync", "--account", "uk", "--json")
+    assert us.returncode == 1, us.stderr  # ran: Nowhere's order is refused, it routes nowhere
+    assert json.loads(us.stdout)["billing_accounts"]["us"]["created"] == 2
+    assert uk.returncode == 3 and "replica-a:4242" in uk.stderr
+    assert shared.customers_of(UMBRELLA)[EU] == [] and shared.links(UMBRELLA).keys() == {"us"}
