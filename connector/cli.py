@@ -1163,14 +1163,15 @@ def sandbox(
     accounts = pair.stripe_accounts_text()
     if accounts:
         print(accounts)
-    print("Ctrl-C to stop.", flush=True)
-    # The servers are the run here: the first signal stops them cleanly (exit 0).
+    # The servers are the run here: the first signal stops them cleanly (exit 0). Set before
+    # saying "Ctrl-C to stop.", so a signal sent on reading it is a clean stop, not exit 1.
     stop = (
         signals.run_started("stopping the sandbox servers")
         if signals.installed()
         else threading.Event()
     )
     try:
+        print("Ctrl-C to stop.", flush=True)
         while not stop.wait(3600):
             pass
     except KeyboardInterrupt:  # in-process, without the handlers
