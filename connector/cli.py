@@ -655,6 +655,9 @@ def mappings_check(
             if cfg is None:
                 return check_mappings(folder, describe=describe)
             found = check_account_mappings(folder, accounts, describe=describe)
+            from connector.app import mapping_system_problems
+
+            found.extend(mapping_system_problems(cfg, folder))
             if mappings_dir is None:
                 from connector.app import check_group_mappings
 

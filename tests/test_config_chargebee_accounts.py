@@ -206,3 +206,31 @@ def test_a_stripe_config_of_before_loads_unchanged(tmp_path: Path) -> None:
     assert [a.id for a in cfg.billing.accounts] == ["us", "eu"]
     assert [g.accounts for g in cfg.billing.sharing_groups] == [("us", "eu")]
     assert all(a.site is None and a.business_entities is None for a in cfg.billing.accounts)
+
+
+def test_mappings_check_accepts_the_shipped_chargebee_mapping_and_refuses_stripes(
+    tmp_path: Path,
+) -> None:
+    from conftest import MAPPINGS
+    from typer.testing import CliRunner
+
+    from connector.cli import app
+
+    account = cb(business_entities=["us", "eu"], sharing="customer_sharing")
+    good = write(
+        tmp_path,
+        {"salesforce": SF, "billing": {"accounts": [account]}, "mappings_dir": str(MAPPINGS / "chargebee")},
+    )
+    ok = CliRunner().invoke(app, ["mappings", "check", "-c", str(good)])
+    assert ok.exit_code == 0, ok.output
+    assert "ok (0 warning(s))" in ok.output
+    other = tmp_path / "other"
+    other.mkdir()
+    wrong = write(
+        other,
+        {"salesforce": SF, "billing": {"accounts": [account]}, "mappings_dir": str(MAPPINGS)},
+    )
+    bad = CliRunner().invoke(app, ["mappings", "check", "-c", str(wrong)])
+    assert bad.exit_code == 2
+    assert f"{MAPPINGS / 'customer.yaml'}:1:1: billing account 'cb.us' is of kind 'chargebee'" in bad.output
+    assert str(MAPPINGS / "chargebee") in bad.output
