@@ -234,3 +234,28 @@ def test_mappings_check_accepts_the_shipped_chargebee_mapping_and_refuses_stripe
     assert bad.exit_code == 2
     assert f"{MAPPINGS / 'customer.yaml'}:1:1: billing account 'cb.us' is of kind 'chargebee'" in bad.output
     assert str(MAPPINGS / "chargebee") in bad.output
+
+
+def test_the_example_configs_chargebee_account_loads_when_uncommented(tmp_path: Path) -> None:
+    from conftest import REPO
+
+    lines = (REPO / "config.example.yaml").read_text(encoding="utf-8").splitlines()
+    start = next(i for i, ln in enumerate(lines) if ln.strip() == "# - name: chargebee")
+    block = []
+    for ln in lines[start:]:
+        if not ln.startswith("    #"):
+            break
+        text = ln.replace("    # ", "    ", 1)
+        if text.strip().startswith("#"):
+            continue  # a comment inside the commented block
+        block.append(text)
+    path = tmp_path / "config.yaml"
+    path.write_text(
+        "salesforce: {auth: access_token, instance_url: 'http://127.0.0.1:1'}\n"
+        "billing:\n  accounts:\n    - {name: default, kind: stripe}\n" + "\n".join(block) + "\n",
+        encoding="utf-8",
+    )
+    cfg = load_config(path)
+    assert [a.id for a in cfg.billing.accounts] == ["default", "chargebee.acme-us", "chargebee.acme-eu"]
+    (group,) = cfg.billing.sharing_groups
+    assert group.primary == "chargebee.acme-us"
