@@ -259,3 +259,40 @@ def test_the_example_configs_chargebee_account_loads_when_uncommented(tmp_path: 
     assert [a.id for a in cfg.billing.accounts] == ["default", "chargebee.acme-us", "chargebee.acme-eu"]
     (group,) = cfg.billing.sharing_groups
     assert group.primary == "chargebee.acme-us"
+
+
+def test_entities_sharing_customers_must_map_every_field_alike(tmp_path: Path) -> None:
+    import shutil
+
+    from conftest import MAPPINGS
+    from typer.testing import CliRunner
+
+    from connector.cli import app
+
+    folder = tmp_path / "mappings"
+    shutil.copytree(MAPPINGS / "chargebee", folder)
+    own = folder / "cb.eu"
+    own.mkdir()
+    text = (folder / "customer.yaml").read_text(encoding="utf-8")
+    (own / "customer.yaml").write_text(
+        text.replace("    from: Account.Name\n    transforms: [trim]", "    from: Account.Name\n    transforms: [trim, upper]", 1),
+        encoding="utf-8",
+    )
+    account = cb(business_entities=["us", "eu"], sharing="customer_sharing")
+    path = write(tmp_path, {"salesforce": SF, "billing": {"accounts": [account]}, "mappings_dir": str(folder)})
+    shared = CliRunner().invoke(app, ["mappings", "check", "-c", str(path)])
+    assert shared.exit_code == 2, shared.output
+    assert "sharing group cb" in shared.output and "company" in shared.output
+    # without sharing each entity has its own customer: its own mapping is fine
+    apart = tmp_path / "apart"
+    apart.mkdir()
+    path = write(
+        apart,
+        {
+            "salesforce": SF,
+            "billing": {"accounts": [cb(business_entities=["us", "eu"], writeback_field=None)]},
+            "mappings_dir": str(folder),
+        },
+    )
+    alone = CliRunner().invoke(app, ["mappings", "check", "-c", str(path)])
+    assert alone.exit_code == 0, alone.output
