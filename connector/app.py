@@ -223,7 +223,18 @@ def open_pipeline(
     members of their sharing groups; their cursors are then their own, as a daemon
     partition's are."""
     known = [a.id for a in config.billing.accounts]
-    unknown = [a for a in accounts or () if a not in known]
+    # A Chargebee account with business entities names all of them (`--account chargebee`).
+    accounts = [
+        name
+        for given in accounts or ()
+        for name in (
+            [given]
+            if given in known
+            else [a.id for a in config.billing.accounts if a.id.startswith(f"{given}.")]
+            or [given]
+        )
+    ]
+    unknown = [a for a in accounts if a not in known]
     if unknown:
         raise ConfigError(
             f"--account {unknown[0]}: no such billing account; configured: {', '.join(known)}",

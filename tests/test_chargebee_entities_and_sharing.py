@@ -262,3 +262,15 @@ def test_a_merge_of_synced_accounts_is_refused_and_no_entity_is_written(
         assert again.created == 0 and site.cb.write_count == writes
     finally:
         site.stop()
+
+
+def test_account_names_the_site_account_for_all_its_entities_or_one_entity(
+    separate: Site,
+) -> None:
+    with open_pipeline(separate.config, SECRETS, accounts=["cb.acme-uk"]) as p:
+        assert [t.name for t in p.targets] == ["cb.acme-uk"]
+        report = p.engine.run("backfill")
+    assert report.created == 1 and separate.customers_for(UMBRELLA)["acme-uk"]
+    assert not separate.customers_for(UMBRELLA)["acme-eu"] and not separate.customers_for(ACME)["acme-us"]
+    with open_pipeline(separate.config, SECRETS, accounts=["cb"]) as p:
+        assert [t.name for t in p.targets] == list(ACCOUNTS)
