@@ -655,6 +655,9 @@ def mappings_check(
             if cfg is None:
                 return check_mappings(folder, describe=describe)
             found = check_account_mappings(folder, accounts, describe=describe)
+            from connector.app import mapping_system_problems
+
+            found.extend(mapping_system_problems(cfg, folder))
             if mappings_dir is None:
                 from connector.app import check_group_mappings
 
@@ -958,15 +961,21 @@ def xref_show(
             for acct in cfg.billing.accounts:
                 link = links[acct.id]
                 group = cfg.billing.group_of(acct.id)
-                # A customer of a sharing group: the member whose link is oldest created it,
-                # the others use it by the same id.
+                # A customer of a sharing group: created in one member (the links of the others
+                # name it; links older than that column: the member whose link is oldest), used
+                # from the others by the same id.
                 sharing = [
                     ln
                     for m in (group.accounts if group and link else ())
                     if (ln := links.get(m)) is not None and ln.customer_id == link.customer_id
                 ]
+                named = {ln.shared_from for ln in sharing if ln.shared_from}
                 creator = (
-                    min(sharing, key=lambda ln: ln.first_synced_at).billing_account
+                    (
+                        named.pop()
+                        if len(named) == 1
+                        else min(sharing, key=lambda ln: ln.first_synced_at).billing_account
+                    )
                     if len(sharing) > 1
                     else None
                 )
@@ -985,6 +994,8 @@ def xref_show(
                         "writeback_pending": link.writeback_pending if link else None,
                         "basis_order_id": link.basis_order_id if link else None,
                         "sharing_group": group.label if group else None,
+                        # Chargebee: the business entity this billing account writes under
+                        "business_entity": acct.business_entity_id,
                         "created_in": creator,
                         "used_from": sorted(ln.billing_account for ln in sharing)
                         if creator
@@ -1180,13 +1191,26 @@ def sandbox(
         pair.stop()
 
 
+class DemoTarget(StrEnum):
+    stripe = "stripe"
+    chargebee = "chargebee"
+
+
 @app.command()
 def demo(
     state_dir: Annotated[Path, typer.Option(help="Where the demo keeps its state file.")] = Path(
         "demo-state"
     ),
+    target: Annotated[
+        DemoTarget,
+        typer.Option(
+            help="The billing system: stripe, or chargebee (a site with three business "
+            "entities and customer sharing)."
+        ),
+    ] = DemoTarget.stripe,
 ) -> None:
     """Start the sandbox with the sample data, backfill, change a few accounts, sync, and show what happened."""
+    from connector.sandbox.chargebee_demo import run_chargebee_demo
     from connector.sandbox.run import run_demo
 
     stop = (
@@ -1195,7 +1219,7 @@ def demo(
         else None
     )
     with _errors():
-        code = run_demo(
+        code = (run_chargebee_demo if target is DemoTarget.chargebee else run_demo)(
             state_dir,
             console=out,
             stop=stop,

@@ -919,6 +919,7 @@ class Engine:
                     writeback_pending=True,
                     first_synced_at=now,
                     last_synced_at=now,
+                    shared_from=writer,
                 )
                 saves.append(link)
                 queued.append((member, link, row))
