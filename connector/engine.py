@@ -1214,8 +1214,8 @@ class Engine:
         for acc, intent in intents.items():
             if intent.payload is not None and now - intent.created_at < rules.idempotency_window:
                 continue
-            if acc in held:
-                continue
+            if acc in held or rules.client_chosen_ids:
+                continue  # held; or the target's create finds its own id again (no search)
             lookups[acc] = self._lookup(target, acc)
         for lk in lookups.values():
             for cid in lk.customer_ids:
