@@ -19,6 +19,7 @@ from billing_targets import TargetUnderTest
 from conftest import BILLED
 from fault_readback import BA, opened, read_store
 
+from connector.app import open_pipeline
 from connector.billing.base import RemoteCustomer
 from connector.config import Config, SecretSource
 from connector.engine import ORDERS_CURSOR, PlannedWrite, RunReport
@@ -244,6 +245,42 @@ def test_an_interrupted_create_replayed_after_the_account_changed_ends_with_the_
     read_store(db_url).assert_links_match(customers)
     [initech] = billed()[INITECH]
     assert initech.payload[target.name_field] == "Initech AG"
+
+
+class Killed(BaseException):
+    """The process dies here (nothing after it runs: not even the engine's own clean-up)."""
+
+
+def test_a_run_killed_after_its_creates_and_before_their_links_is_finished_without_duplicates(
+    target: TargetUnderTest,
+    target_config: Callable[..., Config],
+    target_secrets: SecretSource,
+    target_run: Callable[..., RunReport],
+    billed: Billed,
+    db_url: str,
+) -> None:
+    def die_once_all_creates_are_sent() -> None:
+        if target.server.operations["create"] >= len(BILLED):
+            raise Killed
+
+    with open_pipeline(target_config(), target_secrets) as p:
+        p.engine.before_write = die_once_all_creates_are_sent
+        with pytest.raises(Killed):
+            p.engine.run("backfill")
+    view = read_store(db_url)
+    assert not view.links and set(view.intents) == BILLED  # billing has them, the store not
+    assert len(target.server.customers()) == len(BILLED)
+
+    report = target_run("sync")
+
+    assert report.exit_code == 0 and report.failed == 0
+    assert target.server.stats()["idempotent_replays"] == len(BILLED)
+    customers = one_each(billed, BILLED)
+    view = read_store(db_url)
+    view.assert_links_match(customers)
+    assert not view.intents
+    again = target_run("sync")
+    assert again.billing_calls == 0
 
 
 @pytest.mark.parametrize("reached_billing", [True, False], ids=["reached", "never-sent"])
