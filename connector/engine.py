@@ -1371,12 +1371,8 @@ class Engine:
             )
         refused = isinstance(exc, PartiallyRefused)
         kind = "refused" if refused else "failed"
-        cause = exc.cause
-        message = (
-            f"{exc} (applied: {', '.join(sorted(set(written) - set(pending)))}; "
-            f"still to send: {', '.join(pending)})"
-        )
-        code = getattr(cause, "code", None) or exc.code or type(exc).__name__
+        message = f"{exc} (still to send: {', '.join(pending)}; the rest is in billing)"
+        code = getattr(exc.cause, "code", None) or exc.code or type(exc).__name__
         log.warning(
             "sync.record.partial",
             account_id=p.account_id,
