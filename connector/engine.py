@@ -33,7 +33,13 @@ from typing import Any, Literal, Protocol
 
 import structlog
 
-from connector.billing.base import BillingTarget, BillingUnreachable, CustomerMissing
+from connector.billing.base import (
+    BillingTarget,
+    BillingUnreachable,
+    CustomerMissing,
+    PartiallyApplied,
+    PartiallyRefused,
+)
 from connector.errors import (
     ConnectorError,
     LockLost,
@@ -251,6 +257,8 @@ class Applied:
     created: bool = False  # a new link whose intent is dropped with it
     conflict: tuple[str, str | None, dict[str, Any]] | None = None  # kind, other account, details
     unreachable: BillingUnreachable | None = None
+    # Part of the write was applied, the rest refused: retried like a failure, counted refused.
+    retry: bool = False
 
 
 @dataclass
@@ -1207,8 +1215,8 @@ class Engine:
         for acc, intent in intents.items():
             if intent.payload is not None and now - intent.created_at < rules.idempotency_window:
                 continue
-            if acc in held:
-                continue
+            if acc in held or rules.client_chosen_ids:
+                continue  # held; or the target's create finds its own id again (no search)
             lookups[acc] = self._lookup(target, acc)
         for lk in lookups.values():
             for cid in lk.customer_ids:
@@ -1303,10 +1311,81 @@ class Engine:
                 "sync.record.failed", account_id=p.account_id, code=exc.code, error=str(exc)
             )
             return Applied(p, _outcome(p, "failed", exc.code, str(exc)), link, conflict=conflict)
+        except (PartiallyApplied, PartiallyRefused) as exc:
+            before: Mapping[str, Any] | None = None
+            if p.action == "update" and link is not None:
+                before = link.payload
+            return self._apply_partial(p, link, exc, p.payload, before)
         except (RecordError, TransientError) as exc:
             code = exc.code or type(exc).__name__
             log.warning("sync.record.failed", account_id=p.account_id, code=code, error=str(exc))
             return Applied(p, _outcome(p, "failed", code, str(exc)), link)
+
+    def _apply_partial(
+        self,
+        p: PlannedWrite,
+        link: Link | None,
+        exc: PartiallyApplied | PartiallyRefused,
+        planned: Mapping[str, Any],
+        before: Mapping[str, Any] | None,
+    ) -> Applied:
+        """A write of several calls stopped half way: link what billing holds now, no more.
+
+        The link's payload is what was applied: `planned` with the keys still pending put back
+        to what the customer held `before` (the link's payload for an update, the interrupted
+        create's for a replay's follow-up; for a customer whose earlier state is not known, a
+        create that adopted one or an adopt, the pending keys are left out). Its hash differs
+        from the planned payload's, so the next run plans an update that sends exactly the
+        pending keys. A create that got as far as a customer links its id, so no later run
+        creates a second one.
+        """
+        written = _without_pending(planned, frozenset(exc.pending), before)
+        from connector.mapping import payload_hash
+
+        digest = payload_hash(written)
+        cid = exc.customer_id or p.customer_id or ""
+        pending = sorted(exc.pending)
+        if p.action == "update" and link is not None:
+            done = Applied(
+                p,
+                _outcome(p, "updated"),
+                replace(
+                    link,
+                    payload_hash=digest,
+                    payload=dict(written),
+                    mapping_fingerprint=self.mapping_of(p.billing_account).fingerprint,
+                    basis_order_id=p.order_id,
+                    basis_order_activated_at=p.basis_activated_at,
+                    last_synced_at=self.now(),
+                    status="active",
+                ),
+                save_link=True,
+            )
+        else:
+            done = self._linked(
+                p,
+                cid,
+                digest,
+                written,
+                created=p.action in LINKS,
+                kind="adopted" if p.action == "adopt" else "created",
+            )
+        refused = isinstance(exc, PartiallyRefused)
+        kind = "refused" if refused else "failed"
+        message = f"{exc} (still to send: {', '.join(pending)}; the rest is in billing)"
+        code = getattr(exc.cause, "code", None) or exc.code or type(exc).__name__
+        log.warning(
+            "sync.record.partial",
+            account_id=p.account_id,
+            customer_id=cid,
+            outcome=kind,
+            code=code,
+            pending=pending,
+            error=str(exc),
+        )
+        return replace(
+            done, outcome=_outcome(p, kind, code, message, customer_id=cid), retry=refused
+        )
 
     def _apply_refused(self, p: PlannedWrite, link: Link | None) -> Applied:
         log.warning("sync.record.refused", account_id=p.account_id, reason=p.reason)
@@ -1349,13 +1428,19 @@ class Engine:
     def _apply_replay(self, target: BillingTarget, p: PlannedWrite) -> Applied:
         assert p.idempotency_key is not None and p.create_payload is not None
         log.info("sync.intent.replayed", account_id=p.account_id, key=p.idempotency_key)
-        cid = target.create_customer(p.create_payload, idempotency_key=p.idempotency_key)
+        try:
+            cid = target.create_customer(p.create_payload, idempotency_key=p.idempotency_key)
+        except (PartiallyApplied, PartiallyRefused) as exc:
+            return self._apply_partial(p, None, exc, p.create_payload, None)
         if p.followup_key is None:
             return self._linked(p, cid, p.payload_hash, p.payload, created=True)
         # The account changed since the lost create: bring the customer up to date now. Saved
         # as written by the create first, so a failed update is retried as an update.
         try:
             target.update_customer(cid, p.send or p.payload, idempotency_key=p.followup_key)
+        except (PartiallyApplied, PartiallyRefused) as exc:
+            exc.customer_id = cid
+            return self._apply_partial(p, None, exc, p.payload, p.create_payload)
         except (RecordError, TransientError) as exc:
             from connector.mapping import payload_hash
 
@@ -1437,7 +1522,7 @@ class Engine:
             scope.tally.of(ba).add(a.outcome.outcome)
             if a.conflict is not None:
                 scope.held_now[ba].add(a.planned.account_id)
-        failed = [a.outcome for a in applied if a.outcome.outcome == "failed"]
+        failed = [a.outcome for a in applied if a.outcome.outcome == "failed" or a.retry]
         ok = [
             a.planned.account_id
             for a in applied
@@ -1727,6 +1812,18 @@ class _BackfillPoint:
             return _BackfillPoint(value, None)  # written before the snapshot was kept
         data = json.loads(value)
         return _BackfillPoint(str(data["after_id"]), parse_sf_datetime(data.get("snapshot")))
+
+
+def _without_pending(
+    payload: Mapping[str, Any], pending: AbstractSet[str], before: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    """`payload` with its `pending` top-level keys as they were in `before` (left out when
+    `before` had none or is unknown): what billing holds after the other keys were applied."""
+    out = {k: v for k, v in payload.items() if k not in pending}
+    for key in pending:
+        if before is not None and key in before:
+            out[key] = before[key]
+    return out
 
 
 def _was_admin_link(link: Link | None) -> bool:

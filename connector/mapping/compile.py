@@ -502,6 +502,12 @@ def _resolve_target(out: Collector, spec_field: FieldSpec, target: Target) -> Ta
         return None
     if path in schema.leaves:
         return schema.leaves[path]
+    custom = schema.custom_field(path)
+    if isinstance(custom, TargetField):
+        return custom
+    if isinstance(custom, str):
+        out.at(where, f"{path} cannot be mapped: {custom}")
+        return None
     if path in schema.refused:
         out.at(where, f"{path} cannot be mapped: {schema.refused[path]}")
     elif path in schema.objects:
@@ -512,8 +518,26 @@ def _resolve_target(out: Collector, spec_field: FieldSpec, target: Target) -> Ta
         known = [*schema.leaves, *(f"{o}." for o in schema.objects)]
         close = difflib.get_close_matches(path, known, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
+        elsewhere = _custom_elsewhere(path, schema)
+        if elsewhere:
+            hint = (
+                f": {path} is a custom field of {elsewhere}, and a {label} {schema.object} "
+                f"has no custom fields; keep the value under {tag}.<key> instead"
+            )
         out.at(where, f"unknown target {path!r} for a {label} {schema.object}{hint}")
     return None
+
+
+def _custom_elsewhere(path: str, schema: TargetSchema) -> str:
+    """The systems whose custom fields look like `path` ("Chargebee customers"), for the
+    message that refuses it where there are none."""
+    names = []
+    for kind in systems().values():
+        build = kind.schemas.get(schema.object)
+        other = build() if build else None
+        if other is not None and other.system != schema.system and other.custom_field(path):
+            names.append(f"{other.label} {other.object}s")
+    return " and ".join(names)
 
 
 def compile_spec(spec: MappingSpec, problems: Iterable[Problem] = ()) -> Compiled:
