@@ -36,6 +36,7 @@ from connector.errors import (
     TransientError,
     UnavailableError,
 )
+from connector.http_env import settled_session
 from connector.log import REDACTOR
 from connector.sfid import normalize_sf_id
 
@@ -64,7 +65,7 @@ class LoopbackAdapter(HTTPAdapter):
 
 def loopback_session(target: str) -> requests.Session:
     """A requests session whose https traffic goes to `target` (http://127.0.0.1:PORT)."""
-    session = requests.Session()
+    session = settled_session()
     session.mount("https://", LoopbackAdapter(target))
     return session
 
@@ -519,7 +520,7 @@ def connect(
     session = (
         loopback_session(config.instance_url)
         if loopback and config.instance_url
-        else requests.Session()
+        else settled_session()
     )
     usage = ApiUsage()
     session.hooks["response"].append(usage.observe)
