@@ -1141,19 +1141,21 @@ class Engine:
 
     def _record_intents(self, creates: Iterable[PlannedWrite]) -> None:
         now = self.now()
-        with self.store.transaction():
-            for p in creates:
-                assert p.idempotency_key is not None
-                self.store.intents.record(
-                    Intent(
-                        billing_account=p.billing_account,
-                        account_id=p.account_id,
-                        idempotency_key=p.idempotency_key,
-                        payload_hash=p.payload_hash,
-                        created_at=now,
-                        payload=dict(p.payload),
-                    )
+        intents = []
+        for p in creates:
+            assert p.idempotency_key is not None
+            intents.append(
+                Intent(
+                    billing_account=p.billing_account,
+                    account_id=p.account_id,
+                    idempotency_key=p.idempotency_key,
+                    payload_hash=p.payload_hash,
+                    created_at=now,
+                    payload=dict(p.payload),
                 )
+            )
+        # One statement with a parameter set per create, in its own transaction.
+        self.store.intents.record_many(intents)
 
     # --- context, fetched in batches before planning ---------------------------------------
 
@@ -1453,6 +1455,14 @@ class Engine:
             for r in rows
             if r.account_id in active
         ]
+        # Orders of accounts whose link did not change are written only if new or moved: a
+        # re-check of unchanged accounts rewrites nothing (one read per page instead of an
+        # upsert per order). `last_seen_at` is thus when the row last changed.
+        saved = {a.planned.account_id for a in applied if a.save_link}
+        settled = [o.order_id for o in order_links if o.account_id not in saved]
+        if settled:
+            known = self.store.links.order_links(ba, settled)
+            order_links = [o for o in order_links if known.get(o.order_id) != o]
 
         def write() -> None:
             with self.store.transaction():
@@ -1460,8 +1470,7 @@ class Engine:
                 if saves:
                     self.store.links.save(saves)
                 created = [a.planned.account_id for a in applied if a.created]
-                for account_id in [*created, *unsent]:
-                    self.store.intents.drop(ba, account_id)
+                self.store.intents.drop_many(ba, [*created, *unsent])
                 if order_links:
                     self.store.links.save_order_links(order_links)
                 for a in applied:
