@@ -120,7 +120,7 @@ def test_a_dry_run_over_five_times_the_pages_peaks_where_a_small_one_does(
     served: dict[int, dict[str, str]], tmp_path: Path
 ) -> None:
     dry_backfill(served[SMALL], tmp_path / "warm.db")  # first use: imports, caches, SDK set-up
-    small_peak, small_sink, small = dry_backfill(served[SMALL], tmp_path / "small.db")
+    small_peak, _, small = dry_backfill(served[SMALL], tmp_path / "small.db")
     large_peak, large_sink, large = dry_backfill(served[LARGE], tmp_path / "large.db")
 
     assert (small.created, large.created) == (SMALL, LARGE)
