@@ -19,7 +19,7 @@ def rows(db_url: str, table: str, key: str) -> dict[str, tuple[Any, ...]]:
     engine = sa.create_engine(db_url)
     try:
         with engine.connect() as conn:
-            result = conn.execute(sa.text(f"SELECT * FROM {table}"))  # noqa: S608  (a test's own table name)
+            result = conn.execute(sa.text(f"SELECT * FROM {table}"))
             return {r._mapping[key]: tuple(r) for r in result}
     finally:
         engine.dispose()
