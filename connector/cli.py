@@ -372,7 +372,12 @@ def _run(
             _RUN_STARTED.set()
             try:
                 report = p.engine.run(
-                    mode, dry_run=dry_run, since=start, until=end, retry_all=retry_all
+                    mode,
+                    dry_run=dry_run,
+                    since=start,
+                    until=end,
+                    retry_all=retry_all,
+                    sink=_PrintedPlan(enabled=dry_run and not as_json),
                 )
             finally:
                 stop_progress()
@@ -418,21 +423,45 @@ def _safe_url(url: str) -> str:
     return make_url(url).render_as_string(hide_password=True)
 
 
+class _PrintedPlan:
+    """The run's sink (`engine.RunSink`): a dry run's plan printed page by page as it is made,
+    so a dry run over a million accounts holds one page of it, not all. Decisions are counted
+    in the report; nothing else is kept."""
+
+    def __init__(self, *, enabled: bool) -> None:
+        self.enabled = enabled
+        self.started = False
+
+    def planned(self, plans: Any) -> None:
+        if not self.enabled:
+            return
+        if not self.started:
+            self.started = True
+            out.print("[bold]plan (nothing was written)[/]", highlight=False)
+            out.print(
+                f"{'action':<10} {'account':<18} {'billing account':<16} {'customer':<20} "
+                "changed fields / reason",
+                highlight=False,
+            )
+        for p in plans:
+            out.print(
+                f"{p.action:<10} {p.account_id:<18} {p.billing_account:<16} "
+                f"{p.customer_id or '-':<20} {p.detail()}",
+                highlight=False,
+                markup=False,
+                soft_wrap=True,
+            )
+
+    def decided(self, decisions: Any) -> None:
+        pass
+
+
 def _print_report(report: Any, *, state: str | None = None) -> None:
     out.print(
         f"[bold]{report.mode}{' (dry run)' if report.dry_run else ''}[/] {report.status}, run {report.run_id}",
         highlight=False,
     )
     out.print(report.summary(), highlight=False)
-    if report.dry_run and report.plan:
-        plan = Table(title="plan (nothing was written)")
-        for col in ("action", "account", "billing account", "customer", "changed fields / reason"):
-            plan.add_column(col)
-        for p in report.plan:
-            plan.add_row(
-                p.action, p.account_id, p.billing_account, p.customer_id or "-", p.detail()
-            )
-        out.print(plan)
     if state:
         out.print(f"state: {state}", highlight=False)
 

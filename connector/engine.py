@@ -125,6 +125,43 @@ class Decision:
     outcome: str
 
 
+class RunSink(Protocol):
+    """Where a run hands what it planned and decided, page by page, as it goes.
+
+    The run keeps neither: `sync --dry-run` prints each page's plan before reading the next, and
+    the daemon drops them, so memory stays bounded by a page. `KeepAll` keeps both for the
+    report (tests, the demo)."""
+
+    def planned(self, plans: Sequence[PlannedWrite]) -> None: ...
+
+    def decided(self, decisions: Sequence[Decision]) -> None: ...
+
+
+class KeepAll:
+    """Keeps every planned write and decision of a run for `RunReport.plan` and `.decisions`:
+    the whole run in memory, for small runs only."""
+
+    def __init__(self) -> None:
+        self.plan: list[PlannedWrite] = []
+        self.decisions: list[Decision] = []
+
+    def planned(self, plans: Sequence[PlannedWrite]) -> None:
+        self.plan.extend(plans)
+
+    def decided(self, decisions: Sequence[Decision]) -> None:
+        self.decisions.extend(decisions)
+
+
+class Discard:
+    """Keeps nothing: the report has the counts."""
+
+    def planned(self, plans: Sequence[PlannedWrite]) -> None:
+        pass
+
+    def decided(self, decisions: Sequence[Decision]) -> None:
+        pass
+
+
 @dataclass
 class AccountCounts:
     created: int = 0
@@ -221,10 +258,14 @@ class RunReport:
 
 @dataclass
 class Tally:
-    """Counts of one run, per billing account; each account is counted once per pass."""
+    """Counts of one run, per billing account; each account is counted once per pass.
+
+    Counts only, never ids: a run's memory is bounded by a page, at a million accounts as at a
+    thousand. `accounts_seen` counts the distinct accounts of each page read, so an account
+    whose orders fall on two pages is counted on each (it is planned on each too)."""
 
     orders_read: int = 0
-    accounts: set[str] = field(default_factory=set)
+    accounts_seen: int = 0
     by_account: dict[str, AccountCounts] = field(default_factory=dict)
     writeback_failed: int = 0
     # Orders no routing rule sends anywhere: refused, but of no billing account.
@@ -241,7 +282,7 @@ class Tally:
         keys = ("created", "updated", "unchanged", "refused", "failed")
         return {
             "orders_read": self.orders_read,
-            "accounts_seen": len(self.accounts),
+            "accounts_seen": self.accounts_seen,
             **{k: self.total(k) for k in keys},
         }
 
@@ -300,8 +341,9 @@ class RunScope:
     writebacks: dict[str, WriteBacks]  # billing account -> its write-back queue
     fresh: Mapping[str, Mapping[str, datetime]]  # ba -> account -> when an admin chose --new
     held_now: dict[str, set[str]]  # ba -> accounts this run held (a dry run cannot store them)
-    done: dict[str, set[str]]  # ba -> accounts applied this run (the retry pass skips them)
     streak: dict[str, int]  # ba -> records in a row that found no connection
+    sink: RunSink = field(default_factory=KeepAll)
+    # The current page's plan and decisions, handed to `sink` when the page is done.
     plan: list[PlannedWrite] = field(default_factory=list)
     decisions: list[Decision] = field(default_factory=list)
     expected_total: list[int | None] = field(default_factory=lambda: [None])
@@ -408,7 +450,10 @@ class Engine:
         since: datetime | None = None,
         until: datetime | None = None,
         retry_all: bool = False,
+        sink: RunSink | None = None,
     ) -> RunReport:
+        """One pass. `sink` receives the plan and decisions page by page; without one they are
+        kept whole for the report (`KeepAll`), which only small runs can afford."""
         run_id = (
             self.store.runs.start(
                 mode, dry_run=dry_run, partition=",".join(t.name for t in self.targets)
@@ -417,7 +462,7 @@ class Engine:
             else _dry_run_id()
         )
         structlog.contextvars.bind_contextvars(run_id=run_id)
-        scope = self._scope(run_id, dry_run)
+        scope = self._scope(run_id, dry_run, sink if sink is not None else KeepAll())
         sf_start = self._sf_calls()
         calls_start = {t.name: t.calls for t in self.targets}
         status, error, error_exit = "succeeded", None, None
@@ -498,6 +543,7 @@ class Engine:
             raise
         finally:
             structlog.contextvars.unbind_contextvars("run_id")
+            self._flush_sink(scope)
         report = self._report(
             scope, mode, status, error, error_exit, sf_start=sf_start, calls_start=calls_start
         )
@@ -524,7 +570,7 @@ class Engine:
         log.info("run.finished", run_id=run_id, status=report.status, **_counts(report))
         return report
 
-    def _scope(self, run_id: str, dry_run: bool) -> RunScope:
+    def _scope(self, run_id: str, dry_run: bool, sink: RunSink) -> RunScope:
         names = [t.name for t in self.targets]
         # Accounts an admin resolved with `conflicts resolve --new`: they get a new customer
         # whatever their write-back field says, once.
@@ -549,8 +595,8 @@ class Engine:
             writebacks=writebacks,
             fresh=fresh,
             held_now={n: set() for n in names},
-            done={n: set() for n in names},
             streak={n: 0 for n in names},
+            sink=sink,
         )
 
     def _report(
@@ -583,7 +629,7 @@ class Engine:
             dry_run=scope.dry_run,
             status=status,
             orders_read=tally.orders_read,
-            accounts_seen=len(tally.accounts),
+            accounts_seen=tally.accounts_seen,
             created=tally.total("created"),
             updated=tally.total("updated"),
             unchanged=tally.total("unchanged"),
@@ -593,8 +639,8 @@ class Engine:
             salesforce_calls=self._sf_calls() - sf_start,
             billing_calls=sum(c["calls"] for c in per.values()),
             billing_accounts=per,
-            plan=tuple(scope.plan),
-            decisions=tuple(scope.decisions),
+            plan=tuple(scope.sink.plan) if isinstance(scope.sink, KeepAll) else (),
+            decisions=tuple(scope.sink.decisions) if isinstance(scope.sink, KeepAll) else (),
             error=error,
             error_exit_code=error_exit,
         )
@@ -668,7 +714,16 @@ class Engine:
                 if retry_all
                 else self.store.retries.due(target.name, now=self.now())
             )
-            todo = [i.account_id for i in items if i.account_id not in scope.done[target.name]]
+            # An account this run applied was cleared from the list (written or unchanged) or
+            # has an outcome of this run (failed again, refused): asked of the store, so no set
+            # of the run's accounts is kept in memory. A dry run records none and skips none.
+            ids = [i.account_id for i in items]
+            applied = (
+                set()
+                if scope.dry_run
+                else self.store.runs.accounts_with_outcomes(scope.run_id, target.name, ids)
+            )
+            todo = [a for a in ids if a not in applied]
             for start in range(0, len(todo), 200):
                 chunk = todo[start : start + 200]
                 for page in self.source.activated_orders(
@@ -714,13 +769,36 @@ class Engine:
         *,
         depth: int = 0,
     ) -> bool:
-        """Plan and apply one page for each billing account. False when interrupted."""
+        """Plan and apply one page for each billing account. False when interrupted. What the
+        page planned and decided goes to the run's sink before the next page is read."""
+        try:
+            return self._process_page(scope, rows, targets, depth=depth)
+        finally:
+            self._flush_sink(scope)
+
+    @staticmethod
+    def _flush_sink(scope: RunScope) -> None:
+        if scope.plan:
+            plans, scope.plan[:] = list(scope.plan), []
+            scope.sink.planned(plans)
+        if scope.decisions:
+            decisions, scope.decisions[:] = list(scope.decisions), []
+            scope.sink.decided(decisions)
+
+    def _process_page(
+        self,
+        scope: RunScope,
+        rows: Sequence[OrderRow],
+        targets: Sequence[BillingTarget],
+        *,
+        depth: int,
+    ) -> bool:
         orders_before = scope.tally.orders_read
         wanted = {t.name for t in targets}
         routed: dict[str, list[OrderRow]] = {t.name: [] for t in self.targets}
+        scope.tally.accounts_seen += len({r.account_id for r in rows})
         for row in rows:
             scope.tally.orders_read += 1
-            scope.tally.accounts.add(row.account_id)
             for ba in self._route(scope, row):
                 if ba in wanted:
                     routed[ba].append(row)
@@ -1120,7 +1198,6 @@ class Engine:
             applied.append(result)
             if result.link is not None:
                 links[p.account_id] = result.link
-            scope.done[ba].add(p.account_id)
             scope.decisions.append(Decision(p.account_id, ba, p.action, result.outcome.outcome))
             if result.unreachable is not None:
                 scope.streak[ba] += 1
@@ -1136,7 +1213,6 @@ class Engine:
         # The records that found no connection are not failed: they are read again next run.
         dropped = {a.planned.account_id for a in applied if a.unreachable is not None}
         applied[:] = [a for a in applied if a.unreachable is None]
-        scope.done[ba] -= dropped
         scope.decisions[:] = [
             d
             for d in scope.decisions
@@ -1150,19 +1226,21 @@ class Engine:
 
     def _record_intents(self, creates: Iterable[PlannedWrite]) -> None:
         now = self.now()
-        with self.store.transaction():
-            for p in creates:
-                assert p.idempotency_key is not None
-                self.store.intents.record(
-                    Intent(
-                        billing_account=p.billing_account,
-                        account_id=p.account_id,
-                        idempotency_key=p.idempotency_key,
-                        payload_hash=p.payload_hash,
-                        created_at=now,
-                        payload=dict(p.payload),
-                    )
+        intents = []
+        for p in creates:
+            assert p.idempotency_key is not None
+            intents.append(
+                Intent(
+                    billing_account=p.billing_account,
+                    account_id=p.account_id,
+                    idempotency_key=p.idempotency_key,
+                    payload_hash=p.payload_hash,
+                    created_at=now,
+                    payload=dict(p.payload),
                 )
+            )
+        # One statement with a parameter set per create, in its own transaction.
+        self.store.intents.record_many(intents)
 
     # --- context, fetched in batches before planning ---------------------------------------
 
@@ -1539,6 +1617,14 @@ class Engine:
             for r in rows
             if r.account_id in active
         ]
+        # Orders of accounts whose link did not change are written only if new or moved: a
+        # re-check of unchanged accounts rewrites nothing (one read per page instead of an
+        # upsert per order). `last_seen_at` is thus when the row last changed.
+        saved = {a.planned.account_id for a in applied if a.save_link}
+        settled = [o.order_id for o in order_links if o.account_id not in saved]
+        if settled:
+            known = self.store.links.order_links(ba, settled)
+            order_links = [o for o in order_links if known.get(o.order_id) != o]
 
         def write() -> None:
             with self.store.transaction():
@@ -1546,8 +1632,7 @@ class Engine:
                 if saves:
                     self.store.links.save(saves)
                 created = [a.planned.account_id for a in applied if a.created]
-                for account_id in [*created, *unsent]:
-                    self.store.intents.drop(ba, account_id)
+                self.store.intents.drop_many(ba, [*created, *unsent])
                 if order_links:
                     self.store.links.save_order_links(order_links)
                 for a in applied:

@@ -151,13 +151,22 @@ def _get(node: Mapping[str, Any], key: str) -> Any:
     return None
 
 
+# Source path -> its segments below Order. Read per field per record: split once per path (a
+# mapping names a few dozen paths at most, so this stays small).
+_SEGMENTS: dict[str, tuple[str, ...]] = {}
+
+
 def read_source(order_record: Mapping[str, Any], source: str) -> str:
     """The text at `source` in a simple-salesforce Order record; "" for any empty lookup on the way."""
+    segments = _SEGMENTS.get(source)
+    if segments is None:
+        segments = _SEGMENTS[source] = tuple(soql_path(source).split("."))
     node: Any = order_record
-    for segment in soql_path(source).split("."):
-        if not isinstance(node, Mapping):
+    for segment in segments:
+        # Records are dicts (JSON); a Mapping check for anything else, as before.
+        if type(node) is not dict and not isinstance(node, Mapping):
             return ""
-        node = _get(node, segment)
+        node = node[segment] if segment in node else _get(node, segment)
     return _text(node)
 
 
@@ -191,7 +200,12 @@ class FieldPlan:
             return list(self.value)
         if self.value is not None:
             return finish(self.value, self.target_field)  # same rules as mapped values
-        current = next((v for v in (ctx.read(s) for s in self.sources) if v.strip()), "")
+        current = ""
+        for source in self.sources:
+            value = ctx.read(source)
+            if value.strip():
+                current = value
+                break
         for transform in self.transforms:
             current = transform(current, ctx)
         if not current.strip() and self.default is not None:
