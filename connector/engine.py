@@ -34,6 +34,7 @@ from typing import Any, Literal, Protocol
 import structlog
 
 from connector.billing.base import BillingTarget, BillingUnreachable, CustomerMissing
+from connector.config import DEFAULT_MAX_IN_FLIGHT
 from connector.errors import (
     ConnectorError,
     LockLost,
@@ -62,6 +63,7 @@ from connector.salesforce import (
 )
 from connector.state.ports import Store
 from connector.state.records import Intent, Link, OrderLink, Outcome
+from connector.writers import Stop, WritePool
 
 __all__ = ["ORDERS_CURSOR", "Engine", "PlannedWrite", "RunReport", "Source"]
 
@@ -294,6 +296,8 @@ class RunScope:
     held_now: dict[str, set[str]]  # ba -> accounts this run held (a dry run cannot store them)
     done: dict[str, set[str]]  # ba -> accounts applied this run (the retry pass skips them)
     streak: dict[str, int]  # ba -> records in a row that found no connection
+    # ba -> the most write requests it had in flight at once
+    peak_in_flight: dict[str, int] = field(default_factory=dict)
     plan: list[PlannedWrite] = field(default_factory=list)
     decisions: list[Decision] = field(default_factory=list)
     expected_total: list[int | None] = field(default_factory=lambda: [None])
@@ -357,8 +361,11 @@ class Engine:
         routing: RoutingConfig | None = None,
         sharing_groups: Sequence[SharingGroup] = (),
         mappings: Mapping[str, CustomerMapping] | None = None,
+        max_in_flight: Mapping[str, int] | None = None,
     ) -> None:
         self.source = source
+        # Billing account -> most write requests in flight at once (1: one at a time).
+        self.max_in_flight = dict(max_in_flight or {})
         self.targets = list(targets)
         # Which billing account each order goes to (None: every order to every account).
         self.routing = routing
@@ -513,7 +520,13 @@ class Engine:
                     error_exit_code=UnavailableError.exit_code,
                 )
                 log.error("run.unrecorded", error=report.error)
-        log.info("run.finished", run_id=run_id, status=report.status, **_counts(report))
+        log.info(
+            "run.finished",
+            run_id=run_id,
+            status=report.status,
+            peak_in_flight=dict(scope.peak_in_flight),
+            **_counts(report),
+        )
         return report
 
     def _scope(self, run_id: str, dry_run: bool) -> RunScope:
@@ -1097,17 +1110,36 @@ class Engine:
             # Write-ahead: every create of the batch is recorded with its key and exact payload
             # before any is sent, so a crash in between is finished with the same key.
             self._store_write(lambda: self._record_intents(creates))
-        for n, p in enumerate(plans, start=1):
+        most = self.max_in_flight.get(ba, DEFAULT_MAX_IN_FLIGHT)
+        limiter = getattr(target, "limiter", None)  # targets pace through a shared limiter
+        pool: WritePool[PlannedWrite, Applied] = WritePool(
+            lambda p: self._apply(target, p, links.get(p.account_id)),
+            key=lambda p: p.account_id,
+            writes=lambda p: p.writes,
+            window=(lambda: limiter.in_flight(most)) if limiter is not None else (lambda: most),
+            most=most,
+        )
+        sent = 0
+
+        def before_send(p: PlannedWrite) -> bool:
+            nonlocal sent
+            sent += 1
             if self.on_progress:
                 self.on_progress(
-                    orders_before + page_size * n // max(1, len(plans)), scope.expected_total[0]
+                    orders_before + page_size * sent // max(1, len(plans)),
+                    scope.expected_total[0],
                 )
             if self.stop.is_set():
                 return False  # finish cleanly: what was applied is recorded, the rest read again
             if p.writes:
                 self.before_write()
             attempted.add(p.account_id)
-            result = self._apply(target, p, links.get(p.account_id))
+            return True
+
+        unreachable: list[BillingUnreachable] = []
+
+        def on_result(p: PlannedWrite, result: Applied) -> None:
+            # In plan order, on this thread: outcomes read as in a serial run.
             applied.append(result)
             if result.link is not None:
                 links[p.account_id] = result.link
@@ -1115,11 +1147,17 @@ class Engine:
             scope.decisions.append(Decision(p.account_id, ba, p.action, result.outcome.outcome))
             if result.unreachable is not None:
                 scope.streak[ba] += 1
-                if scope.streak[ba] >= UNREACHABLE_STREAK:
-                    self._stop_unreachable(scope, ba, applied, result.unreachable)
+                if scope.streak[ba] >= UNREACHABLE_STREAK and not unreachable:
+                    unreachable.append(result.unreachable)
+                    raise Stop  # send no more; what is in flight is still handed back
             elif p.writes:
                 scope.streak[ba] = 0
-        return True
+
+        completed = pool.run(plans, before_send=before_send, on_result=on_result)
+        scope.peak_in_flight[ba] = max(scope.peak_in_flight.get(ba, 0), pool.peak)
+        if unreachable:
+            self._stop_unreachable(scope, ba, applied, unreachable[0])
+        return completed
 
     def _stop_unreachable(
         self, scope: RunScope, ba: str, applied: list[Applied], exc: BillingUnreachable

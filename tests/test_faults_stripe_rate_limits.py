@@ -100,6 +100,7 @@ def test_429s_that_outlast_the_retries_fail_the_record_and_the_next_run_creates_
         headers={"Retry-After": "0"},
         method="POST",
         path=STRIPE_CREATE,
+        body_contains=ACME,  # aimed at one record: the creates go out concurrently
         count=3,
     )
 
