@@ -25,6 +25,7 @@ import contextlib
 import json
 import threading
 import uuid
+from concurrent.futures import Future
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field, replace
@@ -63,6 +64,7 @@ from connector.salesforce import (
 )
 from connector.state.ports import Store
 from connector.state.records import Intent, Link, OrderLink, Outcome
+from connector.background import Background
 from connector.writers import Stop, WritePool
 
 __all__ = ["ORDERS_CURSOR", "Engine", "PlannedWrite", "RunReport", "Source"]
@@ -298,6 +300,10 @@ class RunScope:
     streak: dict[str, int]  # ba -> records in a row that found no connection
     # ba -> the most write requests it had in flight at once
     peak_in_flight: dict[str, int] = field(default_factory=dict)
+    # write-back batches on their way to Salesforce beside the writers
+    beside: Background[tuple[WriteBacks, list[tuple[str, str]]]] = field(
+        default_factory=lambda: Background("writeback")
+    )
     plan: list[PlannedWrite] = field(default_factory=list)
     decisions: list[Decision] = field(default_factory=list)
     expected_total: list[int | None] = field(default_factory=lambda: [None])
@@ -496,6 +502,9 @@ class Engine:
             log.exception("run.crashed")
             raise
         finally:
+            # Batches still on their way (the run stopped early) finish unrecorded: their
+            # links stay pending and the next run writes them back.
+            scope.beside.close()
             structlog.contextvars.unbind_contextvars("run_id")
         report = self._report(
             scope, mode, status, error, error_exit, sf_start=sf_start, calls_start=calls_start
@@ -1678,55 +1687,67 @@ class Engine:
         if wb.confirmed:
             confirmed, wb.confirmed = wb.confirmed, []
             self._store_write(lambda: self.store.links.mark_written_back(ba, confirmed))
+        # Full batches go to Salesforce beside the writers; the answers are recorded here, at
+        # the next page boundary, and all of them before the run ends.
         for batch in wb.take(final=final):
-            try:
-                results = self.source.write_back(batch, wb.field_name)
-            except TransientError as exc:
-                # The links stay pending and the next run writes them back; the records are
-                # reported now, so nobody believes the ids reached Salesforce.
-                log.warning("writeback.deferred", accounts=len(batch), error=str(exc))
-                results = [
-                    WriteBackResult(
-                        a,
-                        False,
-                        exc.code or "TRANSIENT",
-                        f"{exc} (pending, retried next run)",
-                        transient=True,
-                    )
-                    for a, _ in batch
-                ]
-            ok = [r.account_id for r in results if r.ok]
-            failures = [r for r in results if not r.ok]
-            customers = dict(batch)
-            outcomes = [
-                Outcome(
-                    account_id=r.account_id,
-                    billing_account=ba,
-                    outcome="failed",
-                    customer_id=customers.get(r.account_id),
-                    error_code=f"writeback_{r.code}",
-                    error_message=REDACTOR.scrub(
-                        f"writing the customer id to Account.{wb.field_name} failed: {r.message}"
-                    ),
+            scope.beside.submit((wb, batch), self.source.write_back, batch, wb.field_name)
+        for (done_wb, done_batch), future in scope.beside.collect(wait=final):
+            self._record_writeback(scope, done_wb, done_batch, future)
+
+    def _record_writeback(
+        self,
+        scope: RunScope,
+        wb: WriteBacks,
+        batch: list[tuple[str, str]],
+        future: Future[list[WriteBackResult]],
+    ) -> None:
+        ba = wb.billing_account
+        try:
+            results = future.result()
+        except TransientError as exc:
+            # The links stay pending and the next run writes them back; the records are
+            # reported now, so nobody believes the ids reached Salesforce.
+            log.warning("writeback.deferred", accounts=len(batch), error=str(exc))
+            results = [
+                WriteBackResult(
+                    a,
+                    False,
+                    exc.code or "TRANSIENT",
+                    f"{exc} (pending, retried next run)",
+                    transient=True,
                 )
-                for r in failures
+                for a, _ in batch
             ]
-            for r in failures:
-                log.warning(
-                    "writeback.failed", account_id=r.account_id, code=r.code, error=r.message
-                )
-            # A write-back failure is its own count: the account's sync outcome stays counted
-            # once, as created or updated.
-            scope.tally.writeback_failed += len(outcomes)
+        ok = [r.account_id for r in results if r.ok]
+        failures = [r for r in results if not r.ok]
+        customers = dict(batch)
+        outcomes = [
+            Outcome(
+                account_id=r.account_id,
+                billing_account=ba,
+                outcome="failed",
+                customer_id=customers.get(r.account_id),
+                error_code=f"writeback_{r.code}",
+                error_message=REDACTOR.scrub(
+                    f"writing the customer id to Account.{wb.field_name} failed: {r.message}"
+                ),
+            )
+            for r in failures
+        ]
+        for r in failures:
+            log.warning("writeback.failed", account_id=r.account_id, code=r.code, error=r.message)
+        # A write-back failure is its own count: the account's sync outcome stays counted
+        # once, as created or updated.
+        scope.tally.writeback_failed += len(outcomes)
 
-            def write(ok: list[str] = ok, outcomes: list[Outcome] = outcomes) -> None:
-                with self.store.transaction():
-                    if ok:
-                        self.store.links.mark_written_back(ba, ok)
-                    if outcomes:
-                        self.store.runs.record_outcomes(scope.run_id, outcomes)
+        def write() -> None:
+            with self.store.transaction():
+                if ok:
+                    self.store.links.mark_written_back(ba, ok)
+                if outcomes:
+                    self.store.runs.record_outcomes(scope.run_id, outcomes)
 
-            self._store_write(write)
+        self._store_write(write)
 
     # --- the cursor ---------------------------------------------------------------------------
 

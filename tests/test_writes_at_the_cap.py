@@ -123,3 +123,39 @@ def test_a_storm_of_429s_slows_the_writers_down_and_fails_no_record(
     customers = assert_one_customer_each(sandboxes, BILLED | set(ids))
     read_store(db_url).assert_links_match(customers)
     assert sandboxes.stripe.stats()["overlaps"] == []
+
+
+def test_the_write_back_runs_beside_the_writers(
+    sandboxes: SandboxPair, run_sync: Callable[..., RunReport], make_config: Callable[..., Any], db_url: str
+) -> None:
+    ids = add_billed_accounts(sandboxes, 210)  # two pages of orders
+    cfg = make_config(
+        salesforce={"page_size": 200, "writeback_batch_size": 50},
+        billing=stripe_account(sandboxes, max_requests_per_second=1000),
+    )
+    stripe, sf = sandboxes.stripe, sandboxes.salesforce
+    handle = sf._handle
+    seen: dict[str, Any] = {}
+
+    def hold_the_first_write_back(req: Any) -> Any:
+        # The first write-back waits, on the Salesforce side, for Stripe to see the next page's
+        # creates: only writers that go on beside the write-back ever let it through.
+        if req.method == "PATCH" and "composite/sobjects" in req.path and "beside" not in seen:
+            before = stripe.requests["POST /v1/customers"]
+            seen["beside"] = False
+            seen["beside"] = stripe.wait_until(
+                lambda: stripe.requests["POST /v1/customers"] > before, timeout=60
+            )
+        return handle(req)
+
+    sf._handle = hold_the_first_write_back  # type: ignore[method-assign]
+
+    report = run_sync("sync", config=cfg)
+
+    assert seen["beside"] is True
+    assert report.exit_code == 0 and report.created == len(ids) + 3
+    customers = assert_one_customer_each(sandboxes, BILLED | set(ids))
+    view = read_store(db_url)
+    view.assert_links_match(customers)
+    assert not [a for a, ln in view.links.items() if ln.writeback_pending]
+    assert all(sf.get("Account", a)["Stripe_Customer_Id__c"] == customers[a] for a in ids)  # type: ignore[index]
