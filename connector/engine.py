@@ -25,15 +25,16 @@ import contextlib
 import json
 import threading
 import uuid
-from concurrent.futures import Future
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from collections.abc import Set as AbstractSet
+from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, Protocol
 
 import structlog
 
+from connector.background import Background
 from connector.billing.base import BillingTarget, BillingUnreachable, CustomerMissing
 from connector.config import DEFAULT_MAX_IN_FLIGHT
 from connector.errors import (
@@ -64,7 +65,6 @@ from connector.salesforce import (
 )
 from connector.state.ports import Store
 from connector.state.records import Intent, Link, OrderLink, Outcome
-from connector.background import Background
 from connector.writers import Stop, WritePool
 
 __all__ = ["ORDERS_CURSOR", "Engine", "PlannedWrite", "RunReport", "Source"]

@@ -11,8 +11,8 @@ from collections.abc import Callable
 from typing import Any
 
 from conftest import BILLED
-from structlog.testing import capture_logs
 from fault_readback import assert_one_customer_each, read_store
+from structlog.testing import capture_logs
 
 from connector.engine import RunReport
 from connector.sandbox.run import SandboxPair

@@ -35,7 +35,6 @@ from connector.billing.base import (
     CustomerMissing,
     CustomerPayload,
     InvalidRequest,
-    RateLimited,
     RemoteCustomer,
     TargetRules,
 )
@@ -565,9 +564,7 @@ class ChargebeeTarget:
 
         # 429 (api_request_limit_exceeded or lock_timeout) is retried in the limiter, same key.
         try:
-            return self.limiter.call(
-                "customers", send, _refusal, who=self.name, on_refused=counted
-            )
+            return self.limiter.call("customers", send, _refusal, who=self.name, on_refused=counted)
         except chargebee.APIError as exc:
             raise self._translate(exc, customer_id) from None
         except httpx.ConnectError as exc:
@@ -686,7 +683,9 @@ def _differences(remote: RemoteCustomer, payload: CustomerPayload) -> dict[str, 
 def _refusal(exc: BaseException) -> Refusal | None:
     if not isinstance(exc, chargebee.APIError) or exc.http_status_code != 429:
         return None
-    return Refusal(code=exc.api_error_code or "api_request_limit_exceeded", retry_after=_retry_after(exc))
+    return Refusal(
+        code=exc.api_error_code or "api_request_limit_exceeded", retry_after=_retry_after(exc)
+    )
 
 
 def _retry_after(exc: chargebee.APIError) -> float | None:

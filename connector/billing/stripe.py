@@ -24,7 +24,6 @@ from connector.billing.base import (
     CustomerMissing,
     CustomerPayload,
     InvalidRequest,
-    RateLimited,
     RemoteCustomer,
     TargetRules,
 )
@@ -109,7 +108,13 @@ RULES = TargetRules(
 ENDPOINT_RATE = 25.0
 DEFAULT_ENDPOINT_RATES: Mapping[str, float] = {"customers.search": 20.0}
 ENDPOINTS = frozenset(
-    {"customers.create", "customers.update", "customers.retrieve", "customers.search", "customers.list"}
+    {
+        "customers.create",
+        "customers.update",
+        "customers.retrieve",
+        "customers.search",
+        "customers.list",
+    }
 )
 
 
@@ -244,7 +249,7 @@ class StripeTarget:
             lambda options: self._client.v1.customers.create(
                 params=params,  # type: ignore[arg-type]
                 options=_with_key(options, idempotency_key),
-            )
+            ),
         )
         return str(customer.id)
 
@@ -300,7 +305,7 @@ class StripeTarget:
             lambda options: self._client.v1.customers.search(
                 params={"query": query, "limit": 10},
                 options=options,
-            )
+            ),
         )
         out = []
         for c in result.data:
