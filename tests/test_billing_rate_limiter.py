@@ -199,3 +199,26 @@ def test_two_accounts_on_one_credential_are_held_to_the_tighter_budget() -> None
     assert lim.max_rate == 30
     assert lim.endpoint_rate("c") == 10 and lim.endpoint_rate("s") == 20
     assert lim.endpoint_rate("other") == 25
+
+
+def test_endpoint_limits_in_config_raise_the_budgets_and_refuse_unknown_endpoints() -> None:
+    from pydantic import ValidationError
+
+    from connector.billing.stripe import budget_of
+    from connector.config import BillingAccountConfig
+    from connector.errors import ConfigError
+
+    raised = budget_of(
+        BillingAccountConfig(
+            id="live", max_requests_per_second=100, endpoint_limits={"customers.create": 100}
+        )
+    )
+    assert raised.rate == 100 and raised.for_endpoint("customers.create") == 100
+    assert raised.for_endpoint("customers.update") == 25  # Stripe's default per endpoint
+    assert raised.for_endpoint("customers.search") == 20
+    with pytest.raises(ConfigError, match=r"customers\.delete.*customers\.create"):
+        budget_of(BillingAccountConfig(id="x", endpoint_limits={"customers.delete": 5}))
+    with pytest.raises(ValidationError, match="customers.create or customers.update"):
+        BillingAccountConfig(id="x", endpoint_limits={"POST /v1/customers": 5})
+    with pytest.raises(ValidationError, match="max_in_flight"):
+        BillingAccountConfig(id="x", max_in_flight=0)
