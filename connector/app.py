@@ -202,6 +202,7 @@ def make_engine(
         routing=config.routing,
         sharing_groups=engine_groups(config, targets),
         mappings=account_mappings(config, mapping) if mappings is None else mappings,
+        max_in_flight={a.id: a.max_in_flight for a in config.billing.accounts},
     )
 
 

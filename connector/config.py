@@ -114,6 +114,11 @@ _ENTITY_ID = r"^[A-Za-z0-9_-]+$"
 ENTITY_ID_MAX = 50
 
 
+# Enough for Stripe's live cap (100 a second) at 250 ms a request, with room for jitter.
+DEFAULT_MAX_IN_FLIGHT = 32
+_ENDPOINT_NAME = re.compile(r"^[a-z_]+\.[a-z_]+$")
+
+
 class BillingAccountConfig(_Model):
     """One billing account. Links are keyed by its name (`name`, or `id` as before)."""
 
@@ -142,6 +147,13 @@ class BillingAccountConfig(_Model):
     stripe_version: str | None = Field(default=None, pattern=_API_VERSION)
     # Writes per second for this account (Stripe test mode allows about 25, live about 100).
     max_requests_per_second: float = Field(default=20, gt=0, le=1000)
+    # Per-endpoint budgets, requests a second, for accounts whose limits Stripe raised:
+    # {customers.create: 100, customers.update: 100}. Unnamed endpoints keep Stripe's default
+    # (25 a second, customers.search 20).
+    endpoint_limits: dict[str, float] = Field(default_factory=dict)
+    # Most requests in flight at once for this account; the pool is sized from the pace and
+    # the latency seen, up to this. 1 sends one request at a time.
+    max_in_flight: int = Field(default=DEFAULT_MAX_IN_FLIGHT, ge=1, le=256)
     max_network_retries: int = Field(default=2, ge=0, le=10)
     # The Account field that receives this account's customer id, or null for none. Unset: the
     # first account writes to Stripe_Customer_Id__c (as before), the others write nothing.
@@ -279,6 +291,18 @@ class BillingAccountConfig(_Model):
 
         if v not in TARGET_KINDS:
             raise ValueError(f"unknown kind {v!r}; known: {', '.join(sorted(TARGET_KINDS))}")
+        return v
+
+    @field_validator("endpoint_limits")
+    @classmethod
+    def _endpoint_limits(cls, v: dict[str, float]) -> dict[str, float]:
+        for name, rate in v.items():
+            if not _ENDPOINT_NAME.match(name):
+                raise ValueError(
+                    f"endpoint {name!r}: name endpoints like customers.create or customers.update"
+                )
+            if not 0 < rate <= 10_000:
+                raise ValueError(f"endpoint {name}: requests a second must be in (0, 10000]")
         return v
 
     @model_validator(mode="after")

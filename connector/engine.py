@@ -27,12 +27,14 @@ import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from collections.abc import Set as AbstractSet
+from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, Protocol
 
 import structlog
 
+from connector.background import Background
 from connector.billing.base import (
     BillingTarget,
     BillingUnreachable,
@@ -40,6 +42,7 @@ from connector.billing.base import (
     PartiallyApplied,
     PartiallyRefused,
 )
+from connector.config import DEFAULT_MAX_IN_FLIGHT
 from connector.errors import (
     ConnectorError,
     LockLost,
@@ -68,6 +71,7 @@ from connector.salesforce import (
 )
 from connector.state.ports import Store
 from connector.state.records import Intent, Link, OrderLink, Outcome
+from connector.writers import Stop, WritePool
 
 __all__ = ["ORDERS_CURSOR", "Engine", "PlannedWrite", "RunReport", "Source"]
 
@@ -343,6 +347,12 @@ class RunScope:
     held_now: dict[str, set[str]]  # ba -> accounts this run held (a dry run cannot store them)
     streak: dict[str, int]  # ba -> records in a row that found no connection
     sink: RunSink = field(default_factory=KeepAll)
+    # ba -> the most write requests it had in flight at once
+    peak_in_flight: dict[str, int] = field(default_factory=dict)
+    # write-back batches on their way to Salesforce beside the writers
+    beside: Background[tuple[WriteBacks, list[tuple[str, str]]]] = field(
+        default_factory=lambda: Background("writeback")
+    )
     # The current page's plan and decisions, handed to `sink` when the page is done.
     plan: list[PlannedWrite] = field(default_factory=list)
     decisions: list[Decision] = field(default_factory=list)
@@ -407,8 +417,11 @@ class Engine:
         routing: RoutingConfig | None = None,
         sharing_groups: Sequence[SharingGroup] = (),
         mappings: Mapping[str, CustomerMapping] | None = None,
+        max_in_flight: Mapping[str, int] | None = None,
     ) -> None:
         self.source = source
+        # Billing account -> most write requests in flight at once (1: one at a time).
+        self.max_in_flight = dict(max_in_flight or {})
         self.targets = list(targets)
         # Which billing account each order goes to (None: every order to every account).
         self.routing = routing
@@ -542,6 +555,9 @@ class Engine:
             log.exception("run.crashed")
             raise
         finally:
+            # Batches still on their way (the run stopped early) finish unrecorded: their
+            # links stay pending and the next run writes them back.
+            scope.beside.close()
             structlog.contextvars.unbind_contextvars("run_id")
             self._flush_sink(scope)
         report = self._report(
@@ -567,7 +583,13 @@ class Engine:
                     error_exit_code=UnavailableError.exit_code,
                 )
                 log.error("run.unrecorded", error=report.error)
-        log.info("run.finished", run_id=run_id, status=report.status, **_counts(report))
+        log.info(
+            "run.finished",
+            run_id=run_id,
+            status=report.status,
+            peak_in_flight=dict(scope.peak_in_flight),
+            **_counts(report),
+        )
         return report
 
     def _scope(self, run_id: str, dry_run: bool, sink: RunSink) -> RunScope:
@@ -1184,28 +1206,53 @@ class Engine:
             # Write-ahead: every create of the batch is recorded with its key and exact payload
             # before any is sent, so a crash in between is finished with the same key.
             self._store_write(lambda: self._record_intents(creates))
-        for n, p in enumerate(plans, start=1):
+        most = self.max_in_flight.get(ba, DEFAULT_MAX_IN_FLIGHT)
+        limiter = getattr(target, "limiter", None)  # targets pace through a shared limiter
+        pool: WritePool[PlannedWrite, Applied] = WritePool(
+            lambda p: self._apply(target, p, links.get(p.account_id)),
+            key=lambda p: p.account_id,
+            writes=lambda p: p.writes,
+            window=(lambda: limiter.in_flight(most)) if limiter is not None else (lambda: most),
+            most=most,
+        )
+        sent = 0
+
+        def before_send(p: PlannedWrite) -> bool:
+            nonlocal sent
+            sent += 1
             if self.on_progress:
                 self.on_progress(
-                    orders_before + page_size * n // max(1, len(plans)), scope.expected_total[0]
+                    orders_before + page_size * sent // max(1, len(plans)),
+                    scope.expected_total[0],
                 )
             if self.stop.is_set():
                 return False  # finish cleanly: what was applied is recorded, the rest read again
             if p.writes:
                 self.before_write()
             attempted.add(p.account_id)
-            result = self._apply(target, p, links.get(p.account_id))
+            return True
+
+        unreachable: list[BillingUnreachable] = []
+
+        def on_result(p: PlannedWrite, result: Applied) -> None:
+            # In plan order, on this thread: outcomes read as in a serial run.
             applied.append(result)
             if result.link is not None:
                 links[p.account_id] = result.link
             scope.decisions.append(Decision(p.account_id, ba, p.action, result.outcome.outcome))
             if result.unreachable is not None:
                 scope.streak[ba] += 1
-                if scope.streak[ba] >= UNREACHABLE_STREAK:
-                    self._stop_unreachable(scope, ba, applied, result.unreachable)
+                if scope.streak[ba] >= UNREACHABLE_STREAK and not unreachable:
+                    unreachable.append(result.unreachable)
+                    raise Stop  # send no more; what is in flight is still handed back
             elif p.writes:
                 scope.streak[ba] = 0
-        return True
+
+        completed = pool.run(plans, before_send=before_send, on_result=on_result)
+        scope.peak_in_flight[ba] = max(scope.peak_in_flight.get(ba, 0), pool.peak)
+        if unreachable:
+            self._stop_unreachable(scope, ba, applied, unreachable[0])
+        return completed
 
     def _stop_unreachable(
         self, scope: RunScope, ba: str, applied: list[Applied], exc: BillingUnreachable
@@ -1811,55 +1858,67 @@ class Engine:
         if wb.confirmed:
             confirmed, wb.confirmed = wb.confirmed, []
             self._store_write(lambda: self.store.links.mark_written_back(ba, confirmed))
+        # Full batches go to Salesforce beside the writers; the answers are recorded here, at
+        # the next page boundary, and all of them before the run ends.
         for batch in wb.take(final=final):
-            try:
-                results = self.source.write_back(batch, wb.field_name)
-            except TransientError as exc:
-                # The links stay pending and the next run writes them back; the records are
-                # reported now, so nobody believes the ids reached Salesforce.
-                log.warning("writeback.deferred", accounts=len(batch), error=str(exc))
-                results = [
-                    WriteBackResult(
-                        a,
-                        False,
-                        exc.code or "TRANSIENT",
-                        f"{exc} (pending, retried next run)",
-                        transient=True,
-                    )
-                    for a, _ in batch
-                ]
-            ok = [r.account_id for r in results if r.ok]
-            failures = [r for r in results if not r.ok]
-            customers = dict(batch)
-            outcomes = [
-                Outcome(
-                    account_id=r.account_id,
-                    billing_account=ba,
-                    outcome="failed",
-                    customer_id=customers.get(r.account_id),
-                    error_code=f"writeback_{r.code}",
-                    error_message=REDACTOR.scrub(
-                        f"writing the customer id to Account.{wb.field_name} failed: {r.message}"
-                    ),
+            scope.beside.submit((wb, batch), self.source.write_back, batch, wb.field_name)
+        for (done_wb, done_batch), future in scope.beside.collect(wait=final):
+            self._record_writeback(scope, done_wb, done_batch, future)
+
+    def _record_writeback(
+        self,
+        scope: RunScope,
+        wb: WriteBacks,
+        batch: list[tuple[str, str]],
+        future: Future[list[WriteBackResult]],
+    ) -> None:
+        ba = wb.billing_account
+        try:
+            results = future.result()
+        except TransientError as exc:
+            # The links stay pending and the next run writes them back; the records are
+            # reported now, so nobody believes the ids reached Salesforce.
+            log.warning("writeback.deferred", accounts=len(batch), error=str(exc))
+            results = [
+                WriteBackResult(
+                    a,
+                    False,
+                    exc.code or "TRANSIENT",
+                    f"{exc} (pending, retried next run)",
+                    transient=True,
                 )
-                for r in failures
+                for a, _ in batch
             ]
-            for r in failures:
-                log.warning(
-                    "writeback.failed", account_id=r.account_id, code=r.code, error=r.message
-                )
-            # A write-back failure is its own count: the account's sync outcome stays counted
-            # once, as created or updated.
-            scope.tally.writeback_failed += len(outcomes)
+        ok = [r.account_id for r in results if r.ok]
+        failures = [r for r in results if not r.ok]
+        customers = dict(batch)
+        outcomes = [
+            Outcome(
+                account_id=r.account_id,
+                billing_account=ba,
+                outcome="failed",
+                customer_id=customers.get(r.account_id),
+                error_code=f"writeback_{r.code}",
+                error_message=REDACTOR.scrub(
+                    f"writing the customer id to Account.{wb.field_name} failed: {r.message}"
+                ),
+            )
+            for r in failures
+        ]
+        for r in failures:
+            log.warning("writeback.failed", account_id=r.account_id, code=r.code, error=r.message)
+        # A write-back failure is its own count: the account's sync outcome stays counted
+        # once, as created or updated.
+        scope.tally.writeback_failed += len(outcomes)
 
-            def write(ok: list[str] = ok, outcomes: list[Outcome] = outcomes) -> None:
-                with self.store.transaction():
-                    if ok:
-                        self.store.links.mark_written_back(ba, ok)
-                    if outcomes:
-                        self.store.runs.record_outcomes(scope.run_id, outcomes)
+        def write() -> None:
+            with self.store.transaction():
+                if ok:
+                    self.store.links.mark_written_back(ba, ok)
+                if outcomes:
+                    self.store.runs.record_outcomes(scope.run_id, outcomes)
 
-            self._store_write(write)
+        self._store_write(write)
 
     # --- the cursor ---------------------------------------------------------------------------
 

@@ -19,6 +19,7 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
+from connector.sandbox.chargebee import ChargebeeSandbox
 from connector.sandbox.run import (
     SAMPLE_ID_FIELDS,
     SANDBOX_CHARGEBEE_KEY,
@@ -30,7 +31,6 @@ from connector.sandbox.run import (
     _Stopped,
     start_chargebee_sandbox,
 )
-from connector.sandbox.chargebee import ChargebeeSandbox
 from connector.sandbox.salesforce import SalesforceSandbox
 
 # The demo site's business entities (a legal entity per region) and the account using them.
