@@ -13,8 +13,9 @@ Guarantees a run keeps, whatever fails:
   the links are saved with the intents dropped in the page's transaction, so a crash in between
   is finished with the same key on the next run instead of creating a second customer;
 - an unchanged payload (same hash as last written) costs no billing call at all;
-- the incremental cursor moves only at the end of a run that read everything, and only to the
-  Salesforce server time at which that run's reading began (a resumed backfill: its first
+- an incremental cursor (one per watched object) moves only to the end of a time window whose
+  changes were all read and whose accounts' orders were all applied, and never past the
+  Salesforce server time at which the run's reading began (a resumed backfill: its first
   attempt's), never to the newest row some query happened to return; records that failed go
   to the retry list instead of holding the cursor back for everyone else.
 """
@@ -54,12 +55,16 @@ from connector.planner import (
 )
 from connector.routing import RoutingConfig, route
 from connector.salesforce import (
+    CHANGES_PAGE,
+    IN_CHUNK,
     DeletedAccount,
     OrderPage,
     OrderRow,
+    Watched,
     WriteBackResult,
     parse_sf_datetime,
 )
+from connector.sfid import normalize_sf_id
 from connector.state.ports import Store
 from connector.state.records import Intent, Link, OrderLink, Outcome
 
@@ -71,6 +76,14 @@ Mode = Literal["sync", "backfill", "recheck", "retry"]
 
 ORDERS_CURSOR = "salesforce.orders.modstamp"
 DELETIONS_CURSOR = "salesforce.accounts.deleted.modstamp"
+# One cursor per watched object (`salesforce.changes.Account.modstamp`...): every change of that
+# object stamped before it has been read and its accounts' orders applied. ORDERS_CURSOR is
+# kept as the least of them (what `status` and the daemon show, and where a cursor of an
+# object newly watched starts); a store written by a release with the one OR'd query has only
+# ORDERS_CURSOR, and every object's cursor starts from it.
+CHANGES_CURSOR = "salesforce.changes.{}.modstamp"
+# A window that still times out at this width is not a question of width: the run fails.
+MIN_WINDOW = timedelta(seconds=1)
 SF_STAMP = "%Y-%m-%dT%H:%M:%S.000+0000"
 # After this many records in a row found no connection to a billing account, the account is
 # down, not the records: the run stops (exit 3) instead of failing every record slowly.
@@ -89,7 +102,6 @@ class Source(Protocol):
         fields: Sequence[str],
         *,
         watch: Sequence[str] = ...,
-        changed_since: datetime | None = None,
         activated_from: datetime | None = None,
         activated_until: datetime | None = None,
         after_id: str | None = None,
@@ -104,6 +116,20 @@ class Source(Protocol):
     def deleted_accounts(self, *, since: datetime | None) -> Iterator[list[DeletedAccount]]: ...
 
     def server_time(self) -> datetime: ...
+
+    def watched_objects(self, relationships: Sequence[str]) -> list[Watched]: ...
+
+    def changes(
+        self,
+        sobject: str,
+        *,
+        since: datetime,
+        until: datetime,
+        after: tuple[str, str] | None = None,
+        fields: Sequence[str] = (),
+    ) -> list[dict[str, Any]]: ...
+
+    def accounts_referencing(self, path: str, ids: Sequence[str]) -> list[str]: ...
 
 
 # --- what a run reports ----------------------------------------------------------------------
@@ -297,6 +323,8 @@ class RunScope:
     plan: list[PlannedWrite] = field(default_factory=list)
     decisions: list[Decision] = field(default_factory=list)
     expected_total: list[int | None] = field(default_factory=lambda: [None])
+    # Accounts whose orders the incremental pass read after the snapshot: read once a run.
+    read: set[str] = field(default_factory=set)
 
 
 @dataclass(frozen=True, slots=True)
@@ -389,6 +417,7 @@ class Engine:
         self.fields = sorted(unique.values())
         self.watch = watched_relationships(self.fields)
         self.link_sources = tuple(dict.fromkeys(s for m in every for s in link_sources(m)))
+        self._watched: list[Watched] | None = None
 
     # --- the run --------------------------------------------------------------------------
 
@@ -619,7 +648,6 @@ class Engine:
         """Read every page and apply it. Returns (completed, the time the cursor may move to)."""
         backfill_cursor = None
         after_id = None
-        changed_since = None
         if mode == "backfill":
             backfill_cursor = self.cursor(f"backfill:{_iso(since) or '-'}:{_iso(until) or '-'}")
             resume = _BackfillPoint.parse(self.store.cursors.get(backfill_cursor))
@@ -630,12 +658,13 @@ class Engine:
                 snapshot = resume.snapshot or snapshot
                 log.info("backfill.resuming", after_id=after_id, snapshot=_iso(snapshot))
         elif mode == "sync":
-            cursor = parse_sf_datetime(self.store.cursors.get(self.cursor(ORDERS_CURSOR)))
-            changed_since = cursor - self.overlap if cursor else None
+            starts = self._change_starts()
+            if starts is not None and snapshot is not None:
+                return self._read_changes(scope, starts, snapshot), snapshot
+            # No cursor yet: this first sync reads every activated order, as a backfill would.
         pages = self.source.activated_orders(
             self.fields,
             watch=self.watch,
-            changed_since=changed_since,
             activated_from=since if mode == "backfill" else None,
             activated_until=until if mode == "backfill" else None,
             after_id=after_id,
@@ -651,6 +680,148 @@ class Engine:
         if backfill_cursor and not scope.dry_run:
             self._set_cursor(backfill_cursor, "")
         return True, snapshot
+
+    # --- incremental reads: one selective query per watched object -----------------------------
+
+    def watched(self) -> list[Watched]:
+        """Order and every object the mappings read through, with the id paths to each."""
+        if self._watched is None:
+            self._watched = self.source.watched_objects(self.watch)
+        return self._watched
+
+    def _changes_cursor(self, sobject: str) -> str:
+        return self.cursor(CHANGES_CURSOR.format(sobject))
+
+    def _change_starts(self) -> dict[str, datetime] | None:
+        """Each watched object's cursor; None when there is none yet (nothing was ever read)."""
+        legacy = parse_sf_datetime(self.store.cursors.get(self.cursor(ORDERS_CURSOR)))
+        starts: dict[str, datetime] = {}
+        for w in self.watched():
+            own = parse_sf_datetime(self.store.cursors.get(self._changes_cursor(w.sobject)))
+            start = own or legacy
+            if start is None:
+                return None
+            starts[w.sobject] = start
+        return starts
+
+    def _read_changes(
+        self, scope: RunScope, starts: Mapping[str, datetime], snapshot: datetime
+    ) -> bool:
+        """Every change of every watched object since its cursor, up to the run's snapshot.
+
+        No query ORs fields of different objects: Salesforce uses an index for an OR only when
+        every branch filters the object queried, so the one query that ORed the SystemModstamps
+        of Order, Account, Contact and Quote scanned every Order of the org on every run.
+        """
+        for w in self.watched():
+            if not self._read_object_changes(scope, w, starts[w.sobject], snapshot):
+                return False
+        return True
+
+    def _read_object_changes(
+        self, scope: RunScope, w: Watched, start: datetime, until: datetime
+    ) -> bool:
+        """Read `w`'s changes in [start - overlap, until) and apply the orders they affect.
+
+        The window is read in keyset pages on (SystemModstamp, Id). On QUERY_TIMEOUT it is
+        halved from where it stopped and reading goes on; the object's cursor moves to the end
+        of each slice once every order that slice affected is applied (failures are on the
+        retry list), so a run stopped in between starts again at the last finished slice.
+        """
+        cursor = start
+        # The Date header is whole seconds: Salesforce's clock was somewhere in [until,
+        # until + 1s), and a change stamped in that second may already be visible. Read it
+        # now, but move the cursor no further than `until`: the next run reads it again.
+        windows: list[tuple[datetime, datetime, tuple[str, str] | None]] = [
+            (start - self.overlap, until + timedelta(seconds=1), None)
+        ]
+        while windows:
+            since, end, after = windows.pop(0)
+            if since >= end:
+                continue
+            try:
+                while True:
+                    records = self.source.changes(
+                        w.sobject, since=since, until=end, after=after
+                    )
+                    if records:
+                        if not self._apply_changes(scope, w, records):
+                            return False
+                        last = records[-1]
+                        after = (str(last["SystemModstamp"]), str(last["Id"]))
+                    if len(records) < CHANGES_PAGE:
+                        break
+            except TransientError as exc:
+                if exc.code != "QUERY_TIMEOUT":
+                    raise
+                low = parse_sf_datetime(after[0]) if after else since
+                assert low is not None
+                if end - low <= MIN_WINDOW:
+                    raise
+                middle = low + (end - low) / 2
+                log.warning(
+                    "changes.window_halved",
+                    object=w.sobject,
+                    since=_iso(low),
+                    until=_iso(end),
+                    now_until=_iso(middle),
+                )
+                windows[0:0] = [(since, middle, after), (middle, end, None)]
+                continue
+            done_until = min(end, until)
+            if not scope.dry_run and done_until > cursor:
+                self._move_change_cursor(w.sobject, done_until)
+                cursor = done_until
+        return True
+
+    def _apply_changes(
+        self, scope: RunScope, w: Watched, records: Sequence[Mapping[str, Any]]
+    ) -> bool:
+        """Read and apply the orders of every account one page of changed records affects."""
+        affected: dict[str, None] = {}
+        if w.sobject == "Order":
+            affected.update(
+                dict.fromkeys(
+                    normalize_sf_id(str(r["AccountId"]), what="Order.AccountId") for r in records
+                )
+            )
+        else:
+            ids = [str(r["Id"]) for r in records]
+            for path in w.paths:
+                for start in range(0, len(ids), IN_CHUNK):
+                    chunk = ids[start : start + IN_CHUNK]
+                    affected.update(dict.fromkeys(self.source.accounts_referencing(path, chunk)))
+        # An account already read in this run was read after the snapshot: every change
+        # stamped before it, which is all a window holds, is in what was applied.
+        todo = [a for a in affected if a not in scope.read]
+        return self._process_accounts(scope, todo, self.targets)
+
+    def _process_accounts(
+        self, scope: RunScope, account_ids: Sequence[str], targets: Sequence[BillingTarget]
+    ) -> bool:
+        for start in range(0, len(account_ids), IN_CHUNK):
+            chunk = list(account_ids[start : start + IN_CHUNK])
+            for page in self.source.activated_orders(
+                self.fields, watch=self.watch, account_ids=chunk
+            ):
+                if not self._process_rows(scope, page.rows, targets):
+                    return False
+            scope.read.update(chunk)
+        return True
+
+    def _move_change_cursor(self, sobject: str, to: datetime) -> None:
+        """Move one object's cursor, then the summary (the least of them) if it moved."""
+        self._set_cursor(self._changes_cursor(sobject), to.strftime(SF_STAMP))
+        stamps = [
+            parse_sf_datetime(self.store.cursors.get(self._changes_cursor(w.sobject)))
+            for w in self.watched()
+        ]
+        if any(s is None for s in stamps):
+            return
+        least = min(s for s in stamps if s is not None)
+        current = parse_sf_datetime(self.store.cursors.get(self.cursor(ORDERS_CURSOR)))
+        if current is None or least > current:
+            self._set_cursor(self.cursor(ORDERS_CURSOR), least.strftime(SF_STAMP))
 
     def _process_retries(self, scope: RunScope, *, retry_all: bool) -> bool:
         # Rows read here never move the cursor: the cursor is the run's snapshot time.
@@ -688,12 +859,14 @@ class Engine:
         ids = sorted(linked)
         for start in range(0, len(ids), DEPENDENTS_CHUNK):
             chunk = ids[start : start + DEPENDENTS_CHUNK]
-            for page in self.source.activated_orders(
-                self.fields, watch=self.watch, referencing={p: chunk for p in paths}
-            ):
-                rows = [r for r in page.rows if r.account_id not in skip]
-                if rows and not self._process_rows(scope, rows, targets, depth=depth + 1):
-                    return False
+            # One query per path: ORing paths through different objects would scan every Order.
+            for path in paths:
+                for page in self.source.activated_orders(
+                    self.fields, watch=self.watch, referencing={path: chunk}
+                ):
+                    rows = [r for r in page.rows if r.account_id not in skip]
+                    if rows and not self._process_rows(scope, rows, targets, depth=depth + 1):
+                        return False
         return True
 
     # --- one page ----------------------------------------------------------------------------
@@ -1700,12 +1873,14 @@ class Engine:
             return  # a backfill never moves the incremental cursor backwards or forwards past a sync
         if mode == "backfill" and not backfill_window:
             return  # a windowed backfill did not read everything
+        # The run read every change stamped before the snapshot, of every watched object.
+        for w in self.watched():
+            name = self._changes_cursor(w.sobject)
+            own = parse_sf_datetime(self.store.cursors.get(name))
+            if own is None or snapshot > own:
+                self._set_cursor(name, snapshot.strftime(SF_STAMP))
         if current is None or snapshot > current:
-            self._store_write(
-                lambda: self.store.cursors.set(
-                    self.cursor(ORDERS_CURSOR), snapshot.strftime(SF_STAMP)
-                )
-            )
+            self._set_cursor(self.cursor(ORDERS_CURSOR), snapshot.strftime(SF_STAMP))
 
 
 @dataclass(frozen=True, slots=True)

@@ -98,6 +98,58 @@ def soql_quote(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
+def soql_stamp(value: str | datetime) -> str:
+    """A SOQL datetime literal with milliseconds, for keyset positions: a SystemModstamp has
+    millisecond precision, and rounding it to the second would skip or repeat records."""
+    dt = parse_sf_datetime(value) if isinstance(value, str) else value
+    assert dt is not None
+    return dt.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+
+
+# Relationship -> object for standard relationships Salesforce fixes. Custom ones (`X__r`) can
+# point anywhere: their object comes from describe (once per org and object per process).
+_STANDARD_RELATIONSHIPS: dict[str, str] = {
+    "account": "Account",
+    "parent": "Account",
+    "billtocontact": "Contact",
+    "shiptocontact": "Contact",
+    "customerauthorizedby": "Contact",
+    "reportsto": "Contact",
+    "contact": "Contact",
+    "contract": "Contract",
+    "opportunity": "Opportunity",
+    "quote": "Quote",
+    "originalorder": "Order",
+    "pricebook2": "Pricebook2",
+    "owner": "User",
+    "createdby": "User",
+    "lastmodifiedby": "User",
+    "activatedby": "User",
+    "companyauthorizedby": "User",
+}
+_DESCRIBED: dict[tuple[str, str], dict[str, tuple[str, str]]] = {}
+
+# Changed records per keyset query: the change queries select two or three columns, so they
+# take Salesforce's largest page whatever the order page size is.
+CHANGES_PAGE = 2000
+# Ids per `IN (...)` list: 200 ids of 18 characters keep a query far under SOQL's 100,000
+# characters and the 16,384-character URI limit of a GET.
+IN_CHUNK = 200
+
+
+@dataclass(frozen=True, slots=True)
+class Watched:
+    """One object whose changes a mapping reads, and how an order reaches it.
+
+    `paths` are id paths from Order (AccountId, Account.ParentId, BillToContactId,
+    SBQQ__Quote__r.SBQQ__PrimaryContact__c): a changed record's Id found at one of them makes
+    that order's account affected. Order itself has no path: its changes name their accounts.
+    """
+
+    sobject: str
+    paths: tuple[str, ...]
+
+
 @dataclass
 class ApiUsage:
     """Calls made by this process and the org's daily allowance, from `Sforce-Limit-Info`."""
@@ -223,7 +275,6 @@ class SalesforceSource:
         fields: Sequence[str],
         *,
         watch: Sequence[str] = ("Account",),
-        changed_since: datetime | None = None,
         activated_from: datetime | None = None,
         activated_until: datetime | None = None,
         after_id: str | None = None,
@@ -232,12 +283,14 @@ class SalesforceSource:
     ) -> Iterator[OrderPage]:
         """Activated orders with every mapped Order, Account and contact field in one query.
 
-        `watch` names the relationships the payload depends on (Account, BillToContact, ...):
-        with `changed_since`, an order is read when it or any watched record changed, so an
-        edited account or contact updates its customer without a new order. Incremental reads
-        order by SystemModstamp; backfills by Id so they can resume after the last Id done.
-        `referencing` reads the orders whose field (e.g. Account.ParentId) names one of the
-        given ids: the accounts whose `link` mapping reads a link that just changed.
+        `watch` names the relationships the payload depends on (Account, BillToContact, ...);
+        their SystemModstamps are read for the row's watermark. Reads order by Id so a backfill
+        can resume after the last Id done. Incremental syncs do not filter here on
+        SystemModstamp: they find changed records with `changes` (one selective query per
+        object) and read their accounts' orders with `account_ids`. `referencing` reads the
+        orders whose field (e.g. Account.ParentId) names one of the given ids: the accounts
+        whose `link` mapping reads a link that just changed. Give one path per call: a filter
+        that ORs fields of different objects makes Salesforce scan every Order.
         """
         stamps = ["SystemModstamp", *[f"{w}.SystemModstamp" for w in watch]]
         base = [
@@ -258,9 +311,6 @@ class SalesforceSource:
         where = ["StatusCode = 'Activated'", "AccountId != null", "Account.IsDeleted = false"]
         if self.config.order_filter:
             where.append(f"({self.config.order_filter})")
-        if changed_since is not None:
-            lit = soql_datetime(changed_since)
-            where.append("(" + " OR ".join(f"{s} >= {lit}" for s in stamps) + ")")
         if activated_from is not None:
             where.append(f"ActivatedDate >= {soql_datetime(activated_from)}")
         if activated_until is not None:
@@ -278,14 +328,127 @@ class SalesforceSource:
                 )
                 + ")"
             )
-        order_by = "Id" if changed_since is None else "SystemModstamp, Id"
-        soql = (
-            f"SELECT {', '.join(select)} FROM Order WHERE {' AND '.join(where)} ORDER BY {order_by}"
-        )
+        soql = f"SELECT {', '.join(select)} FROM Order WHERE {' AND '.join(where)} ORDER BY Id"
         for page in self.query_pages(soql):
             yield OrderPage(
                 rows=[self._order_row(r, stamps) for r in page], total=self.last_total_size
             )
+
+    def changes(
+        self,
+        sobject: str,
+        *,
+        since: datetime,
+        until: datetime,
+        after: tuple[str, str] | None = None,
+        fields: Sequence[str] = (),
+        limit: int = CHANGES_PAGE,
+    ) -> list[dict[str, Any]]:
+        """One keyset page of the records of `sobject` changed in [since, until).
+
+        `SystemModstamp` is indexed on every object, so a range on it alone is selective; the
+        keyset condition `after` = (SystemModstamp, Id) of the last record of the previous
+        page ORs two conditions on the same object's own fields, which keeps the index. Each
+        page is its own short query (no query locator to expire, nothing computed ahead),
+        so a window that times out can be narrowed from where it stopped. Raises
+        TransientError(code="QUERY_TIMEOUT") when Salesforce gives up on it.
+        """
+        where = [
+            f"SystemModstamp >= {soql_stamp(since)}",
+            f"SystemModstamp < {soql_stamp(until)}",
+        ]
+        if after is not None:
+            stamp, last_id = soql_stamp(after[0]), soql_quote(after[1])
+            where.append(
+                f"(SystemModstamp > {stamp} OR (SystemModstamp = {stamp} AND Id > {last_id}))"
+            )
+        if sobject == "Order":
+            # Only activated orders are billed; their accounts are what the change affects.
+            where += ["StatusCode = 'Activated'", "AccountId != null"]
+        unique: dict[str, str] = {}
+        for name in ("Id", "SystemModstamp", *(["AccountId"] if sobject == "Order" else []), *fields):
+            unique.setdefault(name.casefold(), name)
+        soql = (
+            f"SELECT {', '.join(unique.values())} FROM {sobject} WHERE {' AND '.join(where)} "
+            f"ORDER BY SystemModstamp, Id LIMIT {int(limit)}"
+        )
+        records: list[dict[str, Any]] = []
+        for page in self.query_pages(soql):
+            records.extend(page)
+        return records
+
+    def accounts_referencing(self, path: str, ids: Sequence[str]) -> list[str]:
+        """The accounts of the activated orders whose `path` (an id path from Order) names one
+        of `ids`: the accounts a change of those records affects. Their orders are then read
+        whole by AccountId, so the order an account is billed from is chosen among all its
+        orders, not only the ones that reach the changed record."""
+        if not ids:
+            return []
+        in_list = "(" + ", ".join(soql_quote(i) for i in ids) + ")"
+        if path.casefold() == "accountid":
+            return [normalize_sf_id(i, what="Account Id") for i in ids]
+        if path.casefold().startswith("account."):
+            # A field of the account itself (ParentId): ask Account, whose filter is its own.
+            soql = f"SELECT Id FROM Account WHERE {path.split('.', 1)[1]} IN {in_list}"
+            key = "Id"
+        else:
+            where = ["StatusCode = 'Activated'", "AccountId != null", f"{path} IN {in_list}"]
+            if self.config.order_filter:
+                where.append(f"({self.config.order_filter})")
+            soql = f"SELECT AccountId FROM Order WHERE {' AND '.join(where)}"
+            key = "AccountId"
+        out: dict[str, None] = {}
+        for page in self.query_pages(soql):
+            for r in page:
+                if r.get(key):
+                    out[normalize_sf_id(str(r[key]), what=f"{path} account")] = None
+        return list(out)
+
+    def watched_objects(self, relationships: Sequence[str]) -> list[Watched]:
+        """Order first, then every object the relationships reach, with the id paths to them.
+
+        `Account.Parent` and `Account` both reach Account: one object, one cursor, two paths.
+        Standard relationships resolve without a call; a custom one (`X__r`) needs its parent
+        object's describe, made once per org and object for the life of the process.
+        """
+        paths: dict[str, dict[str, None]] = {}
+        for rel in relationships:
+            parent = "Order"
+            prefix: list[str] = []
+            target, id_field = "Order", "Id"
+            for part in rel.split("."):
+                target, id_field = self._relationship(parent, part)
+                id_path = ".".join([*prefix, id_field])
+                prefix.append(part)
+                parent = target
+            paths.setdefault(target, {})[id_path] = None
+        out = [Watched("Order", ())]
+        out += [Watched(obj, tuple(p)) for obj, p in paths.items() if obj != "Order"]
+        return out
+
+    def _relationship(self, parent: str, name: str) -> tuple[str, str]:
+        """(object, id field) of relationship `name` on `parent`."""
+        if not name.casefold().endswith("__r"):
+            known = _STANDARD_RELATIONSHIPS.get(name.casefold())
+            if known is not None:
+                return known, f"{name}Id"
+        key = (f"{self.org_id}:{self.sf.sf_instance}", parent.casefold())
+        refs = _DESCRIBED.get(key)
+        if refs is None:
+            described = self.describe(parent)
+            refs = {
+                str(f["relationshipName"]).casefold(): (str(f["referenceTo"][0]), str(f["name"]))
+                for f in described.get("fields", [])
+                if f.get("relationshipName") and f.get("referenceTo")
+            }
+            _DESCRIBED[key] = refs
+        found = refs.get(name.casefold())
+        if found is None:
+            raise ConfigError(
+                f"the mapping reads {parent}.{name}, but Salesforce's {parent} has no relationship "
+                f"named {name!r}; run `mappings check --online` to see which fields exist"
+            )
+        return found
 
     def server_time(self) -> datetime:
         """Salesforce's clock now: the Date of the latest answer, or of a cheap call if none.
