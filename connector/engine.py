@@ -1874,7 +1874,9 @@ class Engine:
         if mode == "backfill" and not backfill_window:
             return  # a windowed backfill did not read everything
         # The run read every change stamped before the snapshot, of every watched object.
-        for w in self.watched():
+        # A backfill or recheck does not resolve the watched objects (that may take describe
+        # calls): it moves the summary, where an object without a cursor of its own starts.
+        for w in self._watched or ():
             name = self._changes_cursor(w.sobject)
             own = parse_sf_datetime(self.store.cursors.get(name))
             if own is None or snapshot > own:

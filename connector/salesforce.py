@@ -253,10 +253,10 @@ class SalesforceSource:
     # --- queries ---------------------------------------------------------------------------
 
     def query_pages(
-        self, soql: str, *, include_deleted: bool = False
+        self, soql: str, *, include_deleted: bool = False, batch_size: int | None = None
     ) -> Iterator[list[dict[str, Any]]]:
         """Yield one list of records per Salesforce page; memory is bounded by the page size."""
-        headers = {"Sforce-Query-Options": f"batchSize={self.config.page_size}"}
+        headers = {"Sforce-Query-Options": f"batchSize={batch_size or self.config.page_size}"}
         result = self._guard(
             lambda: self.sf.query(soql, include_deleted=include_deleted, headers=headers)
         )
@@ -373,7 +373,7 @@ class SalesforceSource:
             f"ORDER BY SystemModstamp, Id LIMIT {int(limit)}"
         )
         records: list[dict[str, Any]] = []
-        for page in self.query_pages(soql):
+        for page in self.query_pages(soql, batch_size=min(2000, max(200, int(limit)))):
             records.extend(page)
         return records
 
