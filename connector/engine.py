@@ -23,6 +23,7 @@ Guarantees a run keeps, whatever fails:
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import threading
 import uuid
@@ -363,6 +364,37 @@ def link_sources(mapping: CustomerMapping) -> tuple[str, ...]:
     return tuple(out)
 
 
+def account_fields(paths: Iterable[str], writeback_fields: Iterable[str]) -> list[str]:
+    """The Account's own fields an order's payload, routing and write-back depend on, named as
+    on the Account: `Account.Name` -> Name, `Account.Parent.Name` -> ParentId (which parent is
+    read), `Account.Partner__r.Name` -> Partner__c, and every write-back field."""
+    out: dict[str, str] = {}
+    for path in paths:
+        parts = path.split(".")
+        if len(parts) < 2 or parts[0].casefold() != "account":
+            continue
+        if len(parts) == 2:
+            name = parts[1]
+        else:
+            rel = parts[1]
+            name = rel[:-3] + "__c" if rel.casefold().endswith("__r") else rel + "Id"
+        out.setdefault(name.casefold(), name)
+    for f in writeback_fields:
+        out.setdefault(f.casefold(), f)
+    return sorted(out.values(), key=str.casefold)
+
+
+def record_digest(
+    record: Mapping[str, Any], fields: Sequence[str], overrides: Mapping[str, str] | None = None
+) -> str:
+    """A digest of `fields` of a record as REST returns it (names case-insensitive); `overrides`
+    (folded field name -> value) stand for values the connector is about to write."""
+    folded = {k.casefold(): v for k, v in record.items() if k != "attributes"}
+    over = overrides or {}
+    items = [[f.casefold(), over.get(f.casefold(), folded.get(f.casefold()))] for f in fields]
+    return hashlib.sha256(json.dumps(items, default=str).encode()).hexdigest()
+
+
 class Engine:
     """Runs sync passes. One engine per process; runs are serialised by the store lock."""
 
@@ -414,6 +446,14 @@ class Engine:
         for m in every:
             for f in m.soql_fields():
                 unique.setdefault(f.casefold(), f)
+        # Which Account fields a change must touch to matter (see _skip_unchanged_accounts);
+        # the order query reads them all, so a row's Account carries what the digest covers.
+        self.account_fields = account_fields(
+            [*unique.values(), *getattr(source, "extra_fields", ())],
+            self.writeback_fields.values(),
+        )
+        for f in self.account_fields:
+            unique.setdefault(f"account.{f.casefold()}", f"Account.{f}")
         self.fields = sorted(unique.values())
         self.watch = watched_relationships(self.fields)
         self.link_sources = tuple(dict.fromkeys(s for m in every for s in link_sources(m)))
@@ -742,7 +782,11 @@ class Engine:
             try:
                 while True:
                     records = self.source.changes(
-                        w.sobject, since=since, until=end, after=after
+                        w.sobject,
+                        since=since,
+                        until=end,
+                        after=after,
+                        fields=self.account_fields if w.sobject == "Account" else (),
                     )
                     if records:
                         if not self._apply_changes(scope, w, records):
@@ -786,15 +830,64 @@ class Engine:
                 )
             )
         else:
-            ids = [str(r["Id"]) for r in records]
+            ids = [normalize_sf_id(str(r["Id"]), what=f"{w.sobject}.Id") for r in records]
+            same = self._unchanged_accounts(records) if w.sobject == "Account" else set()
             for path in w.paths:
-                for start in range(0, len(ids), IN_CHUNK):
-                    chunk = ids[start : start + IN_CHUNK]
+                # A change that left every field the orders read from the account as applied
+                # does not make that account's orders worth reading; the other paths (a parent
+                # whose children read it) still read, since they may read other fields.
+                todo = [i for i in ids if i not in same] if path.casefold() == "accountid" else ids
+                for start in range(0, len(todo), IN_CHUNK):
+                    chunk = todo[start : start + IN_CHUNK]
                     affected.update(dict.fromkeys(self.source.accounts_referencing(path, chunk)))
         # An account already read in this run was read after the snapshot: every change
         # stamped before it, which is all a window holds, is in what was applied.
         todo = [a for a in affected if a not in scope.read]
         return self._process_accounts(scope, todo, self.targets)
+
+    def _unchanged_accounts(self, records: Sequence[Mapping[str, Any]]) -> set[str]:
+        """Changed accounts whose fields the orders read are as the connector last applied them.
+
+        This is how the connector's own write-backs are recognised: the digest remembered when
+        an account's orders were applied covers the write-back field with the customer id
+        about to be written, so the change the write-back makes leaves the digest equal.
+        Comparing the fields is the robust way. LastModifiedById names only the latest
+        editor: an admin's edit made between the connector's read and its write-back would be
+        skipped with it, and the integration user is often shared with other automation (a
+        flow that the write-back triggers runs as that user). Recording the SystemModstamp
+        a write-back produced needs a read after every write-back (Salesforce's collection
+        answer carries no stamp), and that stamp also hides any edit saved between the read
+        and the write. A field comparison never skips a change to a field that is read,
+        whoever made it, and also skips edits to fields nothing reads.
+        """
+        ids = [normalize_sf_id(str(r["Id"]), what="Account.Id") for r in records]
+        stored = self.store.digests.get_many("Account", ids)
+        same = {
+            i
+            for i, r in zip(ids, records, strict=True)
+            if i in stored and stored[i] == record_digest(r, self.account_fields)
+        }
+        if same:
+            log.info("changes.accounts_unchanged", skipped=len(same), changed=len(ids) - len(same))
+        return same
+
+    def _remember_digests(self, scope: RunScope, rows: Sequence[OrderRow]) -> None:
+        """What this page applied of each account, with the customer ids about to be written
+        back in place of the write-back fields' current values."""
+        if scope.dry_run or not rows:
+            return
+        overrides: dict[str, dict[str, str]] = {}
+        for wb in scope.writebacks.values():
+            for acc, customer in wb.pending.items():
+                overrides.setdefault(acc, {})[wb.field_name.casefold()] = customer
+        digests = {
+            row.account_id: record_digest(
+                row.record["Account"], self.account_fields, overrides.get(row.account_id)
+            )
+            for row in rows
+            if isinstance(row.record.get("Account"), dict)
+        }
+        self._store_write(lambda: self.store.digests.set_many("Account", digests))
 
     def _process_accounts(
         self, scope: RunScope, account_ids: Sequence[str], targets: Sequence[BillingTarget]
@@ -914,6 +1007,7 @@ class Engine:
                 return False
             if target.name in users:
                 self._link_users(scope, target.name, users[target.name])
+        self._remember_digests(scope, rows)
         self._flush_writebacks(scope, final=False)
         if scope.dry_run:
             return True

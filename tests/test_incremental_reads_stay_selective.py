@@ -250,3 +250,69 @@ def _iso_ms(stamp: str | None) -> str:
     dt = parse_sf_datetime(stamp)
     assert dt is not None
     return dt.strftime("%Y-%m-%dT%H:%M:%S.000Z")
+
+
+def order_reads(sent: list[str]) -> list[str]:
+    """Queries that read orders whole (the affected accounts' orders)."""
+    return [q for q in sent if q.startswith("SELECT Id, AccountId, ActivatedDate")]
+
+
+def test_the_connectors_own_write_backs_do_not_make_accounts_look_changed(
+    sandboxes: SandboxPair, make_config: Callable[..., Config], secrets: SecretSource
+) -> None:
+    sf = sandboxes.salesforce
+    cfg = make_config(salesforce={"overlap_seconds": 0})
+    sf.advance_clock(60)  # the org's data is a minute old: only write-backs follow the snapshot
+    backfill = run(cfg, secrets, "backfill")
+    assert backfill.created == 3
+    assert all(sf.get("Account", a)["Stripe_Customer_Id__c"] for a in (ACME, INITECH, MULTI))
+    before = len(sf.soql_received())
+
+    quiet = run(cfg, secrets)
+
+    # The write-backs changed the three accounts' SystemModstamp after the backfill's
+    # snapshot: they are in the Account window, and recognised as the connector's own.
+    sent = sf.soql_received()[before:]
+    assert any(q.startswith("SELECT Id, SystemModstamp") and "FROM Account" in q for q in sent)
+    assert quiet.exit_code == 0 and quiet.orders_read == 0 and quiet.stripe_calls == 0
+    assert not order_reads(sent), order_reads(sent)
+
+    # An edit of a field nothing reads is skipped the same way; an edit of a read field is not.
+    sf.advance_clock(60)
+    sf.update("Account", INITECH, {"Website": "https://initech.example"})
+    sf.update("Account", MULTI, {"Name": "Multi Edited"})
+    edited = run(cfg, secrets)
+    assert edited.updated == 1 and edited.orders_read == 2  # Multi's two orders only
+    assert names(sandboxes)[MULTI] == "Multi Edited"
+
+    # An admin who puts another customer id in the write-back field is not mistaken for it.
+    sf.advance_clock(60)
+    sf.update("Account", INITECH, {"Stripe_Customer_Id__c": "cus_SetByAnAdmin"})
+    pasted = run(cfg, secrets)
+    assert pasted.orders_read == 1  # Initech's order was read again
+
+
+def test_an_edit_saved_between_the_read_and_the_write_back_is_not_taken_for_the_write_back(
+    sandboxes: SandboxPair, make_config: Callable[..., Config], secrets: SecretSource
+) -> None:
+    sf = sandboxes.salesforce
+    cfg = make_config(salesforce={"overlap_seconds": 0})
+    edited = threading.Event()
+
+    def edit_after_the_read(done: int, total: int | None) -> None:
+        # The backfill has read the orders; before its write-backs, an admin renames Acme.
+        # The write-back then comes last, by the integration user: LastModifiedById would say
+        # the connector made the latest change.
+        if not edited.is_set():
+            edited.set()
+            sf.update("Account", ACME, {"Name": "Acme Renamed Mid-Run"})
+
+    first = run(cfg, secrets, "backfill", on_progress=edit_after_the_read)
+    assert first.exit_code == 0 and edited.is_set()
+    assert sf.get("Account", ACME)["Stripe_Customer_Id__c"]
+    assert names(sandboxes)[ACME] != "Acme Renamed Mid-Run"
+
+    after = run(cfg, secrets)
+
+    assert after.exit_code == 0 and after.updated == 1
+    assert names(sandboxes)[ACME] == "Acme Renamed Mid-Run"

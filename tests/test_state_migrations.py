@@ -19,7 +19,7 @@ __all__ = ["db_url"]  # fixture, imported for pytest
 
 def test_upgrade_from_empty_creates_every_table(db_url: str) -> None:
     with StateStore.open(db_url) as store:
-        assert store.current_revision() == StateStore.head_revision() == "0002"
+        assert store.current_revision() == StateStore.head_revision() == "0003"
         with store._engine.connect() as conn:
             tables = set(sa.inspect(conn).get_table_names())
     assert tables >= {*schema.metadata.tables, "alembic_version"}
@@ -63,10 +63,10 @@ def test_a_schema_behind_head_names_the_upgrade_command(
 ) -> None:
     StateStore.open(db_url).close()
     # "Behind" is simulated by a newer head.
-    monkeypatch.setattr(StateStore, "head_revision", staticmethod(lambda: "0003"))
+    monkeypatch.setattr(StateStore, "head_revision", staticmethod(lambda: "0004"))
     with pytest.raises(
         ConfigError,
-        match=f"at schema revision 0002 but this version needs 0003; run `{UPGRADE_COMMAND}`",
+        match=f"at schema revision 0003 but this version needs 0004; run `{UPGRADE_COMMAND}`",
     ):
         StateStore.open(db_url, auto_migrate=False)
 
