@@ -54,6 +54,7 @@ from connector.planner import (
     plan_record,
     wants_new_customer,
 )
+from connector.prefetch import prefetched
 from connector.routing import RoutingConfig, route
 from connector.salesforce import (
     CHANGES_PAGE,
@@ -702,12 +703,14 @@ class Engine:
             if starts is not None and snapshot is not None:
                 return self._read_changes(scope, starts, snapshot), snapshot
             # No cursor yet: this first sync reads every activated order, as a backfill would.
-        pages = self.source.activated_orders(
-            self.fields,
-            watch=self.watch,
-            activated_from=since if mode == "backfill" else None,
-            activated_until=until if mode == "backfill" else None,
-            after_id=after_id,
+        pages = prefetched(
+            self.source.activated_orders(
+                self.fields,
+                watch=self.watch,
+                activated_from=since if mode == "backfill" else None,
+                activated_until=until if mode == "backfill" else None,
+                after_id=after_id,
+            )
         )
         for page in pages:
             scope.expected_total[0] = page.total
@@ -894,8 +897,8 @@ class Engine:
     ) -> bool:
         for start in range(0, len(account_ids), IN_CHUNK):
             chunk = list(account_ids[start : start + IN_CHUNK])
-            for page in self.source.activated_orders(
-                self.fields, watch=self.watch, account_ids=chunk
+            for page in prefetched(
+                self.source.activated_orders(self.fields, watch=self.watch, account_ids=chunk)
             ):
                 if not self._process_rows(scope, page.rows, targets):
                     return False

@@ -19,7 +19,7 @@ from connector.config import Config, SecretSource
 from connector.engine import CHANGES_CURSOR, ORDERS_CURSOR, RunReport
 from connector.salesforce import parse_sf_datetime
 from connector.sandbox.run import SandboxPair
-from connector.sandbox.soql import BoolOp, Comparison, Condition, Not, Query, parse
+from connector.sandbox.soql import Comparison, Condition, Not, Query, parse
 
 ACME, INITECH, MULTI = "001000000000A01AAA", "001000000000A02AAA", "001000000000M01AAA"
 JANE = "003000000000C01AAA"
