@@ -252,6 +252,8 @@ class SalesforceSource:
     extra_fields: Sequence[str] = ()
     budget_start_remaining: int | None = field(default=None)
     last_total_size: int | None = field(default=None)
+    # While set, queries are recorded here instead of sent (see `queries_of`).
+    capture: list[str] | None = field(default=None)
 
     # --- queries ---------------------------------------------------------------------------
 
@@ -259,6 +261,9 @@ class SalesforceSource:
         self, soql: str, *, include_deleted: bool = False, batch_size: int | None = None
     ) -> Iterator[list[dict[str, Any]]]:
         """Yield one list of records per Salesforce page; memory is bounded by the page size."""
+        if self.capture is not None:
+            self.capture.append(soql)  # `queries_of`: built by the code that runs them, not sent
+            return
         headers = {"Sforce-Query-Options": f"batchSize={batch_size or self.config.page_size}"}
         result = self._guard(
             lambda: self.sf.query(soql, include_deleted=include_deleted, headers=headers)
@@ -358,6 +363,40 @@ class SalesforceSource:
                         )
                 return
 
+    def queries_of(
+        self, fields: Sequence[str], watched: Sequence[Watched], account_fields: Sequence[str] = ()
+    ) -> list[str]:
+        """Every kind of SOQL a sync with these fields sends, built by the same code that sends
+        them (with sample ids and a sample window), for `explain`."""
+        sample = "001000000000000AAA"
+        now = datetime.now(UTC).replace(microsecond=0)
+        self.capture = []
+        try:
+            # The full read of a backfill reads every order by design (and goes through Bulk
+            # API above its threshold); the incremental queries are the ones that must stay
+            # selective.
+            list(self.activated_orders(fields, account_ids=[sample]))
+            for w in watched:
+                self.changes(
+                    w.sobject,
+                    since=now - timedelta(hours=1),
+                    until=now,
+                    after=(soql_stamp(now - timedelta(minutes=30)), sample),
+                    fields=account_fields if w.sobject == "Account" else (),
+                )
+                for path in w.paths:
+                    self.accounts_referencing(path, [sample])
+            return list(dict.fromkeys(self.capture))
+        finally:
+            self.capture = None
+
+    def explain(self, soql: str) -> dict[str, Any]:
+        """Salesforce's query plan for `soql` (`/query/?explain=`): plans cheapest first."""
+        result: dict[str, Any] = self._guard(
+            lambda: self.sf.restful("query/", params={"explain": soql})
+        )
+        return result
+
     def bulk_pages(self, soql: str) -> Iterator[list[dict[str, Any]]]:
         """The rows of a Bulk API 2.0 query job, shaped as REST returns them, one list of at
         most `page_size` per yield. Each result set (`bulk_page_size` rows, one call) is
@@ -412,7 +451,12 @@ class SalesforceSource:
             # Only activated orders are billed; their accounts are what the change affects.
             where += ["StatusCode = 'Activated'", "AccountId != null"]
         unique: dict[str, str] = {}
-        for name in ("Id", "SystemModstamp", *(["AccountId"] if sobject == "Order" else []), *fields):
+        for name in (
+            "Id",
+            "SystemModstamp",
+            *(["AccountId"] if sobject == "Order" else []),
+            *fields,
+        ):
             unique.setdefault(name.casefold(), name)
         soql = (
             f"SELECT {', '.join(unique.values())} FROM {sobject} WHERE {' AND '.join(where)} "
@@ -427,28 +471,47 @@ class SalesforceSource:
         """The accounts of the activated orders whose `path` (an id path from Order) names one
         of `ids`: the accounts a change of those records affects. Their orders are then read
         whole by AccountId, so the order an account is billed from is chosen among all its
-        orders, not only the ones that reach the changed record."""
+        orders, not only the ones that reach the changed record.
+
+        Every query filters its own object's field: a path through relationships
+        (`SBQQ__Quote__r.SBQQ__PrimaryContact__c`) is walked one hop at a time (the quotes of
+        those contacts, then the orders of those quotes), because a filter on a related
+        object's field cannot lead with an index.
+        """
         if not ids:
             return []
         in_list = "(" + ", ".join(soql_quote(i) for i in ids) + ")"
-        if path.casefold() == "accountid":
-            return [normalize_sf_id(i, what="Account Id") for i in ids]
-        if path.casefold().startswith("account."):
-            # A field of the account itself (ParentId): ask Account, whose filter is its own.
-            soql = f"SELECT Id FROM Account WHERE {path.split('.', 1)[1]} IN {in_list}"
-            key = "Id"
-        else:
+        parts = path.split(".")
+        if len(parts) == 1:
+            if path.casefold() == "accountid":
+                return [normalize_sf_id(i, what="Account Id") for i in ids]
             where = ["StatusCode = 'Activated'", "AccountId != null", f"{path} IN {in_list}"]
             if self.config.order_filter:
                 where.append(f"({self.config.order_filter})")
             soql = f"SELECT AccountId FROM Order WHERE {' AND '.join(where)}"
-            key = "AccountId"
-        out: dict[str, None] = {}
+            out: dict[str, None] = {}
+            for page in self.query_pages(soql):
+                for r in page:
+                    if r.get("AccountId"):
+                        out[normalize_sf_id(str(r["AccountId"]), what="Order.AccountId")] = None
+            return list(out)
+        parent = "Order"
+        for rel in parts[:-2]:
+            parent, _ = self._relationship(parent, rel)
+        target, id_field = self._relationship(parent, parts[-2])
+        soql = f"SELECT Id FROM {target} WHERE {parts[-1]} IN {in_list}"
+        found: dict[str, None] = {}
         for page in self.query_pages(soql):
             for r in page:
-                if r.get(key):
-                    out[normalize_sf_id(str(r[key]), what=f"{path} account")] = None
-        return list(out)
+                found[normalize_sf_id(str(r["Id"]), what=f"{target}.Id")] = None
+        up = ".".join([*parts[:-2], id_field])
+        hits = list(found)
+        accounts: dict[str, None] = {}
+        for start in range(0, len(hits), IN_CHUNK):
+            accounts.update(
+                dict.fromkeys(self.accounts_referencing(up, hits[start : start + IN_CHUNK]))
+            )
+        return list(accounts)
 
     def watched_objects(self, relationships: Sequence[str]) -> list[Watched]:
         """Order first, then every object the relationships reach, with the id paths to them.
