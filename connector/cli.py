@@ -654,6 +654,22 @@ def db_upgrade(config: ConfigOpt = Path("config.yaml")) -> None:
             )
 
 
+def _query_plan_warnings(cfg: Config, source: Any, folder: Path) -> list[Any]:
+    """A warning for each query of a sync that Salesforce's optimizer answers with a TableScan."""
+    from connector.app import account_mappings
+    from connector.mapping import load_mappings
+    from connector.mapping.spec import Problem
+    from connector.query_plans import table_scans
+
+    shared = load_mappings(folder)
+    mappings = [shared, *account_mappings(cfg, shared).values()]
+    where = cfg.source_file or folder
+    return [
+        Problem(Path(where), 1, 1, f"query plan: {w.message()}", "warning")
+        for w in table_scans(source, mappings, list(cfg.billing.writeback_fields().values()))
+    ]
+
+
 @mappings_app.command("check")
 def mappings_check(
     config: ConfigOpt = Path("config.yaml"),
@@ -662,7 +678,12 @@ def mappings_check(
         typer.Option("--dir", help="Mappings folder (default: from config, else ./mappings)."),
     ] = None,
     online: Annotated[
-        bool, typer.Option("--online", help="Also ask Salesforce that every source field exists.")
+        bool,
+        typer.Option(
+            "--online",
+            help="Also ask Salesforce that every source field exists, and warn about every "
+            "query whose plan is a full table scan.",
+        ),
     ] = False,
 ) -> None:
     """Validate every mapping file (the shared folder and each billing account's own) and the
@@ -701,15 +722,22 @@ def mappings_check(
             return found
 
         describe = None
+        source = None
         if online:
             assert cfg is not None
             problems = check()  # offline first: never contact Salesforce with a broken file
             if not any(p.severity == "error" for p in problems):
-                from connector.salesforce import connect
+                from connector.app import connect_source
 
-                source = connect(cfg.salesforce, secrets)
+                source = connect_source(cfg, secrets)
                 describe = source.describe
         problems = check(describe)
+        if (
+            source is not None
+            and cfg is not None
+            and not any(p.severity == "error" for p in problems)
+        ):
+            problems.extend(_query_plan_warnings(cfg, source, folder))
     errors = [p for p in problems if p.severity == "error"]
     for p in problems:
         (err if p.severity == "error" else out).print(

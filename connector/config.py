@@ -70,6 +70,13 @@ class SalesforceConfig(_Model):
     # Stop a run cleanly before it uses more than this share of the org's remaining daily calls.
     api_budget_share: float = Field(default=0.5, gt=0, le=1)
     writeback_batch_size: int = Field(default=200, ge=1, le=200)
+    # A full read (backfill, re-check, first sync) of more orders than this goes on through a
+    # Bulk API 2.0 query job after its first page; 0 keeps every read on the REST query API.
+    bulk_threshold: int = Field(default=50_000, ge=0)
+    # Records per Bulk API 2.0 result set (one call each; the set is held in memory at once).
+    bulk_page_size: int = Field(default=10_000, ge=200, le=50_000)
+    # Seconds simple-salesforce waits before polling a Bulk query job (0 polls at once).
+    bulk_poll_seconds: float = Field(default=5.0, ge=0, le=60)
 
     @field_validator("instance_url")
     @classmethod

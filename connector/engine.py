@@ -13,8 +13,9 @@ Guarantees a run keeps, whatever fails:
   the links are saved with the intents dropped in the page's transaction, so a crash in between
   is finished with the same key on the next run instead of creating a second customer;
 - an unchanged payload (same hash as last written) costs no billing call at all;
-- the incremental cursor moves only at the end of a run that read everything, and only to the
-  Salesforce server time at which that run's reading began (a resumed backfill: its first
+- an incremental cursor (one per watched object) moves only to the end of a time window whose
+  changes were all read and whose accounts' orders were all applied, and never past the
+  Salesforce server time at which the run's reading began (a resumed backfill: its first
   attempt's), never to the newest row some query happened to return; records that failed go
   to the retry list instead of holding the cursor back for everyone else.
 """
@@ -22,6 +23,7 @@ Guarantees a run keeps, whatever fails:
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import threading
 import uuid
@@ -61,14 +63,19 @@ from connector.planner import (
     plan_record,
     wants_new_customer,
 )
+from connector.prefetch import prefetched
 from connector.routing import RoutingConfig, route
 from connector.salesforce import (
+    CHANGES_PAGE,
+    IN_CHUNK,
     DeletedAccount,
     OrderPage,
     OrderRow,
+    Watched,
     WriteBackResult,
     parse_sf_datetime,
 )
+from connector.sfid import normalize_sf_id
 from connector.state.ports import Store
 from connector.state.records import Intent, Link, OrderLink, Outcome
 from connector.writers import Stop, WritePool
@@ -81,6 +88,14 @@ Mode = Literal["sync", "backfill", "recheck", "retry"]
 
 ORDERS_CURSOR = "salesforce.orders.modstamp"
 DELETIONS_CURSOR = "salesforce.accounts.deleted.modstamp"
+# One cursor per watched object (`salesforce.changes.Account.modstamp`...): every change of that
+# object stamped before it has been read and its accounts' orders applied. ORDERS_CURSOR is
+# kept as the least of them (what `status` and the daemon show, and where a cursor of an
+# object newly watched starts); a store written by a release with the one OR'd query has only
+# ORDERS_CURSOR, and every object's cursor starts from it.
+CHANGES_CURSOR = "salesforce.changes.{}.modstamp"
+# A window that still times out at this width is not a question of width: the run fails.
+MIN_WINDOW = timedelta(seconds=1)
 SF_STAMP = "%Y-%m-%dT%H:%M:%S.000+0000"
 # After this many records in a row found no connection to a billing account, the account is
 # down, not the records: the run stops (exit 3) instead of failing every record slowly.
@@ -99,7 +114,6 @@ class Source(Protocol):
         fields: Sequence[str],
         *,
         watch: Sequence[str] = ...,
-        changed_since: datetime | None = None,
         activated_from: datetime | None = None,
         activated_until: datetime | None = None,
         after_id: str | None = None,
@@ -114,6 +128,20 @@ class Source(Protocol):
     def deleted_accounts(self, *, since: datetime | None) -> Iterator[list[DeletedAccount]]: ...
 
     def server_time(self) -> datetime: ...
+
+    def watched_objects(self, relationships: Sequence[str]) -> list[Watched]: ...
+
+    def changes(
+        self,
+        sobject: str,
+        *,
+        since: datetime,
+        until: datetime,
+        after: tuple[str, str] | None = None,
+        fields: Sequence[str] = (),
+    ) -> list[dict[str, Any]]: ...
+
+    def accounts_referencing(self, path: str, ids: Sequence[str]) -> list[str]: ...
 
 
 # --- what a run reports ----------------------------------------------------------------------
@@ -357,6 +385,8 @@ class RunScope:
     plan: list[PlannedWrite] = field(default_factory=list)
     decisions: list[Decision] = field(default_factory=list)
     expected_total: list[int | None] = field(default_factory=lambda: [None])
+    # Accounts whose orders the incremental pass read after the snapshot: read once a run.
+    read: set[str] = field(default_factory=set)
 
 
 @dataclass(frozen=True, slots=True)
@@ -393,6 +423,37 @@ def link_sources(mapping: CustomerMapping) -> tuple[str, ...]:
         if any(t.normalised() == "link" for t in plan.transforms):
             out.update(dict.fromkeys(plan.sources))
     return tuple(out)
+
+
+def account_fields(paths: Iterable[str], writeback_fields: Iterable[str]) -> list[str]:
+    """The Account's own fields an order's payload, routing and write-back depend on, named as
+    on the Account: `Account.Name` -> Name, `Account.Parent.Name` -> ParentId (which parent is
+    read), `Account.Partner__r.Name` -> Partner__c, and every write-back field."""
+    out: dict[str, str] = {}
+    for path in paths:
+        parts = path.split(".")
+        if len(parts) < 2 or parts[0].casefold() != "account":
+            continue
+        if len(parts) == 2:
+            name = parts[1]
+        else:
+            rel = parts[1]
+            name = rel[:-3] + "__c" if rel.casefold().endswith("__r") else rel + "Id"
+        out.setdefault(name.casefold(), name)
+    for f in writeback_fields:
+        out.setdefault(f.casefold(), f)
+    return sorted(out.values(), key=str.casefold)
+
+
+def record_digest(
+    record: Mapping[str, Any], fields: Sequence[str], overrides: Mapping[str, str] | None = None
+) -> str:
+    """A digest of `fields` of a record as REST returns it (names case-insensitive); `overrides`
+    (folded field name -> value) stand for values the connector is about to write."""
+    folded = {k.casefold(): v for k, v in record.items() if k != "attributes"}
+    over = overrides or {}
+    items = [[f.casefold(), over.get(f.casefold(), folded.get(f.casefold()))] for f in fields]
+    return hashlib.sha256(json.dumps(items, default=str).encode()).hexdigest()
 
 
 class Engine:
@@ -449,9 +510,18 @@ class Engine:
         for m in every:
             for f in m.soql_fields():
                 unique.setdefault(f.casefold(), f)
+        # Which Account fields a change must touch to matter (see _skip_unchanged_accounts);
+        # the order query reads them all, so a row's Account carries what the digest covers.
+        self.account_fields = account_fields(
+            [*unique.values(), *getattr(source, "extra_fields", ())],
+            self.writeback_fields.values(),
+        )
+        for f in self.account_fields:
+            unique.setdefault(f"account.{f.casefold()}", f"Account.{f}")
         self.fields = sorted(unique.values())
         self.watch = watched_relationships(self.fields)
         self.link_sources = tuple(dict.fromkeys(s for m in every for s in link_sources(m)))
+        self._watched: list[Watched] | None = None
 
     # --- the run --------------------------------------------------------------------------
 
@@ -695,7 +765,6 @@ class Engine:
         """Read every page and apply it. Returns (completed, the time the cursor may move to)."""
         backfill_cursor = None
         after_id = None
-        changed_since = None
         if mode == "backfill":
             backfill_cursor = self.cursor(f"backfill:{_iso(since) or '-'}:{_iso(until) or '-'}")
             resume = _BackfillPoint.parse(self.store.cursors.get(backfill_cursor))
@@ -706,15 +775,18 @@ class Engine:
                 snapshot = resume.snapshot or snapshot
                 log.info("backfill.resuming", after_id=after_id, snapshot=_iso(snapshot))
         elif mode == "sync":
-            cursor = parse_sf_datetime(self.store.cursors.get(self.cursor(ORDERS_CURSOR)))
-            changed_since = cursor - self.overlap if cursor else None
-        pages = self.source.activated_orders(
-            self.fields,
-            watch=self.watch,
-            changed_since=changed_since,
-            activated_from=since if mode == "backfill" else None,
-            activated_until=until if mode == "backfill" else None,
-            after_id=after_id,
+            starts = self._change_starts()
+            if starts is not None and snapshot is not None:
+                return self._read_changes(scope, starts, snapshot), snapshot
+            # No cursor yet: this first sync reads every activated order, as a backfill would.
+        pages = prefetched(
+            self.source.activated_orders(
+                self.fields,
+                watch=self.watch,
+                activated_from=since if mode == "backfill" else None,
+                activated_until=until if mode == "backfill" else None,
+                after_id=after_id,
+            )
         )
         for page in pages:
             scope.expected_total[0] = page.total
@@ -727,6 +799,201 @@ class Engine:
         if backfill_cursor and not scope.dry_run:
             self._set_cursor(backfill_cursor, "")
         return True, snapshot
+
+    # --- incremental reads: one selective query per watched object -----------------------------
+
+    def watched(self) -> list[Watched]:
+        """Order and every object the mappings read through, with the id paths to each."""
+        if self._watched is None:
+            self._watched = self.source.watched_objects(self.watch)
+        return self._watched
+
+    def _changes_cursor(self, sobject: str) -> str:
+        return self.cursor(CHANGES_CURSOR.format(sobject))
+
+    def _change_starts(self) -> dict[str, datetime] | None:
+        """Each watched object's cursor; None when there is none yet (nothing was ever read)."""
+        legacy = parse_sf_datetime(self.store.cursors.get(self.cursor(ORDERS_CURSOR)))
+        starts: dict[str, datetime] = {}
+        for w in self.watched():
+            own = parse_sf_datetime(self.store.cursors.get(self._changes_cursor(w.sobject)))
+            start = own or legacy
+            if start is None:
+                return None
+            starts[w.sobject] = start
+        return starts
+
+    def _read_changes(
+        self, scope: RunScope, starts: Mapping[str, datetime], snapshot: datetime
+    ) -> bool:
+        """Every change of every watched object since its cursor, up to the run's snapshot.
+
+        No query ORs fields of different objects: Salesforce uses an index for an OR only when
+        every branch filters the object queried, so the one query that ORed the SystemModstamps
+        of Order, Account, Contact and Quote scanned every Order of the org on every run.
+        """
+        for w in self.watched():
+            if not self._read_object_changes(scope, w, starts[w.sobject], snapshot):
+                return False
+        return True
+
+    def _read_object_changes(
+        self, scope: RunScope, w: Watched, start: datetime, until: datetime
+    ) -> bool:
+        """Read `w`'s changes in [start - overlap, until) and apply the orders they affect.
+
+        The window is read in keyset pages on (SystemModstamp, Id). On QUERY_TIMEOUT it is
+        halved from where it stopped and reading goes on; the object's cursor moves to the end
+        of each slice once every order that slice affected is applied (failures are on the
+        retry list), so a run stopped in between starts again at the last finished slice.
+        """
+        cursor = start
+        # The Date header is whole seconds: Salesforce's clock was somewhere in [until,
+        # until + 1s), and a change stamped in that second may already be visible. Read it
+        # now, but move the cursor no further than `until`: the next run reads it again.
+        windows: list[tuple[datetime, datetime, tuple[str, str] | None]] = [
+            (start - self.overlap, until + timedelta(seconds=1), None)
+        ]
+        while windows:
+            since, end, after = windows.pop(0)
+            if since >= end:
+                continue
+            try:
+                while True:
+                    records = self.source.changes(
+                        w.sobject,
+                        since=since,
+                        until=end,
+                        after=after,
+                        fields=self.account_fields if w.sobject == "Account" else (),
+                    )
+                    if records:
+                        if not self._apply_changes(scope, w, records):
+                            return False
+                        last = records[-1]
+                        after = (str(last["SystemModstamp"]), str(last["Id"]))
+                    if len(records) < CHANGES_PAGE:
+                        break
+            except TransientError as exc:
+                if exc.code != "QUERY_TIMEOUT":
+                    raise
+                low = parse_sf_datetime(after[0]) if after else since
+                assert low is not None
+                if end - low <= MIN_WINDOW:
+                    raise
+                middle = low + (end - low) / 2
+                log.warning(
+                    "changes.window_halved",
+                    object=w.sobject,
+                    since=_iso(low),
+                    until=_iso(end),
+                    now_until=_iso(middle),
+                )
+                windows[0:0] = [(since, middle, after), (middle, end, None)]
+                continue
+            done_until = min(end, until)
+            if not scope.dry_run and done_until > cursor:
+                self._move_change_cursor(w.sobject, done_until)
+                cursor = done_until
+        return True
+
+    def _apply_changes(
+        self, scope: RunScope, w: Watched, records: Sequence[Mapping[str, Any]]
+    ) -> bool:
+        """Read and apply the orders of every account one page of changed records affects."""
+        affected: dict[str, None] = {}
+        if w.sobject == "Order":
+            affected.update(
+                dict.fromkeys(
+                    normalize_sf_id(str(r["AccountId"]), what="Order.AccountId") for r in records
+                )
+            )
+        else:
+            ids = [normalize_sf_id(str(r["Id"]), what=f"{w.sobject}.Id") for r in records]
+            same = self._unchanged_accounts(records) if w.sobject == "Account" else set()
+            for path in w.paths:
+                # A change that left every field the orders read from the account as applied
+                # does not make that account's orders worth reading; the other paths (a parent
+                # whose children read it) still read, since they may read other fields.
+                todo = [i for i in ids if i not in same] if path.casefold() == "accountid" else ids
+                for start in range(0, len(todo), IN_CHUNK):
+                    chunk = todo[start : start + IN_CHUNK]
+                    affected.update(dict.fromkeys(self.source.accounts_referencing(path, chunk)))
+        # An account already read in this run was read after the snapshot: every change
+        # stamped before it, which is all a window holds, is in what was applied.
+        todo = [a for a in affected if a not in scope.read]
+        return self._process_accounts(scope, todo, self.targets)
+
+    def _unchanged_accounts(self, records: Sequence[Mapping[str, Any]]) -> set[str]:
+        """Changed accounts whose fields the orders read are as the connector last applied them.
+
+        This is how the connector's own write-backs are recognised: the digest remembered when
+        an account's orders were applied covers the write-back field with the customer id
+        about to be written, so the change the write-back makes leaves the digest equal.
+        Comparing the fields is the robust way. LastModifiedById names only the latest
+        editor: an admin's edit made between the connector's read and its write-back would be
+        skipped with it, and the integration user is often shared with other automation (a
+        flow that the write-back triggers runs as that user). Recording the SystemModstamp
+        a write-back produced needs a read after every write-back (Salesforce's collection
+        answer carries no stamp), and that stamp also hides any edit saved between the read
+        and the write. A field comparison never skips a change to a field that is read,
+        whoever made it, and also skips edits to fields nothing reads.
+        """
+        ids = [normalize_sf_id(str(r["Id"]), what="Account.Id") for r in records]
+        stored = self.store.digests.get_many("Account", ids)
+        same = {
+            i
+            for i, r in zip(ids, records, strict=True)
+            if i in stored and stored[i] == record_digest(r, self.account_fields)
+        }
+        if same:
+            log.info("changes.accounts_unchanged", skipped=len(same), changed=len(ids) - len(same))
+        return same
+
+    def _remember_digests(self, scope: RunScope, rows: Sequence[OrderRow]) -> None:
+        """What this page applied of each account, with the customer ids about to be written
+        back in place of the write-back fields' current values."""
+        if scope.dry_run or not rows:
+            return
+        overrides: dict[str, dict[str, str]] = {}
+        for wb in scope.writebacks.values():
+            for acc, customer in wb.pending.items():
+                overrides.setdefault(acc, {})[wb.field_name.casefold()] = customer
+        digests = {
+            row.account_id: record_digest(
+                row.record["Account"], self.account_fields, overrides.get(row.account_id)
+            )
+            for row in rows
+            if isinstance(row.record.get("Account"), dict)
+        }
+        self._store_write(lambda: self.store.digests.set_many("Account", digests))
+
+    def _process_accounts(
+        self, scope: RunScope, account_ids: Sequence[str], targets: Sequence[BillingTarget]
+    ) -> bool:
+        for start in range(0, len(account_ids), IN_CHUNK):
+            chunk = list(account_ids[start : start + IN_CHUNK])
+            for page in prefetched(
+                self.source.activated_orders(self.fields, watch=self.watch, account_ids=chunk)
+            ):
+                if not self._process_rows(scope, page.rows, targets):
+                    return False
+            scope.read.update(chunk)
+        return True
+
+    def _move_change_cursor(self, sobject: str, to: datetime) -> None:
+        """Move one object's cursor, then the summary (the least of them) if it moved."""
+        self._set_cursor(self._changes_cursor(sobject), to.strftime(SF_STAMP))
+        stamps = [
+            parse_sf_datetime(self.store.cursors.get(self._changes_cursor(w.sobject)))
+            for w in self.watched()
+        ]
+        if any(s is None for s in stamps):
+            return
+        least = min(s for s in stamps if s is not None)
+        current = parse_sf_datetime(self.store.cursors.get(self.cursor(ORDERS_CURSOR)))
+        if current is None or least > current:
+            self._set_cursor(self.cursor(ORDERS_CURSOR), least.strftime(SF_STAMP))
 
     def _process_retries(self, scope: RunScope, *, retry_all: bool) -> bool:
         # Rows read here never move the cursor: the cursor is the run's snapshot time.
@@ -773,12 +1040,14 @@ class Engine:
         ids = sorted(linked)
         for start in range(0, len(ids), DEPENDENTS_CHUNK):
             chunk = ids[start : start + DEPENDENTS_CHUNK]
-            for page in self.source.activated_orders(
-                self.fields, watch=self.watch, referencing={p: chunk for p in paths}
-            ):
-                rows = [r for r in page.rows if r.account_id not in skip]
-                if rows and not self._process_rows(scope, rows, targets, depth=depth + 1):
-                    return False
+            # One query per path: ORing paths through different objects would scan every Order.
+            for path in paths:
+                for page in self.source.activated_orders(
+                    self.fields, watch=self.watch, referencing={path: chunk}
+                ):
+                    rows = [r for r in page.rows if r.account_id not in skip]
+                    if rows and not self._process_rows(scope, rows, targets, depth=depth + 1):
+                        return False
         return True
 
     # --- one page ----------------------------------------------------------------------------
@@ -849,6 +1118,7 @@ class Engine:
                 return False
             if target.name in users:
                 self._link_users(scope, target.name, users[target.name])
+        self._remember_digests(scope, rows)
         self._flush_writebacks(scope, final=False)
         if scope.dry_run:
             return True
@@ -1930,12 +2200,16 @@ class Engine:
             return  # a backfill never moves the incremental cursor backwards or forwards past a sync
         if mode == "backfill" and not backfill_window:
             return  # a windowed backfill did not read everything
+        # The run read every change stamped before the snapshot, of every watched object.
+        # A backfill or recheck does not resolve the watched objects (that may take describe
+        # calls): it moves the summary, where an object without a cursor of its own starts.
+        for w in self._watched or ():
+            name = self._changes_cursor(w.sobject)
+            own = parse_sf_datetime(self.store.cursors.get(name))
+            if own is None or snapshot > own:
+                self._set_cursor(name, snapshot.strftime(SF_STAMP))
         if current is None or snapshot > current:
-            self._store_write(
-                lambda: self.store.cursors.set(
-                    self.cursor(ORDERS_CURSOR), snapshot.strftime(SF_STAMP)
-                )
-            )
+            self._set_cursor(self.cursor(ORDERS_CURSOR), snapshot.strftime(SF_STAMP))
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,7 +8,7 @@ must never do: import SQLAlchemy or any concrete repository.
 from __future__ import annotations
 
 import builtins
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from datetime import datetime
 from pathlib import Path
@@ -128,6 +128,11 @@ class Locks(Protocol):
     def path(self, name: str = "sync") -> Path | None: ...
 
 
+class Digests(Protocol):
+    def get_many(self, sobject: str, ids: Sequence[str]) -> dict[str, str]: ...
+    def set_many(self, sobject: str, digests: Mapping[str, str]) -> None: ...
+
+
 class Store(Protocol):
     """The repositories, and one transaction that calls on any of them join."""
 
@@ -137,6 +142,8 @@ class Store(Protocol):
     def runs(self) -> Runs: ...
     @property
     def cursors(self) -> Cursors: ...
+    @property
+    def digests(self) -> Digests: ...
     @property
     def retries(self) -> Retries: ...
     @property
