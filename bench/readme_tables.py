@@ -69,6 +69,10 @@ def sync_table(data: dict[str, Any], name: str) -> str:
         else ""
     )
     options = "".join(f", `{o}`" for o in p.get("connector_options") or [])
+    if p.get("connector_endpoint_limits"):
+        options += ", endpoint limits " + ", ".join(
+            f"{k} {fmt(v)}" for k, v in p["connector_endpoint_limits"].items()
+        )
     out = [
         f"**N = {p['accounts']:,}, {mode}**: Stripe {fmt(p['stripe_latency_s'] * 1000)} ms per "
         f"request, {levels}, burst {fmt(p['stripe_burst'])}; Salesforce "

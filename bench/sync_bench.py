@@ -351,6 +351,8 @@ def write_config(
     cfg["salesforce"]["page_size"] = args.page_size
     account = cfg["billing"]["accounts"][0]
     account["max_requests_per_second"] = args.connector_rate
+    if args.connector_endpoint_limits:
+        account["endpoint_limits"] = dict(args.connector_endpoint_limits)
     for option in args.connector_option:
         _set_option(account, option)
     cfg["log"] = {"level": "warning", "format": "json"}
@@ -371,6 +373,7 @@ ENDPOINTS = {
     "search": "GET /v1/customers/search",
 }
 SEARCH_BUDGET = 20.0
+DEFAULT_ENDPOINT_BUDGET = 25.0  # what a connector assumes of an endpoint it is told nothing of
 
 
 @dataclass(frozen=True)
@@ -659,6 +662,33 @@ def limits_from(args: argparse.Namespace) -> StripeLimits:
     )
 
 
+def connector_knows_endpoint_limits() -> bool:
+    from connector.config import BillingAccountConfig
+
+    return "endpoint_limits" in BillingAccountConfig.model_fields
+
+
+def connector_pacing(
+    args: argparse.Namespace, limits: StripeLimits
+) -> tuple[float, dict[str, float]]:
+    """What the connector is told of the account's limits, as an admin would tell it.
+
+    A connector whose limiter knows both levels (config `endpoint_limits`) gets the global cap
+    and, where they differ from Stripe's default 25, the endpoint budgets; an older one, with
+    one pace, gets the effective cap of creates (every scenario writes through one endpoint).
+    `--connector-rate` overrides the pace.
+    """
+    if connector_knows_endpoint_limits():
+        rate = args.connector_rate or limits.global_cap or 1000
+        budgets = (
+            {"customers.create": limits.endpoint_budget, "customers.update": limits.endpoint_budget}
+            if limits.endpoint_budget and limits.endpoint_budget != DEFAULT_ENDPOINT_BUDGET
+            else {}
+        )
+        return rate, budgets
+    return args.connector_rate or limits.effective_cap(["create"]) or 1000, {}
+
+
 def _set_option(account: dict[str, Any], option: str) -> None:
     """`key=value` or `a.b=value` (value read as YAML) on the billing account's config."""
     key, sep, text = option.partition("=")
@@ -689,8 +719,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     started = datetime.now(UTC)
     load_at_start = _load_average()
     limits = limits_from(args)
-    connector_rate = args.connector_rate or limits.effective_cap(["create"]) or 1000
-    args.connector_rate = connector_rate
+    connector_rate, endpoint_limits = connector_pacing(args, limits)
+    args.connector_rate, args.connector_endpoint_limits = connector_rate, endpoint_limits
     deadline = _deadline(args.deadline)
     queries = QueryLog()
     queries.install()
@@ -711,6 +741,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "stripe_burst": limits.burst,
             "sandbox_has_both_levels": True,
             "connector_rate_rps": connector_rate,
+            "connector_endpoint_limits": endpoint_limits or None,
             "connector_options": list(args.connector_option),
             "salesforce_latency_s": args.salesforce_latency,
             "page_size": args.page_size,
