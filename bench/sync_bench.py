@@ -835,11 +835,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 print(res.get("stderr_tail", ""), file=sys.stderr)
                 break
         data["parameters"]["accounts_changed"] = accounts_changed
-        customers = pair.stripe.customers()
-        written_back = sum(
-            1 for a in pair.salesforce.records("Account") if a.get("Stripe_Customer_Id__c")
-        )
         ran = {s["scenario"] for s in data["scenarios"]}
+        customers = pair.stripe.customers()
+        # A copy of every account: only worth it when a run wrote customer ids back.
+        written_back = (
+            sum(1 for a in pair.salesforce.records("Account") if a.get("Stripe_Customer_Id__c"))
+            if customers
+            else 0
+        )
         data["checks"] = {
             "stripe_customers": len(customers),
             "accounts_with_customer_id_written_back": written_back,
