@@ -855,7 +855,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if customers and "recheck_after_mapping_change" in ran
             else None,
         }
-        data["machine"] = machine()  # its load average is the one as the run ended
+        # The commit is the one the run started at (a commit made while it ran changes no
+        # code it loaded); the load average is the one as it ended.
+        data["machine"]["load_average_1_5_15"] = _load_average()
         # This process holds the sandboxes: what holding the org at this size took.
         data["setup"]["sandboxes_peak_rss_mib"] = round((_vm_hwm_kib(os.getpid()) or 0) / 1024, 1)
         data["finished"] = True
