@@ -153,3 +153,33 @@ def test_targets_are_met_only_where_the_figures_show_it() -> None:
     # A record failed: not met, however fast.
     table = targets_table([("a.json", _run_file("test", 0.95, 1))])
     assert "**not met**" in table.splitlines()[2]
+
+
+def test_a_million_account_run_cut_short_decides_only_when_already_over_the_limit() -> None:
+    from bench.readme_tables import targets_table
+
+    def dry_run(rss: float, stopped: str | None) -> dict[str, object]:
+        return {
+            "parameters": {
+                "mode": "live-raised",
+                "accounts": 1_000_000,
+                "stripe_latency_s": 0.05,
+                "salesforce_latency_s": 0.2,
+            },
+            "scenarios": [
+                {
+                    "scenario": "dry_run",
+                    "stopped": stopped,
+                    "connector_process": {"peak_rss_mib": rss},
+                }
+            ],
+        }
+
+    def verdict(rss: float, stopped: str | None) -> str:
+        table = targets_table([("m.json", dry_run(rss, stopped))])
+        return next(line for line in table.splitlines() if "dry_run" in line)
+
+    assert verdict(200, None).endswith("**met** |")
+    assert verdict(300, None).endswith("**not met** |")
+    assert verdict(300, "deadline").endswith("**not met** |")
+    assert verdict(200, "deadline").endswith("not measured |")
