@@ -68,7 +68,10 @@ def field_names_another_customer(sandboxes: SandboxPair, run_sync: Callable[...,
 
 def interrupted_creates(sandboxes: SandboxPair, run_sync: Callable[..., RunReport]) -> None:
     # Creates applied by Stripe whose answers were lost, also on the client's retries.
-    sandboxes.stripe.inject_fault(method="POST", path=r"^/v1/customers$", drop="after", count=3)
+    # Aimed at Acme by its account id: the creates go out concurrently.
+    sandboxes.stripe.inject_fault(
+        method="POST", path=r"^/v1/customers$", drop="after", count=3, body_contains=ACME
+    )
     first = run_sync("backfill")
     assert first.failed == 1
     sandboxes.salesforce.update("Account", ACME, {"Name": "Acme Renamed Meanwhile"})
