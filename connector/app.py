@@ -13,6 +13,7 @@ import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 from connector.billing import TARGET_KINDS, build_target
 from connector.billing.base import BillingTarget
@@ -25,7 +26,7 @@ from connector.mapping.accounts import (
     load_account_mappings,
     mapping_folders,
 )
-from connector.partitions import hold_partitions, partitions_of
+from connector.partitions import hold_partitions, partitions_holding, partitions_of
 from connector.salesforce import SalesforceSource, connect
 from connector.state.store import StateStore
 
@@ -60,6 +61,32 @@ def check_mapping_fits(config: Config, mapping: CustomerMapping) -> None:
                 file=config.source_file,
                 key=f"billing.accounts.{i}.kind",
             )
+
+
+def mapping_system_problems(config: Config, folder: Path) -> list[Problem]:
+    """Billing accounts whose mapping builds for another system than their kind's (a Chargebee
+    account reading the Stripe mapping): found by `mappings check`, before a run refuses it."""
+    names = [a.id for a in config.billing.accounts]
+    try:
+        mappings = load_account_mappings(folder, names)
+    except MappingErrors:
+        return []  # the files' own errors are reported by whoever checks them
+    out = []
+    for acct in config.billing.accounts:
+        system = TARGET_KINDS[acct.kind].system
+        m = mappings[acct.id]
+        if m.system != system:
+            hint = f" (point mappings_dir at {folder / system})" if (folder / system).is_dir() else ""
+            out.append(
+                Problem(
+                    m.file,
+                    1,
+                    1,
+                    f"billing account '{acct.id}' is of kind {acct.kind!r} (system {system!r}) "
+                    f"but this mapping builds for system {m.system!r}{hint}",
+                )
+            )
+    return out
 
 
 def connect_source(config: Config, secrets: SecretSource) -> SalesforceSource:
@@ -133,8 +160,7 @@ def engine_groups(config: Config, targets: Sequence[BillingTarget]) -> list[Shar
         if inside != set(g.accounts):
             raise ConfigError(
                 f"sharing group {g.label}: this run has {', '.join(sorted(inside))} but not "
-                f"{', '.join(sorted(set(g.accounts) - inside))}; a group's members run together "
-                "(the daemon's partitions do not follow sharing groups yet: use `sync`)",
+                f"{', '.join(sorted(set(g.accounts) - inside))}; a group's members run together",
                 file=config.source_file,
                 key="billing.sharing_groups",
             )
@@ -190,14 +216,26 @@ def open_pipeline(
     lock: bool = True,
     accounts: Sequence[str] | None = None,
 ) -> Iterator[Pipeline]:
-    """Everything a run needs, with every partition's lock held for its duration (the daemon
-    takes the same locks, so a one-shot command and `run` never write the same account).
+    """Everything a run needs, with the lock of every partition it runs held for its duration
+    (the daemon takes the same locks, so a one-shot command and `run` never write the same
+    account).
 
     `accounts` limits the run to those billing accounts (`sync --account NAME`), with the other
-    members of their sharing groups; their cursors are then their own, as a daemon
-    partition's are."""
+    members of their sharing groups; it then holds only their partitions' locks (a replica may
+    run the others meanwhile), and their cursors are their own, as a daemon partition's are."""
     known = [a.id for a in config.billing.accounts]
-    unknown = [a for a in accounts or () if a not in known]
+    # A Chargebee account with business entities names all of them (`--account chargebee`).
+    accounts = [
+        name
+        for given in accounts or ()
+        for name in (
+            [given]
+            if given in known
+            else [a.id for a in config.billing.accounts if a.id.startswith(f"{given}.")]
+            or [given]
+        )
+    ]
+    unknown = [a for a in accounts if a not in known]
     if unknown:
         raise ConfigError(
             f"--account {unknown[0]}: no such billing account; configured: {', '.join(known)}",
@@ -220,11 +258,18 @@ def open_pipeline(
         targets = [t for t in targets if t.name in only]
     store = StateStore.open(config.state_url, auto_migrate=config.state.auto_migrate)
     try:
-        parts = partitions_of(config) if lock else []
+        parts = (
+            []
+            if not lock
+            else partitions_of(config)
+            if only is None
+            else partitions_holding(config, only)
+        )
         with hold_partitions(store.locks, parts, holder_name()) as held:
             for p in parts:
                 # Holding its lock, any run of the partition still marked running is dead.
-                store.runs.mark_interrupted(p.billing_account)
+                for account in p.accounts:
+                    store.runs.mark_interrupted(account)
             source = connect_source(config, secrets)
             engine = make_engine(
                 config,

@@ -35,6 +35,8 @@ from connector.billing.base import (
     CustomerMissing,
     CustomerPayload,
     InvalidRequest,
+    PartiallyApplied,
+    PartiallyRefused,
     RemoteCustomer,
     TargetRules,
 )
@@ -86,53 +88,6 @@ RULES = TargetRules(
 )
 
 _ID_SAFE = re.compile(r"[^A-Za-z0-9_\-]")
-
-
-# --- errors a split update raises ------------------------------------------------------------
-# Neutral in substance (any target with `separate_calls` needs them); they live here until the
-# port grows them. `applied` is the part of the payload Chargebee now holds, `pending` the rest,
-# `customer_id` the customer they concern (a create that adopted a customer raises them too, and
-# the engine must link that id).
-
-
-class PartiallyApplied(TransientError):
-    """The first call of a split update was applied; a later one failed for a passing reason
-    (429, 5xx, a dropped connection). Record `applied`; send `pending` again later."""
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        customer_id: str,
-        applied: CustomerPayload,
-        pending: CustomerPayload,
-        cause: ConnectorError,
-    ) -> None:
-        self.customer_id = customer_id
-        self.applied = applied
-        self.pending = pending
-        self.cause = cause
-        super().__init__(message, code=getattr(cause, "code", None) or "partially_applied")
-
-
-class PartiallyRefused(InvalidRequest):
-    """The first call of a split update was applied; Chargebee refused a later one for this
-    record's data. Record `applied`; the admin fixes what `cause` names."""
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        customer_id: str,
-        applied: CustomerPayload,
-        pending: CustomerPayload,
-        cause: RecordError,
-    ) -> None:
-        self.customer_id = customer_id
-        self.applied = applied
-        self.pending = pending
-        self.cause = cause
-        super().__init__(message, code=cause.code, param=getattr(cause, "param", None))
 
 
 # --- settings -----------------------------------------------------------------------------

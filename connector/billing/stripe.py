@@ -30,6 +30,7 @@ from connector.billing.base import (
 from connector.billing.ratelimit import Budget, RateLimiter, Refusal, limiter_for_credential
 from connector.config import BillingAccountConfig, SecretSource
 from connector.errors import AuthenticationError, ConfigError, TransientError
+from connector.http_env import settled_session
 from connector.log import REDACTOR
 from connector.secret_shapes import SecretShape
 
@@ -178,6 +179,22 @@ def _to_payload(customer: Any) -> dict[str, Any]:
     return data
 
 
+class SettledRequestsClient(stripe.RequestsClient):
+    """stripe-python's requests client, with one settled session per thread.
+
+    Like the SDK's default client it gives each thread a session of its own (a
+    `requests.Session` is not documented as safe to share between threads); only how that
+    session is made differs (`connector.http_env.settle`). Stripe's CA bundle is still passed
+    per request by the SDK.
+    """
+
+    def _request_internal(self, *args: Any, **kwargs: Any) -> Any:
+        local = getattr(self, "_thread_local", None)
+        if local is not None and getattr(local, "session", None) is None:
+            local.session = settled_session()
+        return super()._request_internal(*args, **kwargs)
+
+
 class StripeTarget:
     """One Stripe account. `name` is the billing account name that links are keyed by."""
 
@@ -231,8 +248,10 @@ class StripeTarget:
             kwargs["stripe_context"] = account.stripe_context
         elif account.stripe_account:
             kwargs["stripe_account"] = account.stripe_account
-        if http_client is not None:
-            kwargs["http_client"] = http_client
+        # A client of our own, so requests stop reading proxy settings from the environment on
+        # every request when none is configured (see connector.http_env); with HTTPS_PROXY set
+        # it behaves as the SDK's default client.
+        kwargs["http_client"] = http_client if http_client is not None else SettledRequestsClient()
         self._client = stripe.StripeClient(key, **kwargs)
 
     @property
