@@ -26,7 +26,7 @@ from connector.mapping.accounts import (
     load_account_mappings,
     mapping_folders,
 )
-from connector.partitions import hold_partitions, partitions_of
+from connector.partitions import hold_partitions, partitions_holding, partitions_of
 from connector.salesforce import SalesforceSource, connect
 from connector.state.store import StateStore
 
@@ -162,8 +162,7 @@ def engine_groups(config: Config, targets: Sequence[BillingTarget]) -> list[Shar
         if inside != set(g.accounts):
             raise ConfigError(
                 f"sharing group {g.label}: this run has {', '.join(sorted(inside))} but not "
-                f"{', '.join(sorted(set(g.accounts) - inside))}; a group's members run together "
-                "(the daemon's partitions do not follow sharing groups yet: use `sync`)",
+                f"{', '.join(sorted(set(g.accounts) - inside))}; a group's members run together",
                 file=config.source_file,
                 key="billing.sharing_groups",
             )
@@ -205,6 +204,7 @@ def make_engine(
         routing=config.routing,
         sharing_groups=engine_groups(config, targets),
         mappings=account_mappings(config, mapping) if mappings is None else mappings,
+        max_in_flight={a.id: a.max_in_flight for a in config.billing.accounts},
     )
 
 
@@ -218,12 +218,13 @@ def open_pipeline(
     lock: bool = True,
     accounts: Sequence[str] | None = None,
 ) -> Iterator[Pipeline]:
-    """Everything a run needs, with every partition's lock held for its duration (the daemon
-    takes the same locks, so a one-shot command and `run` never write the same account).
+    """Everything a run needs, with the lock of every partition it runs held for its duration
+    (the daemon takes the same locks, so a one-shot command and `run` never write the same
+    account).
 
     `accounts` limits the run to those billing accounts (`sync --account NAME`), with the other
-    members of their sharing groups; their cursors are then their own, as a daemon
-    partition's are."""
+    members of their sharing groups; it then holds only their partitions' locks (a replica may
+    run the others meanwhile), and their cursors are their own, as a daemon partition's are."""
     known = [a.id for a in config.billing.accounts]
     # A Chargebee account with business entities names all of them (`--account chargebee`).
     accounts = [
@@ -258,11 +259,18 @@ def open_pipeline(
         targets = [t for t in targets if t.name in only]
     store = StateStore.open(config.state_url, auto_migrate=config.state.auto_migrate)
     try:
-        parts = partitions_of(config) if lock else []
+        parts = (
+            []
+            if not lock
+            else partitions_of(config)
+            if only is None
+            else partitions_holding(config, only)
+        )
         with hold_partitions(store.locks, parts, holder_name()) as held:
             for p in parts:
                 # Holding its lock, any run of the partition still marked running is dead.
-                store.runs.mark_interrupted(p.billing_account)
+                for account in p.accounts:
+                    store.runs.mark_interrupted(account)
             source = connect_source(config, secrets)
             engine = make_engine(
                 config,

@@ -372,7 +372,12 @@ def _run(
             _RUN_STARTED.set()
             try:
                 report = p.engine.run(
-                    mode, dry_run=dry_run, since=start, until=end, retry_all=retry_all
+                    mode,
+                    dry_run=dry_run,
+                    since=start,
+                    until=end,
+                    retry_all=retry_all,
+                    sink=_PrintedPlan(enabled=dry_run and not as_json),
                 )
             finally:
                 stop_progress()
@@ -418,21 +423,45 @@ def _safe_url(url: str) -> str:
     return make_url(url).render_as_string(hide_password=True)
 
 
+class _PrintedPlan:
+    """The run's sink (`engine.RunSink`): a dry run's plan printed page by page as it is made,
+    so a dry run over a million accounts holds one page of it, not all. Decisions are counted
+    in the report; nothing else is kept."""
+
+    def __init__(self, *, enabled: bool) -> None:
+        self.enabled = enabled
+        self.started = False
+
+    def planned(self, plans: Any) -> None:
+        if not self.enabled:
+            return
+        if not self.started:
+            self.started = True
+            out.print("[bold]plan (nothing was written)[/]", highlight=False)
+            out.print(
+                f"{'action':<10} {'account':<18} {'billing account':<16} {'customer':<20} "
+                "changed fields / reason",
+                highlight=False,
+            )
+        for p in plans:
+            out.print(
+                f"{p.action:<10} {p.account_id:<18} {p.billing_account:<16} "
+                f"{p.customer_id or '-':<20} {p.detail()}",
+                highlight=False,
+                markup=False,
+                soft_wrap=True,
+            )
+
+    def decided(self, decisions: Any) -> None:
+        pass
+
+
 def _print_report(report: Any, *, state: str | None = None) -> None:
     out.print(
         f"[bold]{report.mode}{' (dry run)' if report.dry_run else ''}[/] {report.status}, run {report.run_id}",
         highlight=False,
     )
     out.print(report.summary(), highlight=False)
-    if report.dry_run and report.plan:
-        plan = Table(title="plan (nothing was written)")
-        for col in ("action", "account", "billing account", "customer", "changed fields / reason"):
-            plan.add_column(col)
-        for p in report.plan:
-            plan.add_row(
-                p.action, p.account_id, p.billing_account, p.customer_id or "-", p.detail()
-            )
-        out.print(plan)
     if state:
         out.print(f"state: {state}", highlight=False)
 
@@ -625,6 +654,22 @@ def db_upgrade(config: ConfigOpt = Path("config.yaml")) -> None:
             )
 
 
+def _query_plan_warnings(cfg: Config, source: Any, folder: Path) -> list[Any]:
+    """A warning for each query of a sync that Salesforce's optimizer answers with a TableScan."""
+    from connector.app import account_mappings
+    from connector.mapping import load_mappings
+    from connector.mapping.spec import Problem
+    from connector.query_plans import table_scans
+
+    shared = load_mappings(folder)
+    mappings = [shared, *account_mappings(cfg, shared).values()]
+    where = cfg.source_file or folder
+    return [
+        Problem(Path(where), 1, 1, f"query plan: {w.message()}", "warning")
+        for w in table_scans(source, mappings, list(cfg.billing.writeback_fields().values()))
+    ]
+
+
 @mappings_app.command("check")
 def mappings_check(
     config: ConfigOpt = Path("config.yaml"),
@@ -633,7 +678,12 @@ def mappings_check(
         typer.Option("--dir", help="Mappings folder (default: from config, else ./mappings)."),
     ] = None,
     online: Annotated[
-        bool, typer.Option("--online", help="Also ask Salesforce that every source field exists.")
+        bool,
+        typer.Option(
+            "--online",
+            help="Also ask Salesforce that every source field exists, and warn about every "
+            "query whose plan is a full table scan.",
+        ),
     ] = False,
 ) -> None:
     """Validate every mapping file (the shared folder and each billing account's own) and the
@@ -672,15 +722,22 @@ def mappings_check(
             return found
 
         describe = None
+        source = None
         if online:
             assert cfg is not None
             problems = check()  # offline first: never contact Salesforce with a broken file
             if not any(p.severity == "error" for p in problems):
-                from connector.salesforce import connect
+                from connector.app import connect_source
 
-                source = connect(cfg.salesforce, secrets)
+                source = connect_source(cfg, secrets)
                 describe = source.describe
         problems = check(describe)
+        if (
+            source is not None
+            and cfg is not None
+            and not any(p.severity == "error" for p in problems)
+        ):
+            problems.extend(_query_plan_warnings(cfg, source, folder))
     errors = [p for p in problems if p.severity == "error"]
     for p in problems:
         (err if p.severity == "error" else out).print(
@@ -1174,14 +1231,15 @@ def sandbox(
     accounts = pair.stripe_accounts_text()
     if accounts:
         print(accounts)
-    print("Ctrl-C to stop.", flush=True)
-    # The servers are the run here: the first signal stops them cleanly (exit 0).
+    # The servers are the run here: the first signal stops them cleanly (exit 0). Set before
+    # saying "Ctrl-C to stop.", so a signal sent on reading it is a clean stop, not exit 1.
     stop = (
         signals.run_started("stopping the sandbox servers")
         if signals.installed()
         else threading.Event()
     )
     try:
+        print("Ctrl-C to stop.", flush=True)
         while not stop.wait(3600):
             pass
     except KeyboardInterrupt:  # in-process, without the handlers

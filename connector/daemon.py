@@ -32,13 +32,12 @@ from connector.app import (
     account_mappings,
     build_targets,
     connect_source,
-    engine_groups,
     holder_name,
     make_engine,
 )
 from connector.billing.base import BillingTarget
 from connector.config import Config, SecretSource
-from connector.engine import ORDERS_CURSOR, RunReport
+from connector.engine import ORDERS_CURSOR, Discard, RunReport
 from connector.errors import (
     AuthenticationError,
     ConfigError,
@@ -55,6 +54,8 @@ from connector.partitions import (
     Partition,
     member_lock_name,
     partitions_of,
+    scoped_cursor,
+    seed_cursors,
 )
 from connector.salesforce import SalesforceSource, parse_sf_datetime
 from connector.state.ports import Lock
@@ -130,10 +131,9 @@ class Daemon:
         self.mapping: CustomerMapping = load_mappings(config.mappings_path)
         self.mappings = account_mappings(config, self.mapping)
         self.targets: dict[str, BillingTarget] = {t.name: t for t in build_targets(config, secrets)}
+        # One per billing account, and one per sharing group: a group's members run together.
         self.partitions = partitions_of(config)
-        for target in self.targets.values():
-            # A partition runs one billing account; a sharing group's members must run together.
-            engine_groups(config, [target])
+        self._by_name = {p.name: p for p in self.partitions}
         self.store = StateStore.open(config.state_url, auto_migrate=config.state.auto_migrate)
         self._member = ExitStack()
         self._held: dict[str, _Held] = {}
@@ -171,7 +171,7 @@ class Daemon:
 
     @property
     def partition_names(self) -> list[str]:
-        return [p.billing_account for p in self.partitions]
+        return [p.name for p in self.partitions]
 
     @property
     def held(self) -> frozenset[str]:
@@ -224,32 +224,35 @@ class Daemon:
         b = self._backoff.get(name)
         return b is None or b.not_before is None or self.now() >= b.not_before
 
+    def _scope(self, p: Partition) -> str | None:
+        # One partition: the cursors `sync` uses. Several: each keeps its own.
+        return p.cursor_scope if len(self.partitions) > 1 else None
+
     def _run(self, name: str, source: SalesforceSource, mode: str) -> RunReport | None:
         held = self._held[name]
-        target = self.targets[name]
+        targets = [self.targets[a] for a in held.partition.accounts]
         engine = make_engine(
             self.config,
             mapping=self.mapping,
             mappings=self.mappings,
             store=self.store,
             source=source,
-            targets=[target],
+            targets=targets,
             stop=self.stop,
             before_write=held.handle.check,
-            # One partition: the cursors `sync` uses. Several: each keeps its own.
-            cursor_scope=name if len(self.partitions) > 1 else None,
+            cursor_scope=self._scope(held.partition),
         )
-        rate_limited = getattr(target, "rate_limited", 0)
+        rate_limited = _rate_limited(targets)
         started = time.monotonic()
         with structlog.contextvars.bound_contextvars(billing_account=name):
             try:
-                report = engine.run(mode)  # type: ignore[arg-type]
+                report = engine.run(mode, sink=Discard())  # type: ignore[arg-type]
             except Exception as exc:
                 # A bug: recorded as failed by the engine; the daemon goes on with the others.
                 log.exception("daemon.run_crashed")
                 self._failed_before_run(name, exc)
                 return None
-            self._observe(name, report, time.monotonic() - started, target, rate_limited)
+            self._observe(name, report, time.monotonic() - started, targets, rate_limited)
         return report
 
     def _observe(
@@ -257,7 +260,7 @@ class Daemon:
         name: str,
         report: RunReport,
         seconds: float,
-        target: BillingTarget,
+        targets: list[BillingTarget],
         rate_limited_before: int,
     ) -> None:
         m = self.metrics
@@ -266,9 +269,7 @@ class Daemon:
             m.records.labels(name, outcome).inc(getattr(report, outcome))
         m.billing_calls.labels(name).inc(report.billing_calls)
         m.salesforce_calls.labels(name).inc(report.salesforce_calls)
-        m.rate_limited.labels(name).inc(
-            max(0, getattr(target, "rate_limited", 0) - rate_limited_before)
-        )
+        m.rate_limited.labels(name).inc(max(0, _rate_limited(targets) - rate_limited_before))
         m.run_duration.labels(name).observe(seconds)
         now = self.now()
         self.health.record(PartitionRun(name, report.run_id, report.status, now, report.error))
@@ -333,10 +334,14 @@ class Daemon:
     def _gauges(self, name: str) -> None:
         m = self.metrics
         try:
-            m.retry_list.labels(name).set(len(self.store.retries.all(name)))
+            part = self._by_name[name]
+            m.retry_list.labels(name).set(
+                sum(len(self.store.retries.all(a)) for a in part.accounts)
+            )
             m.open_conflicts.set(len(self.store.conflicts.list("open")))
-            scope = f"@{name}" if len(self.partitions) > 1 else ""
-            cursor = parse_sf_datetime(self.store.cursors.get(ORDERS_CURSOR + scope))
+            cursor = parse_sf_datetime(
+                self.store.cursors.get(scoped_cursor(ORDERS_CURSOR, self._scope(part)))
+            )
             if cursor is not None:
                 m.cursor_lag.labels(name).set(max(0.0, (self.now() - cursor).total_seconds()))
         except UnavailableError as exc:
@@ -388,12 +393,12 @@ class Daemon:
         for p in reversed(preferred):
             if len(self._held) <= share:
                 break
-            if p.billing_account in self._held:
-                self._release(p.billing_account, reason=f"fair share is {share} of {members}")
+            if p.name in self._held:
+                self._release(p.name, reason=f"fair share is {share} of {members}")
         for p in preferred:
             if len(self._held) >= share:
                 break
-            if p.billing_account not in self._held:
+            if p.name not in self._held:
                 self._acquire(p)
 
     def _acquire(self, p: Partition) -> None:
@@ -405,12 +410,15 @@ class Daemon:
             return
         except UnavailableError as exc:
             stack.close()
-            log.warning("partition.unavailable", billing_account=p.billing_account, error=str(exc))
+            log.warning("partition.unavailable", billing_account=p.name, error=str(exc))
             return
-        self._held[p.billing_account] = _Held(p, handle, stack)
+        self._held[p.name] = _Held(p, handle, stack)
         # Holding its lock, a run of this partition still marked running has no process left.
-        abandoned = self.store.runs.mark_interrupted(p.billing_account)
-        log.info("partition.acquired", billing_account=p.billing_account, abandoned=abandoned)
+        abandoned = sum(self.store.runs.mark_interrupted(a) for a in p.accounts)
+        # A partition whose cursors have a new name (a sharing group that used to run as one
+        # partition per member) starts where the least advanced of its old ones stood.
+        seed_cursors(self.store.cursors, [p], self._scope(p))
+        log.info("partition.acquired", billing_account=p.name, abandoned=abandoned)
 
     def _release(self, name: str, *, reason: str) -> None:
         held = self._held.pop(name, None)
@@ -512,6 +520,10 @@ def schedule_interval(config: Config) -> timedelta:
         return timedelta(minutes=5)
     gap: timedelta = second - first
     return gap
+
+
+def _rate_limited(targets: list[BillingTarget]) -> int:
+    return sum(getattr(t, "rate_limited", 0) for t in targets)
 
 
 def _failed_text(name: str, run_id: str | None, error: str | None) -> str:

@@ -25,25 +25,35 @@ from fault_readback import add_billed_accounts, read_store, requests_seen
 from connector.engine import RunReport
 from connector.sandbox.run import SandboxPair
 
+# A reader thread that dies (its stream closed under it) fails the test, not just a warning.
+pytestmark = pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
+
 
 class Lines:
-    """Reads a child's stream line by line in a thread; tests wait for a line to appear."""
+    """Reads a child's stream line by line in a thread, until EOF; tests wait for a line to
+    appear. The thread is the stream's only reader: nobody else reads or closes it (no
+    `communicate()`), and `text()` joins it after EOF, so it never meets a closed file."""
 
     def __init__(self, stream: IO[str]) -> None:
         self.lines: list[str] = []
+        self.error: BaseException | None = None
         self._done = False
         self._cond = threading.Condition()
         self._thread = threading.Thread(target=self._read, args=(stream,), daemon=True)
         self._thread.start()
 
     def _read(self, stream: IO[str]) -> None:
-        for line in stream:
+        try:
+            for line in stream:
+                with self._cond:
+                    self.lines.append(line)
+                    self._cond.notify_all()
+        except (OSError, ValueError) as exc:  # ValueError: "I/O operation on closed file"
+            self.error = exc
+        finally:
             with self._cond:
-                self.lines.append(line)
+                self._done = True
                 self._cond.notify_all()
-        with self._cond:
-            self._done = True
-            self._cond.notify_all()
 
     def wait_for(self, text: str) -> bool:
         """True once a line contains `text`; False if the stream ended without one."""
@@ -52,7 +62,9 @@ class Lines:
             return any(text in ln for ln in self.lines)
 
     def text(self) -> str:
+        """Everything the child wrote, once it has closed the stream (it exited)."""
         self._thread.join()
+        assert self.error is None, f"the reader thread failed: {self.error!r}"
         return "".join(self.lines)
 
 
@@ -117,7 +129,7 @@ def test_a_double_sigterm_exits_130_and_records_the_run_as_interrupted_not_faile
     proc = subprocess.Popen(
         [sys.executable, "-m", "connector", "sync"],
         env=cli_env,
-        stdout=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
     )
@@ -132,7 +144,8 @@ def test_a_double_sigterm_exits_130_and_records_the_run_as_interrupted_not_faile
         proc.send_signal(signal.SIGTERM)
         assert err.wait_for("stopping after the record in progress"), err.text()
         proc.send_signal(signal.SIGTERM)
-        proc.communicate(timeout=60)
+        # Not communicate(): it would read stderr beside the reader thread and close it.
+        proc.wait(timeout=60)
         stderr = err.text()
 
     assert proc.returncode == 130, stderr
@@ -223,6 +236,7 @@ def test_sigterm_stops_the_sandbox_servers_cleanly_with_exit_0(tmp_path: Path) -
         assert out.wait_for("Ctrl-C to stop."), out.text()  # both servers are up
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
+        out.text()  # the reader has met EOF and stopped
         assert proc.stderr is not None
         err = proc.stderr.read()
 

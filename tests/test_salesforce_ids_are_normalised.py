@@ -92,3 +92,25 @@ def test_an_order_row_read_with_a_15_character_account_id_is_keyed_by_the_18_cha
     row = source._order_row(record, ())
 
     assert row.account_id == "0015000000Gv7qJAAR"
+
+
+def test_a_merged_accounts_15_character_master_record_id_is_read_in_its_18_character_form(
+    sandboxes: SandboxPair, tmp_path: Path
+) -> None:
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(yaml.safe_dump(sandboxes.config_dict()))
+    source = connect(load_config(cfg).salesforce, SecretSource(sandboxes.secrets()))
+    sf = sandboxes.salesforce
+    winner = sf.create("Account", {"Name": "Winner Ltd"})
+    loser = sf.create("Account", {"Name": "Loser Ltd"})
+    sf.merge(winner, [loser])
+    # Some orgs' integrations (and getDeleted-style feeds) name the master in the 15-character
+    # form; the store keys links by the 18-character one, so a merge must match the winner's link.
+    with sf.lock:
+        rec = sf._require(sf._object("Account"), loser)
+        rec["MasterRecordId"] = winner[:15]
+
+    (merged,) = [d for page in source.deleted_accounts(since=None) for d in page if d.account_id == loser]
+
+    assert merged.master_id == winner and len(winner) == 18
+    assert merged.account_id == normalize_sf_id(loser)

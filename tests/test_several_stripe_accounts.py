@@ -25,7 +25,7 @@ from conftest import MAPPINGS
 
 from connector.app import open_pipeline
 from connector.config import Config, SecretSource, load_config
-from connector.engine import RunReport
+from connector.engine import ORDERS_CURSOR, RunReport
 from connector.sandbox.http import Fault
 from connector.sandbox.run import SANDBOX_ORG_ID, SANDBOX_TOKEN
 from connector.sandbox.salesforce import SalesforceSandbox
@@ -374,7 +374,6 @@ def cli(world: World, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_sync_and_backfill_run_one_billing_account_with_a_cursor_of_its_own(unshared: World) -> None:
-    from connector.engine import ORDERS_CURSOR
 
     only = cli(unshared, "backfill", "--account", "us", "--json")
     assert only.returncode == 1, only.stderr  # Nowhere's order is refused: it routes nowhere
@@ -472,13 +471,103 @@ def test_the_daemon_routes_each_partitions_orders_to_its_own_account(unshared: W
     assert unshared.customers_made_for(NOWHERE) == 0  # its order routes nowhere
 
 
-def test_the_daemon_refuses_a_sharing_group_its_partitions_would_split_and_writes_nothing(
+def test_the_daemon_runs_a_sharing_group_as_one_partition_with_one_shared_customer(
     shared: World,
 ) -> None:
     from connector.daemon import Daemon
-    from connector.errors import ConfigError
 
     secrets = SecretSource({"SALESFORCE_ACCESS_TOKEN": SANDBOX_TOKEN, "STRIPE_ORG_KEY": ORG_KEY})
-    with pytest.raises(ConfigError, match=r"sharing group .*use `sync`"):
-        Daemon(shared.config, secrets)
-    assert shared.customers_made_for(UMBRELLA) == 0 and shared.links(UMBRELLA) == {}
+    with Daemon(shared.config, secrets) as daemon:
+        assert daemon.partition_names == ["eu+uk", "us"]
+        result = daemon.tick()
+        assert result.held == {"eu+uk", "us"}
+        group = result.reports["eu+uk"]
+        assert set(group.billing_accounts) == {"eu", "uk"}  # one run, one lock, both members
+        links = shared.links(UMBRELLA)
+        assert links["eu"] == links["uk"] != links["us"]
+        assert shared.customers_of(UMBRELLA) == {EU: [links["eu"]], UK: [links["eu"]], US: [links["us"]]}
+        assert shared.customers_made_for(UMBRELLA) == 2  # one for the group, one in the US
+        assert shared.stripe.stats()["customers_by_account"].get(UK, 0) == 0  # created once, in EU
+        again = daemon.tick()
+    assert all(r.created == r.updated == 0 for r in again.reports.values())
+    assert shared.links(UMBRELLA) == links
+    with StateStore.open(shared.db_url) as store:
+        # Several partitions: the group's cursors are its own, named as `sync --account` names them.
+        assert store.cursors.get(f"{ORDERS_CURSOR}@eu+uk") and store.cursors.get(f"{ORDERS_CURSOR}@us")
+        assert store.cursors.get(f"{ORDERS_CURSOR}@eu") is None
+
+
+def test_a_group_formed_later_starts_its_partition_at_its_least_advanced_members_cursor(
+    unshared: World,
+) -> None:
+    from connector.daemon import Daemon
+
+    secrets = SecretSource({"SALESFORCE_ACCESS_TOKEN": SANDBOX_TOKEN, "STRIPE_ORG_KEY": ORG_KEY})
+    # Umbrella without its UK order: nobody has two customers when the group forms.
+    unshared.sf.delete("Order", "801000000000M05AAA")
+    with Daemon(unshared.config, secrets) as daemon:
+        assert set(daemon.tick().reports) == {"eu", "uk", "us"}
+    with StateStore.open(unshared.db_url) as store:
+        uk_cursor = store.cursors.get(f"{ORDERS_CURSOR}@uk")
+    # A UK order for Acme after the UK partition's last run; then only the EU partition runs
+    # (its cursor passes the order, which is not Europe's), the UK one not.
+    unshared.sf.advance_clock(600)
+    unshared.sf.create(
+        "Order",
+        {"AccountId": ACME, "Status": "Activated", "EffectiveDate": "2026-04-01",
+         "CurrencyIsoCode": "GBP", "Stripe_Account__c": LOOKUP[UK]},
+    )
+    unshared.sf.advance_clock(600)
+    assert cli(unshared, "sync", "--account", "eu").returncode in (0, 1)
+    with StateStore.open(unshared.db_url) as store:
+        eu_cursor = store.cursors.get(f"{ORDERS_CURSOR}@eu")
+        assert store.cursors.get(f"{ORDERS_CURSOR}@uk") == uk_cursor
+    assert uk_cursor and eu_cursor and uk_cursor < eu_cursor
+    assert unshared.links(ACME).keys() == {"eu", "us"}
+    # The two accounts join a sharing group: the daemon now runs them as one partition.
+    unshared.stripe.directory.add_sharing_group([EU, UK])
+    unshared.write_config(groups=[["eu", "uk"]])
+    with Daemon(unshared.config, secrets) as daemon:
+        result = daemon.tick()
+    assert set(result.reports) == {"eu+uk", "us"}
+    # Read from the UK cursor, not the European one: the order is found, and Acme's group
+    # customer (created in Europe) is used from the UK too, never a second customer.
+    links = unshared.links(ACME)
+    assert links["uk"] == links["eu"] and unshared.customers_made_for(ACME) == 2
+    assert result.reports["eu+uk"].created == 0
+    with StateStore.open(unshared.db_url) as store:
+        assert (store.cursors.get(f"{ORDERS_CURSOR}@eu+uk") or "") >= eu_cursor
+
+
+def test_account_takes_only_the_lock_of_its_own_partition(unshared: World) -> None:
+    from connector.partitions import Partition
+
+    # A daemon replica runs Europe's partition: the US one can run beside it, Europe not.
+    with (
+        StateStore.open(unshared.db_url) as store,
+        store.locks.hold(Partition("eu").lock_name, holder="replica-a:4242"),
+    ):
+        us = cli(unshared, "sync", "--account", "us", "--json")
+        eu = cli(unshared, "sync", "--account", "eu", "--json")
+    assert us.returncode == 1, us.stderr  # ran: Nowhere's order is refused, it routes nowhere
+    assert json.loads(us.stdout)["billing_accounts"]["us"]["created"] == 2
+    assert eu.returncode == 3 and "replica-a:4242" in eu.stderr
+    assert unshared.links(ACME).keys() == {"us"}
+
+
+def test_account_takes_the_lock_of_the_sharing_group_holding_that_account(shared: World) -> None:
+    from connector.partitions import Partition
+
+    # A daemon replica runs the group's partition: `--account us` runs beside it, while
+    # `--account uk` (in the group) is refused naming the replica.
+    group = Partition("eu+uk", ("eu", "uk"))
+    with (
+        StateStore.open(shared.db_url) as store,
+        store.locks.hold(group.lock_name, holder="replica-a:4242"),
+    ):
+        us = cli(shared, "sync", "--account", "us", "--json")
+        uk = cli(shared, "sync", "--account", "uk", "--json")
+    assert us.returncode == 1, us.stderr  # ran: Nowhere's order is refused, it routes nowhere
+    assert json.loads(us.stdout)["billing_accounts"]["us"]["created"] == 2
+    assert uk.returncode == 3 and "replica-a:4242" in uk.stderr
+    assert shared.customers_of(UMBRELLA)[EU] == [] and shared.links(UMBRELLA).keys() == {"us"}

@@ -7,9 +7,8 @@ key, Stripe's error shapes, idempotency keys replayed or refused, `Request-Id` o
 answer, and search that can lag behind writes. It holds one account or several (account,
 organization and Connect keys, sharing groups: `stripe_accounts`) and can enforce Stripe's
 rate limits (`stripe_limits`). It keeps everything in memory and must never talk to the real
-Stripe: it is a server, not a client, and it binds loopback only. Of the connector it
-imports only the reader of Stripe's vendored description (`connector.billing.stripe_schema`,
-pure data), never the engine or the Stripe adapter.
+Stripe: it is a server, not a client, and it binds loopback only. It imports nothing of the
+connector it checks: it reads Stripe's description with its own reader (`stripe_openapi`).
 """
 
 from __future__ import annotations
@@ -30,11 +29,11 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl
 
-from connector.billing import stripe_schema
-from connector.billing.stripe_schema import ParamError, ParamProblem
+from connector.sandbox import stripe_openapi
 from connector.sandbox.http import Clock, Fault, Request, Response, SandboxServer
 from connector.sandbox.stripe_accounts import DEFAULT_ACCOUNT, Access, Directory, Refusal
 from connector.sandbox.stripe_limits import RateLimits, StripeLimiter
+from connector.sandbox.stripe_openapi import ParamError, ParamProblem
 
 CUSTOMERS = "/v1/customers"
 CUSTOMER = "/v1/customers/{customer}"
@@ -606,6 +605,8 @@ class StripeSandbox(SandboxServer):
             self.exchanges.clear()
             self.requests.clear()
             self.rate_limited = 0
+            self.peak_in_flight = 0
+            self.overlaps.clear()
             if self.limiter is not None:
                 self.set_rate_limits(self.limiter.limits)
 
@@ -716,6 +717,28 @@ class StripeSandbox(SandboxServer):
 
     def rate_limited_response(self, req: Request) -> Response:
         return Response.json(rate_limit_body(), 429)
+
+    def resource_of(self, req: Request) -> str | None:
+        """A customer write, named by the Salesforce account it carries (a create's metadata,
+        or the metadata of the customer an update names), so overlapping writes of one
+        Salesforce account show in `overlaps` whichever request they are."""
+        if req.method != "POST" or not req.path.startswith(CUSTOMERS):
+            return None
+        path = req.path.rstrip("/")
+        if path == CUSTOMERS:
+            for k, v in parse_qsl(req.body.decode("utf-8"), keep_blank_values=True):
+                if k == "metadata[salesforce_account_id]" and v:
+                    return f"salesforce:{v}"
+            return None
+        cid = path[len(CUSTOMERS) + 1:]
+        with self.lock:
+            record = self._customers.get(cid)
+            if record is not None:
+                for copy_ in record.own.values():
+                    account = (copy_.get("metadata") or {}).get("salesforce_account_id")
+                    if account:
+                        return f"salesforce:{account}"
+        return f"customer:{cid}"
 
     def decorate(self, req: Request, resp: Response) -> Response:
         if resp.status >= 400 and not resp.body:
@@ -866,19 +889,19 @@ class StripeSandbox(SandboxServer):
         pairs = _query_pairs(req.query) if req.query else []
         pairs += parse_qsl(req.body.decode("utf-8"), keep_blank_values=True)
         raw = parse_form(pairs)
-        schema = stripe_schema.request_schema(path, "post")
-        typed: dict[str, Any] = stripe_schema.coerce_params(schema, raw)
+        schema = stripe_openapi.request_schema(path, "post")
+        typed: dict[str, Any] = stripe_openapi.coerce_params(schema, raw)
         return typed
 
     def _query(self, req: Request, path: str) -> dict[str, Any]:
         raw = parse_form(_query_pairs(req.query))
-        typed: dict[str, Any] = stripe_schema.coerce_params(stripe_schema.query_schema(path, "get"), raw)
+        typed: dict[str, Any] = stripe_openapi.coerce_params(stripe_openapi.query_schema(path, "get"), raw)
         return typed
 
     def _python_params(self, fields: Mapping[str, Any], path: str, method: str) -> dict[str, Any]:
         raw = {k: ("" if v is None else v) for k, v in fields.items()}
         try:
-            typed: dict[str, Any] = stripe_schema.coerce_params(stripe_schema.request_schema(path, method), raw)
+            typed: dict[str, Any] = stripe_openapi.coerce_params(stripe_openapi.request_schema(path, method), raw)
             self._check_rules(typed, None)
         except ParamError as exc:
             raise ValueError(f"{exc.problem.param}: {exc.problem.message}") from exc

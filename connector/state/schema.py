@@ -126,6 +126,18 @@ cursors = sa.Table(
     sa.Column("updated_at", UTCDateTime(), nullable=False),
 )
 
+# What the connector last applied of a Salesforce record's fields (a digest of the fields the
+# mappings read from it, write-back fields as written): a change that leaves them as they were
+# (the connector's own write-back, an edit of a field nothing reads) is recognised and skipped.
+source_digests = sa.Table(
+    "source_digests",
+    metadata,
+    sa.Column("sobject", sa.String(64), primary_key=True),
+    sa.Column("record_id", sa.String(SFID), primary_key=True),
+    sa.Column("digest", sa.String(64), nullable=False),
+    sa.Column("updated_at", UTCDateTime(), nullable=False),
+)
+
 runs = sa.Table(
     "runs",
     metadata,
