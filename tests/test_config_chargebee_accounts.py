@@ -80,6 +80,11 @@ def test_shared_entities_become_entity_accounts_in_one_sharing_group(tmp_path: P
     assert all(s.requests_per_minute == 150 for s in settings)  # a test site's limit
     (eg,) = engine_groups(cfg, targets)
     assert eg.members == group.accounts and eg.primary == "cb.acme-eu"
+    # the daemon runs the site's shared entities together, as one partition
+    from connector.partitions import partitions_of
+
+    (partition,) = partitions_of(cfg)
+    assert set(partition.accounts) == set(group.accounts)
 
 
 def test_entities_without_sharing_are_separate_accounts_with_no_shared_field(

@@ -19,7 +19,7 @@ __all__ = ["db_url"]  # fixture, imported for pytest
 
 def test_upgrade_from_empty_creates_every_table(db_url: str) -> None:
     with StateStore.open(db_url) as store:
-        assert store.current_revision() == StateStore.head_revision() == "0003"
+        assert store.current_revision() == StateStore.head_revision() == "0004"
         with store._engine.connect() as conn:
             tables = set(sa.inspect(conn).get_table_names())
     assert tables >= {*schema.metadata.tables, "alembic_version"}
@@ -63,10 +63,10 @@ def test_a_schema_behind_head_names_the_upgrade_command(
 ) -> None:
     StateStore.open(db_url).close()
     # "Behind" is simulated by a newer head.
-    monkeypatch.setattr(StateStore, "head_revision", staticmethod(lambda: "0004"))
+    monkeypatch.setattr(StateStore, "head_revision", staticmethod(lambda: "0005"))
     with pytest.raises(
         ConfigError,
-        match=f"at schema revision 0003 but this version needs 0004; run `{UPGRADE_COMMAND}`",
+        match=f"at schema revision 0004 but this version needs 0005; run `{UPGRADE_COMMAND}`",
     ):
         StateStore.open(db_url, auto_migrate=False)
 
@@ -87,7 +87,7 @@ def test_unsupported_urls_are_config_errors() -> None:
         StateStore.open("state.db")
 
 
-def test_0003_keeps_links_of_0002_and_records_which_member_a_link_shares_from(
+def test_0004_keeps_links_of_0003_and_records_which_member_a_link_shares_from(
     db_url: str,
 ) -> None:
     from datetime import UTC, datetime
@@ -103,7 +103,7 @@ def test_0003_keeps_links_of_0002_and_records_which_member_a_link_shares_from(
         cfg = AlembicConfig()
         cfg.set_main_option("script_location", str(MIGRATIONS_DIR).replace("%", "%%"))
         cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "0002")
+        command.upgrade(cfg, "0003")
         now = datetime(2026, 11, 30, tzinfo=UTC).replace(tzinfo=None)
         conn.execute(
             sa.text(
@@ -115,7 +115,7 @@ def test_0003_keeps_links_of_0002_and_records_which_member_a_link_shares_from(
         )
     engine.dispose()
     with StateStore.open(db_url) as store:
-        assert store.current_revision() == "0003"
+        assert store.current_revision() == "0004"
         old = store.links.get("cb.us", "001000000000001AAA")
         assert old is not None and old.customer_id == "sf-1" and old.shared_from is None
         store.links.save(
