@@ -89,7 +89,7 @@ links = sa.Table(
     sa.Column("last_synced_at", UTCDateTime(), nullable=False),
     # In a sharing group (Stripe's, or a Chargebee site's entities with customer sharing): the
     # member that created the customer and writes it (for Chargebee, the primary entity's
-    # account); NULL for the link of that member itself, or outside a group (0004).
+    # account); NULL for the link of that member itself, or outside a group (0003).
     sa.Column("shared_from", sa.String(BA), nullable=True),
     # One customer per account per billing account, among links still in use: the link of an
     # account merged away is kept (status 'merged') while an admin may give its customer to the

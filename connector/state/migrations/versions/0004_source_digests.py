@@ -1,8 +1,8 @@
 """Digests of what was last applied of each Salesforce record, so an incremental sync skips
 changes that left every field it reads as it was (above all the connector's own write-backs).
 
-Revision ID: 0003
-Revises: 0002
+Revision ID: 0004
+Revises: 0003
 Create Date: 2026-11-30
 """
 
@@ -15,8 +15,8 @@ from alembic import op
 
 from connector.state.schema import UTCDateTime
 
-revision: str = "0003"
-down_revision: str | None = "0002"
+revision: str = "0004"
+down_revision: str | None = "0003"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
