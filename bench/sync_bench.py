@@ -2,21 +2,30 @@
 
 It starts the sandbox Salesforce org and Stripe account in this process, loads N accounts that
 each have one activated order (and a bill-to contact), and runs the real connector as a child
-process (`python -m connector ... --json`, config file and env secrets) four times:
+process (`python -m connector ... --json`, config file and env secrets) once per scenario, in
+the order `--scenarios` gives (default: all, in this order):
 
-1. backfill: every account gets a customer;
-2. sync with nothing changed;
-3. sync after 1% of the accounts changed (a new phone number);
-4. sync after a mapping change (a static metadata field added in a copy of mappings/), which
-   re-checks every linked account and updates every customer.
+1. dry_run: `sync --dry-run` before anything is linked (the plan of N creates);
+2. backfill: every account gets a customer;
+3. sync_unchanged: a sync with nothing changed;
+4. sync_1pct_changed: a sync after 1% of the accounts changed (a new phone number);
+5. recheck_after_mapping_change: a sync after a static metadata field was added to a copy of
+   the mappings, which re-checks every linked account and updates every customer;
+6. recheck_unchanged: a sync after a mapping change that alters no payload, which re-checks
+   every linked account and finds each unchanged (no Stripe call is expected).
+
+`--mode` picks Stripe's set-up: test (global 25 req/s, endpoints 25), live (global 100,
+endpoints 25), live-raised (global 100, endpoints raised to 100). `--deadline` stops the
+benchmark at a wall time; the JSON is rewritten after every scenario, so what finished is kept.
+The SOQL the org received is logged per scenario (`bench/soql_shapes.py`), with any filter
+that ORs fields of different objects flagged.
 
 The Stripe sandbox gets a latency per request (`--stripe-latency`, default 250 ms, Stripe's
-usual for a customer create) and Stripe's two levels of rate limit: a global cap (25 req/s in
-`--stripe-mode test`, 100 in `live`, or `--stripe-cap`) and a budget per endpoint
-(`--stripe-endpoint-rate`, Stripe's default 25; Search 20), each a token bucket holding
-`--stripe-burst` requests (default 5). The Salesforce sandbox waits `--salesforce-latency` per
-request, i.e. per query page. A sandbox without the per-endpoint level (before branch
-stripe-multi) gets one bucket set to each scenario's effective cap; the JSON says which.
+usual for a customer create) and Stripe's two levels of rate limit: a global cap (from
+`--mode`, or `--stripe-cap`) and a budget per endpoint (from `--mode`, or
+`--stripe-endpoint-rate`; Search 20), each a token bucket holding `--stripe-burst` requests
+(default 5). The Salesforce sandbox waits `--salesforce-latency` per request, i.e. per query
+page, in every scenario.
 
 Per scenario it records: the effective cap (the least of the global cap and the sum of the
 budgets of the endpoints the run used), the Stripe requests a second achieved while writing
@@ -65,13 +74,16 @@ sys.path.insert(0, str(REPO))
 
 from bench import readme_tables  # noqa: E402
 from bench.machine import machine  # noqa: E402
+from bench.soql_shapes import QueryLog, summary  # noqa: E402
 from connector.sandbox.run import SandboxPair, start_sandboxes  # noqa: E402
 from connector.sandbox.salesforce import id18  # noqa: E402
+from connector.sandbox.stripe_limits import RateLimits  # noqa: E402
 from connector.shipped import default_mappings_dir  # noqa: E402
 
-MAX_ACCOUNTS = 200_000  # the loops below are bounded by this
+MAX_ACCOUNTS = 1_000_000  # the loops below are bounded by this
 SAMPLE_EVERY = 0.02  # seconds between samples of the Stripe sandbox's request counter
 MIN_FOR_RATE = 50  # Stripe requests below which no "while writing" rate is reported
+GRACE = 30.0  # seconds a connector stopped by SIGTERM has to finish before it is killed
 
 
 # --- the org -------------------------------------------------------------------------------
@@ -81,11 +93,12 @@ def account_id(i: int) -> str:
     return id18(f"001Bn{i:010d}")
 
 
-def build_org(n: int) -> dict[str, list[dict[str, Any]]]:
-    """N accounts, each with a bill-to contact and one activated order, as one `load()` dict."""
+def build_org(n: int, start: int = 0) -> dict[str, list[dict[str, Any]]]:
+    """Accounts start .. n-1, each with a bill-to contact and one activated order, as one
+    `load()` dict. Deterministic: account i is the same in every run."""
     countries = ("Germany", "United States", "GB", "France", "Japan")
     accounts, contacts, orders = [], [], []
-    for i in range(n):
+    for i in range(start, n):
         acc = account_id(i)
         con = id18(f"003Bn{i:010d}")
         accounts.append(
@@ -123,6 +136,16 @@ def build_org(n: int) -> dict[str, list[dict[str, Any]]]:
     return {"Account": accounts, "Contact": contacts, "Order": orders}
 
 
+LOAD_CHUNK = 50_000  # accounts built and loaded at a time: the org's rows, not N dicts twice
+
+
+def load_org(pair: SandboxPair, n: int) -> None:
+    """The bench org into the sandbox (replacing the sample), a chunk at a time so that at
+    1,000,000 accounts this process holds the org once, not also a full copy of its input."""
+    for start in range(0, n, LOAD_CHUNK):
+        pair.salesforce.load(build_org(min(n, start + LOAD_CHUNK), start), replace=start == 0)
+
+
 def change_accounts(pair: SandboxPair, n: int, share: float) -> list[str]:
     """Give `share` of the accounts (spread evenly) a new phone number; returns their ids."""
     count = max(1, round(n * share))
@@ -133,13 +156,35 @@ def change_accounts(pair: SandboxPair, n: int, share: float) -> list[str]:
     return changed
 
 
-def changed_mappings(workdir: Path) -> Path:
-    """A copy of the shipped mappings with one static metadata field added (a mapping change)."""
-    target = workdir / "mappings-changed"
-    shutil.copytree(default_mappings_dir(), target)
-    with (target / "customer.yaml").open("a", encoding="utf-8") as f:
-        f.write('\n  metadata.bench_mapping:\n    value: "v2"\n')
+def _mappings_copy(source: Path, target: Path, edit: Any) -> Path:
+    """A copy of the mappings folder `source` whose customer.yaml `edit(fields)` has changed."""
+    shutil.copytree(source, target)
+    path = target / "customer.yaml"
+    spec = yaml.safe_load(path.read_text(encoding="utf-8"))
+    edit(spec["fields"])
+    path.write_text(yaml.safe_dump(spec, sort_keys=False), encoding="utf-8")
     return target
+
+
+def changed_mappings(source: Path, target: Path) -> Path:
+    """The mappings with one static metadata field added: a change of every customer's payload."""
+
+    def add_field(fields: dict[str, Any]) -> None:
+        fields["metadata.bench_mapping"] = {"value": "v2"}
+
+    return _mappings_copy(source, target, add_field)
+
+
+def same_payload_mappings(source: Path, target: Path) -> Path:
+    """The mappings with a change that alters no payload (`name` trimmed twice): the mapping's
+    fingerprint moves, so the next sync re-checks every linked account, and finds each one
+    unchanged. This is the re-check of unchanged accounts the issue times."""
+
+    def trim_twice(fields: dict[str, Any]) -> None:
+        name = fields["name"]
+        name["transforms"] = [*(name.get("transforms") or []), "trim"]
+
+    return _mappings_copy(source, target, trim_twice)
 
 
 # --- running the connector -------------------------------------------------------------------
@@ -174,6 +219,7 @@ class ChildRun:
     stderr_tail: str
     stripe_first_s: float | None  # first and last Stripe request, seconds after the start
     stripe_last_s: float | None
+    stopped: str | None = None  # "deadline" or "timeout" when the run was stopped, else None
 
 
 def child_env(pair: SandboxPair) -> dict[str, str]:
@@ -201,9 +247,11 @@ def run_child(
     workdir: Path,
     *,
     timeout: float,
+    deadline: float | None = None,
     stripe_counter: Any = None,
 ) -> ChildRun:
-    """Run `python -m module args` to completion (or kill it at `timeout`).
+    """Run `python -m module args` to completion, or stop it at `timeout` seconds or at the
+    `deadline` (a time.monotonic() value), whichever comes first.
 
     CPU time comes from the child's own rusage (wait4); peak RSS from the child's VmHWM, as it
     reported it at exit, or as sampled from /proc/PID/status while it ran if it did not.
@@ -219,7 +267,7 @@ def run_child(
 
     def sample(pid: int) -> None:
         # Bounded by the child's lifetime and the timeout.
-        while not done.wait(SAMPLE_EVERY) and time.monotonic() - start < timeout + 5:
+        while not done.wait(SAMPLE_EVERY) and time.monotonic() - start < timeout + GRACE + 5:
             if stripe_counter:
                 samples.append((time.monotonic() - start, stripe_counter()))
             hwm = _vm_hwm_kib(pid)
@@ -230,15 +278,31 @@ def run_child(
         proc = subprocess.Popen(argv, stdout=out, stderr=err, env=dict(env), cwd=workdir)
         sampler = threading.Thread(target=sample, args=(proc.pid,), daemon=True)
         sampler.start()
-        status, usage = 0, None
-        while time.monotonic() - start < timeout:
+        status, usage, stopped = 0, None, None
+        stop_at = start + timeout
+        if deadline is not None and deadline < stop_at:
+            stop_at, why = deadline, "deadline"
+        else:
+            why = "timeout"
+        while time.monotonic() < stop_at:
             pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
             if pid:
                 break
             time.sleep(0.01)
         else:
-            proc.kill()
-            _, status, usage = os.wait4(proc.pid, 0)
+            # Asked to stop as an admin would (SIGTERM: the record in progress finishes, what
+            # was applied is recorded), killed if it has not gone within GRACE seconds.
+            stopped = why
+            proc.terminate()
+            grace_end = time.monotonic() + GRACE
+            while time.monotonic() < grace_end:
+                pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+                if pid:
+                    break
+                time.sleep(0.05)
+            else:
+                proc.kill()
+                _, status, usage = os.wait4(proc.pid, 0)
         wall = time.monotonic() - start
         proc.returncode = os.waitstatus_to_exitcode(
             status
@@ -274,6 +338,7 @@ def run_child(
         stderr_tail=err_path.read_text(encoding="utf-8", errors="replace")[-2000:],
         stripe_first_s=first,
         stripe_last_s=last,
+        stopped=stopped,
     )
 
 
@@ -284,7 +349,12 @@ def write_config(
         state_url=f"sqlite:///{workdir / 'state.db'}", mappings_dir=str(mappings)
     )
     cfg["salesforce"]["page_size"] = args.page_size
-    cfg["billing"]["accounts"][0]["max_requests_per_second"] = args.connector_rate
+    account = cfg["billing"]["accounts"][0]
+    account["max_requests_per_second"] = args.connector_rate
+    if args.connector_endpoint_limits:
+        account["endpoint_limits"] = dict(args.connector_endpoint_limits)
+    for option in args.connector_option:
+        _set_option(account, option)
     cfg["log"] = {"level": "warning", "format": "json"}
     path = workdir / name
     path.write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
@@ -295,7 +365,6 @@ def write_config(
 
 # Stripe's documented budgets (docs.stripe.com/rate-limits): the global one per mode, and per
 # endpoint 25 a second by default, Search 20. Endpoints are named as the sandbox counts them.
-GLOBAL_CAP = {"test": 25.0, "live": 100.0}
 ENDPOINTS = {
     "create": "POST /v1/customers",
     "update": "POST /v1/customers/{customer}",
@@ -304,14 +373,7 @@ ENDPOINTS = {
     "search": "GET /v1/customers/search",
 }
 SEARCH_BUDGET = 20.0
-# Which endpoints each scenario is expected to write through: only used to emulate the
-# per-endpoint level on a sandbox that has one bucket (see `StripeLimits.apply`).
-EXPECTED_ENDPOINTS = {
-    "backfill": ("create",),
-    "sync_unchanged": (),
-    "sync_1pct_changed": ("update",),
-    "recheck_after_mapping_change": ("update",),
-}
+DEFAULT_ENDPOINT_BUDGET = 25.0  # what a connector assumes of an endpoint it is told nothing of
 
 
 @dataclass(frozen=True)
@@ -342,41 +404,22 @@ class StripeLimits:
             caps.append(sum(b for b in budgets if b is not None))
         return min(caps) if caps else None
 
-    def sandbox_has_levels(self) -> bool:
-        try:
-            import connector.sandbox.stripe_limits  # noqa: F401  (branch stripe-multi)
-        except ImportError:
-            return False
-        return True
-
-    def apply(self, pair: SandboxPair, scenario_name: str | None) -> str:
-        """Set the sandbox's limits for a scenario; returns how they are enforced.
-
-        A sandbox with Stripe's two levels (`connector.sandbox.stripe_limits`) gets both.
-        An older sandbox has one token bucket: it is set to the effective cap of the endpoints
-        the scenario is expected to use, which is what the two levels allow a client that uses
-        only those endpoints (every scenario here writes through one endpoint).
-        """
-        if self.sandbox_has_levels():
-            from connector.sandbox.stripe_limits import RateLimits
-
-            if not self.global_cap and not self.endpoint_budget:
-                pair.stripe.set_rate_limits(None)
-                return "none"
-            # A budget far above anything reachable here stands for "no limit at this level".
-            pair.stripe.set_rate_limits(
-                RateLimits(
-                    burst=self.burst,
-                    global_rate=self.global_cap or 1e9,
-                    endpoint_rate=self.endpoint_budget or 1e9,
-                    endpoint_rates={ENDPOINTS["search"]: self.budget("search") or 1e9},
-                )
+    def apply(self, pair: SandboxPair) -> str:
+        """Set the Stripe sandbox's two levels (connector/sandbox/stripe_limits.py); returns
+        how they are enforced."""
+        if not self.global_cap and not self.endpoint_budget:
+            pair.stripe.set_rate_limits(None)
+            return "none"
+        # A budget far above anything reachable here stands for "no limit at this level".
+        pair.stripe.set_rate_limits(
+            RateLimits(
+                burst=self.burst,
+                global_rate=self.global_cap or 1e9,
+                endpoint_rate=self.endpoint_budget or 1e9,
+                endpoint_rates={ENDPOINTS["search"]: self.budget("search") or 1e9},
             )
-            return "sandbox: global and per-endpoint levels"
-        expected = list(EXPECTED_ENDPOINTS.get(scenario_name or "", ()))
-        cap = self.effective_cap(expected) if expected else self.global_cap or None
-        pair.stripe.set_rate_limit(cap or None, burst=self.burst)
-        return "sandbox: one bucket at the effective cap of the expected endpoints (per-endpoint level emulated)"
+        )
+        return "sandbox: global and per-endpoint levels"
 
 
 # --- measuring ------------------------------------------------------------------------------
@@ -427,6 +470,13 @@ def _delta(after: Mapping[str, int], before: Mapping[str, int]) -> dict[str, int
     return {k: after[k] - before.get(k, 0) for k in after}
 
 
+def _load_average() -> list[float] | None:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
 def _per(num: float, den: float, scale: float = 1.0) -> float | None:
     return round(num * scale / den, 3) if den else None
 
@@ -447,8 +497,9 @@ def scenario(
     args: argparse.Namespace,
     limits: StripeLimits,
     baseline: ChildRun,
+    deadline: float | None = None,
 ) -> dict[str, Any]:
-    enforced = limits.apply(pair, name)
+    enforced = limits.apply(pair)
     stripe_before, sf_before = stripe_counts(pair), salesforce_counts(pair)
     self_before = resource.getrusage(resource.RUSAGE_SELF)
     ops = pair.stripe.operations
@@ -458,7 +509,13 @@ def scenario(
         return sum(ops.values()) + pair.stripe.rate_limited
 
     child = run_child(
-        "connector", args_, env, workdir, timeout=args.timeout, stripe_counter=stripe_counter
+        "connector",
+        args_,
+        env,
+        workdir,
+        timeout=args.timeout,
+        deadline=deadline,
+        stripe_counter=stripe_counter,
     )
     self_after = resource.getrusage(resource.RUSAGE_SELF)
     stripe = _delta(stripe_counts(pair), stripe_before)
@@ -485,7 +542,11 @@ def scenario(
         "what": what,
         "command": "billing-connector " + " ".join(args_[:2]),
         "exit_code": child.exit_code,
+        # "deadline" or "timeout": the run was stopped (SIGTERM) before it finished; its
+        # figures cover the part that ran.
+        "stopped": child.stopped,
         "report": child.report,
+        "failed_records": int(r.get("failed", 0) or 0) if r else None,
         "wall_s": round(child.wall_s, 3),
         "orders_per_s": round(orders / child.wall_s, 1) if child.wall_s else None,
         "stripe": {
@@ -528,6 +589,7 @@ def scenario(
             2,
         ),
     }
+    result["load_average_1_5_15_after"] = _load_average()
     if child.exit_code != 0:
         result["stderr_tail"] = child.stderr_tail
     return result
@@ -536,132 +598,281 @@ def scenario(
 # --- the benchmark ----------------------------------------------------------------------------
 
 
+# Set-ups named in issue 15: (stripe mode, global cap, per-endpoint budget).
+MODES = {
+    "test": ("test", 25.0, 25.0),
+    "live": ("live", 100.0, 25.0),
+    "live-raised": ("live", 100.0, 100.0),
+}
+
+# name -> (what it is, connector arguments, which config it runs with, what happens first)
+SCENARIOS: dict[str, tuple[str, list[str], str, str | None]] = {
+    "dry_run": (
+        "`sync --dry-run` before anything is linked: the plan of a create for every account",
+        ["sync", "--dry-run", "--json"],
+        "current",
+        None,
+    ),
+    "backfill": (
+        "`backfill`: every activated order; every account gets a customer",
+        ["backfill", "--json"],
+        "current",
+        None,
+    ),
+    "sync_unchanged": ("`sync` with nothing changed", ["sync", "--json"], "current", None),
+    "sync_1pct_changed": (
+        "`sync` after a share of the accounts got a new phone number",
+        ["sync", "--json"],
+        "current",
+        "change",
+    ),
+    "recheck_after_mapping_change": (
+        "`sync` after a static metadata field was added to the mapping: every linked account "
+        "re-checked and updated",
+        ["sync", "--json"],
+        "changed",
+        None,
+    ),
+    "recheck_unchanged": (
+        "`sync` after a mapping change that alters no payload (`name` trimmed twice): every "
+        "linked account re-checked, none changed",
+        ["sync", "--json"],
+        "same_payload",
+        None,
+    ),
+}
+DEFAULT_SCENARIOS = (
+    "dry_run",
+    "backfill",
+    "sync_unchanged",
+    "sync_1pct_changed",
+    "recheck_after_mapping_change",
+    "recheck_unchanged",
+)
+
+
 def limits_from(args: argparse.Namespace) -> StripeLimits:
-    global_cap = args.stripe_cap if args.stripe_cap is not None else GLOBAL_CAP[args.stripe_mode]
+    mode, global_cap, endpoint = MODES[args.mode]
+    if args.stripe_cap is not None:
+        global_cap = args.stripe_cap
+    if args.stripe_endpoint_rate is not None:
+        endpoint = args.stripe_endpoint_rate
     return StripeLimits(
-        mode=args.stripe_mode,
-        global_cap=global_cap,
-        endpoint_budget=args.stripe_endpoint_rate,
-        burst=args.stripe_burst,
+        mode=mode, global_cap=global_cap, endpoint_budget=endpoint, burst=args.stripe_burst
     )
+
+
+def connector_knows_endpoint_limits() -> bool:
+    from connector.config import BillingAccountConfig
+
+    return "endpoint_limits" in BillingAccountConfig.model_fields
+
+
+def connector_pacing(
+    args: argparse.Namespace, limits: StripeLimits
+) -> tuple[float, dict[str, float]]:
+    """What the connector is told of the account's limits, as an admin would tell it.
+
+    A connector whose limiter knows both levels (config `endpoint_limits`) gets the global cap
+    and, where they differ from Stripe's default 25, the endpoint budgets; an older one, with
+    one pace, gets the effective cap of creates (every scenario writes through one endpoint).
+    `--connector-rate` overrides the pace.
+    """
+    if connector_knows_endpoint_limits():
+        rate = args.connector_rate or limits.global_cap or 1000
+        budgets = (
+            {"customers.create": limits.endpoint_budget, "customers.update": limits.endpoint_budget}
+            if limits.endpoint_budget and limits.endpoint_budget != DEFAULT_ENDPOINT_BUDGET
+            else {}
+        )
+        return rate, budgets
+    return args.connector_rate or limits.effective_cap(["create"]) or 1000, {}
+
+
+def _set_option(account: dict[str, Any], option: str) -> None:
+    """`key=value` or `a.b=value` (value read as YAML) on the billing account's config."""
+    key, sep, text = option.partition("=")
+    if not sep or not key:
+        raise SystemExit(f"--connector-option {option!r}: expected KEY=VALUE")
+    *path, last = key.split(".")
+    node = account
+    for part in path:
+        node = node.setdefault(part, {})
+    node[last] = yaml.safe_load(text)
+
+
+def _deadline(text: str | None) -> float | None:
+    """A UTC wall time (HH:MM today, or ISO 8601) as a time.monotonic() value."""
+    if not text:
+        return None
+    now = datetime.now(UTC)
+    if len(text) <= 5:
+        hour, minute = (int(x) for x in text.split(":"))
+        at = now.replace(hour=hour, minute=minute, second=0, microsecond=0)
+    else:
+        at = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        at = at if at.tzinfo else at.replace(tzinfo=UTC)
+    return time.monotonic() + (at - now).total_seconds()
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     started = datetime.now(UTC)
+    load_at_start = _load_average()
     limits = limits_from(args)
-    connector_rate = args.connector_rate or limits.effective_cap(["create"]) or 1000
-    args.connector_rate = connector_rate
+    connector_rate, endpoint_limits = connector_pacing(args, limits)
+    args.connector_rate, args.connector_endpoint_limits = connector_rate, endpoint_limits
+    deadline = _deadline(args.deadline)
+    queries = QueryLog()
+    queries.install()
     pair = start_sandboxes()
     workdir = Path(tempfile.mkdtemp(prefix="sync-bench-"))
+    data: dict[str, Any] = {
+        "benchmark": "sync_bench",
+        "started_at": started.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "finished": False,
+        "parameters": {
+            "mode": args.mode,
+            "accounts": args.accounts,
+            "orders": args.accounts,
+            "stripe_latency_s": args.stripe_latency,
+            "stripe_mode": limits.mode,
+            "stripe_global_cap_rps": limits.global_cap or None,
+            "stripe_endpoint_budget_rps": limits.endpoint_budget or None,
+            "stripe_burst": limits.burst,
+            "sandbox_has_both_levels": True,
+            "connector_rate_rps": connector_rate,
+            "connector_endpoint_limits": endpoint_limits or None,
+            "connector_options": list(args.connector_option),
+            "salesforce_latency_s": args.salesforce_latency,
+            "page_size": args.page_size,
+            "changed_share": args.changed_share,
+            "scenarios_asked": list(args.scenarios),
+            "deadline": args.deadline,
+            "note": args.note,
+        },
+        "load_average_1_5_15_at_start": load_at_start,
+        "machine": machine(),
+        "scenarios": [],
+    }
     try:
         t0 = time.monotonic()
-        pair.salesforce.load(build_org(args.accounts))  # replaces the sample org
+        load_org(pair, args.accounts)
         pair.stripe.reset()  # no customers, no counts; latency and limits are set below
         load_s = time.monotonic() - t0
         pair.stripe.set_latency(args.stripe_latency)
         pair.salesforce.set_latency(args.salesforce_latency)
-        pair.salesforce.set_daily_limit(
-            max(15_000, args.accounts)
-        )  # a real org of this size has more
+        # A real org of this size has a larger daily API allowance than the sandbox's default.
+        pair.salesforce.set_daily_limit(max(15_000, args.accounts))
+        queries.take()  # the load's own queries (none today) are not the connector's
 
         env = child_env(pair)
-        config = write_config(pair, workdir, "config.yaml", mappings=default_mappings_dir(), args=args)
-        config2 = write_config(
-            pair,
-            workdir,
-            "config-changed-mapping.yaml",
-            mappings=changed_mappings(workdir),
-            args=args,
+        shipped = default_mappings_dir()
+        changed = changed_mappings(shipped, workdir / "mappings-changed")
+        configs = {
+            "shipped": write_config(pair, workdir, "config.yaml", mappings=shipped, args=args),
+            "changed": write_config(
+                pair, workdir, "config-changed-mapping.yaml", mappings=changed, args=args
+            ),
+        }
+        # The no-op change is made to whichever mapping the linked customers last got.
+        same_after_change = same_payload_mappings(changed, workdir / "mappings-changed-same")
+        same_after_shipped = same_payload_mappings(shipped, workdir / "mappings-shipped-same")
+        configs["same_after_changed"] = write_config(
+            pair, workdir, "config-same-after-change.yaml", mappings=same_after_change, args=args
         )
-        baseline = run_child("bench.baseline_imports", [], env, workdir, timeout=120)
-        results = []
-        steps = [
-            (
-                "backfill",
-                "every activated order; every account gets a customer",
-                ["backfill", "--json", "-c", str(config)],
-                None,
-            ),
-            (
-                "sync_unchanged",
-                "a sync with nothing changed",
-                ["sync", "--json", "-c", str(config)],
-                None,
-            ),
-            (
-                "sync_1pct_changed",
-                f"a sync after {args.changed_share:.0%} of the accounts got a new phone number",
-                ["sync", "--json", "-c", str(config)],
-                "change",
-            ),
-            (
-                "recheck_after_mapping_change",
-                "a sync after a static metadata field was added to the mapping",
-                ["sync", "--json", "-c", str(config2)],
-                None,
-            ),
-        ]
-        changed: list[str] = []
-        for name, what, argv, prepare in steps:
+        configs["same_after_shipped"] = write_config(
+            pair, workdir, "config-same-after-shipped.yaml", mappings=same_after_shipped, args=args
+        )
+        current = "shipped"
+        baseline = run_child("bench.baseline_imports", [], env, workdir, timeout=300)
+        data["setup"] = {
+            "load_s": round(load_s, 2),
+            "baseline_rss_mib": round(baseline.peak_rss_mib, 1),
+            "baseline_cpu_s": round(baseline.cpu_s, 2),
+            "baseline_wall_s": round(baseline.wall_s, 2),
+            "baseline_what": "python -m bench.baseline_imports (interpreter and imports, no work)",
+        }
+        accounts_changed = 0
+        for name in args.scenarios:
+            what, argv, which, prepare = SCENARIOS[name]
+            if deadline is not None and time.monotonic() >= deadline:
+                data["not_run_after_deadline"] = args.scenarios[args.scenarios.index(name) :]
+                print(f"deadline reached: {name} and later not run", file=sys.stderr, flush=True)
+                break
+            if which == "current":
+                config = configs[current]
+            elif which == "changed":
+                config, current = configs["changed"], "changed"
+            else:
+                key = "same_after_changed" if current == "changed" else "same_after_shipped"
+                config, current = configs[key], key
             if prepare == "change":
-                changed = change_accounts(pair, args.accounts, args.changed_share)
+                accounts_changed = len(change_accounts(pair, args.accounts, args.changed_share))
+                what = f"{what} ({accounts_changed:,} accounts)"
             print(f"{name} ...", file=sys.stderr, flush=True)
-            res = scenario(name, what, pair, argv, env, workdir, args, limits, baseline)
-            results.append(res)
+            res = scenario(
+                name,
+                what,
+                pair,
+                [*argv, "-c", str(config)],
+                env,
+                workdir,
+                args,
+                limits,
+                baseline,
+                deadline,
+            )
+            res["soql"] = summary(queries.take())
+            data["scenarios"].append(res)
+            _save(args.out, data)  # what finished survives a benchmark stopped later
             print(
-                f"  {res['wall_s']} s, exit {res['exit_code']}, {summary_line(res)}",
+                f"  {res['wall_s']} s, exit {res['exit_code']}"
+                f"{', stopped at ' + res['stopped'] if res['stopped'] else ''}, {summary_line(res)}",
                 file=sys.stderr,
                 flush=True,
             )
-            if res["exit_code"] != 0:
+            if res["exit_code"] != 0 or res["stopped"]:
                 print(res.get("stderr_tail", ""), file=sys.stderr)
                 break
+        data["parameters"]["accounts_changed"] = accounts_changed
+        ran = {s["scenario"] for s in data["scenarios"]}
         customers = pair.stripe.customers()
-        written_back = sum(
-            1 for a in pair.salesforce.records("Account") if a.get("Stripe_Customer_Id__c")
+        # A copy of every account: only worth it when a run wrote customer ids back.
+        written_back = (
+            sum(1 for a in pair.salesforce.records("Account") if a.get("Stripe_Customer_Id__c"))
+            if customers
+            else 0
         )
-        return {
-            "benchmark": "sync_bench",
-            "started_at": started.strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "parameters": {
-                "accounts": args.accounts,
-                "orders": args.accounts,
-                "stripe_latency_s": args.stripe_latency,
-                "stripe_mode": limits.mode,
-                "stripe_global_cap_rps": limits.global_cap or None,
-                "stripe_endpoint_budget_rps": limits.endpoint_budget or None,
-                "stripe_burst": limits.burst,
-                "sandbox_has_both_levels": limits.sandbox_has_levels(),
-                "connector_rate_rps": connector_rate,
-                "salesforce_latency_s": args.salesforce_latency,
-                "page_size": args.page_size,
-                "changed_share": args.changed_share,
-                "accounts_changed": len(changed),
-                "note": args.note,
-            },
-            "machine": machine(),
-            "setup": {
-                "load_s": round(load_s, 2),
-                "baseline_rss_mib": round(baseline.peak_rss_mib, 1),
-                "baseline_cpu_s": round(baseline.cpu_s, 2),
-                "baseline_wall_s": round(baseline.wall_s, 2),
-                "baseline_what": "python -m bench.baseline_imports (interpreter and imports, no work)",
-            },
-            "scenarios": results,
-            "checks": {
-                "stripe_customers": len(customers),
-                "accounts_with_customer_id_written_back": written_back,
-                "every_account_has_one_customer": len(customers) == args.accounts == written_back,
-                "every_customer_has_the_new_mapping_field": all(
-                    (c.get("metadata") or {}).get("bench_mapping") == "v2" for c in customers
-                )
-                if customers
-                else False,
-            },
+        data["checks"] = {
+            "stripe_customers": len(customers),
+            "accounts_with_customer_id_written_back": written_back,
+            "every_account_has_one_customer": len(customers) == args.accounts == written_back
+            if "backfill" in ran
+            else None,
+            "every_customer_has_the_new_mapping_field": all(
+                (c.get("metadata") or {}).get("bench_mapping") == "v2" for c in customers
+            )
+            if customers and "recheck_after_mapping_change" in ran
+            else None,
         }
+        # The commit is the one the run started at (a commit made while it ran changes no
+        # code it loaded); the load average is the one as it ended.
+        data["machine"]["load_average_1_5_15"] = _load_average()
+        # This process holds the sandboxes: what holding the org at this size took.
+        data["setup"]["sandboxes_peak_rss_mib"] = round((_vm_hwm_kib(os.getpid()) or 0) / 1024, 1)
+        data["finished"] = True
+        return data
     finally:
+        queries.uninstall()
         pair.stop()
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _save(out: Path, data: dict[str, Any]) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    tmp.replace(out)
 
 
 def summary_line(res: dict[str, Any]) -> str:
@@ -677,7 +888,7 @@ def summary_line(res: dict[str, Any]) -> str:
     )
 
 
-def main(argv: list[str] | None = None) -> int:
+def main_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -694,22 +905,24 @@ def main(argv: list[str] | None = None) -> int:
         help="seconds the Stripe sandbox waits per request (default 0.25, a customer create's usual latency)",
     )
     ap.add_argument(
-        "--stripe-mode",
-        choices=sorted(GLOBAL_CAP),
+        "--mode",
+        choices=list(MODES),
         default="test",
-        help="picks Stripe's global cap: 25 req/s in test mode, 100 in live mode (default test)",
+        help="the Stripe set-up: test (global 25 req/s, endpoints 25), live (global 100, "
+        "endpoints 25, Stripe's defaults), live-raised (global 100, endpoints raised to 100); "
+        "default test",
     )
     ap.add_argument(
         "--stripe-cap",
         type=float,
         default=None,
-        help="override the global cap, req/s; 0 = no global limit",
+        help="override the mode's global cap, req/s; 0 = no global limit",
     )
     ap.add_argument(
         "--stripe-endpoint-rate",
         type=float,
-        default=25,
-        help="per-endpoint budget, req/s (Stripe's default 25; Search is 20 at most); 0 = none",
+        default=None,
+        help="override the mode's per-endpoint budget, req/s (Search is 20 at most); 0 = none",
     )
     ap.add_argument(
         "--stripe-burst",
@@ -747,6 +960,25 @@ def main(argv: list[str] | None = None) -> int:
         default=3600,
         help="seconds one connector run may take before it is killed",
     )
+    ap.add_argument(
+        "--scenarios",
+        default=",".join(DEFAULT_SCENARIOS),
+        help="comma-separated, run in this order (default: all): " + ", ".join(SCENARIOS),
+    )
+    ap.add_argument(
+        "--connector-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="set a key of the billing account's config (dotted for nested keys, value as YAML),"
+        " e.g. an endpoint budget the connector's limiter reads; repeatable",
+    )
+    ap.add_argument(
+        "--deadline",
+        default=None,
+        help="UTC time (HH:MM or ISO 8601): no scenario starts after it, and the one running is "
+        "stopped (SIGTERM) at it; what ran is saved",
+    )
     ap.add_argument("--note", default="", help="a sentence saved with the figures")
     ap.add_argument(
         "--out",
@@ -754,6 +986,11 @@ def main(argv: list[str] | None = None) -> int:
         default=REPO / "bench" / "results" / "latest.json",
         help="where to write the JSON",
     )
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = main_parser()
     args = ap.parse_args(argv)
     if not 1 <= args.accounts <= MAX_ACCOUNTS:
         ap.error(f"--accounts must be between 1 and {MAX_ACCOUNTS}")
@@ -762,15 +999,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.stripe_burst < 1:
         ap.error("--stripe-burst must be at least 1")
     for name in ("stripe_latency", "salesforce_latency", "stripe_endpoint_rate", "connector_rate"):
-        if getattr(args, name) < 0:
+        if (getattr(args, name) or 0) < 0:
             ap.error(f"--{name.replace('_', '-')} must not be negative")
+    args.scenarios = [x.strip() for x in args.scenarios.split(",") if x.strip()]
+    unknown = [x for x in args.scenarios if x not in SCENARIOS]
+    if unknown or not args.scenarios:
+        ap.error(f"--scenarios: unknown {unknown}; choose from {', '.join(SCENARIOS)}")
     data = run(args)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    _save(args.out, data)
     print(readme_tables.sync_table(data, args.out.name))
     print(f"\nwritten to {args.out}", file=sys.stderr)
-    failed = [s["scenario"] for s in data["scenarios"] if s["exit_code"] != 0]
-    return 1 if failed or len(data["scenarios"]) < 4 else 0
+    failed = [s["scenario"] for s in data["scenarios"] if s["exit_code"] != 0 or s["stopped"]]
+    return 1 if failed or len(data["scenarios"]) < len(args.scenarios) else 0
 
 
 if __name__ == "__main__":

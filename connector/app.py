@@ -13,6 +13,7 @@ import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 from connector.billing import TARGET_KINDS, build_target
 from connector.billing.base import BillingTarget
@@ -60,6 +61,32 @@ def check_mapping_fits(config: Config, mapping: CustomerMapping) -> None:
                 file=config.source_file,
                 key=f"billing.accounts.{i}.kind",
             )
+
+
+def mapping_system_problems(config: Config, folder: Path) -> list[Problem]:
+    """Billing accounts whose mapping builds for another system than their kind's (a Chargebee
+    account reading the Stripe mapping): found by `mappings check`, before a run refuses it."""
+    names = [a.id for a in config.billing.accounts]
+    try:
+        mappings = load_account_mappings(folder, names)
+    except MappingErrors:
+        return []  # the files' own errors are reported by whoever checks them
+    out = []
+    for acct in config.billing.accounts:
+        system = TARGET_KINDS[acct.kind].system
+        m = mappings[acct.id]
+        if m.system != system:
+            hint = f" (point mappings_dir at {folder / system})" if (folder / system).is_dir() else ""
+            out.append(
+                Problem(
+                    m.file,
+                    1,
+                    1,
+                    f"billing account '{acct.id}' is of kind {acct.kind!r} (system {system!r}) "
+                    f"but this mapping builds for system {m.system!r}{hint}",
+                )
+            )
+    return out
 
 
 def connect_source(config: Config, secrets: SecretSource) -> SalesforceSource:
@@ -175,6 +202,7 @@ def make_engine(
         routing=config.routing,
         sharing_groups=engine_groups(config, targets),
         mappings=account_mappings(config, mapping) if mappings is None else mappings,
+        max_in_flight={a.id: a.max_in_flight for a in config.billing.accounts},
     )
 
 
@@ -196,7 +224,18 @@ def open_pipeline(
     members of their sharing groups; it then holds only their partitions' locks (a replica may
     run the others meanwhile), and their cursors are their own, as a daemon partition's are."""
     known = [a.id for a in config.billing.accounts]
-    unknown = [a for a in accounts or () if a not in known]
+    # A Chargebee account with business entities names all of them (`--account chargebee`).
+    accounts = [
+        name
+        for given in accounts or ()
+        for name in (
+            [given]
+            if given in known
+            else [a.id for a in config.billing.accounts if a.id.startswith(f"{given}.")]
+            or [given]
+        )
+    ]
+    unknown = [a for a in accounts if a not in known]
     if unknown:
         raise ConfigError(
             f"--account {unknown[0]}: no such billing account; configured: {', '.join(known)}",

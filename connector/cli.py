@@ -372,7 +372,12 @@ def _run(
             _RUN_STARTED.set()
             try:
                 report = p.engine.run(
-                    mode, dry_run=dry_run, since=start, until=end, retry_all=retry_all
+                    mode,
+                    dry_run=dry_run,
+                    since=start,
+                    until=end,
+                    retry_all=retry_all,
+                    sink=_PrintedPlan(enabled=dry_run and not as_json),
                 )
             finally:
                 stop_progress()
@@ -418,21 +423,45 @@ def _safe_url(url: str) -> str:
     return make_url(url).render_as_string(hide_password=True)
 
 
+class _PrintedPlan:
+    """The run's sink (`engine.RunSink`): a dry run's plan printed page by page as it is made,
+    so a dry run over a million accounts holds one page of it, not all. Decisions are counted
+    in the report; nothing else is kept."""
+
+    def __init__(self, *, enabled: bool) -> None:
+        self.enabled = enabled
+        self.started = False
+
+    def planned(self, plans: Any) -> None:
+        if not self.enabled:
+            return
+        if not self.started:
+            self.started = True
+            out.print("[bold]plan (nothing was written)[/]", highlight=False)
+            out.print(
+                f"{'action':<10} {'account':<18} {'billing account':<16} {'customer':<20} "
+                "changed fields / reason",
+                highlight=False,
+            )
+        for p in plans:
+            out.print(
+                f"{p.action:<10} {p.account_id:<18} {p.billing_account:<16} "
+                f"{p.customer_id or '-':<20} {p.detail()}",
+                highlight=False,
+                markup=False,
+                soft_wrap=True,
+            )
+
+    def decided(self, decisions: Any) -> None:
+        pass
+
+
 def _print_report(report: Any, *, state: str | None = None) -> None:
     out.print(
         f"[bold]{report.mode}{' (dry run)' if report.dry_run else ''}[/] {report.status}, run {report.run_id}",
         highlight=False,
     )
     out.print(report.summary(), highlight=False)
-    if report.dry_run and report.plan:
-        plan = Table(title="plan (nothing was written)")
-        for col in ("action", "account", "billing account", "customer", "changed fields / reason"):
-            plan.add_column(col)
-        for p in report.plan:
-            plan.add_row(
-                p.action, p.account_id, p.billing_account, p.customer_id or "-", p.detail()
-            )
-        out.print(plan)
     if state:
         out.print(f"state: {state}", highlight=False)
 
@@ -625,6 +654,22 @@ def db_upgrade(config: ConfigOpt = Path("config.yaml")) -> None:
             )
 
 
+def _query_plan_warnings(cfg: Config, source: Any, folder: Path) -> list[Any]:
+    """A warning for each query of a sync that Salesforce's optimizer answers with a TableScan."""
+    from connector.app import account_mappings
+    from connector.mapping import load_mappings
+    from connector.mapping.spec import Problem
+    from connector.query_plans import table_scans
+
+    shared = load_mappings(folder)
+    mappings = [shared, *account_mappings(cfg, shared).values()]
+    where = cfg.source_file or folder
+    return [
+        Problem(Path(where), 1, 1, f"query plan: {w.message()}", "warning")
+        for w in table_scans(source, mappings, list(cfg.billing.writeback_fields().values()))
+    ]
+
+
 @mappings_app.command("check")
 def mappings_check(
     config: ConfigOpt = Path("config.yaml"),
@@ -633,7 +678,12 @@ def mappings_check(
         typer.Option("--dir", help="Mappings folder (default: from config, else ./mappings)."),
     ] = None,
     online: Annotated[
-        bool, typer.Option("--online", help="Also ask Salesforce that every source field exists.")
+        bool,
+        typer.Option(
+            "--online",
+            help="Also ask Salesforce that every source field exists, and warn about every "
+            "query whose plan is a full table scan.",
+        ),
     ] = False,
 ) -> None:
     """Validate every mapping file (the shared folder and each billing account's own) and the
@@ -655,6 +705,9 @@ def mappings_check(
             if cfg is None:
                 return check_mappings(folder, describe=describe)
             found = check_account_mappings(folder, accounts, describe=describe)
+            from connector.app import mapping_system_problems
+
+            found.extend(mapping_system_problems(cfg, folder))
             if mappings_dir is None:
                 from connector.app import check_group_mappings
 
@@ -669,15 +722,22 @@ def mappings_check(
             return found
 
         describe = None
+        source = None
         if online:
             assert cfg is not None
             problems = check()  # offline first: never contact Salesforce with a broken file
             if not any(p.severity == "error" for p in problems):
-                from connector.salesforce import connect
+                from connector.app import connect_source
 
-                source = connect(cfg.salesforce, secrets)
+                source = connect_source(cfg, secrets)
                 describe = source.describe
         problems = check(describe)
+        if (
+            source is not None
+            and cfg is not None
+            and not any(p.severity == "error" for p in problems)
+        ):
+            problems.extend(_query_plan_warnings(cfg, source, folder))
     errors = [p for p in problems if p.severity == "error"]
     for p in problems:
         (err if p.severity == "error" else out).print(
@@ -958,15 +1018,21 @@ def xref_show(
             for acct in cfg.billing.accounts:
                 link = links[acct.id]
                 group = cfg.billing.group_of(acct.id)
-                # A customer of a sharing group: the member whose link is oldest created it,
-                # the others use it by the same id.
+                # A customer of a sharing group: created in one member (the links of the others
+                # name it; links older than that column: the member whose link is oldest), used
+                # from the others by the same id.
                 sharing = [
                     ln
                     for m in (group.accounts if group and link else ())
                     if (ln := links.get(m)) is not None and ln.customer_id == link.customer_id
                 ]
+                named = {ln.shared_from for ln in sharing if ln.shared_from}
                 creator = (
-                    min(sharing, key=lambda ln: ln.first_synced_at).billing_account
+                    (
+                        named.pop()
+                        if len(named) == 1
+                        else min(sharing, key=lambda ln: ln.first_synced_at).billing_account
+                    )
                     if len(sharing) > 1
                     else None
                 )
@@ -985,6 +1051,8 @@ def xref_show(
                         "writeback_pending": link.writeback_pending if link else None,
                         "basis_order_id": link.basis_order_id if link else None,
                         "sharing_group": group.label if group else None,
+                        # Chargebee: the business entity this billing account writes under
+                        "business_entity": acct.business_entity_id,
                         "created_in": creator,
                         "used_from": sorted(ln.billing_account for ln in sharing)
                         if creator
@@ -1180,13 +1248,26 @@ def sandbox(
         pair.stop()
 
 
+class DemoTarget(StrEnum):
+    stripe = "stripe"
+    chargebee = "chargebee"
+
+
 @app.command()
 def demo(
     state_dir: Annotated[Path, typer.Option(help="Where the demo keeps its state file.")] = Path(
         "demo-state"
     ),
+    target: Annotated[
+        DemoTarget,
+        typer.Option(
+            help="The billing system: stripe, or chargebee (a site with three business "
+            "entities and customer sharing)."
+        ),
+    ] = DemoTarget.stripe,
 ) -> None:
     """Start the sandbox with the sample data, backfill, change a few accounts, sync, and show what happened."""
+    from connector.sandbox.chargebee_demo import run_chargebee_demo
     from connector.sandbox.run import run_demo
 
     stop = (
@@ -1195,7 +1276,7 @@ def demo(
         else None
     )
     with _errors():
-        code = run_demo(
+        code = (run_chargebee_demo if target is DemoTarget.chargebee else run_demo)(
             state_dir,
             console=out,
             stop=stop,

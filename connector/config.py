@@ -21,6 +21,7 @@ from pydantic import (
     Field,
     PrivateAttr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -69,6 +70,13 @@ class SalesforceConfig(_Model):
     # Stop a run cleanly before it uses more than this share of the org's remaining daily calls.
     api_budget_share: float = Field(default=0.5, gt=0, le=1)
     writeback_batch_size: int = Field(default=200, ge=1, le=200)
+    # A full read (backfill, re-check, first sync) of more orders than this goes on through a
+    # Bulk API 2.0 query job after its first page; 0 keeps every read on the REST query API.
+    bulk_threshold: int = Field(default=50_000, ge=0)
+    # Records per Bulk API 2.0 result set (one call each; the set is held in memory at once).
+    bulk_page_size: int = Field(default=10_000, ge=200, le=50_000)
+    # Seconds simple-salesforce waits before polling a Bulk query job (0 polls at once).
+    bulk_poll_seconds: float = Field(default=5.0, ge=0, le=60)
 
     @field_validator("instance_url")
     @classmethod
@@ -108,6 +116,14 @@ _SF_FIELD = r"^[A-Za-z][A-Za-z0-9_]*$"
 _ACCOUNT_ID = r"^acct_[A-Za-z0-9]+$"
 _ACCOUNT_PATH = r"^acct_[A-Za-z0-9]+(/acct_[A-Za-z0-9]+)?$"
 _API_VERSION = r"^\d{4}-\d{2}-\d{2}(\.[a-z]+)?$"
+# Chargebee business entity ids (their `id` type: letters, digits, '_' and '-'; 50 at most).
+_ENTITY_ID = r"^[A-Za-z0-9_-]+$"
+ENTITY_ID_MAX = 50
+
+
+# Enough for Stripe's live cap (100 a second) at 250 ms a request, with room for jitter.
+DEFAULT_MAX_IN_FLIGHT = 32
+_ENDPOINT_NAME = re.compile(r"^[a-z_]+\.[a-z_]+$")
 
 
 class BillingAccountConfig(_Model):
@@ -138,14 +154,141 @@ class BillingAccountConfig(_Model):
     stripe_version: str | None = Field(default=None, pattern=_API_VERSION)
     # Writes per second for this account (Stripe test mode allows about 25, live about 100).
     max_requests_per_second: float = Field(default=20, gt=0, le=1000)
+    # Per-endpoint budgets, requests a second, for accounts whose limits Stripe raised:
+    # {customers.create: 100, customers.update: 100}. Unnamed endpoints keep Stripe's default
+    # (25 a second, customers.search 20).
+    endpoint_limits: dict[str, float] = Field(default_factory=dict)
+    # Most requests in flight at once for this account; the pool is sized from the pace and
+    # the latency seen, up to this. 1 sends one request at a time.
+    max_in_flight: int = Field(default=DEFAULT_MAX_IN_FLIGHT, ge=1, le=256)
     max_network_retries: int = Field(default=2, ge=0, le=10)
     # The Account field that receives this account's customer id, or null for none. Unset: the
     # first account writes to Stripe_Customer_Id__c (as before), the others write nothing.
     writeback_field: str | None = Field(default=None, pattern=_SF_FIELD, max_length=80)
 
+    # --- kind chargebee only (refused on other kinds, as the Stripe fields are on chargebee) ---
+    # The site: `acme-test` of acme-test.chargebee.com.
+    site: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9-]*$", max_length=100)
+    # The one business entity this account writes under (sent as chargebee-business-entity-id).
+    business_entity_id: str | None = Field(
+        default=None, pattern=_ENTITY_ID, min_length=1, max_length=ENTITY_ID_MAX
+    )
+    # Several entities of the site: the account becomes one billing account per entity, named
+    # NAME.ENTITY, which routing rules name to pick the entity of an order.
+    business_entities: tuple[str, ...] | None = Field(default=None, min_length=1)
+    # customer_sharing: one customer per Salesforce account for every entity (Chargebee's
+    # Customer Sharing must be on); none: one customer per entity, each with its own id.
+    sharing: Literal["customer_sharing", "none"] | None = None
+    # With customer sharing: the entity new customers are created under. Unset: the entity of
+    # the account's first routed order.
+    primary_entity: str | None = None
+    # Requests a minute for this site. Unset: 150, a Chargebee test site's limit.
+    requests_per_minute: float | None = Field(default=None, gt=0, le=10_000)
+
     @property
     def name(self) -> str:
         return self.id
+
+    @field_validator("stripe_context", "stripe_account", "stripe_version")
+    @classmethod
+    def _stripe_only(cls, v: str | None, info: ValidationInfo) -> str | None:
+        kind = info.data.get("kind")
+        if v is not None and kind is not None and kind != "stripe":
+            raise ValueError(
+                f"{info.field_name} is a Stripe setting; this account is of kind {kind!r}: "
+                "remove it (a Chargebee account names its site and business entities)"
+            )
+        return v
+
+    @field_validator(
+        "site",
+        "business_entity_id",
+        "business_entities",
+        "sharing",
+        "primary_entity",
+        "requests_per_minute",
+    )
+    @classmethod
+    def _chargebee_only(cls, v: Any, info: ValidationInfo) -> Any:
+        kind = info.data.get("kind")
+        if v is not None and kind is not None and kind != "chargebee":
+            raise ValueError(
+                f"{info.field_name} is a Chargebee setting; this account is of kind {kind!r}: "
+                "remove it, or set kind: chargebee"
+                + (
+                    " (a Stripe account's pace is max_requests_per_second)"
+                    if info.field_name == "requests_per_minute"
+                    else ""
+                )
+            )
+        return v
+
+    @field_validator("business_entities")
+    @classmethod
+    def _entity_ids(cls, v: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if v is None:
+            return v
+        for entity in v:
+            if not re.fullmatch(_ENTITY_ID, entity) or len(entity) > ENTITY_ID_MAX:
+                raise ValueError(
+                    f"business entity id {entity!r}: Chargebee ids are 1 to {ENTITY_ID_MAX} "
+                    "letters, digits, '_' or '-'"
+                )
+        if len(set(v)) != len(v):
+            raise ValueError("list each business entity once")
+        return v
+
+    @model_validator(mode="after")
+    def _entities_fit_together(self) -> BillingAccountConfig:
+        if self.kind != "chargebee":
+            return self
+        if self.business_entities is not None and self.business_entity_id is not None:
+            raise ValueError(
+                "set business_entities (several entities, routed per order) or "
+                "business_entity_id (one), not both"
+            )
+        if self.primary_entity is not None:
+            if self.sharing != "customer_sharing":
+                raise ValueError(
+                    "primary_entity is where shared customers are created; it needs "
+                    "sharing: customer_sharing"
+                )
+            entities = self.business_entities or (
+                (self.business_entity_id,) if self.business_entity_id else ()
+            )
+            if self.primary_entity not in entities:
+                raise ValueError(
+                    f"primary_entity {self.primary_entity!r} is not one of this account's "
+                    f"business entities ({', '.join(entities) or 'none configured'})"
+                )
+        for entity in self.business_entities or ():
+            if len(self.entity_account_name(entity)) > 64:
+                raise ValueError(
+                    f"{self.entity_account_name(entity)!r} (name.entity, the billing account "
+                    "of that entity) is longer than 64 characters; use a shorter account name"
+                )
+        return self
+
+    def entity_account_name(self, entity: str) -> str:
+        """The billing account of one of this account's business entities (routing names it)."""
+        return f"{self.id}.{entity}"
+
+    def entity_accounts(self) -> list[BillingAccountConfig]:
+        """This account as the engine runs it: one billing account per business entity (each
+        with that entity's id), or itself when it names one entity or none."""
+        if not self.business_entities:
+            return [self]
+        return [
+            self.model_copy(
+                update={
+                    "id": self.entity_account_name(entity),
+                    "business_entity_id": entity,
+                    "business_entities": None,
+                    "primary_entity": None,
+                }
+            )
+            for entity in self.business_entities
+        ]
 
     @field_validator("kind")
     @classmethod
@@ -155,6 +298,18 @@ class BillingAccountConfig(_Model):
 
         if v not in TARGET_KINDS:
             raise ValueError(f"unknown kind {v!r}; known: {', '.join(sorted(TARGET_KINDS))}")
+        return v
+
+    @field_validator("endpoint_limits")
+    @classmethod
+    def _endpoint_limits(cls, v: dict[str, float]) -> dict[str, float]:
+        for name, rate in v.items():
+            if not _ENDPOINT_NAME.match(name):
+                raise ValueError(
+                    f"endpoint {name!r}: name endpoints like customers.create or customers.update"
+                )
+            if not 0 < rate <= 10_000:
+                raise ValueError(f"endpoint {name}: requests a second must be in (0, 10000]")
         return v
 
     @model_validator(mode="after")
@@ -218,6 +373,7 @@ class BillingConfig(_Model):
 
     @model_validator(mode="after")
     def _groups_of_known_accounts(self) -> BillingConfig:
+        self._expand_business_entities()
         kinds = {a.id: a.kind for a in self.accounts}
         seen: dict[str, str] = {}
         labels: set[str] = set()
@@ -260,6 +416,49 @@ class BillingConfig(_Model):
                     "one customer id, may"
                 )
         return self
+
+    def _expand_business_entities(self) -> None:
+        """A Chargebee account with `business_entities` becomes one billing account per entity
+        (NAME.ENTITY: routing rules pick the entity of each order, links and cursors are kept
+        per entity), and with `sharing: customer_sharing` those accounts form a sharing group
+        (one customer per Salesforce account, created under the primary entity, used from the
+        others). Everything after config (routing, partitions, the engine) sees only these."""
+        if not any(a.business_entities for a in self.accounts):
+            return
+        expanded: list[BillingAccountConfig] = []
+        groups = list(self.sharing_groups)
+        configured = {a.id for a in self.accounts}
+        for account in self.accounts:
+            mine = account.entity_accounts()
+            for entity_account in mine:
+                if entity_account is not account and entity_account.id in configured:
+                    raise ValueError(
+                        f"billing account {account.id!r}: its entity account "
+                        f"{entity_account.id!r} has the name of another billing account"
+                    )
+            expanded.extend(mine)
+            if len(mine) > 1 and account.sharing == "customer_sharing":
+                groups.append(
+                    SharingGroupConfig(
+                        name=account.id,
+                        accounts=tuple(a.id for a in mine),
+                        primary=(
+                            account.entity_account_name(account.primary_entity)
+                            if account.primary_entity
+                            else None
+                        ),
+                    )
+                )
+            elif len(mine) > 1 and account.writeback_field:
+                raise ValueError(
+                    f"billing account {account.id!r}: without customer sharing each business "
+                    f"entity has its own customer, and one Account field "
+                    f"({account.writeback_field}) cannot hold them all; set writeback_field: "
+                    "null, or sharing: customer_sharing"
+                )
+        # Validated already, as configured; frozen models are built once, here included.
+        object.__setattr__(self, "accounts", tuple(expanded))
+        object.__setattr__(self, "sharing_groups", tuple(groups))
 
     def group_of(self, account: str) -> SharingGroupConfig | None:
         return next((g for g in self.sharing_groups if account in g.accounts), None)
@@ -408,15 +607,22 @@ class Config(_Model):
             return data
         accounts = [dict(a) if isinstance(a, dict) else a for a in accounts]
         first = accounts[0]
+        target = billing.get("target")
         if isinstance(first, dict):
-            if "writeback_field" not in first:
+            separate = (
+                first.get("kind", target) == "chargebee"
+                and isinstance(first.get("business_entities"), list | tuple)
+                and len(first["business_entities"]) > 1
+                and first.get("sharing") != "customer_sharing"
+            )
+            if "writeback_field" not in first and not separate:
+                # (entities without sharing: a customer each, which no one field can hold)
                 first["writeback_field"] = legacy or DEFAULT_WRITEBACK_FIELD
             elif legacy and first["writeback_field"] != legacy:
                 raise ValueError(
                     "salesforce.stripe_id_field and billing.accounts[0].writeback_field disagree; "
                     "keep only writeback_field"
                 )
-        target = billing.get("target")
         if isinstance(target, str):
             for account in accounts:
                 if isinstance(account, dict):

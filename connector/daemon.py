@@ -37,7 +37,7 @@ from connector.app import (
 )
 from connector.billing.base import BillingTarget
 from connector.config import Config, SecretSource
-from connector.engine import ORDERS_CURSOR, RunReport
+from connector.engine import ORDERS_CURSOR, Discard, RunReport
 from connector.errors import (
     AuthenticationError,
     ConfigError,
@@ -257,7 +257,7 @@ class Daemon:
         started = time.monotonic()
         with structlog.contextvars.bound_contextvars(billing_account=name):
             try:
-                report = engine.run(mode)  # type: ignore[arg-type]
+                report = engine.run(mode, sink=Discard())  # type: ignore[arg-type]
             except Exception as exc:
                 # A bug: recorded as failed by the engine; the daemon goes on with the others.
                 log.exception("daemon.run_crashed")

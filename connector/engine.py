@@ -13,8 +13,9 @@ Guarantees a run keeps, whatever fails:
   the links are saved with the intents dropped in the page's transaction, so a crash in between
   is finished with the same key on the next run instead of creating a second customer;
 - an unchanged payload (same hash as last written) costs no billing call at all;
-- the incremental cursor moves only at the end of a run that read everything, and only to the
-  Salesforce server time at which that run's reading began (a resumed backfill: its first
+- an incremental cursor (one per watched object) moves only to the end of a time window whose
+  changes were all read and whose accounts' orders were all applied, and never past the
+  Salesforce server time at which the run's reading began (a resumed backfill: its first
   attempt's), never to the newest row some query happened to return; records that failed go
   to the retry list instead of holding the cursor back for everyone else.
 """
@@ -22,18 +23,28 @@ Guarantees a run keeps, whatever fails:
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from collections.abc import Set as AbstractSet
+from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, Protocol
 
 import structlog
 
-from connector.billing.base import BillingTarget, BillingUnreachable, CustomerMissing
+from connector.background import Background
+from connector.billing.base import (
+    BillingTarget,
+    BillingUnreachable,
+    CustomerMissing,
+    PartiallyApplied,
+    PartiallyRefused,
+)
+from connector.config import DEFAULT_MAX_IN_FLIGHT
 from connector.errors import (
     ConnectorError,
     LockLost,
@@ -52,16 +63,22 @@ from connector.planner import (
     plan_record,
     wants_new_customer,
 )
+from connector.prefetch import prefetched
 from connector.routing import RoutingConfig, route
 from connector.salesforce import (
+    CHANGES_PAGE,
+    IN_CHUNK,
     DeletedAccount,
     OrderPage,
     OrderRow,
+    Watched,
     WriteBackResult,
     parse_sf_datetime,
 )
+from connector.sfid import normalize_sf_id
 from connector.state.ports import Store
 from connector.state.records import Intent, Link, OrderLink, Outcome
+from connector.writers import Stop, WritePool
 
 __all__ = ["ORDERS_CURSOR", "Engine", "PlannedWrite", "RunReport", "Source"]
 
@@ -71,6 +88,14 @@ Mode = Literal["sync", "backfill", "recheck", "retry"]
 
 ORDERS_CURSOR = "salesforce.orders.modstamp"
 DELETIONS_CURSOR = "salesforce.accounts.deleted.modstamp"
+# One cursor per watched object (`salesforce.changes.Account.modstamp`...): every change of that
+# object stamped before it has been read and its accounts' orders applied. ORDERS_CURSOR is
+# kept as the least of them (what `status` and the daemon show, and where a cursor of an
+# object newly watched starts); a store written by a release with the one OR'd query has only
+# ORDERS_CURSOR, and every object's cursor starts from it.
+CHANGES_CURSOR = "salesforce.changes.{}.modstamp"
+# A window that still times out at this width is not a question of width: the run fails.
+MIN_WINDOW = timedelta(seconds=1)
 SF_STAMP = "%Y-%m-%dT%H:%M:%S.000+0000"
 # After this many records in a row found no connection to a billing account, the account is
 # down, not the records: the run stops (exit 3) instead of failing every record slowly.
@@ -89,7 +114,6 @@ class Source(Protocol):
         fields: Sequence[str],
         *,
         watch: Sequence[str] = ...,
-        changed_since: datetime | None = None,
         activated_from: datetime | None = None,
         activated_until: datetime | None = None,
         after_id: str | None = None,
@@ -105,6 +129,20 @@ class Source(Protocol):
 
     def server_time(self) -> datetime: ...
 
+    def watched_objects(self, relationships: Sequence[str]) -> list[Watched]: ...
+
+    def changes(
+        self,
+        sobject: str,
+        *,
+        since: datetime,
+        until: datetime,
+        after: tuple[str, str] | None = None,
+        fields: Sequence[str] = (),
+    ) -> list[dict[str, Any]]: ...
+
+    def accounts_referencing(self, path: str, ids: Sequence[str]) -> list[str]: ...
+
 
 # --- what a run reports ----------------------------------------------------------------------
 
@@ -117,6 +155,43 @@ class Decision:
     billing_account: str
     action: str
     outcome: str
+
+
+class RunSink(Protocol):
+    """Where a run hands what it planned and decided, page by page, as it goes.
+
+    The run keeps neither: `sync --dry-run` prints each page's plan before reading the next, and
+    the daemon drops them, so memory stays bounded by a page. `KeepAll` keeps both for the
+    report (tests, the demo)."""
+
+    def planned(self, plans: Sequence[PlannedWrite]) -> None: ...
+
+    def decided(self, decisions: Sequence[Decision]) -> None: ...
+
+
+class KeepAll:
+    """Keeps every planned write and decision of a run for `RunReport.plan` and `.decisions`:
+    the whole run in memory, for small runs only."""
+
+    def __init__(self) -> None:
+        self.plan: list[PlannedWrite] = []
+        self.decisions: list[Decision] = []
+
+    def planned(self, plans: Sequence[PlannedWrite]) -> None:
+        self.plan.extend(plans)
+
+    def decided(self, decisions: Sequence[Decision]) -> None:
+        self.decisions.extend(decisions)
+
+
+class Discard:
+    """Keeps nothing: the report has the counts."""
+
+    def planned(self, plans: Sequence[PlannedWrite]) -> None:
+        pass
+
+    def decided(self, decisions: Sequence[Decision]) -> None:
+        pass
 
 
 @dataclass
@@ -215,10 +290,14 @@ class RunReport:
 
 @dataclass
 class Tally:
-    """Counts of one run, per billing account; each account is counted once per pass."""
+    """Counts of one run, per billing account; each account is counted once per pass.
+
+    Counts only, never ids: a run's memory is bounded by a page, at a million accounts as at a
+    thousand. `accounts_seen` counts the distinct accounts of each page read, so an account
+    whose orders fall on two pages is counted on each (it is planned on each too)."""
 
     orders_read: int = 0
-    accounts: set[str] = field(default_factory=set)
+    accounts_seen: int = 0
     by_account: dict[str, AccountCounts] = field(default_factory=dict)
     writeback_failed: int = 0
     # Orders no routing rule sends anywhere: refused, but of no billing account.
@@ -235,7 +314,7 @@ class Tally:
         keys = ("created", "updated", "unchanged", "refused", "failed")
         return {
             "orders_read": self.orders_read,
-            "accounts_seen": len(self.accounts),
+            "accounts_seen": self.accounts_seen,
             **{k: self.total(k) for k in keys},
         }
 
@@ -251,6 +330,8 @@ class Applied:
     created: bool = False  # a new link whose intent is dropped with it
     conflict: tuple[str, str | None, dict[str, Any]] | None = None  # kind, other account, details
     unreachable: BillingUnreachable | None = None
+    # Part of the write was applied, the rest refused: retried like a failure, counted refused.
+    retry: bool = False
 
 
 @dataclass
@@ -292,11 +373,20 @@ class RunScope:
     writebacks: dict[str, WriteBacks]  # billing account -> its write-back queue
     fresh: Mapping[str, Mapping[str, datetime]]  # ba -> account -> when an admin chose --new
     held_now: dict[str, set[str]]  # ba -> accounts this run held (a dry run cannot store them)
-    done: dict[str, set[str]]  # ba -> accounts applied this run (the retry pass skips them)
     streak: dict[str, int]  # ba -> records in a row that found no connection
+    sink: RunSink = field(default_factory=KeepAll)
+    # ba -> the most write requests it had in flight at once
+    peak_in_flight: dict[str, int] = field(default_factory=dict)
+    # write-back batches on their way to Salesforce beside the writers
+    beside: Background[tuple[WriteBacks, list[tuple[str, str]]]] = field(
+        default_factory=lambda: Background("writeback")
+    )
+    # The current page's plan and decisions, handed to `sink` when the page is done.
     plan: list[PlannedWrite] = field(default_factory=list)
     decisions: list[Decision] = field(default_factory=list)
     expected_total: list[int | None] = field(default_factory=lambda: [None])
+    # Accounts whose orders the incremental pass read after the snapshot: read once a run.
+    read: set[str] = field(default_factory=set)
 
 
 @dataclass(frozen=True, slots=True)
@@ -335,6 +425,37 @@ def link_sources(mapping: CustomerMapping) -> tuple[str, ...]:
     return tuple(out)
 
 
+def account_fields(paths: Iterable[str], writeback_fields: Iterable[str]) -> list[str]:
+    """The Account's own fields an order's payload, routing and write-back depend on, named as
+    on the Account: `Account.Name` -> Name, `Account.Parent.Name` -> ParentId (which parent is
+    read), `Account.Partner__r.Name` -> Partner__c, and every write-back field."""
+    out: dict[str, str] = {}
+    for path in paths:
+        parts = path.split(".")
+        if len(parts) < 2 or parts[0].casefold() != "account":
+            continue
+        if len(parts) == 2:
+            name = parts[1]
+        else:
+            rel = parts[1]
+            name = rel[:-3] + "__c" if rel.casefold().endswith("__r") else rel + "Id"
+        out.setdefault(name.casefold(), name)
+    for f in writeback_fields:
+        out.setdefault(f.casefold(), f)
+    return sorted(out.values(), key=str.casefold)
+
+
+def record_digest(
+    record: Mapping[str, Any], fields: Sequence[str], overrides: Mapping[str, str] | None = None
+) -> str:
+    """A digest of `fields` of a record as REST returns it (names case-insensitive); `overrides`
+    (folded field name -> value) stand for values the connector is about to write."""
+    folded = {k.casefold(): v for k, v in record.items() if k != "attributes"}
+    over = overrides or {}
+    items = [[f.casefold(), over.get(f.casefold(), folded.get(f.casefold()))] for f in fields]
+    return hashlib.sha256(json.dumps(items, default=str).encode()).hexdigest()
+
+
 class Engine:
     """Runs sync passes. One engine per process; runs are serialised by the store lock."""
 
@@ -357,8 +478,11 @@ class Engine:
         routing: RoutingConfig | None = None,
         sharing_groups: Sequence[SharingGroup] = (),
         mappings: Mapping[str, CustomerMapping] | None = None,
+        max_in_flight: Mapping[str, int] | None = None,
     ) -> None:
         self.source = source
+        # Billing account -> most write requests in flight at once (1: one at a time).
+        self.max_in_flight = dict(max_in_flight or {})
         self.targets = list(targets)
         # Which billing account each order goes to (None: every order to every account).
         self.routing = routing
@@ -386,9 +510,18 @@ class Engine:
         for m in every:
             for f in m.soql_fields():
                 unique.setdefault(f.casefold(), f)
+        # Which Account fields a change must touch to matter (see _skip_unchanged_accounts);
+        # the order query reads them all, so a row's Account carries what the digest covers.
+        self.account_fields = account_fields(
+            [*unique.values(), *getattr(source, "extra_fields", ())],
+            self.writeback_fields.values(),
+        )
+        for f in self.account_fields:
+            unique.setdefault(f"account.{f.casefold()}", f"Account.{f}")
         self.fields = sorted(unique.values())
         self.watch = watched_relationships(self.fields)
         self.link_sources = tuple(dict.fromkeys(s for m in every for s in link_sources(m)))
+        self._watched: list[Watched] | None = None
 
     # --- the run --------------------------------------------------------------------------
 
@@ -400,7 +533,10 @@ class Engine:
         since: datetime | None = None,
         until: datetime | None = None,
         retry_all: bool = False,
+        sink: RunSink | None = None,
     ) -> RunReport:
+        """One pass. `sink` receives the plan and decisions page by page; without one they are
+        kept whole for the report (`KeepAll`), which only small runs can afford."""
         run_id = (
             self.store.runs.start(
                 mode, dry_run=dry_run, partition=",".join(t.name for t in self.targets)
@@ -409,7 +545,7 @@ class Engine:
             else _dry_run_id()
         )
         structlog.contextvars.bind_contextvars(run_id=run_id)
-        scope = self._scope(run_id, dry_run)
+        scope = self._scope(run_id, dry_run, sink if sink is not None else KeepAll())
         sf_start = self._sf_calls()
         calls_start = {t.name: t.calls for t in self.targets}
         status, error, error_exit = "succeeded", None, None
@@ -489,7 +625,11 @@ class Engine:
             log.exception("run.crashed")
             raise
         finally:
+            # Batches still on their way (the run stopped early) finish unrecorded: their
+            # links stay pending and the next run writes them back.
+            scope.beside.close()
             structlog.contextvars.unbind_contextvars("run_id")
+            self._flush_sink(scope)
         report = self._report(
             scope, mode, status, error, error_exit, sf_start=sf_start, calls_start=calls_start
         )
@@ -513,10 +653,16 @@ class Engine:
                     error_exit_code=UnavailableError.exit_code,
                 )
                 log.error("run.unrecorded", error=report.error)
-        log.info("run.finished", run_id=run_id, status=report.status, **_counts(report))
+        log.info(
+            "run.finished",
+            run_id=run_id,
+            status=report.status,
+            peak_in_flight=dict(scope.peak_in_flight),
+            **_counts(report),
+        )
         return report
 
-    def _scope(self, run_id: str, dry_run: bool) -> RunScope:
+    def _scope(self, run_id: str, dry_run: bool, sink: RunSink) -> RunScope:
         names = [t.name for t in self.targets]
         # Accounts an admin resolved with `conflicts resolve --new`: they get a new customer
         # whatever their write-back field says, once.
@@ -541,8 +687,8 @@ class Engine:
             writebacks=writebacks,
             fresh=fresh,
             held_now={n: set() for n in names},
-            done={n: set() for n in names},
             streak={n: 0 for n in names},
+            sink=sink,
         )
 
     def _report(
@@ -575,7 +721,7 @@ class Engine:
             dry_run=scope.dry_run,
             status=status,
             orders_read=tally.orders_read,
-            accounts_seen=len(tally.accounts),
+            accounts_seen=tally.accounts_seen,
             created=tally.total("created"),
             updated=tally.total("updated"),
             unchanged=tally.total("unchanged"),
@@ -585,8 +731,8 @@ class Engine:
             salesforce_calls=self._sf_calls() - sf_start,
             billing_calls=sum(c["calls"] for c in per.values()),
             billing_accounts=per,
-            plan=tuple(scope.plan),
-            decisions=tuple(scope.decisions),
+            plan=tuple(scope.sink.plan) if isinstance(scope.sink, KeepAll) else (),
+            decisions=tuple(scope.sink.decisions) if isinstance(scope.sink, KeepAll) else (),
             error=error,
             error_exit_code=error_exit,
         )
@@ -619,7 +765,6 @@ class Engine:
         """Read every page and apply it. Returns (completed, the time the cursor may move to)."""
         backfill_cursor = None
         after_id = None
-        changed_since = None
         if mode == "backfill":
             backfill_cursor = self.cursor(f"backfill:{_iso(since) or '-'}:{_iso(until) or '-'}")
             resume = _BackfillPoint.parse(self.store.cursors.get(backfill_cursor))
@@ -630,15 +775,18 @@ class Engine:
                 snapshot = resume.snapshot or snapshot
                 log.info("backfill.resuming", after_id=after_id, snapshot=_iso(snapshot))
         elif mode == "sync":
-            cursor = parse_sf_datetime(self.store.cursors.get(self.cursor(ORDERS_CURSOR)))
-            changed_since = cursor - self.overlap if cursor else None
-        pages = self.source.activated_orders(
-            self.fields,
-            watch=self.watch,
-            changed_since=changed_since,
-            activated_from=since if mode == "backfill" else None,
-            activated_until=until if mode == "backfill" else None,
-            after_id=after_id,
+            starts = self._change_starts()
+            if starts is not None and snapshot is not None:
+                return self._read_changes(scope, starts, snapshot), snapshot
+            # No cursor yet: this first sync reads every activated order, as a backfill would.
+        pages = prefetched(
+            self.source.activated_orders(
+                self.fields,
+                watch=self.watch,
+                activated_from=since if mode == "backfill" else None,
+                activated_until=until if mode == "backfill" else None,
+                after_id=after_id,
+            )
         )
         for page in pages:
             scope.expected_total[0] = page.total
@@ -652,6 +800,201 @@ class Engine:
             self._set_cursor(backfill_cursor, "")
         return True, snapshot
 
+    # --- incremental reads: one selective query per watched object -----------------------------
+
+    def watched(self) -> list[Watched]:
+        """Order and every object the mappings read through, with the id paths to each."""
+        if self._watched is None:
+            self._watched = self.source.watched_objects(self.watch)
+        return self._watched
+
+    def _changes_cursor(self, sobject: str) -> str:
+        return self.cursor(CHANGES_CURSOR.format(sobject))
+
+    def _change_starts(self) -> dict[str, datetime] | None:
+        """Each watched object's cursor; None when there is none yet (nothing was ever read)."""
+        legacy = parse_sf_datetime(self.store.cursors.get(self.cursor(ORDERS_CURSOR)))
+        starts: dict[str, datetime] = {}
+        for w in self.watched():
+            own = parse_sf_datetime(self.store.cursors.get(self._changes_cursor(w.sobject)))
+            start = own or legacy
+            if start is None:
+                return None
+            starts[w.sobject] = start
+        return starts
+
+    def _read_changes(
+        self, scope: RunScope, starts: Mapping[str, datetime], snapshot: datetime
+    ) -> bool:
+        """Every change of every watched object since its cursor, up to the run's snapshot.
+
+        No query ORs fields of different objects: Salesforce uses an index for an OR only when
+        every branch filters the object queried, so the one query that ORed the SystemModstamps
+        of Order, Account, Contact and Quote scanned every Order of the org on every run.
+        """
+        for w in self.watched():
+            if not self._read_object_changes(scope, w, starts[w.sobject], snapshot):
+                return False
+        return True
+
+    def _read_object_changes(
+        self, scope: RunScope, w: Watched, start: datetime, until: datetime
+    ) -> bool:
+        """Read `w`'s changes in [start - overlap, until) and apply the orders they affect.
+
+        The window is read in keyset pages on (SystemModstamp, Id). On QUERY_TIMEOUT it is
+        halved from where it stopped and reading goes on; the object's cursor moves to the end
+        of each slice once every order that slice affected is applied (failures are on the
+        retry list), so a run stopped in between starts again at the last finished slice.
+        """
+        cursor = start
+        # The Date header is whole seconds: Salesforce's clock was somewhere in [until,
+        # until + 1s), and a change stamped in that second may already be visible. Read it
+        # now, but move the cursor no further than `until`: the next run reads it again.
+        windows: list[tuple[datetime, datetime, tuple[str, str] | None]] = [
+            (start - self.overlap, until + timedelta(seconds=1), None)
+        ]
+        while windows:
+            since, end, after = windows.pop(0)
+            if since >= end:
+                continue
+            try:
+                while True:
+                    records = self.source.changes(
+                        w.sobject,
+                        since=since,
+                        until=end,
+                        after=after,
+                        fields=self.account_fields if w.sobject == "Account" else (),
+                    )
+                    if records:
+                        if not self._apply_changes(scope, w, records):
+                            return False
+                        last = records[-1]
+                        after = (str(last["SystemModstamp"]), str(last["Id"]))
+                    if len(records) < CHANGES_PAGE:
+                        break
+            except TransientError as exc:
+                if exc.code != "QUERY_TIMEOUT":
+                    raise
+                low = parse_sf_datetime(after[0]) if after else since
+                assert low is not None
+                if end - low <= MIN_WINDOW:
+                    raise
+                middle = low + (end - low) / 2
+                log.warning(
+                    "changes.window_halved",
+                    object=w.sobject,
+                    since=_iso(low),
+                    until=_iso(end),
+                    now_until=_iso(middle),
+                )
+                windows[0:0] = [(since, middle, after), (middle, end, None)]
+                continue
+            done_until = min(end, until)
+            if not scope.dry_run and done_until > cursor:
+                self._move_change_cursor(w.sobject, done_until)
+                cursor = done_until
+        return True
+
+    def _apply_changes(
+        self, scope: RunScope, w: Watched, records: Sequence[Mapping[str, Any]]
+    ) -> bool:
+        """Read and apply the orders of every account one page of changed records affects."""
+        affected: dict[str, None] = {}
+        if w.sobject == "Order":
+            affected.update(
+                dict.fromkeys(
+                    normalize_sf_id(str(r["AccountId"]), what="Order.AccountId") for r in records
+                )
+            )
+        else:
+            ids = [normalize_sf_id(str(r["Id"]), what=f"{w.sobject}.Id") for r in records]
+            same = self._unchanged_accounts(records) if w.sobject == "Account" else set()
+            for path in w.paths:
+                # A change that left every field the orders read from the account as applied
+                # does not make that account's orders worth reading; the other paths (a parent
+                # whose children read it) still read, since they may read other fields.
+                todo = [i for i in ids if i not in same] if path.casefold() == "accountid" else ids
+                for start in range(0, len(todo), IN_CHUNK):
+                    chunk = todo[start : start + IN_CHUNK]
+                    affected.update(dict.fromkeys(self.source.accounts_referencing(path, chunk)))
+        # An account already read in this run was read after the snapshot: every change
+        # stamped before it, which is all a window holds, is in what was applied.
+        todo = [a for a in affected if a not in scope.read]
+        return self._process_accounts(scope, todo, self.targets)
+
+    def _unchanged_accounts(self, records: Sequence[Mapping[str, Any]]) -> set[str]:
+        """Changed accounts whose fields the orders read are as the connector last applied them.
+
+        This is how the connector's own write-backs are recognised: the digest remembered when
+        an account's orders were applied covers the write-back field with the customer id
+        about to be written, so the change the write-back makes leaves the digest equal.
+        Comparing the fields is the robust way. LastModifiedById names only the latest
+        editor: an admin's edit made between the connector's read and its write-back would be
+        skipped with it, and the integration user is often shared with other automation (a
+        flow that the write-back triggers runs as that user). Recording the SystemModstamp
+        a write-back produced needs a read after every write-back (Salesforce's collection
+        answer carries no stamp), and that stamp also hides any edit saved between the read
+        and the write. A field comparison never skips a change to a field that is read,
+        whoever made it, and also skips edits to fields nothing reads.
+        """
+        ids = [normalize_sf_id(str(r["Id"]), what="Account.Id") for r in records]
+        stored = self.store.digests.get_many("Account", ids)
+        same = {
+            i
+            for i, r in zip(ids, records, strict=True)
+            if i in stored and stored[i] == record_digest(r, self.account_fields)
+        }
+        if same:
+            log.info("changes.accounts_unchanged", skipped=len(same), changed=len(ids) - len(same))
+        return same
+
+    def _remember_digests(self, scope: RunScope, rows: Sequence[OrderRow]) -> None:
+        """What this page applied of each account, with the customer ids about to be written
+        back in place of the write-back fields' current values."""
+        if scope.dry_run or not rows:
+            return
+        overrides: dict[str, dict[str, str]] = {}
+        for wb in scope.writebacks.values():
+            for acc, customer in wb.pending.items():
+                overrides.setdefault(acc, {})[wb.field_name.casefold()] = customer
+        digests = {
+            row.account_id: record_digest(
+                row.record["Account"], self.account_fields, overrides.get(row.account_id)
+            )
+            for row in rows
+            if isinstance(row.record.get("Account"), dict)
+        }
+        self._store_write(lambda: self.store.digests.set_many("Account", digests))
+
+    def _process_accounts(
+        self, scope: RunScope, account_ids: Sequence[str], targets: Sequence[BillingTarget]
+    ) -> bool:
+        for start in range(0, len(account_ids), IN_CHUNK):
+            chunk = list(account_ids[start : start + IN_CHUNK])
+            for page in prefetched(
+                self.source.activated_orders(self.fields, watch=self.watch, account_ids=chunk)
+            ):
+                if not self._process_rows(scope, page.rows, targets):
+                    return False
+            scope.read.update(chunk)
+        return True
+
+    def _move_change_cursor(self, sobject: str, to: datetime) -> None:
+        """Move one object's cursor, then the summary (the least of them) if it moved."""
+        self._set_cursor(self._changes_cursor(sobject), to.strftime(SF_STAMP))
+        stamps = [
+            parse_sf_datetime(self.store.cursors.get(self._changes_cursor(w.sobject)))
+            for w in self.watched()
+        ]
+        if any(s is None for s in stamps):
+            return
+        least = min(s for s in stamps if s is not None)
+        current = parse_sf_datetime(self.store.cursors.get(self.cursor(ORDERS_CURSOR)))
+        if current is None or least > current:
+            self._set_cursor(self.cursor(ORDERS_CURSOR), least.strftime(SF_STAMP))
+
     def _process_retries(self, scope: RunScope, *, retry_all: bool) -> bool:
         # Rows read here never move the cursor: the cursor is the run's snapshot time.
         for target in self.targets:
@@ -660,7 +1003,16 @@ class Engine:
                 if retry_all
                 else self.store.retries.due(target.name, now=self.now())
             )
-            todo = [i.account_id for i in items if i.account_id not in scope.done[target.name]]
+            # An account this run applied was cleared from the list (written or unchanged) or
+            # has an outcome of this run (failed again, refused): asked of the store, so no set
+            # of the run's accounts is kept in memory. A dry run records none and skips none.
+            ids = [i.account_id for i in items]
+            applied = (
+                set()
+                if scope.dry_run
+                else self.store.runs.accounts_with_outcomes(scope.run_id, target.name, ids)
+            )
+            todo = [a for a in ids if a not in applied]
             for start in range(0, len(todo), 200):
                 chunk = todo[start : start + 200]
                 for page in self.source.activated_orders(
@@ -688,12 +1040,14 @@ class Engine:
         ids = sorted(linked)
         for start in range(0, len(ids), DEPENDENTS_CHUNK):
             chunk = ids[start : start + DEPENDENTS_CHUNK]
-            for page in self.source.activated_orders(
-                self.fields, watch=self.watch, referencing={p: chunk for p in paths}
-            ):
-                rows = [r for r in page.rows if r.account_id not in skip]
-                if rows and not self._process_rows(scope, rows, targets, depth=depth + 1):
-                    return False
+            # One query per path: ORing paths through different objects would scan every Order.
+            for path in paths:
+                for page in self.source.activated_orders(
+                    self.fields, watch=self.watch, referencing={path: chunk}
+                ):
+                    rows = [r for r in page.rows if r.account_id not in skip]
+                    if rows and not self._process_rows(scope, rows, targets, depth=depth + 1):
+                        return False
         return True
 
     # --- one page ----------------------------------------------------------------------------
@@ -706,13 +1060,36 @@ class Engine:
         *,
         depth: int = 0,
     ) -> bool:
-        """Plan and apply one page for each billing account. False when interrupted."""
+        """Plan and apply one page for each billing account. False when interrupted. What the
+        page planned and decided goes to the run's sink before the next page is read."""
+        try:
+            return self._process_page(scope, rows, targets, depth=depth)
+        finally:
+            self._flush_sink(scope)
+
+    @staticmethod
+    def _flush_sink(scope: RunScope) -> None:
+        if scope.plan:
+            plans, scope.plan[:] = list(scope.plan), []
+            scope.sink.planned(plans)
+        if scope.decisions:
+            decisions, scope.decisions[:] = list(scope.decisions), []
+            scope.sink.decided(decisions)
+
+    def _process_page(
+        self,
+        scope: RunScope,
+        rows: Sequence[OrderRow],
+        targets: Sequence[BillingTarget],
+        *,
+        depth: int,
+    ) -> bool:
         orders_before = scope.tally.orders_read
         wanted = {t.name for t in targets}
         routed: dict[str, list[OrderRow]] = {t.name: [] for t in self.targets}
+        scope.tally.accounts_seen += len({r.account_id for r in rows})
         for row in rows:
             scope.tally.orders_read += 1
-            scope.tally.accounts.add(row.account_id)
             for ba in self._route(scope, row):
                 if ba in wanted:
                     routed[ba].append(row)
@@ -741,6 +1118,7 @@ class Engine:
                 return False
             if target.name in users:
                 self._link_users(scope, target.name, users[target.name])
+        self._remember_digests(scope, rows)
         self._flush_writebacks(scope, final=False)
         if scope.dry_run:
             return True
@@ -919,6 +1297,7 @@ class Engine:
                     writeback_pending=True,
                     first_synced_at=now,
                     last_synced_at=now,
+                    shared_from=writer,
                 )
                 saves.append(link)
                 queued.append((member, link, row))
@@ -1097,29 +1476,53 @@ class Engine:
             # Write-ahead: every create of the batch is recorded with its key and exact payload
             # before any is sent, so a crash in between is finished with the same key.
             self._store_write(lambda: self._record_intents(creates))
-        for n, p in enumerate(plans, start=1):
+        most = self.max_in_flight.get(ba, DEFAULT_MAX_IN_FLIGHT)
+        limiter = getattr(target, "limiter", None)  # targets pace through a shared limiter
+        pool: WritePool[PlannedWrite, Applied] = WritePool(
+            lambda p: self._apply(target, p, links.get(p.account_id)),
+            key=lambda p: p.account_id,
+            writes=lambda p: p.writes,
+            window=(lambda: limiter.in_flight(most)) if limiter is not None else (lambda: most),
+            most=most,
+        )
+        sent = 0
+
+        def before_send(p: PlannedWrite) -> bool:
+            nonlocal sent
+            sent += 1
             if self.on_progress:
                 self.on_progress(
-                    orders_before + page_size * n // max(1, len(plans)), scope.expected_total[0]
+                    orders_before + page_size * sent // max(1, len(plans)),
+                    scope.expected_total[0],
                 )
             if self.stop.is_set():
                 return False  # finish cleanly: what was applied is recorded, the rest read again
             if p.writes:
                 self.before_write()
             attempted.add(p.account_id)
-            result = self._apply(target, p, links.get(p.account_id))
+            return True
+
+        unreachable: list[BillingUnreachable] = []
+
+        def on_result(p: PlannedWrite, result: Applied) -> None:
+            # In plan order, on this thread: outcomes read as in a serial run.
             applied.append(result)
             if result.link is not None:
                 links[p.account_id] = result.link
-            scope.done[ba].add(p.account_id)
             scope.decisions.append(Decision(p.account_id, ba, p.action, result.outcome.outcome))
             if result.unreachable is not None:
                 scope.streak[ba] += 1
-                if scope.streak[ba] >= UNREACHABLE_STREAK:
-                    self._stop_unreachable(scope, ba, applied, result.unreachable)
+                if scope.streak[ba] >= UNREACHABLE_STREAK and not unreachable:
+                    unreachable.append(result.unreachable)
+                    raise Stop  # send no more; what is in flight is still handed back
             elif p.writes:
                 scope.streak[ba] = 0
-        return True
+
+        completed = pool.run(plans, before_send=before_send, on_result=on_result)
+        scope.peak_in_flight[ba] = max(scope.peak_in_flight.get(ba, 0), pool.peak)
+        if unreachable:
+            self._stop_unreachable(scope, ba, applied, unreachable[0])
+        return completed
 
     def _stop_unreachable(
         self, scope: RunScope, ba: str, applied: list[Applied], exc: BillingUnreachable
@@ -1127,7 +1530,6 @@ class Engine:
         # The records that found no connection are not failed: they are read again next run.
         dropped = {a.planned.account_id for a in applied if a.unreachable is not None}
         applied[:] = [a for a in applied if a.unreachable is None]
-        scope.done[ba] -= dropped
         scope.decisions[:] = [
             d
             for d in scope.decisions
@@ -1141,19 +1543,21 @@ class Engine:
 
     def _record_intents(self, creates: Iterable[PlannedWrite]) -> None:
         now = self.now()
-        with self.store.transaction():
-            for p in creates:
-                assert p.idempotency_key is not None
-                self.store.intents.record(
-                    Intent(
-                        billing_account=p.billing_account,
-                        account_id=p.account_id,
-                        idempotency_key=p.idempotency_key,
-                        payload_hash=p.payload_hash,
-                        created_at=now,
-                        payload=dict(p.payload),
-                    )
+        intents = []
+        for p in creates:
+            assert p.idempotency_key is not None
+            intents.append(
+                Intent(
+                    billing_account=p.billing_account,
+                    account_id=p.account_id,
+                    idempotency_key=p.idempotency_key,
+                    payload_hash=p.payload_hash,
+                    created_at=now,
+                    payload=dict(p.payload),
                 )
+            )
+        # One statement with a parameter set per create, in its own transaction.
+        self.store.intents.record_many(intents)
 
     # --- context, fetched in batches before planning ---------------------------------------
 
@@ -1206,8 +1610,8 @@ class Engine:
         for acc, intent in intents.items():
             if intent.payload is not None and now - intent.created_at < rules.idempotency_window:
                 continue
-            if acc in held:
-                continue
+            if acc in held or rules.client_chosen_ids:
+                continue  # held; or the target's create finds its own id again (no search)
             lookups[acc] = self._lookup(target, acc)
         for lk in lookups.values():
             for cid in lk.customer_ids:
@@ -1302,10 +1706,81 @@ class Engine:
                 "sync.record.failed", account_id=p.account_id, code=exc.code, error=str(exc)
             )
             return Applied(p, _outcome(p, "failed", exc.code, str(exc)), link, conflict=conflict)
+        except (PartiallyApplied, PartiallyRefused) as exc:
+            before: Mapping[str, Any] | None = None
+            if p.action == "update" and link is not None:
+                before = link.payload
+            return self._apply_partial(p, link, exc, p.payload, before)
         except (RecordError, TransientError) as exc:
             code = exc.code or type(exc).__name__
             log.warning("sync.record.failed", account_id=p.account_id, code=code, error=str(exc))
             return Applied(p, _outcome(p, "failed", code, str(exc)), link)
+
+    def _apply_partial(
+        self,
+        p: PlannedWrite,
+        link: Link | None,
+        exc: PartiallyApplied | PartiallyRefused,
+        planned: Mapping[str, Any],
+        before: Mapping[str, Any] | None,
+    ) -> Applied:
+        """A write of several calls stopped half way: link what billing holds now, no more.
+
+        The link's payload is what was applied: `planned` with the keys still pending put back
+        to what the customer held `before` (the link's payload for an update, the interrupted
+        create's for a replay's follow-up; for a customer whose earlier state is not known, a
+        create that adopted one or an adopt, the pending keys are left out). Its hash differs
+        from the planned payload's, so the next run plans an update that sends exactly the
+        pending keys. A create that got as far as a customer links its id, so no later run
+        creates a second one.
+        """
+        written = _without_pending(planned, frozenset(exc.pending), before)
+        from connector.mapping import payload_hash
+
+        digest = payload_hash(written)
+        cid = exc.customer_id or p.customer_id or ""
+        pending = sorted(exc.pending)
+        if p.action == "update" and link is not None:
+            done = Applied(
+                p,
+                _outcome(p, "updated"),
+                replace(
+                    link,
+                    payload_hash=digest,
+                    payload=dict(written),
+                    mapping_fingerprint=self.mapping_of(p.billing_account).fingerprint,
+                    basis_order_id=p.order_id,
+                    basis_order_activated_at=p.basis_activated_at,
+                    last_synced_at=self.now(),
+                    status="active",
+                ),
+                save_link=True,
+            )
+        else:
+            done = self._linked(
+                p,
+                cid,
+                digest,
+                written,
+                created=p.action in LINKS,
+                kind="adopted" if p.action == "adopt" else "created",
+            )
+        refused = isinstance(exc, PartiallyRefused)
+        kind = "refused" if refused else "failed"
+        message = f"{exc} (still to send: {', '.join(pending)}; the rest is in billing)"
+        code = getattr(exc.cause, "code", None) or exc.code or type(exc).__name__
+        log.warning(
+            "sync.record.partial",
+            account_id=p.account_id,
+            customer_id=cid,
+            outcome=kind,
+            code=code,
+            pending=pending,
+            error=str(exc),
+        )
+        return replace(
+            done, outcome=_outcome(p, kind, code, message, customer_id=cid), retry=refused
+        )
 
     def _apply_refused(self, p: PlannedWrite, link: Link | None) -> Applied:
         log.warning("sync.record.refused", account_id=p.account_id, reason=p.reason)
@@ -1348,13 +1823,19 @@ class Engine:
     def _apply_replay(self, target: BillingTarget, p: PlannedWrite) -> Applied:
         assert p.idempotency_key is not None and p.create_payload is not None
         log.info("sync.intent.replayed", account_id=p.account_id, key=p.idempotency_key)
-        cid = target.create_customer(p.create_payload, idempotency_key=p.idempotency_key)
+        try:
+            cid = target.create_customer(p.create_payload, idempotency_key=p.idempotency_key)
+        except (PartiallyApplied, PartiallyRefused) as exc:
+            return self._apply_partial(p, None, exc, p.create_payload, None)
         if p.followup_key is None:
             return self._linked(p, cid, p.payload_hash, p.payload, created=True)
         # The account changed since the lost create: bring the customer up to date now. Saved
         # as written by the create first, so a failed update is retried as an update.
         try:
             target.update_customer(cid, p.send or p.payload, idempotency_key=p.followup_key)
+        except (PartiallyApplied, PartiallyRefused) as exc:
+            exc.customer_id = cid
+            return self._apply_partial(p, None, exc, p.payload, p.create_payload)
         except (RecordError, TransientError) as exc:
             from connector.mapping import payload_hash
 
@@ -1436,7 +1917,7 @@ class Engine:
             scope.tally.of(ba).add(a.outcome.outcome)
             if a.conflict is not None:
                 scope.held_now[ba].add(a.planned.account_id)
-        failed = [a.outcome for a in applied if a.outcome.outcome == "failed"]
+        failed = [a.outcome for a in applied if a.outcome.outcome == "failed" or a.retry]
         ok = [
             a.planned.account_id
             for a in applied
@@ -1453,6 +1934,14 @@ class Engine:
             for r in rows
             if r.account_id in active
         ]
+        # Orders of accounts whose link did not change are written only if new or moved: a
+        # re-check of unchanged accounts rewrites nothing (one read per page instead of an
+        # upsert per order). `last_seen_at` is thus when the row last changed.
+        saved = {a.planned.account_id for a in applied if a.save_link}
+        settled = [o.order_id for o in order_links if o.account_id not in saved]
+        if settled:
+            known = self.store.links.order_links(ba, settled)
+            order_links = [o for o in order_links if known.get(o.order_id) != o]
 
         def write() -> None:
             with self.store.transaction():
@@ -1460,8 +1949,7 @@ class Engine:
                 if saves:
                     self.store.links.save(saves)
                 created = [a.planned.account_id for a in applied if a.created]
-                for account_id in [*created, *unsent]:
-                    self.store.intents.drop(ba, account_id)
+                self.store.intents.drop_many(ba, [*created, *unsent])
                 if order_links:
                     self.store.links.save_order_links(order_links)
                 for a in applied:
@@ -1640,55 +2128,67 @@ class Engine:
         if wb.confirmed:
             confirmed, wb.confirmed = wb.confirmed, []
             self._store_write(lambda: self.store.links.mark_written_back(ba, confirmed))
+        # Full batches go to Salesforce beside the writers; the answers are recorded here, at
+        # the next page boundary, and all of them before the run ends.
         for batch in wb.take(final=final):
-            try:
-                results = self.source.write_back(batch, wb.field_name)
-            except TransientError as exc:
-                # The links stay pending and the next run writes them back; the records are
-                # reported now, so nobody believes the ids reached Salesforce.
-                log.warning("writeback.deferred", accounts=len(batch), error=str(exc))
-                results = [
-                    WriteBackResult(
-                        a,
-                        False,
-                        exc.code or "TRANSIENT",
-                        f"{exc} (pending, retried next run)",
-                        transient=True,
-                    )
-                    for a, _ in batch
-                ]
-            ok = [r.account_id for r in results if r.ok]
-            failures = [r for r in results if not r.ok]
-            customers = dict(batch)
-            outcomes = [
-                Outcome(
-                    account_id=r.account_id,
-                    billing_account=ba,
-                    outcome="failed",
-                    customer_id=customers.get(r.account_id),
-                    error_code=f"writeback_{r.code}",
-                    error_message=REDACTOR.scrub(
-                        f"writing the customer id to Account.{wb.field_name} failed: {r.message}"
-                    ),
+            scope.beside.submit((wb, batch), self.source.write_back, batch, wb.field_name)
+        for (done_wb, done_batch), future in scope.beside.collect(wait=final):
+            self._record_writeback(scope, done_wb, done_batch, future)
+
+    def _record_writeback(
+        self,
+        scope: RunScope,
+        wb: WriteBacks,
+        batch: list[tuple[str, str]],
+        future: Future[list[WriteBackResult]],
+    ) -> None:
+        ba = wb.billing_account
+        try:
+            results = future.result()
+        except TransientError as exc:
+            # The links stay pending and the next run writes them back; the records are
+            # reported now, so nobody believes the ids reached Salesforce.
+            log.warning("writeback.deferred", accounts=len(batch), error=str(exc))
+            results = [
+                WriteBackResult(
+                    a,
+                    False,
+                    exc.code or "TRANSIENT",
+                    f"{exc} (pending, retried next run)",
+                    transient=True,
                 )
-                for r in failures
+                for a, _ in batch
             ]
-            for r in failures:
-                log.warning(
-                    "writeback.failed", account_id=r.account_id, code=r.code, error=r.message
-                )
-            # A write-back failure is its own count: the account's sync outcome stays counted
-            # once, as created or updated.
-            scope.tally.writeback_failed += len(outcomes)
+        ok = [r.account_id for r in results if r.ok]
+        failures = [r for r in results if not r.ok]
+        customers = dict(batch)
+        outcomes = [
+            Outcome(
+                account_id=r.account_id,
+                billing_account=ba,
+                outcome="failed",
+                customer_id=customers.get(r.account_id),
+                error_code=f"writeback_{r.code}",
+                error_message=REDACTOR.scrub(
+                    f"writing the customer id to Account.{wb.field_name} failed: {r.message}"
+                ),
+            )
+            for r in failures
+        ]
+        for r in failures:
+            log.warning("writeback.failed", account_id=r.account_id, code=r.code, error=r.message)
+        # A write-back failure is its own count: the account's sync outcome stays counted
+        # once, as created or updated.
+        scope.tally.writeback_failed += len(outcomes)
 
-            def write(ok: list[str] = ok, outcomes: list[Outcome] = outcomes) -> None:
-                with self.store.transaction():
-                    if ok:
-                        self.store.links.mark_written_back(ba, ok)
-                    if outcomes:
-                        self.store.runs.record_outcomes(scope.run_id, outcomes)
+        def write() -> None:
+            with self.store.transaction():
+                if ok:
+                    self.store.links.mark_written_back(ba, ok)
+                if outcomes:
+                    self.store.runs.record_outcomes(scope.run_id, outcomes)
 
-            self._store_write(write)
+        self._store_write(write)
 
     # --- the cursor ---------------------------------------------------------------------------
 
@@ -1700,12 +2200,16 @@ class Engine:
             return  # a backfill never moves the incremental cursor backwards or forwards past a sync
         if mode == "backfill" and not backfill_window:
             return  # a windowed backfill did not read everything
+        # The run read every change stamped before the snapshot, of every watched object.
+        # A backfill or recheck does not resolve the watched objects (that may take describe
+        # calls): it moves the summary, where an object without a cursor of its own starts.
+        for w in self._watched or ():
+            name = self._changes_cursor(w.sobject)
+            own = parse_sf_datetime(self.store.cursors.get(name))
+            if own is None or snapshot > own:
+                self._set_cursor(name, snapshot.strftime(SF_STAMP))
         if current is None or snapshot > current:
-            self._store_write(
-                lambda: self.store.cursors.set(
-                    self.cursor(ORDERS_CURSOR), snapshot.strftime(SF_STAMP)
-                )
-            )
+            self._set_cursor(self.cursor(ORDERS_CURSOR), snapshot.strftime(SF_STAMP))
 
 
 @dataclass(frozen=True, slots=True)
@@ -1726,6 +2230,18 @@ class _BackfillPoint:
             return _BackfillPoint(value, None)  # written before the snapshot was kept
         data = json.loads(value)
         return _BackfillPoint(str(data["after_id"]), parse_sf_datetime(data.get("snapshot")))
+
+
+def _without_pending(
+    payload: Mapping[str, Any], pending: AbstractSet[str], before: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    """`payload` with its `pending` top-level keys as they were in `before` (left out when
+    `before` had none or is unknown): what billing holds after the other keys were applied."""
+    out = {k: v for k, v in payload.items() if k not in pending}
+    for key in pending:
+        if before is not None and key in before:
+            out[key] = before[key]
+    return out
 
 
 def _was_admin_link(link: Link | None) -> bool:

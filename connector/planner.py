@@ -307,7 +307,11 @@ def _create(
             )
         # Older than the target keeps keys: find the customer by the tags every customer
         # carries before making a new one (search lags by about a minute, not by a day).
+        # A target whose ids the connector chooses needs no search: a create under a new key
+        # asks for the same id, and the target adopts the customer the lost create made.
         lookup = ctx.lookups.get(acc) or Lookup(error="no lookup was made")
+        if rules.client_chosen_ids:
+            lookup = Lookup()
         if lookup.error is not None:
             return base.make(
                 "failed",

@@ -13,9 +13,12 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from billing_targets import TargetUnderTest, chargebee_target, stripe_target
+
 from connector.app import open_pipeline
 from connector.config import Config, SecretSource
 from connector.engine import RunReport
+from connector.sandbox.chargebee import ChargebeeSandbox
 from connector.sandbox.run import SANDBOX_ORG_ID, SANDBOX_STRIPE_KEY, SANDBOX_TOKEN, SandboxPair
 from connector.sandbox.salesforce import SalesforceSandbox
 from connector.sandbox.stripe import StripeSandbox
@@ -121,6 +124,62 @@ def cli_env(sandboxes: SandboxPair, db_url: str, tmp_path: Path) -> dict[str, st
     env["BILLING_CONNECTOR_CONFIG"] = str(cfg)
     _ = yaml  # the snippet is YAML; parsed by the command itself
     return env
+
+
+@pytest.fixture(params=["stripe", "chargebee"])
+def target(request: pytest.FixtureRequest, sandboxes: SandboxPair) -> Iterator[TargetUnderTest]:
+    """The billing system the engine's integration tests run against, once per system: the
+    pair's Stripe sandbox, or a Chargebee sandbox beside the same Salesforce org."""
+    if request.param == "stripe":
+        yield stripe_target(sandboxes.stripe, sandboxes.stripe_key)
+        return
+    with ChargebeeSandbox() as cb:
+        yield chargebee_target(cb)
+
+
+@pytest.fixture
+def target_config(
+    sandboxes: SandboxPair, target: TargetUnderTest, db_url: str
+) -> Callable[..., Config]:
+    """A config for the Salesforce sandbox, the `target` and the store under test: one billing
+    account of the target's kind, the shipped mapping for its system; overrides per section."""
+
+    def make(**sections: dict[str, Any]) -> Config:
+        data = sandboxes.config_dict(state_url=db_url, mappings_dir=str(target.mappings_dir))
+        data["billing"] = {"accounts": [target.account_config()]}
+        for name, values in sections.items():
+            if isinstance(data.get(name), dict):
+                data[name] = {**data[name], **values}
+            else:
+                data[name] = values
+        return Config.model_validate(data)
+
+    return make
+
+
+@pytest.fixture
+def target_secrets(target: TargetUnderTest) -> SecretSource:
+    return SecretSource({"SALESFORCE_ACCESS_TOKEN": SANDBOX_TOKEN, **target.secrets()})
+
+
+@pytest.fixture
+def target_run(
+    target_config: Callable[..., Config], target_secrets: SecretSource
+) -> Callable[..., RunReport]:
+    """Run one engine pass against the Salesforce sandbox and the `target`, as the CLI would."""
+
+    def run(mode: str = "sync", *, config: Config | None = None, **kwargs: Any) -> RunReport:
+        with open_pipeline(config or target_config(), target_secrets) as p:
+            return p.engine.run(mode, **kwargs)  # type: ignore[arg-type]
+
+    return run
+
+
+@pytest.fixture
+def billed(target: TargetUnderTest, target_config: Callable[..., Config],
+           target_secrets: SecretSource) -> Callable[[], dict[str, list[Any]]]:
+    """What the target holds now: customers (RemoteCustomer) by salesforce_account_id tag."""
+    return lambda: target.by_account(target_config(), target_secrets)
 
 
 from state_fixtures import db_url  # noqa: E402, F401  (SQLite and PostgreSQL stores)

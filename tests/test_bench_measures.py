@@ -73,3 +73,113 @@ def test_table_figures_print_missing_values_as_a_dash() -> None:
     assert fmt(None) == "-"
     assert fmt(0.9312) == "0.931"
     assert fmt(1234) == "1,234"
+
+
+def test_a_run_past_the_deadline_is_stopped_and_says_so(tmp_path: Path) -> None:
+    import time
+
+    # A connector stand-in that would outlive any benchmark; the deadline has already passed.
+    (tmp_path / "forever.py").write_text("import threading\nthreading.Event().wait()\n")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    child = run_child("forever", [], env, tmp_path, timeout=600, deadline=time.monotonic())
+    assert child.stopped == "deadline"
+    assert child.exit_code != 0
+
+
+@pytest.mark.parametrize(
+    ("mode", "endpoints", "cap"),
+    [("test", ["create"], 25), ("live", ["create"], 25), ("live-raised", ["create"], 100)],
+)
+def test_mode_presets_are_the_issues_set_ups(mode: str, endpoints: list[str], cap: float) -> None:
+    from bench.sync_bench import limits_from, main_parser
+
+    args = main_parser().parse_args(["--mode", mode])
+    assert limits_from(args).effective_cap(endpoints) == cap
+    assert limits_from(args).burst == 5
+
+
+def test_an_or_across_objects_is_flagged_and_one_objects_keyset_or_is_not() -> None:
+    from bench.soql_shapes import ors_across_objects
+
+    assert ors_across_objects(
+        "SELECT Id FROM Order WHERE StatusCode = 'A' AND (SystemModstamp >= 2026-01-01T00:00:00Z"
+        " OR Account.SystemModstamp >= 2026-01-01T00:00:00Z)"
+    )
+    assert not ors_across_objects(
+        "SELECT Id FROM Account WHERE SystemModstamp > 2026-01-01T00:00:00Z OR "
+        "(SystemModstamp = 2026-01-01T00:00:00Z AND Id > '001000000000001AAA') ORDER BY Id"
+    )
+    assert not ors_across_objects(
+        "SELECT Id FROM Order WHERE AccountId IN ('001A', '001B') AND Account.Name != 'x OR y'"
+    )
+
+
+def _run_file(mode: str, ratio: float | None, failed: int) -> dict[str, object]:
+    scenario = {
+        "scenario": "backfill",
+        "stopped": None,
+        "failed_records": failed,
+        "report": {},
+        "wall_s": 1.0,
+        "stripe": {
+            "ratio_to_effective_cap_while_writing": ratio,
+            "effective_cap_rps": 25.0,
+            "rate_limited": 0,
+            "total": 10,
+        },
+        "connector_process": {"peak_rss_mib": 100.0},
+    }
+    return {
+        "parameters": {
+            "mode": mode,
+            "accounts": 10_000,
+            "stripe_latency_s": 0.25,
+            "salesforce_latency_s": 0.2,
+        },
+        "scenarios": [scenario, {**scenario, "scenario": "recheck_after_mapping_change"}],
+    }
+
+
+def test_targets_are_met_only_where_the_figures_show_it() -> None:
+    from bench.readme_tables import targets_table
+
+    table = targets_table(
+        [("a.json", _run_file("test", 0.95, 0)), ("b.json", _run_file("live", 0.5, 0))]
+    )
+    rows = {line.split(" | ")[0].strip("| ").split(":")[0]: line for line in table.splitlines()}
+    assert rows["test"].endswith("**met** |")
+    assert rows["live"].endswith("**not met** |")
+    assert rows["live-raised"].endswith("not measured |")
+    # A record failed: not met, however fast.
+    table = targets_table([("a.json", _run_file("test", 0.95, 1))])
+    assert "**not met**" in table.splitlines()[2]
+
+
+def test_a_million_account_run_cut_short_decides_only_when_already_over_the_limit() -> None:
+    from bench.readme_tables import targets_table
+
+    def dry_run(rss: float, stopped: str | None) -> dict[str, object]:
+        return {
+            "parameters": {
+                "mode": "live-raised",
+                "accounts": 1_000_000,
+                "stripe_latency_s": 0.05,
+                "salesforce_latency_s": 0.2,
+            },
+            "scenarios": [
+                {
+                    "scenario": "dry_run",
+                    "stopped": stopped,
+                    "connector_process": {"peak_rss_mib": rss},
+                }
+            ],
+        }
+
+    def verdict(rss: float, stopped: str | None) -> str:
+        table = targets_table([("m.json", dry_run(rss, stopped))])
+        return next(line for line in table.splitlines() if "dry_run" in line)
+
+    assert verdict(200, None).endswith("**met** |")
+    assert verdict(300, None).endswith("**not met** |")
+    assert verdict(300, "deadline").endswith("**not met** |")
+    assert verdict(200, "deadline").endswith("not measured |")

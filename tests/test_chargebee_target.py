@@ -505,7 +505,7 @@ def test_429_slows_down_and_retries_with_the_same_key(
     sandbox.inject_rate_limit(count=2, method="POST")
     cid = target.create_customer(payload(), idempotency_key=key("c1"))
     assert target.rate_limited == 2 and len([s for s in sleeps if s > 0.05]) == 2
-    assert target.pacer.rate < target.pacer.max_rate
+    assert target.limiter.rate < target.limiter.max_rate
     posts = [e for e in sandbox.exchanges if e["method"] == "POST"]
     assert {e["headers"]["chargebee-idempotency-key"] for e in posts} == {key("c1")}
     assert [c["id"] for c in sandbox.customers()] == [cid]

@@ -174,3 +174,120 @@ def test_mappings_check_names_chargebees_limits(tmp_path: Path) -> None:
     assert any(m.startswith("8:") and "connector chooses the customer id" in m for m in messages), (
         messages
     )
+
+
+def _check_one(tmp_path: Path, system: str | None, target: str, body: str) -> list[str]:
+    """`mappings check` of a file mapping one field (its name on line 3, what it maps from on
+    line 4, counted without the `system:` line); its problems as 'line: msg'."""
+    head = f"system: {system}\n" if system else ""
+    lines = head.count("\n")
+    (tmp_path / "customer.yaml").write_text(
+        f"{head}target: customer\nfields:\n  {target}:\n    {body}\n", encoding="utf-8"
+    )
+    return [f"{p.line - lines}: {p.message}" for p in check_mappings(tmp_path)]
+
+
+EMAIL_71 = "a" * 61 + "@acme.test"
+EMAIL_70 = "a" * 60 + "@acme.test"
+
+
+@pytest.mark.parametrize(
+    ("target", "body", "expected"),
+    [
+        # names
+        ("name", "from: Account.Name", "unknown target 'name' for a Chargebee customer"),
+        ("firstname", "from: Account.Name", "did you mean 'first_name'?"),
+        ("billing_address.street", "from: Account.Name", "unknown target"),
+        ("id", "from: Account.Id", "connector chooses the customer id"),
+        ("vat_number", "from: Account.Name", "update_billing_info"),
+        ("meta_data.salesforce_account_id", "from: Account.Id", "written by the connector"),
+        # types
+        ("billing_address", "from: Account.Name", "is an object; map its fields"),
+        ("allow_direct_debit", "value: 'true'", "boolean"),
+        ("auto_collection", "value: sometimes", "sometimes"),
+        # maxLength from the published description
+        ("email", f"value: {EMAIL_71}", "70"),
+        ("phone", "value: '+" + "1" * 50 + "'", "50"),
+        ("company", "value: " + "c" * 251, "250"),
+        ("first_name", "value: " + "f" * 151, "150"),
+        ("last_name", "value: " + "l" * 151, "150"),
+        ("billing_address.zip", "value: " + "Z" * 21, "20"),
+        # custom fields: a name Chargebee does not give, a value over our limit of 250
+        ("cf_Region-Name", "value: eu", "custom field names are 'cf_'"),
+        ("cf_" + "x" * 48, "value: eu", "at most 50 characters"),
+        ("cf_region", "value: " + "r" * 251, "250"),
+    ],
+    ids=lambda v: v if len(v) < 30 else v[:27] + "...",
+)
+def test_mappings_check_refuses_what_chargebee_would(
+    tmp_path: Path, target: str, body: str, expected: str
+) -> None:
+    messages = _check_one(tmp_path, "chargebee", target, body)
+    assert any(m.startswith(("3:", "4:")) and expected in m for m in messages), messages
+
+
+@pytest.mark.parametrize(
+    ("target", "body"),
+    [
+        ("email", f"value: {EMAIL_70}"),
+        ("phone", "value: '+" + "1" * 49 + "'"),
+        ("company", "value: " + "c" * 250),
+        ("first_name", "value: " + "f" * 150),
+        ("auto_collection", "value: 'off'"),
+        ("cf_region", "from: Account.Industry"),
+        ("cf_region", "value: " + "r" * 250),
+        ("cf_" + "x" * 47, "value: eu"),
+        ("meta_data.industry", "from: Account.Industry"),
+    ],
+    ids=lambda v: v if len(v) < 30 else v[:27] + "...",
+)
+def test_mappings_check_accepts_what_chargebee_takes(
+    tmp_path: Path, target: str, body: str
+) -> None:
+    assert _check_one(tmp_path, "chargebee", target, body) == []
+
+
+def test_a_custom_field_is_refused_for_stripe_naming_the_file_line_and_field(
+    tmp_path: Path,
+) -> None:
+    for system in (None, "stripe"):
+        problems = [p for p in check_mappings(_write(tmp_path, system)) if p.severity == "error"]
+        [problem] = problems
+        assert (problem.file.name, problem.line - (1 if system else 0)) == ("customer.yaml", 3)
+        assert "unknown target 'cf_region' for a Stripe customer" in problem.message
+        assert "custom field of Chargebee customers" in problem.message
+        assert "metadata.<key>" in problem.message
+
+
+def _write(tmp_path: Path, system: str | None) -> Path:
+    head = f"system: {system}\n" if system else ""
+    (tmp_path / "customer.yaml").write_text(
+        f"{head}target: customer\nfields:\n  cf_region:\n    from: Account.Industry\n",
+        encoding="utf-8",
+    )
+    return tmp_path
+
+
+def test_chargebee_takes_custom_fields_on_create_and_update() -> None:
+    # What the schema's custom fields rest on: the bodies accept properties they do not list.
+    for path in ("/customers", UPDATE):
+        assert request_schema(path).get("additionalProperties") is True
+    schema = customer_schema()
+    assert schema.custom is not None and schema.custom.prefix == "cf_"
+    field = schema.custom_field("cf_region")
+    assert field is not None and not isinstance(field, str) and field.max_length == 250
+    assert mapping_schema("stripe", "customer").custom is None  # type: ignore[union-attr]
+
+
+def test_the_commented_custom_field_example_passes_check(tmp_path: Path) -> None:
+    """Admins copy the commented examples; uncommented, they must pass check."""
+    lines = []
+    for line in MAPPING.read_text(encoding="utf-8").splitlines():
+        if line.startswith(("  # cf_", "  # meta_data.")):
+            line = "  " + line[4:]
+        elif line.startswith("  #   "):
+            line = "    " + line[6:]
+        lines.append(line)
+    (tmp_path / "customer.yaml").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    assert check_mappings(tmp_path) == []
+    assert {"cf_salesforce_region", "meta_data.industry"} <= set(load_mappings(tmp_path).targets())

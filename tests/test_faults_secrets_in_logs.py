@@ -22,6 +22,7 @@ from connector.sandbox.run import SandboxPair
 from connector.sandbox.stripe import api_error_body
 
 INITECH = "001000000000A02AAA"
+ACME = "001000000000A01AAA"
 
 
 def command_env(
@@ -78,6 +79,7 @@ def test_a_full_debug_run_never_prints_a_secret(
         method="POST",
         path=STRIPE_CREATE,
         count=3,
+        body_contains=ACME,  # aimed at one record: the creates go out concurrently
         body=api_error_body(f"upstream rejected Authorization: Bearer {sandboxes.stripe_key}"),
     )
     echo = sandboxes.access_token if auth == "access_token" else env["SALESFORCE_CONSUMER_SECRET"]

@@ -11,7 +11,7 @@ import pytest
 from conftest import BILLED
 from fault_readback import STRIPE_CREATE, assert_one_customer_each, read_store, record_exchanges
 
-import connector.billing.stripe as stripe_target
+from connector.billing import ratelimit
 from connector.engine import RunReport
 from connector.sandbox.run import SandboxPair
 from connector.sandbox.stripe import rate_limit_body
@@ -92,7 +92,7 @@ def test_429s_that_outlast_the_retries_fail_the_record_and_the_next_run_creates_
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # Fewer target retries and a zero Retry-After keep the test fast; the behaviour is the same.
-    monkeypatch.setattr(stripe_target, "RATE_LIMIT_RETRIES", 2)
+    monkeypatch.setattr(ratelimit, "RATE_LIMIT_RETRIES", 2)
     cfg = make_config(salesforce={"overlap_seconds": 0})
     fault = sandboxes.stripe.inject_fault(
         status=429,
@@ -100,6 +100,7 @@ def test_429s_that_outlast_the_retries_fail_the_record_and_the_next_run_creates_
         headers={"Retry-After": "0"},
         method="POST",
         path=STRIPE_CREATE,
+        body_contains=ACME,  # aimed at one record: the creates go out concurrently
         count=3,
     )
 

@@ -2,7 +2,9 @@
 
 Each test merges or deletes accounts in the Salesforce sandbox the way Salesforce does
 (losers IsDeleted with MasterRecordId, children re-parented), runs the connector, and checks
-what Stripe holds, what the store links, which conflict is open and what the run reports."""
+what Stripe holds, what the store links, which conflict is open and what the run reports.
+Merges refused and deletes ignored run for every billing system in
+test_engine_on_every_target.py; the admin's choices after them are here."""
 
 from __future__ import annotations
 
@@ -10,7 +12,6 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from conftest import BILLED
 
 from connector.admin import link_account, resolve_conflict
 from connector.app import build_targets
@@ -33,34 +34,6 @@ def store(db_url: str) -> Any:
     s = StateStore.open(db_url)
     yield s
     s.close()
-
-
-def test_merge_where_only_the_loser_was_linked_holds_the_winner(
-    sandboxes: SandboxPair, run_sync: Callable[..., RunReport], store: StateStore
-) -> None:
-    # DRAFT_ONLY has no activated order, so it was never synced; ACME was.
-    run_sync("backfill")
-    acme_customer = store.links.get("default", ACME).customer_id
-    customers_before = len(sandboxes.stripe.customers())
-    writes_before = sandboxes.stripe.write_count
-
-    sandboxes.salesforce.merge(DRAFT_ONLY, [ACME])  # the never-synced account survives
-    report = run_sync("sync")
-
-    assert report.refused >= 1 and report.exit_code == 1
-    assert len(sandboxes.stripe.customers()) == customers_before  # no new customer for the winner
-    assert sandboxes.stripe.write_count == writes_before  # the loser's customer is not written
-    assert store.links.get("default", ACME).status == "merged"
-    assert store.links.get("default", ACME).customer_id == acme_customer  # the cross-reference is kept
-    assert store.links.get("default", DRAFT_ONLY) is None  # no adoption of the loser's customer
-    [conflict] = store.conflicts.list("open")
-    assert conflict.kind == "merge_loser_linked"
-    assert conflict.account_id == DRAFT_ONLY and conflict.other_account_id == ACME
-    assert conflict.customer_id == acme_customer
-
-    # Held on the next run too, though the winner now has the loser's activated order.
-    again = run_sync("sync")
-    assert again.created == 0 and len(sandboxes.stripe.customers()) == customers_before
 
 
 def test_an_admin_links_the_held_winner_to_the_losers_customer(
@@ -108,28 +81,6 @@ def test_an_admin_chooses_a_new_customer_for_the_held_winner(
         resolve_conflict(store, [], conflict.id, choice="ignore", customer_id=None, by="ops")
 
 
-def test_merge_of_two_linked_accounts_keeps_both_and_the_winner_syncs_on(
-    sandboxes: SandboxPair, run_sync: Callable[..., RunReport], store: StateStore
-) -> None:
-    run_sync("backfill")
-    loser_customer = store.links.get("default", ACME).customer_id
-    winner_customer = store.links.get("default", INITECH).customer_id
-    loser_before = sandboxes.stripe.get_customer(loser_customer)
-
-    sandboxes.salesforce.merge(INITECH, [ACME])
-    sandboxes.salesforce.update("Account", INITECH, {"Phone": "+49 30 5550000"})
-    report = run_sync("sync")
-
-    assert report.refused == 1
-    [conflict] = store.conflicts.list("open")
-    assert conflict.kind == "merge_both_linked" and conflict.account_id == ACME
-    assert store.links.get("default", ACME).status == "merged"
-    assert store.links.get("default", INITECH).customer_id == winner_customer
-    assert sandboxes.stripe.get_customer(winner_customer)["phone"] == "+49305550000"
-    assert sandboxes.stripe.get_customer(loser_customer) == loser_before  # never written again
-    assert len(sandboxes.stripe.customers()) == len(BILLED)
-
-
 def test_a_winner_whose_field_names_the_losers_customer_is_not_written(
     sandboxes: SandboxPair, run_sync: Callable[..., RunReport], store: StateStore
 ) -> None:
@@ -162,32 +113,6 @@ def test_merging_accounts_before_they_were_synced_is_not_a_conflict(
     assert store.conflicts.list("open") == []
     assert len(customers_of(sandboxes, INITECH)) == 1
     assert customers_of(sandboxes, ACME) == []
-
-
-def test_a_deleted_account_is_marked_and_billing_is_untouched_then_restored_on_the_same_customer(
-    sandboxes: SandboxPair, run_sync: Callable[..., RunReport], store: StateStore
-) -> None:
-    run_sync("backfill")
-    customer = store.links.get("default", INITECH).customer_id
-    before = sandboxes.stripe.get_customer(customer)
-    writes = sandboxes.stripe.write_count
-
-    sandboxes.salesforce.delete("Account", INITECH)
-    deleted_run = run_sync("sync")
-
-    assert deleted_run.exit_code == 0
-    assert store.links.get("default", INITECH).status == "deleted"
-    assert store.links.get("default", INITECH).customer_id == customer
-    assert sandboxes.stripe.get_customer(customer) == before and sandboxes.stripe.write_count == writes
-
-    sandboxes.salesforce.undelete("Account", INITECH)
-    sandboxes.salesforce.update("Account", INITECH, {"Phone": "+49 30 1112223"})
-    restored = run_sync("sync")
-
-    assert restored.created == 0 and restored.updated == 1
-    assert store.links.get("default", INITECH).status == "active"
-    assert sandboxes.stripe.get_customer(customer)["phone"] == "+49301112223"
-    assert len(customers_of(sandboxes, INITECH)) == 1
 
 
 def test_a_customer_deleted_in_stripe_is_never_recreated_without_an_admin(

@@ -258,3 +258,17 @@ def test_planning_is_pure(mapping: CustomerMapping) -> None:
 
     assert first == second and isinstance(first, PlannedWrite)
     assert target.calls == calls  # planning asks nothing of the target
+
+
+def test_a_stale_intent_of_a_target_that_chooses_its_ids_is_created_again_not_searched(
+    mapping: CustomerMapping,
+) -> None:
+    # The create asks for the same id under a new key; the target adopts what the lost one made.
+    rules = replace(MEMORY_RULES, client_chosen_ids=True, search=False)
+    ctx = context(mapping, intents={ACC: intent(timedelta(days=3), payload={"name": "Acme"})},
+                  lookups={ACC: Lookup(error="billing account 'main' cannot search customers")})
+
+    planned = plan_record(row(), None, ctx, mapping, rules)
+
+    assert planned.action == "create"
+    assert planned.idempotency_key != ctx.intents[ACC].idempotency_key

@@ -20,6 +20,7 @@ import yaml
 
 from connector import log
 from connector.billing.base import CustomerMissing
+from connector.billing.ratelimit import Refusal
 from connector.billing.stripe import PINNED_API_VERSION, StripeTarget
 from connector.config import BillingAccountConfig, SecretSource, load_config
 from connector.errors import ConfigError
@@ -111,18 +112,18 @@ def test_a_connect_platform_key_acts_on_its_connected_account_with_stripe_accoun
     assert exchange["stripe_account"] == CHILD and exchange["stripe_context"] is None
 
 
-def test_accounts_driven_by_one_organization_key_share_one_pacer(sandbox: StripeSandbox) -> None:
+def test_accounts_driven_by_one_organization_key_share_one_limiter(sandbox: StripeSandbox) -> None:
     eu = target(sandbox, "eu", "ORG_KEY", stripe_context=EU, max_requests_per_second=30)
     us = target(sandbox, "us", "ORG_KEY", stripe_context=US, max_requests_per_second=10)
     own = target(sandbox, "own", "US_KEY")
-    assert eu.pacer is us.pacer
-    assert own.pacer is not eu.pacer
+    assert eu.limiter is us.limiter
+    assert own.limiter is not eu.limiter
     # The shared budget is the slowest account's: one credential, one limit at Stripe.
-    assert eu.pacer.max_rate == 10
+    assert eu.limiter.max_rate == 10
     # A 429 slows down every account of the credential, not just the one that met it.
-    eu.pacer.slow_down()
-    assert us.pacer.rate == 5
-    assert own.pacer.rate == own.pacer.max_rate
+    eu.limiter.refused_with("customers.create", Refusal("rate_limit", reason="global-rate"))
+    assert us.limiter.rate == pytest.approx(9)
+    assert own.limiter.rate == own.limiter.max_rate
 
 
 def test_stripe_context_and_stripe_account_together_are_refused_with_file_and_line(

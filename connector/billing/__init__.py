@@ -39,6 +39,14 @@ class TargetKind:
     shared_fields: Callable[[BillingAccountConfig], frozenset[str]] | None = None
 
 
+def _chargebee_shared_fields(account: BillingAccountConfig) -> frozenset[str]:
+    """With Customer Sharing the entities use one customer: every field it has is shared."""
+    if getattr(account, "sharing", None) != "customer_sharing":
+        return frozenset()
+    schema = _chargebee_schema.customer_schema()
+    return frozenset(path.split(".")[0] for path in (*schema.leaves, *schema.objects))
+
+
 TARGET_KINDS: Mapping[str, TargetKind] = {
     "stripe": TargetKind(
         kind="stripe",
@@ -56,6 +64,7 @@ TARGET_KINDS: Mapping[str, TargetKind] = {
         factory=_chargebee.ChargebeeTarget.from_config,
         schemas={"customer": _chargebee_schema.customer_schema},
         secret_shapes=(_chargebee.KEY_SHAPE,),
+        shared_fields=_chargebee_shared_fields,
     ),
 }
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Protocol
 
-from connector.errors import RecordError, TransientError, UnavailableError
+from connector.errors import ConnectorError, RecordError, TransientError, UnavailableError
 
 # A customer payload: nested mapping of the target's parameter names to values.
 CustomerPayload = Mapping[str, Any]
@@ -81,6 +81,58 @@ class InvalidRequest(RecordError):
     ) -> None:
         self.param = param
         super().__init__(message, code=code, account_id=account_id)
+
+
+# --- errors of an update a target makes in several calls ------------------------------------
+# A target whose `separate_calls` split one update into calls of their own (Chargebee: the
+# billing address) raises these when a later call fails after an earlier one was applied.
+# `applied` is the part of the payload the billing system now holds, `pending` the top-level keys
+# still to send (in the form they were sent), `customer_id` the customer they concern: a create
+# that adopted an existing customer raises them too, and the engine links that id. The engine
+# records `applied` as what was written, so the next run sends `pending` again and nothing claims
+# a state the billing system does not have.
+
+
+class PartiallyApplied(TransientError):
+    """An earlier call of a split update was applied; a later one failed for a passing reason
+    (429, 5xx, a dropped connection). Record `applied`; send `pending` again later."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        customer_id: str,
+        applied: CustomerPayload,
+        pending: CustomerPayload,
+        cause: ConnectorError,
+    ) -> None:
+        self.customer_id = customer_id
+        self.applied = applied
+        self.pending = pending
+        self.cause = cause
+        super().__init__(message, code=getattr(cause, "code", None) or "partially_applied")
+
+
+class PartiallyRefused(InvalidRequest):
+    """An earlier call of a split update was applied; the billing system refused a later one
+    for this record's data. Record `applied`; the admin fixes what `cause` names."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        customer_id: str,
+        applied: CustomerPayload,
+        pending: CustomerPayload,
+        cause: RecordError,
+    ) -> None:
+        self.customer_id = customer_id
+        self.applied = applied
+        self.pending = pending
+        self.cause = cause
+        super().__init__(
+            message, code=cause.code or "invalid_request", param=getattr(cause, "param", None)
+        )
 
 
 class RateLimited(TransientError):

@@ -8,15 +8,15 @@ finds its id taken retrieves the customer and adopts it only when its `meta_data
 Salesforce account. Name, email, phone, company, custom fields and `meta_data` change with
 `POST /customers/{id}`; the billing address only with `update_billing_info`. When the second of
 the two calls fails, the error says what the first one applied, so nothing claims a state
-Chargebee does not have. Requests are paced per billing account (150 a minute by default, a
-test site's limit); 429 slows the pace and is retried here before it becomes `RateLimited`.
+Chargebee does not have. Requests are paced per credential (150 a minute by default, a test
+site's limit) by the shared limiter (`ratelimit`), which also retries a 429 before it becomes
+`RateLimited`. The SDK opens an httpx client per request, so concurrent writers share a target.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import random
 import re
 import threading
 import time
@@ -35,11 +35,13 @@ from connector.billing.base import (
     CustomerMissing,
     CustomerPayload,
     InvalidRequest,
-    RateLimited,
+    PartiallyApplied,
+    PartiallyRefused,
     RemoteCustomer,
     TargetRules,
 )
 from connector.billing.base import idempotency_key as derived_key
+from connector.billing.ratelimit import Budget, RateLimiter, Refusal, limiter_for_credential
 from connector.config import SecretSource
 from connector.errors import (
     AuthenticationError,
@@ -61,8 +63,6 @@ IDEMPOTENCY_HEADER = "chargebee-idempotency-key"
 DEFAULT_DOMAIN = "chargebee.com"
 # Chargebee's API limits per site and minute: test sites 150; live sites 150 / 1000 / 3500.
 TEST_SITE_REQUESTS_PER_MINUTE = 150.0
-# How often one request is retried here after a 429 before the record is left for a later run.
-RATE_LIMIT_RETRIES = 6
 # `id[in]` takes at most this many ids per list request, and a page holds at most 100.
 FETCH_BATCH = 100
 
@@ -88,53 +88,6 @@ RULES = TargetRules(
 )
 
 _ID_SAFE = re.compile(r"[^A-Za-z0-9_\-]")
-
-
-# --- errors a split update raises ------------------------------------------------------------
-# Neutral in substance (any target with `separate_calls` needs them); they live here until the
-# port grows them. `applied` is the part of the payload Chargebee now holds, `pending` the rest,
-# `customer_id` the customer they concern (a create that adopted a customer raises them too, and
-# the engine must link that id).
-
-
-class PartiallyApplied(TransientError):
-    """The first call of a split update was applied; a later one failed for a passing reason
-    (429, 5xx, a dropped connection). Record `applied`; send `pending` again later."""
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        customer_id: str,
-        applied: CustomerPayload,
-        pending: CustomerPayload,
-        cause: ConnectorError,
-    ) -> None:
-        self.customer_id = customer_id
-        self.applied = applied
-        self.pending = pending
-        self.cause = cause
-        super().__init__(message, code=getattr(cause, "code", None) or "partially_applied")
-
-
-class PartiallyRefused(InvalidRequest):
-    """The first call of a split update was applied; Chargebee refused a later one for this
-    record's data. Record `applied`; the admin fixes what `cause` names."""
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        customer_id: str,
-        applied: CustomerPayload,
-        pending: CustomerPayload,
-        cause: RecordError,
-    ) -> None:
-        self.customer_id = customer_id
-        self.applied = applied
-        self.pending = pending
-        self.cause = cause
-        super().__init__(message, code=cause.code, param=getattr(cause, "param", None))
 
 
 # --- settings -----------------------------------------------------------------------------
@@ -235,41 +188,6 @@ def clean_meta_data(meta: Mapping[str, Any]) -> dict[str, str]:
     return out
 
 
-class Pacer:
-    """Spaces requests to at most `rate` a second; halves on 429, recovers step by step."""
-
-    def __init__(
-        self,
-        rate: float,
-        *,
-        clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], None] = time.sleep,
-    ) -> None:
-        self.max_rate = rate
-        self.rate = rate
-        self._clock = clock
-        self._sleep = sleep
-        self._next = clock()
-        self._lock = threading.Lock()
-
-    def wait(self) -> None:
-        with self._lock:
-            now = self._clock()
-            start = max(now, self._next)
-            self._next = start + 1.0 / self.rate
-        if start > now:
-            self._sleep(start - now)
-
-    def slow_down(self) -> None:
-        with self._lock:
-            self.rate = max(self.max_rate / 20, self.rate / 2)
-
-    def recover(self) -> None:
-        with self._lock:
-            if self.rate < self.max_rate:
-                self.rate = min(self.max_rate, self.rate + self.max_rate / 50)
-
-
 class ChargebeeTarget:
     """One Chargebee billing account (a site, optionally one business entity of it)."""
 
@@ -294,8 +212,15 @@ class ChargebeeTarget:
         self.settings = settings
         self.calls = 0
         self.rate_limited = 0
-        self._sleep = sleep
-        self.pacer = Pacer(settings.requests_per_minute / 60.0, clock=clock, sleep=sleep)
+        self._counts = threading.Lock()  # writers share the target
+        # Chargebee limits a site per minute and has no per-endpoint level.
+        self.limiter: RateLimiter = limiter_for_credential(
+            f"chargebee:{settings.site}:{settings.api_base or ''}",
+            key,
+            Budget(rate=settings.requests_per_minute / 60.0),
+            clock=clock,
+            sleep=sleep,
+        )
         options: dict[str, Any] = {"connection_time_out": 10, "read_time_out": 60}
         if settings.api_base:
             url = urlsplit(settings.api_base)
@@ -582,60 +507,46 @@ class ChargebeeTarget:
             headers[ENTITY_HEADER] = self.settings.business_entity_id
         if idempotency_key:
             headers[IDEMPOTENCY_HEADER] = idempotency_key
-        attempt = 0
-        while True:
-            self.pacer.wait()
-            self.calls += 1
-            try:
-                result = fn(dict(headers))
-                self.pacer.recover()
-                return result
-            except chargebee.APIError as exc:
-                if exc.http_status_code != 429:
-                    raise self._translate(exc, customer_id) from None
-                # api_request_limit_exceeded or lock_timeout: slow down, same key again.
+
+        def send() -> Any:
+            with self._counts:
+                self.calls += 1
+            return fn(dict(headers))
+
+        def counted() -> None:
+            with self._counts:
                 self.rate_limited += 1
-                self.pacer.slow_down()
-                attempt += 1
-                retry_after = _retry_after(exc)
-                if attempt > RATE_LIMIT_RETRIES:
-                    raise RateLimited(
-                        f"Chargebee billing account '{self.name}' kept refusing with 429 "
-                        f"({exc.api_error_code})",
-                        code=exc.api_error_code or "api_request_limit_exceeded",
-                        retry_after=retry_after,
-                        billing_account=self.name,
-                    ) from None
-                self._sleep(
-                    retry_after
-                    if retry_after is not None
-                    else min(30.0, 0.5 * 2**attempt) * (0.5 + random.random() / 2)
-                )
-            except httpx.ConnectError as exc:
-                raise BillingUnreachable(
-                    f"cannot connect to Chargebee billing account '{self.name}' at {self.url} "
-                    f"({exc}); check the network, a proxy or firewall, and the site name",
-                    billing_account=self.name,
-                    url=self.url,
-                ) from None
-            except httpx.HTTPError as exc:
-                # Connected, then the connection dropped or timed out: the request may have been
-                # applied; the same idempotency key makes trying again later safe.
-                raise TransientError(
-                    f"connection to Chargebee billing account '{self.name}' at {self.url} was "
-                    f"interrupted ({type(exc).__name__}: {exc})",
-                    code="connection",
-                ) from None
-            except (TypeError, ValueError, AttributeError, KeyError):
-                raise  # a bug here, not Chargebee's answer
-            except Exception as exc:
-                # The SDK raises a plain Exception for an answer that is not Chargebee's JSON
-                # (a proxy's 502 page, a 503 during maintenance).
-                raise TransientError(
-                    f"Chargebee billing account '{self.name}' gave an unreadable answer: "
-                    f"{str(exc)[:300]}",
-                    code="bad_answer",
-                ) from None
+
+        # 429 (api_request_limit_exceeded or lock_timeout) is retried in the limiter, same key.
+        try:
+            return self.limiter.call("customers", send, _refusal, who=self.name, on_refused=counted)
+        except chargebee.APIError as exc:
+            raise self._translate(exc, customer_id) from None
+        except httpx.ConnectError as exc:
+            raise BillingUnreachable(
+                f"cannot connect to Chargebee billing account '{self.name}' at {self.url} "
+                f"({exc}); check the network, a proxy or firewall, and the site name",
+                billing_account=self.name,
+                url=self.url,
+            ) from None
+        except httpx.HTTPError as exc:
+            # Connected, then the connection dropped or timed out: the request may have been
+            # applied; the same idempotency key makes trying again later safe.
+            raise TransientError(
+                f"connection to Chargebee billing account '{self.name}' at {self.url} was "
+                f"interrupted ({type(exc).__name__}: {exc})",
+                code="connection",
+            ) from None
+        except (TypeError, ValueError, AttributeError, KeyError, ConnectorError):
+            raise  # a bug here, or RateLimited from the limiter: not an unreadable answer
+        except Exception as exc:
+            # The SDK raises a plain Exception for an answer that is not Chargebee's JSON
+            # (a proxy's 502 page, a 503 during maintenance).
+            raise TransientError(
+                f"Chargebee billing account '{self.name}' gave an unreadable answer: "
+                f"{str(exc)[:300]}",
+                code="bad_answer",
+            ) from None
 
     def _translate(self, exc: chargebee.APIError, customer_id: str | None) -> Exception:
         status, code = exc.http_status_code, exc.api_error_code or "invalid_request"
@@ -722,6 +633,14 @@ def _differences(remote: RemoteCustomer, payload: CustomerPayload) -> dict[str, 
         elif (remote.payload.get(key) or "") != (want or ""):
             out[key] = want
     return out
+
+
+def _refusal(exc: BaseException) -> Refusal | None:
+    if not isinstance(exc, chargebee.APIError) or exc.http_status_code != 429:
+        return None
+    return Refusal(
+        code=exc.api_error_code or "api_request_limit_exceeded", retry_after=_retry_after(exc)
+    )
 
 
 def _retry_after(exc: chargebee.APIError) -> float | None:

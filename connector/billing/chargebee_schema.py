@@ -17,7 +17,7 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
-from connector.billing.schema import Format, TargetField, TargetSchema
+from connector.billing.schema import CustomFields, Format, TargetField, TargetSchema
 
 SPEC_FILE = "chargebee_customers.v1.openapi.json"
 SYSTEM = "chargebee"
@@ -40,6 +40,30 @@ NOT_MAPPABLE: Mapping[str, str] = {
         "billing address alone; set it in Chargebee"
     ),
 }
+
+
+# Custom fields: the create and update bodies take additional properties (`additionalProperties:
+# true`) and Chargebee names custom fields `cf_...` (see ../shared/chargebee-openapi/README.md);
+# the description gives them no type or length, since each site defines its own. Mappings set
+# text, so a custom field is taken as text; 250 characters is a conservative limit of our own
+# (the longest text the description allows a customer field, `company`), and a name is `cf_`
+# followed by lower-case letters, digits and underscores, 50 characters at most, as the API
+# names that Chargebee generates look.
+CUSTOM_FIELDS = CustomFields(
+    prefix="cf_",
+    pattern=r"cf_[a-z0-9][a-z0-9_]*",
+    max_name=50,
+    max_length=250,
+    rule="'cf_' and lower-case letters, digits or '_', at most 50 characters",
+    where="Chargebee: Settings > Configure Chargebee > Custom Fields",
+)
+
+
+def takes_custom_fields() -> bool:
+    """Whether both the create and the update body accept properties they do not list."""
+    return all(
+        request_schema(path).get("additionalProperties") is True for path in (CREATE, UPDATE)
+    )
 
 
 @cache
@@ -129,4 +153,5 @@ def customer_schema() -> TargetSchema:
         leaves=leaves,
         objects=frozenset(objects),
         refused=refused,
+        custom=CUSTOM_FIELDS if takes_custom_fields() else None,
     )

@@ -9,6 +9,7 @@ system accepts only as a group.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
@@ -43,6 +44,21 @@ class Together:
 
 
 @dataclass(frozen=True, slots=True)
+class CustomFields:
+    """Top-level fields each site defines for itself (Chargebee's `cf_*`): any path that starts
+    with `prefix` and fully matches `pattern` is a text field of at most `max_length` characters.
+    The system's description does not list them, so a mapping may name one the site has not
+    created yet; `where` tells the admin where to create it."""
+
+    prefix: str  # "cf_"
+    pattern: str  # a regular expression the whole path must match
+    max_name: int  # longest path accepted
+    max_length: int  # longest value sent; longer text is cut like any text field
+    rule: str  # the naming rule in words, for messages
+    where: str  # where an admin creates such a field
+
+
+@dataclass(frozen=True, slots=True)
 class TargetSchema:
     """What one object of one billing system accepts from a mapping."""
 
@@ -55,3 +71,15 @@ class TargetSchema:
     together: tuple[Together, ...] = ()
     # Characters a tag key may not hold (beyond '.', which separates paths in a mapping).
     tag_key_forbidden: str = ""
+    # Fields a site defines for itself, when the system has them (None: it has none).
+    custom: CustomFields | None = None
+
+    def custom_field(self, path: str) -> TargetField | str | None:
+        """The field a custom-field path names, a reason it cannot be one, or None when the
+        path is not a custom field's (the system has none, or another prefix)."""
+        c = self.custom
+        if c is None or not path.startswith(c.prefix):
+            return None
+        if len(path) > c.max_name or not re.fullmatch(c.pattern, path):
+            return f"{self.label} custom field names are {c.rule}"
+        return TargetField(path, "string", c.max_length)

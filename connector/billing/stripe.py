@@ -2,20 +2,17 @@
 
 Never deletes, merges or moves a customer. Every write carries the idempotency key the engine
 chose, so a retried request or a repeated run cannot create a second customer. Requests are
-paced per billing account below Stripe's rate cap; a 429 slows the pace down and is retried
-here, so a rate limit never turns into a failed record while the run has time.
+paced per credential below Stripe's global cap and per-endpoint budgets (`ratelimit`); a 429
+slows the pace down and is retried there, so a rate limit never turns into a failed record
+while the run has time. `StripeClient` is thread-safe: concurrent writers share one target.
 """
 
 from __future__ import annotations
 
-import hashlib
-import random
 import re
 import socket
 import ssl
 import threading
-import time
-import weakref
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from typing import Any
@@ -27,12 +24,13 @@ from connector.billing.base import (
     CustomerMissing,
     CustomerPayload,
     InvalidRequest,
-    RateLimited,
     RemoteCustomer,
     TargetRules,
 )
+from connector.billing.ratelimit import Budget, RateLimiter, Refusal, limiter_for_credential
 from connector.config import BillingAccountConfig, SecretSource
 from connector.errors import AuthenticationError, ConfigError, TransientError
+from connector.http_env import settled_session
 from connector.log import REDACTOR
 from connector.secret_shapes import SecretShape
 
@@ -105,63 +103,45 @@ RULES = TargetRules(
     separate_calls=frozenset(),
 )
 
-# How often one request is retried here after a 429 before the record is left for a later run.
-RATE_LIMIT_RETRIES = 6
+# Stripe's per-endpoint budgets ("API endpoints have a default limit of 25 requests per
+# second"; Search 20), keyed by the names config's `endpoint_limits` uses. Creating and updating
+# a customer are two endpoints, each with its own budget.
+ENDPOINT_RATE = 25.0
+DEFAULT_ENDPOINT_RATES: Mapping[str, float] = {"customers.search": 20.0}
+ENDPOINTS = frozenset(
+    {
+        "customers.create",
+        "customers.update",
+        "customers.retrieve",
+        "customers.search",
+        "customers.list",
+    }
+)
 
 
-class Pacer:
-    """A token bucket that slows down on 429 and recovers gradually (additive increase)."""
-
-    def __init__(self, rate: float) -> None:
-        self.max_rate = rate
-        self.rate = rate
-        self._next = time.monotonic()
-        self._lock = threading.Lock()
-
-    def cap(self, rate: float) -> None:
-        """Never faster than `rate` (the slowest account that shares this credential)."""
-        with self._lock:
-            self.max_rate = min(self.max_rate, rate)
-            self.rate = min(self.rate, self.max_rate)
-
-    def wait(self) -> None:
-        with self._lock:
-            now = time.monotonic()
-            start = max(now, self._next)
-            self._next = start + 1.0 / self.rate
-        delay = start - now
-        if delay > 0:
-            time.sleep(delay)
-
-    def slow_down(self) -> None:
-        with self._lock:
-            self.rate = max(self.max_rate / 20, self.rate / 2)
-
-    def recover(self) -> None:
-        with self._lock:
-            if self.rate < self.max_rate:
-                self.rate = min(self.max_rate, self.rate + self.max_rate / 50)
+def budget_of(account: BillingAccountConfig) -> Budget:
+    """The account's global cap and its endpoints' budgets (raised ones from config)."""
+    unknown = sorted(set(account.endpoint_limits) - ENDPOINTS)
+    if unknown:
+        raise ConfigError(
+            f"billing account '{account.id}': endpoint_limits names {', '.join(unknown)}; "
+            f"Stripe endpoints the connector calls: {', '.join(sorted(ENDPOINTS))}",
+            key=f"billing.accounts[{account.id}].endpoint_limits",
+        )
+    return Budget(
+        rate=account.max_requests_per_second,
+        endpoint_rate=ENDPOINT_RATE,
+        endpoints={**DEFAULT_ENDPOINT_RATES, **account.endpoint_limits},
+    )
 
 
-# Stripe limits requests per credential, not per account: every account an organization key
-# drives, and every connected account a platform key acts on, draws on that key's budget. So the
-# pacer belongs to the credential (its API base and key); targets sharing one share the pacer.
-# Held weakly: a pacer lives as long as a target that uses it.
-_PACERS: weakref.WeakValueDictionary[str, Pacer] = weakref.WeakValueDictionary()
-_PACERS_LOCK = threading.Lock()
-
-
-def pacer_for_credential(api_base: str, key: str, rate: float) -> Pacer:
-    # A digest, so no key is kept as a dictionary key beside the client that needs it.
-    credential = hashlib.sha256(f"{api_base}\0{key}".encode()).hexdigest()
-    with _PACERS_LOCK:
-        pacer = _PACERS.get(credential)
-        if pacer is None:
-            pacer = Pacer(rate)
-            _PACERS[credential] = pacer
-        else:
-            pacer.cap(rate)
-        return pacer
+def _refusal(exc: BaseException) -> Refusal | None:
+    """What a 429 said (rate cap or lock_timeout); None for anything else."""
+    if not isinstance(exc, stripe.RateLimitError):
+        return None
+    headers = exc.headers or {}
+    reason = headers.get("stripe-rate-limited-reason") or headers.get("Stripe-Rate-Limited-Reason")
+    return Refusal(code=exc.code or "rate_limit", retry_after=_retry_after(exc), reason=reason)
 
 
 def check_metadata(metadata: Mapping[str, Any]) -> dict[str, str]:
@@ -197,6 +177,22 @@ def check_metadata(metadata: Mapping[str, Any]) -> dict[str, str]:
 def _to_payload(customer: Any) -> dict[str, Any]:
     data: dict[str, Any] = customer.to_dict() if hasattr(customer, "to_dict") else dict(customer)
     return data
+
+
+class SettledRequestsClient(stripe.RequestsClient):
+    """stripe-python's requests client, with one settled session per thread.
+
+    Like the SDK's default client it gives each thread a session of its own (a
+    `requests.Session` is not documented as safe to share between threads); only how that
+    session is made differs (`connector.http_env.settle`). Stripe's CA bundle is still passed
+    per request by the SDK.
+    """
+
+    def _request_internal(self, *args: Any, **kwargs: Any) -> Any:
+        local = getattr(self, "_thread_local", None)
+        if local is not None and getattr(local, "session", None) is None:
+            local.session = settled_session()
+        return super()._request_internal(*args, **kwargs)
 
 
 class StripeTarget:
@@ -239,7 +235,8 @@ class StripeTarget:
         # True after a request found no connection at all: the next request is not retried by
         # the SDK, so a dead account costs its backoff once, not once per record.
         self._unreachable = False
-        self.pacer = pacer_for_credential(self.url, key, account.max_requests_per_second)
+        self._counts = threading.Lock()  # writers share the target (StripeClient is thread-safe)
+        self.limiter: RateLimiter = limiter_for_credential(self.url, key, budget_of(account))
         kwargs: dict[str, Any] = {
             "max_network_retries": account.max_network_retries,
             # Always explicit: organization keys require it, and it fixes what is shared.
@@ -251,8 +248,10 @@ class StripeTarget:
             kwargs["stripe_context"] = account.stripe_context
         elif account.stripe_account:
             kwargs["stripe_account"] = account.stripe_account
-        if http_client is not None:
-            kwargs["http_client"] = http_client
+        # A client of our own, so requests stop reading proxy settings from the environment on
+        # every request when none is configured (see connector.http_env); with HTTPS_PROXY set
+        # it behaves as the SDK's default client.
+        kwargs["http_client"] = http_client if http_client is not None else SettledRequestsClient()
         self._client = stripe.StripeClient(key, **kwargs)
 
     @property
@@ -265,10 +264,11 @@ class StripeTarget:
         params = self._params(payload)
         self._check_key(idempotency_key)
         customer = self._call(
+            "customers.create",
             lambda options: self._client.v1.customers.create(
                 params=params,  # type: ignore[arg-type]
                 options=_with_key(options, idempotency_key),
-            )
+            ),
         )
         return str(customer.id)
 
@@ -278,6 +278,7 @@ class StripeTarget:
         params = self._params(payload)
         self._check_key(idempotency_key)
         self._call(
+            "customers.update",
             lambda options: self._client.v1.customers.update(
                 customer_id,
                 params=params,  # type: ignore[arg-type]
@@ -297,6 +298,7 @@ class StripeTarget:
     def fetch_customer(self, customer_id: str) -> RemoteCustomer | None:
         try:
             customer = self._call(
+                "customers.retrieve",
                 lambda options: self._client.v1.customers.retrieve(
                     customer_id,
                     options=options,
@@ -318,10 +320,11 @@ class StripeTarget:
         # idempotency window, never for read-after-write.
         query = f"metadata['salesforce_account_id']:'{account_id}'"
         result = self._call(
+            "customers.search",
             lambda options: self._client.v1.customers.search(
                 params={"query": query, "limit": 10},
                 options=options,
-            )
+            ),
         )
         out = []
         for c in result.data:
@@ -350,62 +353,47 @@ class StripeTarget:
                 f"idempotency key of {len(key)} characters; Stripe accepts 1 to {IDEMPOTENCY_KEY_MAX}"
             )
 
-    def _call(self, fn: Any, *, customer_id: str | None = None) -> Any:
-        attempt = 0
-        while True:
-            self.pacer.wait()
-            self.calls += 1
+    def _call(self, endpoint: str, fn: Any, *, customer_id: str | None = None) -> Any:
+        def send() -> Any:
+            with self._counts:
+                self.calls += 1
             options: stripe.RequestOptions = {"max_network_retries": 0} if self._unreachable else {}
-            try:
-                result = fn(options)
-                self.pacer.recover()
-                self._unreachable = False
-                return result
-            except stripe.RateLimitError as exc:
-                # 429: rate cap or lock_timeout. Slow down and try again with the same key.
-                self._unreachable = False
+            return fn(options)
+
+        def counted() -> None:
+            with self._counts:
                 self.rate_limited += 1
-                self.pacer.slow_down()
-                attempt += 1
-                retry_after = _retry_after(exc)
-                if attempt > RATE_LIMIT_RETRIES:
-                    raise RateLimited(
-                        f"Stripe billing account '{self.name}' kept refusing with 429 "
-                        f"({exc.code or 'rate_limit'})",
-                        code=exc.code or "rate_limit",
-                        retry_after=retry_after,
-                        billing_account=self.name,
-                    ) from None
-                time.sleep(
-                    retry_after
-                    if retry_after is not None
-                    else min(8.0, 0.25 * 2**attempt) * (0.5 + random.random() / 2)
+
+        # 429s (rate cap or lock_timeout) are retried in the limiter with the same key.
+        try:
+            result = self.limiter.call(endpoint, send, _refusal, who=self.name, on_refused=counted)
+        except stripe.APIConnectionError as exc:
+            if _no_connection(exc):
+                self._unreachable = True
+                hint = (
+                    "check that the api_base configured for this account is up"
+                    if self._account.api_base
+                    else "check this host's network, proxy and firewall"
                 )
-            except stripe.APIConnectionError as exc:
-                if _no_connection(exc):
-                    self._unreachable = True
-                    hint = (
-                        "check that the api_base configured for this account is up"
-                        if self._account.api_base
-                        else "check this host's network, proxy and firewall"
-                    )
-                    raise BillingUnreachable(
-                        f"cannot connect to Stripe billing account '{self.name}' at {self.url} "
-                        f"({_network_reason(exc)}); {hint}",
-                        billing_account=self.name,
-                        url=self.url,
-                    ) from None
-                # Connected, then the connection dropped: the request may or may not have been
-                # applied; the same idempotency key makes trying again later safe.
-                self._unreachable = False
-                raise TransientError(
-                    f"connection to Stripe billing account '{self.name}' at {self.url} was "
-                    f"interrupted ({_network_reason(exc)})",
-                    code="connection",
+                raise BillingUnreachable(
+                    f"cannot connect to Stripe billing account '{self.name}' at {self.url} "
+                    f"({_network_reason(exc)}); {hint}",
+                    billing_account=self.name,
+                    url=self.url,
                 ) from None
-            except stripe.StripeError as exc:
-                self._unreachable = False
-                raise self._translate(exc, customer_id) from None
+            # Connected, then the connection dropped: the request may or may not have been
+            # applied; the same idempotency key makes trying again later safe.
+            self._unreachable = False
+            raise TransientError(
+                f"connection to Stripe billing account '{self.name}' at {self.url} was "
+                f"interrupted ({_network_reason(exc)})",
+                code="connection",
+            ) from None
+        except stripe.StripeError as exc:
+            self._unreachable = False
+            raise self._translate(exc, customer_id) from None
+        self._unreachable = False
+        return result
 
     def _translate(self, exc: stripe.StripeError, customer_id: str | None) -> Exception:
         """A Stripe answer (not a network failure) as one of the port's typed errors."""

@@ -151,13 +151,22 @@ def _get(node: Mapping[str, Any], key: str) -> Any:
     return None
 
 
+# Source path -> its segments below Order. Read per field per record: split once per path (a
+# mapping names a few dozen paths at most, so this stays small).
+_SEGMENTS: dict[str, tuple[str, ...]] = {}
+
+
 def read_source(order_record: Mapping[str, Any], source: str) -> str:
     """The text at `source` in a simple-salesforce Order record; "" for any empty lookup on the way."""
+    segments = _SEGMENTS.get(source)
+    if segments is None:
+        segments = _SEGMENTS[source] = tuple(soql_path(source).split("."))
     node: Any = order_record
-    for segment in soql_path(source).split("."):
-        if not isinstance(node, Mapping):
+    for segment in segments:
+        # Records are dicts (JSON); a Mapping check for anything else, as before.
+        if type(node) is not dict and not isinstance(node, Mapping):
             return ""
-        node = _get(node, segment)
+        node = node[segment] if segment in node else _get(node, segment)
     return _text(node)
 
 
@@ -191,7 +200,12 @@ class FieldPlan:
             return list(self.value)
         if self.value is not None:
             return finish(self.value, self.target_field)  # same rules as mapped values
-        current = next((v for v in (ctx.read(s) for s in self.sources) if v.strip()), "")
+        current = ""
+        for source in self.sources:
+            value = ctx.read(source)
+            if value.strip():
+                current = value
+                break
         for transform in self.transforms:
             current = transform(current, ctx)
         if not current.strip() and self.default is not None:
@@ -502,6 +516,12 @@ def _resolve_target(out: Collector, spec_field: FieldSpec, target: Target) -> Ta
         return None
     if path in schema.leaves:
         return schema.leaves[path]
+    custom = schema.custom_field(path)
+    if isinstance(custom, TargetField):
+        return custom
+    if isinstance(custom, str):
+        out.at(where, f"{path} cannot be mapped: {custom}")
+        return None
     if path in schema.refused:
         out.at(where, f"{path} cannot be mapped: {schema.refused[path]}")
     elif path in schema.objects:
@@ -512,8 +532,26 @@ def _resolve_target(out: Collector, spec_field: FieldSpec, target: Target) -> Ta
         known = [*schema.leaves, *(f"{o}." for o in schema.objects)]
         close = difflib.get_close_matches(path, known, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
+        elsewhere = _custom_elsewhere(path, schema)
+        if elsewhere:
+            hint = (
+                f": {path} is a custom field of {elsewhere}, and a {label} {schema.object} "
+                f"has no custom fields; keep the value under {tag}.<key> instead"
+            )
         out.at(where, f"unknown target {path!r} for a {label} {schema.object}{hint}")
     return None
+
+
+def _custom_elsewhere(path: str, schema: TargetSchema) -> str:
+    """The systems whose custom fields look like `path` ("Chargebee customers"), for the
+    message that refuses it where there are none."""
+    names = []
+    for kind in systems().values():
+        build = kind.schemas.get(schema.object)
+        other = build() if build else None
+        if other is not None and other.system != schema.system and other.custom_field(path):
+            names.append(f"{other.label} {other.object}s")
+    return " and ".join(names)
 
 
 def compile_spec(spec: MappingSpec, problems: Iterable[Problem] = ()) -> Compiled:

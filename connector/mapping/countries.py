@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from functools import cache
+from functools import cache, lru_cache
 
 # alpha-2, alpha-3, English short name (ISO 3166-1, names simplified the way people write them).
 _TABLE = """\
@@ -389,4 +389,10 @@ def to_alpha2(text: str) -> str:
     """ISO 3166-1 alpha-2 for a code (alpha-2 or alpha-3) or an English (or alias) name; else ""."""
     if len(text) > 200:  # no country name is this long; do not normalise megabytes
         return ""
+    return _to_alpha2(text)
+
+
+@lru_cache(maxsize=4096)
+def _to_alpha2(text: str) -> str:
+    # Per record and per address: an org spells its countries a few ways, each normalised once.
     return _index().get(_normalise(text), "")

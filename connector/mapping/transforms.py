@@ -70,6 +70,8 @@ def strip_control(value: str) -> str:
     They cannot be form-encoded as valid UTF-8 (surrogates) or are refused or mangled by
     billing systems (NUL); no one types them on purpose into a Salesforce field.
     """
+    if value.isascii() and value.isprintable():
+        return value  # nothing to drop; the common case, without running the pattern
     return _CONTROL.sub("", value)
 
 

@@ -84,9 +84,14 @@ class Fault:
     hits: int = 0
     # match only requests carrying this header with this value (e.g. one Stripe-Context)
     header: tuple[str, str] | None = None
+    # match only requests whose body contains this text (e.g. one Salesforce account's id), so
+    # a fault aims at one record even when several are in flight
+    body_contains: str | None = None
 
     def matches(self, req: Request) -> bool:
         if self.method and req.method.upper() != self.method.upper():
+            return False
+        if self.body_contains is not None and self.body_contains.encode() not in req.body:
             return False
         if self.header is not None and req.header(self.header[0]) != self.header[1]:
             return False
@@ -152,6 +157,15 @@ class SandboxServer:
         self._bucket: TokenBucket | None = None
         self.requests: Counter[str] = Counter()  # "METHOD /path" -> count (control calls excluded)
         self.rate_limited = 0
+        #: API requests being served now, and the most served at once (requests overlap only
+        #: when a client sends them concurrently: tests read concurrency here, not from timing)
+        self.in_flight = 0
+        self.peak_in_flight = 0
+        #: resource -> requests on it being served now (`resource_of`), and every time a
+        #: request arrived while another on the same resource was still being served
+        self._busy: Counter[str] = Counter()
+        self.overlaps: list[str] = []
+        self._flight_lock = threading.Lock()
         #: requests whose body ended before its Content-Length (client gone mid-send): dropped
         self.incomplete_bodies = 0
         self.lock = threading.RLock()  # held by handlers that touch the data
@@ -204,6 +218,16 @@ class SandboxServer:
 
     def counts_as_call(self, req: Request) -> bool:
         return not req.path.startswith("/_sandbox/")
+
+    def reset_flight(self) -> None:
+        """Start counting `peak_in_flight` and `overlaps` afresh (between two runs of a test)."""
+        with self._flight_lock:
+            self.peak_in_flight = self.in_flight
+            self.overlaps.clear()
+
+    def resource_of(self, req: Request) -> str | None:
+        """What a write concerns, to see two writes of it overlap (None: not tracked)."""
+        return None
 
     # --- faults, latency, rate limit -------------------------------------------------------
 
@@ -262,6 +286,9 @@ class SandboxServer:
             "total": sum(self.requests.values()),
             "rate_limited": self.rate_limited,
             "incomplete_bodies": self.incomplete_bodies,
+            "in_flight": self.in_flight,
+            "peak_in_flight": self.peak_in_flight,
+            "overlaps": list(self.overlaps),
         }
 
     def _ctl_stats(self, req: Request) -> Response:
@@ -269,7 +296,7 @@ class SandboxServer:
 
     def _ctl_faults(self, req: Request) -> Response:
         spec = req.json() or {}
-        allowed = {"count", "status", "body", "headers", "method", "path", "drop"}
+        allowed = {"count", "status", "body", "headers", "method", "path", "drop", "body_contains"}
         self.inject_fault(**{k: v for k, v in spec.items() if k in allowed})
         return Response.json({"ok": True})
 
@@ -383,6 +410,30 @@ class SandboxServer:
         return self
 
     def _handle(self, req: Request) -> Response | None:
+        if req.path.startswith("/_sandbox/"):
+            return self._answer(req)
+        try:
+            resource = self.resource_of(req)
+        except Exception:  # a malformed body is answered by the route, not tracked
+            resource = None
+        with self._flight_lock:
+            self.in_flight += 1
+            self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+            if resource is not None:
+                if self._busy[resource]:
+                    self.overlaps.append(resource)
+                self._busy[resource] += 1
+        try:
+            return self._answer(req)
+        finally:
+            with self._flight_lock:
+                self.in_flight -= 1
+                if resource is not None:
+                    self._busy[resource] -= 1
+                    if not self._busy[resource]:
+                        del self._busy[resource]
+
+    def _answer(self, req: Request) -> Response | None:
         control = req.path.startswith("/_sandbox/")
         if not control:
             # Counted on arrival, before the latency: a test can act while a request is in flight.

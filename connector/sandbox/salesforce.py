@@ -35,7 +35,10 @@ from urllib.parse import parse_qs
 import jwt
 
 from connector.sandbox.http import Request, Response, SandboxServer
+from connector.sandbox.query_plan import INDEXED, QueryTimeouts
+from connector.sandbox.query_plan import explain as explain_plan
 from connector.sandbox.soql import SoqlError, compile_query, parse_datetime
+from connector.sandbox.soql import parse as parse_soql
 
 # --- schema ---------------------------------------------------------------------------------
 
@@ -721,6 +724,8 @@ class SalesforceSandbox(SandboxServer):
     it SystemModstamp follows the wall clock, still one second or more per change.
 
     Control API (not counted as API calls), besides the base's faults/latency/rate_limit/stats:
+    `time_out_queries()` makes wide SystemModstamp windows answer QUERY_TIMEOUT, as on a large
+    org; `soql_received()` lists every SOQL asked; `/query/?explain=` answers a query plan.
     POST /_sandbox/load (body: data), POST /_sandbox/reset, POST /_sandbox/merge
     {"winner", "losers", "keep_from"}, POST /_sandbox/expire_sessions, POST /_sandbox/clock
     {"advance": seconds}, POST /_sandbox/daily_limit {"max", "reset_usage"},
@@ -768,6 +773,8 @@ class SalesforceSandbox(SandboxServer):
         self._rng = random.Random(org_id)
         self._cursors: OrderedDict[str, _Cursor] = OrderedDict()
         self._jobs: dict[str, _BulkJob] = {}
+        self._soql_log: list[str] = []
+        self._timeouts: list[QueryTimeouts] = []
         self._record_failures: dict[str, list[Any]] = {}  # 15-char id -> [errorCode, message, times left]
         self._signing_key = secrets.token_bytes(32)
         with self.lock:
@@ -957,6 +964,21 @@ class SalesforceSandbox(SandboxServer):
     def now(self) -> str:
         """The org's current time in REST's form."""
         return format_datetime(self.clock.now())
+
+    def time_out_queries(
+        self, sobject: str, *, wider_than: float, status: int = 400, times: int = 1_000_000
+    ) -> QueryTimeouts:
+        """Queries of `sobject` whose SystemModstamp window is wider than `wider_than` seconds
+        (or open at one end) answer Salesforce's QUERY_TIMEOUT, `times` times: a large org."""
+        t = QueryTimeouts(sobject, timedelta(seconds=wider_than), status, times)
+        with self.lock:
+            self._timeouts.append(t)
+        return t
+
+    def soql_received(self) -> list[str]:
+        """Every SOQL the org was asked through REST query or a Bulk API 2.0 query job."""
+        with self.lock:
+            return list(self._soql_log)
 
     def expire_query_locators(self) -> None:
         with self.lock:
@@ -1607,6 +1629,9 @@ class SalesforceSandbox(SandboxServer):
         return [cq.shape(r, self._lookup, url_for) for r in rows]
 
     def _query(self, req: Request, *, include_deleted: bool) -> Response:
+        explained = req.query_one("explain")
+        if explained:
+            return self._explain(explained)
         q = req.query_one("q")
         if not q:
             return _error_response(400, "MALFORMED_QUERY", "A query string has to be specified")
@@ -1615,6 +1640,10 @@ class SalesforceSandbox(SandboxServer):
             cq = compile_query(q, self.catalog)
         except SoqlError as exc:
             return _error_response(400, exc.error_code, exc.message(q))
+        self._soql_log.append(q)
+        timeout = self._timed_out(q)
+        if timeout is not None:
+            return timeout
         rows = self._shaped(cq, include_deleted, version)
         return self._page(rows, self._batch_size(req), version, None, 0)
 
@@ -1661,6 +1690,31 @@ class SalesforceSandbox(SandboxServer):
         cursor.touched = now
         self._cursors.move_to_end(loc)
         return self._page(cursor.rows, cursor.batch, req.params["version"], loc, int(offset_text))
+
+    def _timed_out(self, q: str) -> Response | None:
+        parsed = parse_soql(q)
+        for t in self._timeouts:
+            if t.applies(parsed):
+                t.times -= 1
+                t.hits += 1
+                return _error_response(
+                    t.status, "QUERY_TIMEOUT", "Your query request was running for too long."
+                )
+        return None
+
+    def _explain(self, q: str) -> Response:
+        try:
+            compile_query(q, self.catalog)
+            parsed = parse_soql(q)
+        except SoqlError as exc:
+            return _error_response(400, exc.error_code, exc.message(q))
+        obj = self.schema[self.catalog.object_name(parsed.sobject) or parsed.sobject]
+        indexed = INDEXED | {
+            f.name.casefold() for f in obj.fields if f.type == "reference"
+        }
+        body = explain_plan(parsed, obj.name, indexed, len(self._records[obj.name]))
+        body["sourceQuery"] = q
+        return Response.json(body)
 
     # --- HTTP: sObject rows ----------------------------------------------------------------------
 
@@ -1955,6 +2009,7 @@ class SalesforceSandbox(SandboxServer):
             cq = compile_query(q, self.catalog)
         except SoqlError as exc:
             return _error_response(400, "INVALIDJOB", exc.message(q))
+        self._soql_log.append(q)
         rows = self._shaped(cq, body["operation"] == "queryAll", req.params["version"])
         columns = [".".join([h.relationship for h in p.hops] + [p.field]) for p in cq.select]
         types = [p.type for p in cq.select]

@@ -605,6 +605,8 @@ class StripeSandbox(SandboxServer):
             self.exchanges.clear()
             self.requests.clear()
             self.rate_limited = 0
+            self.peak_in_flight = 0
+            self.overlaps.clear()
             if self.limiter is not None:
                 self.set_rate_limits(self.limiter.limits)
 
@@ -715,6 +717,28 @@ class StripeSandbox(SandboxServer):
 
     def rate_limited_response(self, req: Request) -> Response:
         return Response.json(rate_limit_body(), 429)
+
+    def resource_of(self, req: Request) -> str | None:
+        """A customer write, named by the Salesforce account it carries (a create's metadata,
+        or the metadata of the customer an update names), so overlapping writes of one
+        Salesforce account show in `overlaps` whichever request they are."""
+        if req.method != "POST" or not req.path.startswith(CUSTOMERS):
+            return None
+        path = req.path.rstrip("/")
+        if path == CUSTOMERS:
+            for k, v in parse_qsl(req.body.decode("utf-8"), keep_blank_values=True):
+                if k == "metadata[salesforce_account_id]" and v:
+                    return f"salesforce:{v}"
+            return None
+        cid = path[len(CUSTOMERS) + 1:]
+        with self.lock:
+            record = self._customers.get(cid)
+            if record is not None:
+                for copy_ in record.own.values():
+                    account = (copy_.get("metadata") or {}).get("salesforce_account_id")
+                    if account:
+                        return f"salesforce:{account}"
+        return f"customer:{cid}"
 
     def decorate(self, req: Request, resp: Response) -> Response:
         if resp.status >= 400 and not resp.body:

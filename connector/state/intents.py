@@ -101,6 +101,13 @@ class IntentRepository:
         with self._db.connect(write=True) as conn:
             conn.execute(_DROP, {"ba": billing_account, "acc": account_id})
 
+    def drop_many(self, billing_account: str, account_ids: Iterable[str]) -> None:
+        """`drop` for a batch of accounts: one statement with many parameter sets."""
+        params = [{"ba": billing_account, "acc": a} for a in dict.fromkeys(account_ids)]
+        if params:
+            with self._db.connect(write=True) as conn:
+                conn.execute(_DROP, params)
+
     def _upsert(self) -> sa.Insert:
         return self._db.upsert(t.intents, ("billing_account", "account_id"), _UPDATE_COLUMNS)
 

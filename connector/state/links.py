@@ -35,6 +35,15 @@ _BY_CUSTOMER = (
     .order_by(sa.case((_L.c.status == "merged", 1), else_=0), _L.c.account_id)
     .limit(1)
 )
+_SHARED_WITH = (
+    sa.select(_L.c.billing_account)
+    .where(
+        _L.c.shared_from == _BA,
+        _L.c.account_id == sa.bindparam("account_id"),
+        _L.c.status == "active",
+    )
+    .order_by(_L.c.billing_account)
+)
 _ITER = (
     sa.select(_L)
     .where(_L.c.billing_account == _BA, _L.c.account_id > sa.bindparam("after"))
@@ -107,6 +116,14 @@ class LinkRepository:
                 _BY_CUSTOMER, {"ba": billing_account, "customer_id": customer_id}
             ).first()
         return link_record(row) if row is not None else None
+
+    def shared_with(self, billing_account: str, account_id: str) -> list[str]:
+        """The billing accounts (members of its sharing group) whose links use the customer
+        `billing_account` created for `account_id`: for a Chargebee site with customer sharing,
+        the entities that use the customer of the primary entity."""
+        with self._db.connect() as conn:
+            rows = conn.execute(_SHARED_WITH, {"ba": billing_account, "account_id": account_id})
+            return [str(r.billing_account) for r in rows]
 
     def iter(
         self, billing_account: str, *, status: str | None = None, batch: int = 2000
@@ -269,6 +286,7 @@ def _link_values(link: Link, now: datetime) -> dict[str, Any]:
         "writeback_pending": link.writeback_pending,
         "first_synced_at": link.first_synced_at or now,
         "last_synced_at": link.last_synced_at or now,
+        "shared_from": link.shared_from,
     }
 
 
@@ -286,4 +304,5 @@ def link_record(row: Row[Any]) -> Link:
         writeback_pending=bool(row.writeback_pending),
         first_synced_at=row.first_synced_at,
         last_synced_at=row.last_synced_at,
+        shared_from=row.shared_from,
     )

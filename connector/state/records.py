@@ -31,6 +31,9 @@ class Link:
     writeback_pending: bool = True  # customer id not yet confirmed on the Account
     first_synced_at: datetime | None = None
     last_synced_at: datetime | None = None
+    # The sharing-group member whose customer this link uses (it created it and writes it);
+    # None: this billing account's own customer.
+    shared_from: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

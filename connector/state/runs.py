@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Row
 
 from connector.state import schema as t
-from connector.state.database import Database, as_utc, utcnow
+from connector.state.database import Database, as_utc, chunks, utcnow
 from connector.state.records import Outcome, RunRecord
 
 # Outcomes that need a human: `recent_failures` lists records whose latest outcome is one of
@@ -27,6 +27,16 @@ FAILURE_OUTCOMES: tuple[str, ...] = ("failed", "refused")
 # Built once: a run records a page of outcomes per page of orders.
 _INSERT_OUTCOMES = t.record_outcomes.insert()
 _GET_RUN = sa.select(t.runs).where(t.runs.c.run_id == sa.bindparam("run_id"))
+_O = t.record_outcomes
+_TOUCHED = (
+    sa.select(_O.c.account_id)
+    .where(
+        _O.c.billing_account == sa.bindparam("ba"),
+        _O.c.account_id.in_(sa.bindparam("ids", expanding=True)),
+        _O.c.run_id == sa.bindparam("run_id"),
+    )
+    .distinct()
+)
 
 
 class RunRepository:
@@ -133,6 +143,17 @@ class RunRepository:
         if rows:
             with self._db.connect(write=True) as conn:
                 conn.execute(_INSERT_OUTCOMES, rows)
+
+    def accounts_with_outcomes(
+        self, run_id: str, billing_account: str, account_ids: Iterable[str]
+    ) -> set[str]:
+        """Which of `account_ids` have an outcome recorded by run `run_id` in a billing account."""
+        out: set[str] = set()
+        with self._db.connect() as conn:
+            for chunk in chunks(account_ids):
+                params = {"ba": billing_account, "ids": chunk, "run_id": run_id}
+                out.update(conn.execute(_TOUCHED, params).scalars())
+        return out
 
     def outcomes_for_run(self, run_id: str) -> list[Outcome]:
         query = (

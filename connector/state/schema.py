@@ -87,6 +87,10 @@ links = sa.Table(
     sa.Column("writeback_pending", sa.Boolean(), nullable=False),
     sa.Column("first_synced_at", UTCDateTime(), nullable=False),
     sa.Column("last_synced_at", UTCDateTime(), nullable=False),
+    # In a sharing group (Stripe's, or a Chargebee site's entities with customer sharing): the
+    # member that created the customer and writes it (for Chargebee, the primary entity's
+    # account); NULL for the link of that member itself, or outside a group (0003).
+    sa.Column("shared_from", sa.String(BA), nullable=True),
     # One customer per account per billing account, among links still in use: the link of an
     # account merged away is kept (status 'merged') while an admin may give its customer to the
     # surviving account.
@@ -119,6 +123,18 @@ cursors = sa.Table(
     metadata,
     sa.Column("name", sa.String(128), primary_key=True),
     sa.Column("value", sa.Text(), nullable=False),
+    sa.Column("updated_at", UTCDateTime(), nullable=False),
+)
+
+# What the connector last applied of a Salesforce record's fields (a digest of the fields the
+# mappings read from it, write-back fields as written): a change that leaves them as they were
+# (the connector's own write-back, an edit of a field nothing reads) is recognised and skipped.
+source_digests = sa.Table(
+    "source_digests",
+    metadata,
+    sa.Column("sobject", sa.String(64), primary_key=True),
+    sa.Column("record_id", sa.String(SFID), primary_key=True),
+    sa.Column("digest", sa.String(64), nullable=False),
     sa.Column("updated_at", UTCDateTime(), nullable=False),
 )
 

@@ -32,6 +32,7 @@ from connector.state import schema as t
 from connector.state.conflicts import ConflictRepository
 from connector.state.cursors import CursorRepository
 from connector.state.database import Database, advisory_key, utcnow
+from connector.state.digests import DigestRepository
 from connector.state.intents import IntentRepository
 from connector.state.links import LinkRepository
 from connector.state.lock import LockRepository
@@ -61,6 +62,7 @@ class StateStore:
         self.links = LinkRepository(self._db)
         self.runs = RunRepository(self._db)
         self.cursors = CursorRepository(self._db)
+        self.digests = DigestRepository(self._db)
         self.retries = RetryRepository(self._db)
         self.intents = IntentRepository(self._db, self.links)
         self.conflicts = ConflictRepository(self._db)

@@ -1,0 +1,144 @@
+"""Connector CPU per record: a backfill (every record a create) and a re-check (every order unchanged).
+
+The sandbox Salesforce org and Stripe account run in a child process, so the CPU this process
+spends (`time.process_time`, all its threads) is the connector's own: the engine, the store on
+SQLite, the Salesforce and Stripe clients. No profiler runs unless `--profile` is given (a
+profiler multiplies the cost of every Python call, so its totals are not the figures reported).
+The Stripe sandbox answers at once: this measures CPU, not throughput.
+
+    PYTHONPATH=$PWD python bench/cpu_per_record.py --n 2000
+    PYTHONPATH=$PWD python bench/cpu_per_record.py --n 2000 --profile /tmp/prof  # + pstats files
+
+Prints one JSON object: per scenario the records, CPU seconds, and milliseconds per record.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import json
+import multiprocessing as mp
+import sys
+import tempfile
+import time
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from bench.sync_bench import build_org  # noqa: E402
+
+
+def _serve(data_file: str, conn: Connection) -> None:
+    """The child: both sandboxes with the org, until the parent says stop."""
+    from connector.sandbox.run import start_sandboxes
+
+    pair = start_sandboxes(Path(data_file))
+    conn.send({"salesforce": pair.salesforce.url, "stripe": pair.stripe.url, **pair.secrets()})
+    conn.recv()
+    pair.stop()
+
+
+def _config(urls: dict[str, str], workdir: Path, page_size: int) -> Any:
+    from connector.config import Config
+    from connector.sandbox.run import SANDBOX_ORG_ID
+    from connector.shipped import default_mappings_dir
+
+    return Config.model_validate(
+        {
+            "salesforce": {
+                "auth": "access_token",
+                "instance_url": urls["salesforce"],
+                "org_id": SANDBOX_ORG_ID,
+                "page_size": page_size,
+            },
+            # No pacing: the sandbox answers at once and only CPU is measured here.
+            "billing": {
+                "accounts": [
+                    {"id": "default", "api_base": urls["stripe"], "max_requests_per_second": 1000}
+                ]
+            },
+            "state": {"url": f"sqlite:///{workdir / 'state.db'}"},
+            "mappings_dir": str(default_mappings_dir()),
+            "log": {"level": "warning", "format": "json"},
+        }
+    )
+
+
+def _measure(name: str, run: Any, profile_dir: Path | None) -> tuple[Any, float]:
+    profiler = cProfile.Profile(time.process_time) if profile_dir else None
+    start = time.process_time()
+    if profiler:
+        profiler.enable()
+    report = run()
+    if profiler:
+        profiler.disable()
+    cpu = time.process_time() - start
+    if profiler and profile_dir:
+        profile_dir.mkdir(parents=True, exist_ok=True)
+        profiler.dump_stats(str(profile_dir / f"{name}.pstats"))
+    return report, cpu
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=2000, help="accounts (one order each)")
+    parser.add_argument("--page-size", type=int, default=2000)
+    parser.add_argument("--profile", type=Path, help="write cProfile stats per scenario here")
+    parser.add_argument("--log-level", default="warning", help="as the CLI's --log-level")
+    args = parser.parse_args()
+
+    from connector import log as logsetup
+    from connector.app import open_pipeline
+    from connector.config import SecretSource
+
+    # As the command does; JSON lines to a sink, so the figure includes their cost, not a tty's.
+    sink = open("/dev/null", "w", encoding="utf-8")  # noqa: SIM115  (open for the whole run)
+    logsetup.configure(level=args.log_level, fmt="json", stream=sink)
+
+    with tempfile.TemporaryDirectory(prefix="cpu-bench-") as tmp:
+        workdir = Path(tmp)
+        data = workdir / "org.json"
+        data.write_text(json.dumps({"salesforce": build_org(args.n)}), encoding="utf-8")
+        ctx = mp.get_context("spawn")
+        parent, child = ctx.Pipe()
+        server = ctx.Process(target=_serve, args=(str(data), child), daemon=True)
+        server.start()
+        try:
+            urls = parent.recv()
+            cfg = _config(urls, workdir, args.page_size)
+            secrets = SecretSource(
+                {
+                    "SALESFORCE_ACCESS_TOKEN": urls["SALESFORCE_ACCESS_TOKEN"],
+                    "STRIPE_API_KEY": urls["STRIPE_API_KEY"],
+                }
+            )
+            results: dict[str, Any] = {"n": args.n, "page_size": args.page_size}
+            for name, mode, per in (
+                ("backfill", "backfill", "created"),
+                ("recheck_unchanged", "recheck", "unchanged"),
+            ):
+                with open_pipeline(cfg, secrets) as p:
+                    report, cpu = _measure(
+                        name, lambda p=p, mode=mode: p.engine.run(mode), args.profile
+                    )
+                records = getattr(report, per)
+                results[name] = {
+                    "status": report.status,
+                    "records": records,
+                    "per": per,
+                    "cpu_s": round(cpu, 3),
+                    "ms_per_record": round(1000 * cpu / max(1, records), 4),
+                    "billing_calls": report.billing_calls,
+                    "salesforce_calls": report.salesforce_calls,
+                }
+        finally:
+            parent.send("stop")
+            server.join(timeout=30)
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,103 @@
+"""One billing target under test, whichever system it is: the `target` fixture of conftest.py.
+
+The engine's integration tests run once per billing system from one set of tests. Each test
+asks this object for what differs between systems (the sandbox, the config of its billing
+account, the shipped mapping for it, the field the Account name goes to, the create path a fault
+aims at) and reads what billing holds through the port's own `fetch_customers`, so the same
+assertion means the same thing for Stripe and for Chargebee.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from connector.app import build_targets
+from connector.billing.base import BillingTarget, RemoteCustomer
+from connector.config import Config, SecretSource
+from connector.sandbox.chargebee import ChargebeeSandbox
+from connector.sandbox.run import SANDBOX_CHARGEBEE_KEY
+from connector.sandbox.stripe import StripeSandbox
+
+MAPPINGS = Path(__file__).resolve().parents[1] / "mappings"
+
+
+@dataclass
+class TargetUnderTest:
+    """A billing system's sandbox and what the tests need to know about it."""
+
+    kind: str  # "stripe" | "chargebee": billing.accounts[].kind
+    server: StripeSandbox | ChargebeeSandbox
+    mappings_dir: Path  # the shipped mapping for this system
+    name_field: str  # where the shipped mapping puts Account.Name
+    create_path: str  # a regex of the create request's path, for faults
+    # How many times one create is sent before the record fails (the SDK's own retries).
+    sends_per_create: int
+    api_key_env: str
+    api_key: str
+
+    def account_config(self, **extra: Any) -> dict[str, Any]:
+        """`billing.accounts[0]` of a config for this sandbox."""
+        acct: dict[str, Any] = {"id": "default", "api_base": self.server.url}
+        if self.kind != "stripe":
+            acct.update(kind=self.kind, api_key_env=self.api_key_env)
+        return {**acct, **extra}
+
+    def secrets(self) -> dict[str, str]:
+        return {self.api_key_env: self.api_key}
+
+    # --- what billing holds, read the same way for every system ---------------------------
+
+    def port(self, config: Config, secrets: SecretSource) -> BillingTarget:
+        [target] = build_targets(config, secrets)
+        return target
+
+    def customers(self, config: Config, secrets: SecretSource) -> dict[str, RemoteCustomer]:
+        """Every customer that is not deleted, by id, read through the port (one request per
+        call for Chargebee, one per customer for Stripe: count calls before reading)."""
+        ids = [c["id"] for c in self.server.customers()]
+        got = self.port(config, secrets).fetch_customers(ids) if ids else {}
+        return {cid: c for cid, c in got.items() if c is not None and not c.deleted}
+
+    def by_account(self, config: Config, secrets: SecretSource) -> dict[str, list[RemoteCustomer]]:
+        """Customers grouped by the connector's tag salesforce_account_id."""
+        out: dict[str, list[RemoteCustomer]] = {}
+        for c in self.customers(config, secrets).values():
+            out.setdefault(c.tags.get("salesforce_account_id", "?"), []).append(c)
+        return out
+
+    @property
+    def writes(self) -> int:
+        """Write requests the sandbox has answered (creates and updates, replays included)."""
+        return int(self.server.write_count)
+
+    @property
+    def requests(self) -> int:
+        return int(self.server.stats()["total"])
+
+
+def stripe_target(server: StripeSandbox, api_key: str) -> TargetUnderTest:
+    return TargetUnderTest(
+        kind="stripe",
+        server=server,
+        mappings_dir=MAPPINGS,
+        name_field="name",
+        create_path=r"^/v1/customers$",
+        sends_per_create=3,  # the stripe SDK retries a dropped connection twice
+        api_key_env="STRIPE_API_KEY",
+        api_key=api_key,
+    )
+
+
+def chargebee_target(server: ChargebeeSandbox) -> TargetUnderTest:
+    return TargetUnderTest(
+        kind="chargebee",
+        server=server,
+        mappings_dir=MAPPINGS / "chargebee",
+        name_field="company",
+        create_path=r"^/api/v2/customers$",
+        sends_per_create=1,  # the chargebee SDK sends each request once
+        api_key_env="CHARGEBEE_API_KEY",
+        api_key=SANDBOX_CHARGEBEE_KEY,
+    )

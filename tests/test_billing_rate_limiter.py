@@ -1,0 +1,224 @@
+"""The shared billing rate limiter, as tables: a hand-moved clock, recorded sleeps, no waiting.
+
+Two levels (a global cap and per-endpoint budgets) with burst; a 429 slows the level it names
+by about 10% (once per round trip), honours Retry-After, and successes recover step by step.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from connector.billing.base import RateLimited
+from connector.billing.ratelimit import (
+    ENDPOINT,
+    GLOBAL,
+    RECOVERY_STEP,
+    SLOWDOWN,
+    Budget,
+    RateLimiter,
+    Refusal,
+)
+
+
+class Clock:
+    """Time that moves only when the limiter sleeps (or the test says so)."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.sleeps: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(round(seconds, 6))
+        self.now += seconds
+
+
+def limiter(budget: Budget, clock: Clock) -> RateLimiter:
+    return RateLimiter(budget, clock=clock, sleep=clock.sleep, jitter=lambda: 1.0)
+
+
+def starts(lim: RateLimiter, clock: Clock, endpoints: list[str]) -> list[float]:
+    """When each request would be sent, the clock standing still (every caller books at once)."""
+    return [round(clock.now + lim.reserve(e), 6) for e in endpoints]
+
+
+@pytest.mark.parametrize(
+    ("budget", "endpoints", "expected"),
+    [
+        # Global 10/s, burst 1: one every 100 ms.
+        (Budget(rate=10), ["a"] * 4, [0.0, 0.1, 0.2, 0.3]),
+        # Burst 3: three at once, then the rate.
+        (Budget(rate=10, burst=3), ["a"] * 5, [0.0, 0.0, 0.0, 0.1, 0.2]),
+        # An endpoint budget below the global cap paces that endpoint...
+        (Budget(rate=100, endpoint_rate=25), ["c"] * 3, [0.0, 0.04, 0.08]),
+        # ...while another endpoint has a budget of its own (create and update are two).
+        (Budget(rate=100, endpoint_rate=25), ["c", "u", "c", "u"], [0.0, 0.01, 0.04, 0.05]),
+        # Named endpoint budgets (Search 20) differ from the default.
+        (Budget(rate=100, endpoint_rate=25, endpoints={"s": 20}), ["s", "s"], [0.0, 0.05]),
+        # The global cap binds the sum of the endpoints: 4 endpoints at 25 against 50 global.
+        (Budget(rate=50, endpoint_rate=25), ["a", "b", "c", "d"], [0.0, 0.02, 0.04, 0.06]),
+    ],
+)
+def test_requests_are_spaced_by_the_tighter_of_both_levels(
+    budget: Budget, endpoints: list[str], expected: list[float]
+) -> None:
+    clock = Clock()
+    assert starts(limiter(budget, clock), clock, endpoints) == pytest.approx(expected)
+
+
+def test_a_burst_refills_at_the_rate() -> None:
+    clock = Clock()
+    lim = limiter(Budget(rate=10, burst=3), clock)
+    assert starts(lim, clock, ["a"] * 3) == [0.0, 0.0, 0.0]
+    clock.now = 1.0  # a quiet second: the burst is back, no more
+    assert starts(lim, clock, ["a"] * 4) == pytest.approx([1.0, 1.0, 1.0, 1.1])
+
+
+@pytest.mark.parametrize(
+    ("reason", "global_rate", "endpoint_rate"),
+    [
+        (GLOBAL, 100 * SLOWDOWN, 25.0),
+        (ENDPOINT, 100.0, 25 * SLOWDOWN),
+        (None, 100 * SLOWDOWN, 25.0),  # no header: the global level
+    ],
+)
+def test_a_429_slows_down_the_level_it_names_by_a_tenth(
+    reason: str | None, global_rate: float, endpoint_rate: float
+) -> None:
+    clock = Clock()
+    lim = limiter(Budget(rate=100, endpoint_rate=25), clock)
+    lim.reserve("customers.create")
+    lim.refused_with("customers.create", Refusal("rate_limit", reason=reason))
+    assert lim.rate == pytest.approx(global_rate)
+    assert lim.endpoint_rate("customers.create") == pytest.approx(endpoint_rate)
+    assert lim.refused[reason or "unknown"] == 1
+
+
+def test_429s_within_one_round_trip_count_once_then_successes_recover_step_by_step() -> None:
+    clock = Clock()
+    lim = limiter(Budget(rate=20), clock)
+    lim.succeeded("a", 0.25)  # the latency seen: a round trip of 250 ms
+    for _ in range(5):  # five requests in flight refused together
+        lim.refused_with("a", Refusal("rate_limit", reason=GLOBAL))
+    assert lim.rate == pytest.approx(20 * SLOWDOWN)
+    clock.now = 0.3  # a round trip later: a new signal
+    lim.refused_with("a", Refusal("rate_limit", reason=GLOBAL))
+    assert lim.rate == pytest.approx(20 * SLOWDOWN**2)
+    before = lim.rate
+    lim.succeeded("a", 0.25)
+    assert lim.rate == pytest.approx(before + 20 * RECOVERY_STEP)
+    for _ in range(10_000):
+        lim.succeeded("a", 0.25)
+    assert lim.rate == lim.max_rate == 20  # never above the budget
+
+
+def test_retry_after_pauses_every_request_of_the_credential() -> None:
+    clock = Clock()
+    lim = limiter(Budget(rate=100), clock)
+    lim.refused_with("a", Refusal("rate_limit", retry_after=2.0))
+    assert lim.reserve("b") == pytest.approx(2.0)
+
+
+def _sender(answers: list[Any]) -> Any:
+    """send() for `call`: each answer is returned, or raised when it is an exception."""
+
+    def send() -> Any:
+        answer = answers.pop(0)
+        if isinstance(answer, BaseException):
+            raise answer
+        return answer
+
+    return send
+
+
+class Refused(Exception):
+    def __init__(self, retry_after: float | None = None, reason: str | None = None) -> None:
+        self.retry_after, self.reason = retry_after, reason
+
+
+def _refusal(exc: BaseException) -> Refusal | None:
+    if isinstance(exc, Refused):
+        return Refusal("rate_limit", exc.retry_after, exc.reason)
+    return None
+
+
+def test_call_retries_429s_honouring_retry_after_and_backing_off_without_it() -> None:
+    clock = Clock()
+    lim = limiter(Budget(rate=1000), clock)
+    send = _sender([Refused(retry_after=3.0), Refused(), "ok"])
+    assert lim.call("a", send, _refusal, who="acct") == "ok"
+    # Retry-After 3 s honoured by the pace; then an exponential backoff (0.25 * 2**2, no jitter).
+    assert 3.0 in clock.sleeps and 1.0 in clock.sleeps
+    assert lim.refused["unknown"] == 2
+
+
+def test_call_gives_up_after_its_retries_naming_the_account_and_the_reason() -> None:
+    clock = Clock()
+    lim = limiter(Budget(rate=1000), clock)
+    send = _sender([Refused(retry_after=0.0, reason=ENDPOINT)] * 3)
+    with pytest.raises(RateLimited, match=r"'acct'.*429 \(rate_limit, endpoint-rate\)") as info:
+        lim.call("a", send, _refusal, who="acct", retries=2)
+    assert info.value.billing_account == "acct" and info.value.code == "rate_limit"
+
+
+def test_call_passes_other_errors_through_untouched() -> None:
+    clock = Clock()
+    lim = limiter(Budget(rate=1000), clock)
+    with pytest.raises(KeyError):
+        lim.call("a", _sender([KeyError("x")]), _refusal, who="acct")
+    assert not lim.refused
+
+
+@pytest.mark.parametrize(
+    ("budget", "latency", "most", "expected"),
+    [
+        (Budget(rate=25), None, 32, 2),  # nothing seen yet: start small
+        (Budget(rate=25), 0.25, 32, 9),  # 25/s x 0.25 s = 6.25 -> x1.25, +1 = 9
+        (Budget(rate=100), 0.25, 32, 32),  # would be 33: the configured most
+        (Budget(rate=100, endpoint_rate=25), 0.25, 32, 9),  # one endpoint in use binds it
+        (Budget(rate=25), 0.25, 1, 1),  # max_in_flight 1: serial
+    ],
+)
+def test_requests_in_flight_come_from_the_pace_and_the_latency(
+    budget: Budget, latency: float | None, most: int, expected: int
+) -> None:
+    lim = limiter(budget, Clock())
+    lim.reserve("customers.create")
+    if latency is not None:
+        lim.succeeded("customers.create", latency)
+    assert lim.in_flight(most) == expected
+
+
+def test_two_accounts_on_one_credential_are_held_to_the_tighter_budget() -> None:
+    lim = limiter(Budget(rate=100, endpoint_rate=25, endpoints={"s": 20}), Clock())
+    lim.cap(Budget(rate=30, endpoint_rate=100, endpoints={"c": 10}))
+    assert lim.max_rate == 30
+    assert lim.endpoint_rate("c") == 10 and lim.endpoint_rate("s") == 20
+    assert lim.endpoint_rate("other") == 25
+
+
+def test_endpoint_limits_in_config_raise_the_budgets_and_refuse_unknown_endpoints() -> None:
+    from pydantic import ValidationError
+
+    from connector.billing.stripe import budget_of
+    from connector.config import BillingAccountConfig
+    from connector.errors import ConfigError
+
+    raised = budget_of(
+        BillingAccountConfig(
+            id="live", max_requests_per_second=100, endpoint_limits={"customers.create": 100}
+        )
+    )
+    assert raised.rate == 100 and raised.for_endpoint("customers.create") == 100
+    assert raised.for_endpoint("customers.update") == 25  # Stripe's default per endpoint
+    assert raised.for_endpoint("customers.search") == 20
+    with pytest.raises(ConfigError, match=r"customers\.delete.*customers\.create"):
+        budget_of(BillingAccountConfig(id="x", endpoint_limits={"customers.delete": 5}))
+    with pytest.raises(ValidationError, match="customers.create or customers.update"):
+        BillingAccountConfig(id="x", endpoint_limits={"POST /v1/customers": 5})
+    with pytest.raises(ValidationError, match="max_in_flight"):
+        BillingAccountConfig(id="x", max_in_flight=0)
