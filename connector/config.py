@@ -116,8 +116,9 @@ _SF_FIELD = r"^[A-Za-z][A-Za-z0-9_]*$"
 _ACCOUNT_ID = r"^acct_[A-Za-z0-9]+$"
 _ACCOUNT_PATH = r"^acct_[A-Za-z0-9]+(/acct_[A-Za-z0-9]+)?$"
 _API_VERSION = r"^\d{4}-\d{2}-\d{2}(\.[a-z]+)?$"
-# Chargebee business entity ids (their `id` type: letters, digits, '_' and '-'; 50 at most).
-_ENTITY_ID = r"^[A-Za-z0-9_-]+$"
+# Chargebee business entity ids (Chargebee's ids: letters, digits, '_', '-', '.' and '@'; 50
+# at most).
+_ENTITY_ID = r"^[A-Za-z0-9_.@-]+$"
 ENTITY_ID_MAX = 50
 
 
@@ -232,7 +233,7 @@ class BillingAccountConfig(_Model):
             if not re.fullmatch(_ENTITY_ID, entity) or len(entity) > ENTITY_ID_MAX:
                 raise ValueError(
                     f"business entity id {entity!r}: Chargebee ids are 1 to {ENTITY_ID_MAX} "
-                    "letters, digits, '_' or '-'"
+                    "letters, digits, '_', '-', '.' or '@'"
                 )
         if len(set(v)) != len(v):
             raise ValueError("list each business entity once")

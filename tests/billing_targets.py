@@ -32,8 +32,6 @@ class TargetUnderTest:
     mappings_dir: Path  # the shipped mapping for this system
     name_field: str  # where the shipped mapping puts Account.Name
     create_path: str  # a regex of the create request's path, for faults
-    # How many times one create is sent before the record fails (the SDK's own retries).
-    sends_per_create: int
     api_key_env: str
     api_key: str
 
@@ -84,7 +82,6 @@ def stripe_target(server: StripeSandbox, api_key: str) -> TargetUnderTest:
         mappings_dir=MAPPINGS,
         name_field="name",
         create_path=r"^/v1/customers$",
-        sends_per_create=3,  # the stripe SDK retries a dropped connection twice
         api_key_env="STRIPE_API_KEY",
         api_key=api_key,
     )
@@ -97,7 +94,6 @@ def chargebee_target(server: ChargebeeSandbox) -> TargetUnderTest:
         mappings_dir=MAPPINGS / "chargebee",
         name_field="company",
         create_path=r"^/api/v2/customers$",
-        sends_per_create=1,  # the chargebee SDK sends each request once
         api_key_env="CHARGEBEE_API_KEY",
         api_key=SANDBOX_CHARGEBEE_KEY,
     )

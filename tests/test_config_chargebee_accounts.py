@@ -80,6 +80,11 @@ def test_shared_entities_become_entity_accounts_in_one_sharing_group(tmp_path: P
     assert all(s.requests_per_minute == 150 for s in settings)  # a test site's limit
     (eg,) = engine_groups(cfg, targets)
     assert eg.members == group.accounts and eg.primary == "cb.acme-eu"
+    # the daemon runs the site's shared entities together, as one partition
+    from connector.partitions import partitions_of
+
+    (partition,) = partitions_of(cfg)
+    assert set(partition.accounts) == set(group.accounts)
 
 
 def test_entities_without_sharing_are_separate_accounts_with_no_shared_field(
@@ -137,9 +142,17 @@ def test_one_entity_and_the_key_variable(tmp_path: Path) -> None:
         (cb(stripe_context="acct_1Abc"), "stripe_context", "Stripe setting"),
         (cb(stripe_account="acct_1Abc"), "stripe_account", "Stripe setting"),
         ({"name": "s", "site": "acme-test"}, "site", "Chargebee setting"),
-        ({"name": "s", "kind": "stripe", "business_entities": ["us"]}, "business_entities", "Chargebee setting"),
+        (
+            {"name": "s", "kind": "stripe", "business_entities": ["us"]},
+            "business_entities",
+            "Chargebee setting",
+        ),
         ({"name": "s", "sharing": "customer_sharing"}, "sharing", "Chargebee setting"),
-        ({"name": "s", "requests_per_minute": 100}, "requests_per_minute", "max_requests_per_second"),
+        (
+            {"name": "s", "requests_per_minute": 100},
+            "requests_per_minute",
+            "max_requests_per_second",
+        ),
         (cb(business_entities=["us", "eu"], business_entity_id="us"), "accounts.0", "not both"),
         (cb(business_entities=["us", "us"]), "business_entities", "once"),
         (cb(business_entities=["u s"]), "business_entities", "letters, digits"),
@@ -170,10 +183,14 @@ def test_routing_names_entity_accounts_not_the_site_account(tmp_path: Path) -> N
         {
             "salesforce": SF,
             "billing": {"accounts": [cb(business_entities=["us", "eu"], writeback_field=None)]},
-            "routing": {"rules": [{"field": "Order.CurrencyIsoCode", "equals": "USD", "account": "cb"}]},
+            "routing": {
+                "rules": [{"field": "Order.CurrencyIsoCode", "equals": "USD", "account": "cb"}]
+            },
         },
     )
-    with pytest.raises(ConfigError, match=r"'cb', which is not in billing.accounts \(cb.us, cb.eu\)"):
+    with pytest.raises(
+        ConfigError, match=r"'cb', which is not in billing.accounts \(cb.us, cb.eu\)"
+    ):
         load_config(path)
 
 
@@ -219,7 +236,11 @@ def test_mappings_check_accepts_the_shipped_chargebee_mapping_and_refuses_stripe
     account = cb(business_entities=["us", "eu"], sharing="customer_sharing")
     good = write(
         tmp_path,
-        {"salesforce": SF, "billing": {"accounts": [account]}, "mappings_dir": str(MAPPINGS / "chargebee")},
+        {
+            "salesforce": SF,
+            "billing": {"accounts": [account]},
+            "mappings_dir": str(MAPPINGS / "chargebee"),
+        },
     )
     ok = CliRunner().invoke(app, ["mappings", "check", "-c", str(good)])
     assert ok.exit_code == 0, ok.output
@@ -232,7 +253,10 @@ def test_mappings_check_accepts_the_shipped_chargebee_mapping_and_refuses_stripe
     )
     bad = CliRunner().invoke(app, ["mappings", "check", "-c", str(wrong)])
     assert bad.exit_code == 2
-    assert f"{MAPPINGS / 'customer.yaml'}:1:1: billing account 'cb.us' is of kind 'chargebee'" in bad.output
+    assert (
+        f"{MAPPINGS / 'customer.yaml'}:1:1: billing account 'cb.us' is of kind 'chargebee'"
+        in bad.output
+    )
     assert str(MAPPINGS / "chargebee") in bad.output
 
 
@@ -256,7 +280,11 @@ def test_the_example_configs_chargebee_account_loads_when_uncommented(tmp_path: 
         encoding="utf-8",
     )
     cfg = load_config(path)
-    assert [a.id for a in cfg.billing.accounts] == ["default", "chargebee.acme-us", "chargebee.acme-eu"]
+    assert [a.id for a in cfg.billing.accounts] == [
+        "default",
+        "chargebee.acme-us",
+        "chargebee.acme-eu",
+    ]
     (group,) = cfg.billing.sharing_groups
     assert group.primary == "chargebee.acme-us"
 
@@ -275,11 +303,18 @@ def test_entities_sharing_customers_must_map_every_field_alike(tmp_path: Path) -
     own.mkdir()
     text = (folder / "customer.yaml").read_text(encoding="utf-8")
     (own / "customer.yaml").write_text(
-        text.replace("    from: Account.Name\n    transforms: [trim]", "    from: Account.Name\n    transforms: [trim, upper]", 1),
+        text.replace(
+            "    from: Account.Name\n    transforms: [trim]",
+            "    from: Account.Name\n    transforms: [trim, upper]",
+            1,
+        ),
         encoding="utf-8",
     )
     account = cb(business_entities=["us", "eu"], sharing="customer_sharing")
-    path = write(tmp_path, {"salesforce": SF, "billing": {"accounts": [account]}, "mappings_dir": str(folder)})
+    path = write(
+        tmp_path,
+        {"salesforce": SF, "billing": {"accounts": [account]}, "mappings_dir": str(folder)},
+    )
     shared = CliRunner().invoke(app, ["mappings", "check", "-c", str(path)])
     assert shared.exit_code == 2, shared.output
     assert "sharing group cb" in shared.output and "company" in shared.output

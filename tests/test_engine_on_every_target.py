@@ -457,14 +457,16 @@ def reuse_of_a_customer_linked_elsewhere(
 def interrupted_creates(
     sandboxes: SandboxPair, target: TargetUnderTest, run: Callable[..., RunReport]
 ) -> None:
-    # A create applied whose answers were lost, on every send the SDK makes of it.
+    # One account's create is applied but its answer lost, on every send of it (the SDK's and
+    # the target's own retries, however many): the record fails with the customer made.
     target.server.inject_fault(
-        method="POST", path=target.create_path, drop="after", count=target.sends_per_create
+        method="POST", path=target.create_path, drop="after", count=1000, body_contains=INITECH
     )
     first = run("backfill")
+    target.server.clear_faults()
     assert first.failed == 1
     sandboxes.salesforce.update("Account", ACME, {"Name": "Acme Renamed Meanwhile"})
-    sandboxes.salesforce.update("Account", MULTI, {"Name": "Multi Renamed Meanwhile"})
+    sandboxes.salesforce.update("Account", INITECH, {"Name": "Initech Renamed Meanwhile"})
 
 
 SCENARIOS = {
