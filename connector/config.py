@@ -164,7 +164,8 @@ class BillingAccountConfig(_Model):
     max_in_flight: int = Field(default=DEFAULT_MAX_IN_FLIGHT, ge=1, le=256)
     max_network_retries: int = Field(default=2, ge=0, le=10)
     # The Account field that receives this account's customer id, or null for none. Unset: the
-    # first account writes to Stripe_Customer_Id__c (as before), the others write nothing.
+    # first account writes to Stripe_Customer_Id__c if it is a Stripe account (as before), the
+    # others write nothing.
     writeback_field: str | None = Field(default=None, pattern=_SF_FIELD, max_length=80)
 
     # --- kind chargebee only (refused on other kinds, as the Stripe fields are on chargebee) ---
@@ -593,8 +594,8 @@ class Config(_Model):
     def _settings_of_the_previous_release(cls, data: Any) -> Any:
         """Map the one-Stripe-account settings onto billing accounts (accepted for one release):
         `salesforce.stripe_id_field` is the first account's `writeback_field`, `billing.target`
-        the kind of accounts that name none. Unset, the first account writes its id to
-        Stripe_Customer_Id__c, as before."""
+        the kind of accounts that name none. Unset, a first account of kind stripe writes its id
+        to Stripe_Customer_Id__c, as before; other kinds write back where they say."""
         if not isinstance(data, dict):
             return data
         sf = data.get("salesforce")
@@ -616,8 +617,12 @@ class Config(_Model):
                 and len(first["business_entities"]) > 1
                 and first.get("sharing") != "customer_sharing"
             )
-            if "writeback_field" not in first and not separate:
-                # (entities without sharing: a customer each, which no one field can hold)
+            stripe = first.get("kind", target or "stripe") == "stripe"
+            if "writeback_field" not in first and not separate and (stripe or legacy):
+                # (entities without sharing: a customer each, which no one field can hold).
+                # Stripe_Customer_Id__c is the field Stripe's own connector package adds; a
+                # Chargebee id in it would mislead whoever reads it, so other kinds write back
+                # only to a field they name.
                 first["writeback_field"] = legacy or DEFAULT_WRITEBACK_FIELD
             elif legacy and first["writeback_field"] != legacy:
                 raise ValueError(

@@ -47,6 +47,7 @@ def test_shared_entities_become_entity_accounts_in_one_sharing_group(tmp_path: P
                             business_entities=["acme-us", "acme-eu", "acme-uk"],
                             sharing="customer_sharing",
                             primary_entity="acme-eu",
+                            writeback_field="Chargebee_Customer_Id__c",
                         )
                     ]
                 },
@@ -71,7 +72,7 @@ def test_shared_entities_become_entity_accounts_in_one_sharing_group(tmp_path: P
     assert group.label == "cb" and group.primary == "cb.acme-eu"
     assert group.accounts == ("cb.acme-us", "cb.acme-eu", "cb.acme-uk")
     # One shared customer id: every entity account writes it back to the same field.
-    assert set(cfg.billing.writeback_fields().values()) == {"Stripe_Customer_Id__c"}
+    assert set(cfg.billing.writeback_fields().values()) == {"Chargebee_Customer_Id__c"}
     targets = build_targets(cfg, SECRETS)
     assert all(isinstance(t, ChargebeeTarget) for t in targets)
     settings = [t.settings for t in targets]  # type: ignore[attr-defined]
@@ -331,3 +332,24 @@ def test_entities_sharing_customers_must_map_every_field_alike(tmp_path: Path) -
     )
     alone = CliRunner().invoke(app, ["mappings", "check", "-c", str(path)])
     assert alone.exit_code == 0, alone.output
+
+
+def test_only_a_stripe_account_writes_back_to_stripes_field_unasked(tmp_path: Path) -> None:
+    """Stripe_Customer_Id__c is the field Stripe's connector package adds: a Chargebee id
+    written there unasked would mislead whoever reads it."""
+    chargebee = load_config(write(tmp_path, {"salesforce": SF, "billing": {"accounts": [cb()]}}))
+    assert chargebee.billing.accounts[0].writeback_field is None
+    named = load_config(
+        write(
+            tmp_path,
+            {
+                "salesforce": SF,
+                "billing": {"accounts": [cb(writeback_field="Chargebee_Customer_Id__c")]},
+            },
+        )
+    )
+    assert named.billing.accounts[0].writeback_field == "Chargebee_Customer_Id__c"
+    stripe = load_config(
+        write(tmp_path, {"salesforce": SF, "billing": {"accounts": [{"name": "s"}]}})
+    )
+    assert stripe.billing.accounts[0].writeback_field == "Stripe_Customer_Id__c"
