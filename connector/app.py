@@ -76,7 +76,9 @@ def mapping_system_problems(config: Config, folder: Path) -> list[Problem]:
         system = TARGET_KINDS[acct.kind].system
         m = mappings[acct.id]
         if m.system != system:
-            hint = f" (point mappings_dir at {folder / system})" if (folder / system).is_dir() else ""
+            hint = (
+                f" (point mappings_dir at {folder / system})" if (folder / system).is_dir() else ""
+            )
             out.append(
                 Problem(
                     m.file,
@@ -231,8 +233,7 @@ def open_pipeline(
         for name in (
             [given]
             if given in known
-            else [a.id for a in config.billing.accounts if a.id.startswith(f"{given}.")]
-            or [given]
+            else [a.id for a in config.billing.accounts if a.id.startswith(f"{given}.")] or [given]
         )
     ]
     unknown = [a for a in accounts if a not in known]

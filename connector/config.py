@@ -116,8 +116,9 @@ _SF_FIELD = r"^[A-Za-z][A-Za-z0-9_]*$"
 _ACCOUNT_ID = r"^acct_[A-Za-z0-9]+$"
 _ACCOUNT_PATH = r"^acct_[A-Za-z0-9]+(/acct_[A-Za-z0-9]+)?$"
 _API_VERSION = r"^\d{4}-\d{2}-\d{2}(\.[a-z]+)?$"
-# Chargebee business entity ids (their `id` type: letters, digits, '_' and '-'; 50 at most).
-_ENTITY_ID = r"^[A-Za-z0-9_-]+$"
+# Chargebee business entity ids (Chargebee's ids: letters, digits, '_', '-', '.' and '@'; 50
+# at most).
+_ENTITY_ID = r"^[A-Za-z0-9_.@-]+$"
 ENTITY_ID_MAX = 50
 
 
@@ -163,7 +164,8 @@ class BillingAccountConfig(_Model):
     max_in_flight: int = Field(default=DEFAULT_MAX_IN_FLIGHT, ge=1, le=256)
     max_network_retries: int = Field(default=2, ge=0, le=10)
     # The Account field that receives this account's customer id, or null for none. Unset: the
-    # first account writes to Stripe_Customer_Id__c (as before), the others write nothing.
+    # first account writes to Stripe_Customer_Id__c if it is a Stripe account (as before), the
+    # others write nothing.
     writeback_field: str | None = Field(default=None, pattern=_SF_FIELD, max_length=80)
 
     # --- kind chargebee only (refused on other kinds, as the Stripe fields are on chargebee) ---
@@ -232,7 +234,7 @@ class BillingAccountConfig(_Model):
             if not re.fullmatch(_ENTITY_ID, entity) or len(entity) > ENTITY_ID_MAX:
                 raise ValueError(
                     f"business entity id {entity!r}: Chargebee ids are 1 to {ENTITY_ID_MAX} "
-                    "letters, digits, '_' or '-'"
+                    "letters, digits, '_', '-', '.' or '@'"
                 )
         if len(set(v)) != len(v):
             raise ValueError("list each business entity once")
@@ -592,8 +594,8 @@ class Config(_Model):
     def _settings_of_the_previous_release(cls, data: Any) -> Any:
         """Map the one-Stripe-account settings onto billing accounts (accepted for one release):
         `salesforce.stripe_id_field` is the first account's `writeback_field`, `billing.target`
-        the kind of accounts that name none. Unset, the first account writes its id to
-        Stripe_Customer_Id__c, as before."""
+        the kind of accounts that name none. Unset, a first account of kind stripe writes its id
+        to Stripe_Customer_Id__c, as before; other kinds write back where they say."""
         if not isinstance(data, dict):
             return data
         sf = data.get("salesforce")
@@ -615,8 +617,12 @@ class Config(_Model):
                 and len(first["business_entities"]) > 1
                 and first.get("sharing") != "customer_sharing"
             )
-            if "writeback_field" not in first and not separate:
-                # (entities without sharing: a customer each, which no one field can hold)
+            stripe = first.get("kind", target or "stripe") == "stripe"
+            if "writeback_field" not in first and not separate and (stripe or legacy):
+                # (entities without sharing: a customer each, which no one field can hold).
+                # Stripe_Customer_Id__c is the field Stripe's own connector package adds; a
+                # Chargebee id in it would mislead whoever reads it, so other kinds write back
+                # only to a field they name.
                 first["writeback_field"] = legacy or DEFAULT_WRITEBACK_FIELD
             elif legacy and first["writeback_field"] != legacy:
                 raise ValueError(

@@ -231,6 +231,17 @@ class Daemon:
     def _run(self, name: str, source: SalesforceSource, mode: str) -> RunReport | None:
         held = self._held[name]
         targets = [self.targets[a] for a in held.partition.accounts]
+        try:
+            # A partition whose cursors have a new name (a sharing group that used to run as
+            # one partition per member) starts where the least advanced of its old ones stood.
+            held.handle.check()
+            seed_cursors(self.store.cursors, [held.partition], self._scope(held.partition))
+        except LockLost:
+            self._release(name, reason="lost")
+            return None
+        except UnavailableError as exc:
+            self._failed_before_run(name, exc)
+            return None
         engine = make_engine(
             self.config,
             mapping=self.mapping,
@@ -415,9 +426,6 @@ class Daemon:
         self._held[p.name] = _Held(p, handle, stack)
         # Holding its lock, a run of this partition still marked running has no process left.
         abandoned = sum(self.store.runs.mark_interrupted(a) for a in p.accounts)
-        # A partition whose cursors have a new name (a sharing group that used to run as one
-        # partition per member) starts where the least advanced of its old ones stood.
-        seed_cursors(self.store.cursors, [p], self._scope(p))
         log.info("partition.acquired", billing_account=p.name, abandoned=abandoned)
 
     def _release(self, name: str, *, reason: str) -> None:

@@ -792,8 +792,11 @@ class Engine:
             scope.expected_total[0] = page.total
             if not self._process_rows(scope, page.rows, self.targets):
                 return False, snapshot
-            if backfill_cursor and not scope.dry_run and page.rows:
-                # Resume point: every record of this page has its outcome recorded.
+            if backfill_cursor and not scope.dry_run and page.rows and page.ordered:
+                # Resume point: every record of this page, and every lower Id, has its outcome
+                # recorded. Unordered (Bulk API) pages leave it where the last ordered page
+                # put it: a resumed backfill reads them again, and what they applied is
+                # unchanged the second time (no write).
                 point = _BackfillPoint(max(r.order_id for r in page.rows), snapshot)
                 self._set_cursor(backfill_cursor, point.dump())
         if backfill_cursor and not scope.dry_run:

@@ -29,6 +29,8 @@ log = get_logger(__name__)
 PARTITION_PREFIX = "partition-"
 MEMBER_PREFIX = "member-"
 # The incremental cursors a sync keeps per partition (a backfill's resume points start over).
+# Each watched object's own cursor (CHANGES_CURSOR) starts from ORDERS_CURSOR when it has none,
+# and ORDERS_CURSOR is the least of them: seeding it is enough never to skip a change.
 RUN_CURSORS = (ORDERS_CURSOR, DELETIONS_CURSOR)
 
 

@@ -39,7 +39,11 @@ class TargetUnderTest:
         """`billing.accounts[0]` of a config for this sandbox."""
         acct: dict[str, Any] = {"id": "default", "api_base": self.server.url}
         if self.kind != "stripe":
-            acct.update(kind=self.kind, api_key_env=self.api_key_env)
+            # Only Stripe accounts write back to Stripe_Customer_Id__c unasked; the suite reads
+            # the same field for every kind, so it names it.
+            acct.update(
+                kind=self.kind, api_key_env=self.api_key_env, writeback_field="Stripe_Customer_Id__c"
+            )
         return {**acct, **extra}
 
     def secrets(self) -> dict[str, str]:

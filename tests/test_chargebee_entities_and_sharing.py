@@ -201,17 +201,28 @@ def test_shared_customers_are_created_under_the_first_orders_entity_and_used_fro
     shared.sf.update("Account", UMBRELLA, {"Phone": "+44 20 7946 0999"})
     changed = shared.run("sync")
     assert changed.updated == 1 and changed.created == 0
-    assert shared.cb.get_customer(customer_id_for(SANDBOX_ORG_ID, UMBRELLA))["phone"] == "+442079460999"  # type: ignore[index]
+    assert (
+        shared.cb.get_customer(customer_id_for(SANDBOX_ORG_ID, UMBRELLA))["phone"]
+        == "+442079460999"
+    )  # type: ignore[index]
     updates = [x for x in shared.cb.exchanges if x["method"] == "POST"][len(shared.creates()) :]
     assert {x["headers"].get("chargebee-business-entity-id") for x in updates} <= {"acme-uk"}
 
 
-def test_a_configured_primary_entity_holds_every_shared_customer(tmp_path: Path, db_url: str) -> None:
+def test_a_configured_primary_entity_holds_every_shared_customer(
+    tmp_path: Path, db_url: str
+) -> None:
     site = Site(tmp_path, db_url, sharing=True, primary="acme-us")
     try:
         assert site.run("backfill").exit_code == 0
-        assert site.customers_for(UMBRELLA)["acme-us"] == [customer_id_for(SANDBOX_ORG_ID, UMBRELLA)]
-        assert site.customers_for(BETA) == {"acme-eu": [], "acme-uk": [], "acme-us": [customer_id_for(SANDBOX_ORG_ID, BETA)]}
+        assert site.customers_for(UMBRELLA)["acme-us"] == [
+            customer_id_for(SANDBOX_ORG_ID, UMBRELLA)
+        ]
+        assert site.customers_for(BETA) == {
+            "acme-eu": [],
+            "acme-uk": [],
+            "acme-us": [customer_id_for(SANDBOX_ORG_ID, BETA)],
+        }
         assert len(site.cb.customers()) == 3
         with StateStore.open(db_url) as store:
             assert store.links.get("cb.acme-eu", BETA).shared_from == "cb.acme-us"  # type: ignore[union-attr]
@@ -271,6 +282,9 @@ def test_account_names_the_site_account_for_all_its_entities_or_one_entity(
         assert [t.name for t in p.targets] == ["cb.acme-uk"]
         report = p.engine.run("backfill")
     assert report.created == 1 and separate.customers_for(UMBRELLA)["acme-uk"]
-    assert not separate.customers_for(UMBRELLA)["acme-eu"] and not separate.customers_for(ACME)["acme-us"]
+    assert (
+        not separate.customers_for(UMBRELLA)["acme-eu"]
+        and not separate.customers_for(ACME)["acme-us"]
+    )
     with open_pipeline(separate.config, SECRETS, accounts=["cb"]) as p:
         assert [t.name for t in p.targets] == list(ACCOUNTS)

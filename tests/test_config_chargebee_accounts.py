@@ -47,6 +47,7 @@ def test_shared_entities_become_entity_accounts_in_one_sharing_group(tmp_path: P
                             business_entities=["acme-us", "acme-eu", "acme-uk"],
                             sharing="customer_sharing",
                             primary_entity="acme-eu",
+                            writeback_field="Chargebee_Customer_Id__c",
                         )
                     ]
                 },
@@ -71,7 +72,7 @@ def test_shared_entities_become_entity_accounts_in_one_sharing_group(tmp_path: P
     assert group.label == "cb" and group.primary == "cb.acme-eu"
     assert group.accounts == ("cb.acme-us", "cb.acme-eu", "cb.acme-uk")
     # One shared customer id: every entity account writes it back to the same field.
-    assert set(cfg.billing.writeback_fields().values()) == {"Stripe_Customer_Id__c"}
+    assert set(cfg.billing.writeback_fields().values()) == {"Chargebee_Customer_Id__c"}
     targets = build_targets(cfg, SECRETS)
     assert all(isinstance(t, ChargebeeTarget) for t in targets)
     settings = [t.settings for t in targets]  # type: ignore[attr-defined]
@@ -80,6 +81,11 @@ def test_shared_entities_become_entity_accounts_in_one_sharing_group(tmp_path: P
     assert all(s.requests_per_minute == 150 for s in settings)  # a test site's limit
     (eg,) = engine_groups(cfg, targets)
     assert eg.members == group.accounts and eg.primary == "cb.acme-eu"
+    # the daemon runs the site's shared entities together, as one partition
+    from connector.partitions import partitions_of
+
+    (partition,) = partitions_of(cfg)
+    assert set(partition.accounts) == set(group.accounts)
 
 
 def test_entities_without_sharing_are_separate_accounts_with_no_shared_field(
@@ -137,9 +143,17 @@ def test_one_entity_and_the_key_variable(tmp_path: Path) -> None:
         (cb(stripe_context="acct_1Abc"), "stripe_context", "Stripe setting"),
         (cb(stripe_account="acct_1Abc"), "stripe_account", "Stripe setting"),
         ({"name": "s", "site": "acme-test"}, "site", "Chargebee setting"),
-        ({"name": "s", "kind": "stripe", "business_entities": ["us"]}, "business_entities", "Chargebee setting"),
+        (
+            {"name": "s", "kind": "stripe", "business_entities": ["us"]},
+            "business_entities",
+            "Chargebee setting",
+        ),
         ({"name": "s", "sharing": "customer_sharing"}, "sharing", "Chargebee setting"),
-        ({"name": "s", "requests_per_minute": 100}, "requests_per_minute", "max_requests_per_second"),
+        (
+            {"name": "s", "requests_per_minute": 100},
+            "requests_per_minute",
+            "max_requests_per_second",
+        ),
         (cb(business_entities=["us", "eu"], business_entity_id="us"), "accounts.0", "not both"),
         (cb(business_entities=["us", "us"]), "business_entities", "once"),
         (cb(business_entities=["u s"]), "business_entities", "letters, digits"),
@@ -170,10 +184,14 @@ def test_routing_names_entity_accounts_not_the_site_account(tmp_path: Path) -> N
         {
             "salesforce": SF,
             "billing": {"accounts": [cb(business_entities=["us", "eu"], writeback_field=None)]},
-            "routing": {"rules": [{"field": "Order.CurrencyIsoCode", "equals": "USD", "account": "cb"}]},
+            "routing": {
+                "rules": [{"field": "Order.CurrencyIsoCode", "equals": "USD", "account": "cb"}]
+            },
         },
     )
-    with pytest.raises(ConfigError, match=r"'cb', which is not in billing.accounts \(cb.us, cb.eu\)"):
+    with pytest.raises(
+        ConfigError, match=r"'cb', which is not in billing.accounts \(cb.us, cb.eu\)"
+    ):
         load_config(path)
 
 
@@ -219,7 +237,11 @@ def test_mappings_check_accepts_the_shipped_chargebee_mapping_and_refuses_stripe
     account = cb(business_entities=["us", "eu"], sharing="customer_sharing")
     good = write(
         tmp_path,
-        {"salesforce": SF, "billing": {"accounts": [account]}, "mappings_dir": str(MAPPINGS / "chargebee")},
+        {
+            "salesforce": SF,
+            "billing": {"accounts": [account]},
+            "mappings_dir": str(MAPPINGS / "chargebee"),
+        },
     )
     ok = CliRunner().invoke(app, ["mappings", "check", "-c", str(good)])
     assert ok.exit_code == 0, ok.output
@@ -232,7 +254,10 @@ def test_mappings_check_accepts_the_shipped_chargebee_mapping_and_refuses_stripe
     )
     bad = CliRunner().invoke(app, ["mappings", "check", "-c", str(wrong)])
     assert bad.exit_code == 2
-    assert f"{MAPPINGS / 'customer.yaml'}:1:1: billing account 'cb.us' is of kind 'chargebee'" in bad.output
+    assert (
+        f"{MAPPINGS / 'customer.yaml'}:1:1: billing account 'cb.us' is of kind 'chargebee'"
+        in bad.output
+    )
     assert str(MAPPINGS / "chargebee") in bad.output
 
 
@@ -256,7 +281,11 @@ def test_the_example_configs_chargebee_account_loads_when_uncommented(tmp_path: 
         encoding="utf-8",
     )
     cfg = load_config(path)
-    assert [a.id for a in cfg.billing.accounts] == ["default", "chargebee.acme-us", "chargebee.acme-eu"]
+    assert [a.id for a in cfg.billing.accounts] == [
+        "default",
+        "chargebee.acme-us",
+        "chargebee.acme-eu",
+    ]
     (group,) = cfg.billing.sharing_groups
     assert group.primary == "chargebee.acme-us"
 
@@ -275,11 +304,18 @@ def test_entities_sharing_customers_must_map_every_field_alike(tmp_path: Path) -
     own.mkdir()
     text = (folder / "customer.yaml").read_text(encoding="utf-8")
     (own / "customer.yaml").write_text(
-        text.replace("    from: Account.Name\n    transforms: [trim]", "    from: Account.Name\n    transforms: [trim, upper]", 1),
+        text.replace(
+            "    from: Account.Name\n    transforms: [trim]",
+            "    from: Account.Name\n    transforms: [trim, upper]",
+            1,
+        ),
         encoding="utf-8",
     )
     account = cb(business_entities=["us", "eu"], sharing="customer_sharing")
-    path = write(tmp_path, {"salesforce": SF, "billing": {"accounts": [account]}, "mappings_dir": str(folder)})
+    path = write(
+        tmp_path,
+        {"salesforce": SF, "billing": {"accounts": [account]}, "mappings_dir": str(folder)},
+    )
     shared = CliRunner().invoke(app, ["mappings", "check", "-c", str(path)])
     assert shared.exit_code == 2, shared.output
     assert "sharing group cb" in shared.output and "company" in shared.output
@@ -296,3 +332,24 @@ def test_entities_sharing_customers_must_map_every_field_alike(tmp_path: Path) -
     )
     alone = CliRunner().invoke(app, ["mappings", "check", "-c", str(path)])
     assert alone.exit_code == 0, alone.output
+
+
+def test_only_a_stripe_account_writes_back_to_stripes_field_unasked(tmp_path: Path) -> None:
+    """Stripe_Customer_Id__c is the field Stripe's connector package adds: a Chargebee id
+    written there unasked would mislead whoever reads it."""
+    chargebee = load_config(write(tmp_path, {"salesforce": SF, "billing": {"accounts": [cb()]}}))
+    assert chargebee.billing.accounts[0].writeback_field is None
+    named = load_config(
+        write(
+            tmp_path,
+            {
+                "salesforce": SF,
+                "billing": {"accounts": [cb(writeback_field="Chargebee_Customer_Id__c")]},
+            },
+        )
+    )
+    assert named.billing.accounts[0].writeback_field == "Chargebee_Customer_Id__c"
+    stripe = load_config(
+        write(tmp_path, {"salesforce": SF, "billing": {"accounts": [{"name": "s"}]}})
+    )
+    assert stripe.billing.accounts[0].writeback_field == "Stripe_Customer_Id__c"

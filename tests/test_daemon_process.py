@@ -58,7 +58,9 @@ def test_the_schedule_fires_again_and_coalesces_a_run_still_going(
 def test_sigterm_finishes_the_record_in_progress_records_the_run_interrupted_and_exits_0(
     sandboxes: SandboxPair, cli_env: dict[str, str], db_url: str
 ) -> None:
-    new = add_billed_accounts(sandboxes.salesforce, 12)
+    # Enough creates that, several in flight at the account's pace (20 a second), the run
+    # still lasts seconds: the signal arrives mid-run.
+    new = add_billed_accounts(sandboxes.salesforce, 60)
     sandboxes.stripe.set_latency(0.3)
     daemon = Daemon(cli_env)
     try:

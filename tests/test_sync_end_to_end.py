@@ -166,7 +166,10 @@ def test_a_lost_create_is_finished_with_its_own_key_even_after_the_account_chang
 ) -> None:
     # The first create is applied by Stripe but its answer is lost, also on the client's two
     # retries with the same key: the record fails with the customer already made.
-    sandboxes.stripe.inject_fault(method="POST", path=r"^/v1/customers$", drop="after", count=3)
+    # Aimed at Acme by its account id: the creates go out concurrently.
+    sandboxes.stripe.inject_fault(
+        method="POST", path=r"^/v1/customers$", drop="after", count=3, body_contains="001000000000A01AAA"
+    )
     first = run_sync("backfill")
     assert first.failed == 1 and first.created == 2
     assert len(sandboxes.stripe.customers()) == 3

@@ -13,7 +13,7 @@ from __future__ import annotations
 import shutil
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from rich.console import Console
@@ -32,6 +32,9 @@ from connector.sandbox.run import (
     start_chargebee_sandbox,
 )
 from connector.sandbox.salesforce import SalesforceSandbox
+
+if TYPE_CHECKING:
+    from connector.engine import Mode
 
 # The demo site's business entities (a legal entity per region) and the account using them.
 DEMO_ENTITIES = ("acme-us", "acme-eu", "acme-uk")
@@ -144,7 +147,7 @@ def run_chargebee_demo(
         )
         worst = 0
 
-        def step(title: str, mode: str, **kw: Any) -> Any:
+        def step(title: str, mode: Mode, **kw: Any) -> Any:
             nonlocal worst
             if stop is not None and stop.is_set():
                 raise _Stopped
@@ -200,7 +203,9 @@ def run_chargebee_demo(
 
 
 def _print_entities(console: Console, customers: Any, total: int) -> None:
-    t = Table(title=f"Chargebee sandbox now holds {total} customers, by the entity they were created under")
+    t = Table(
+        title=f"Chargebee sandbox now holds {total} customers, by the entity they were created under"
+    )
     for col in ("business entity", "customers", "for example"):
         t.add_column(col)
     for entity in DEMO_ENTITIES:

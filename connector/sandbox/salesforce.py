@@ -697,6 +697,9 @@ class _Cursor:
     touched: float
 
 
+_BULK_CHUNK = 100  # rows per PK chunk of a sandbox query job (Salesforce's are 100k-250k)
+
+
 @dataclass
 class _BulkJob:
     id: str
@@ -2017,6 +2020,13 @@ class SalesforceSandbox(SandboxServer):
             [_csv_value(_dig(row, c), t) for c, t in zip(columns, types, strict=True)]
             for row in rows
         ]
+        if not cq.order_by:
+            # Salesforce splits a large query job into chunks by primary key and processes
+            # them in parallel: without ORDER BY the result arrives in no promised order. The
+            # sandbox delivers its chunks shuffled so a client that assumes Id order fails here.
+            chunks = [table[i : i + _BULK_CHUNK] for i in range(0, len(table), _BULK_CHUNK)]
+            self._rng.shuffle(chunks)
+            table = [row for chunk in chunks for row in chunk]
         job_id = id18("750" + "".join(self._rng.choice(_BASE62) for _ in range(12)))
         job = _BulkJob(
             job_id,
