@@ -43,6 +43,14 @@ own VmHWM (from /proc/self/status at exit, written by a small wrapper, and sampl
 inherited from this process at fork. The price of a child is the interpreter start and imports,
 which the wall time includes and the baseline figures show.
 
+`--target chargebee` runs the same scenarios against the project's Chargebee sandbox instead
+(connector/sandbox/chargebee.py), beside the same Salesforce sandbox: the connector gets a
+`kind: chargebee` account with the shipped mappings/chargebee, and the figures are the Chargebee
+sandbox's calls. Its limit is one bucket of `--chargebee-rpm` requests a minute (default 150, a
+test site's), which the connector is told as requests_per_minute; the effective cap is rpm/60.
+`--billing-latency` (alias of `--stripe-latency`) applies to whichever sandbox is the target.
+What differs per system is one `BenchTarget`; the scenarios and the measuring are one code path.
+
 What it must never do: contact anything but 127.0.0.1. The sandboxes bind loopback only, the
 config points both services there, and the child gets sandbox secrets and nothing else from
 the SALESFORCE_* / STRIPE_* environment.
@@ -166,22 +174,23 @@ def _mappings_copy(source: Path, target: Path, edit: Any) -> Path:
     return target
 
 
-def changed_mappings(source: Path, target: Path) -> Path:
-    """The mappings with one static metadata field added: a change of every customer's payload."""
+def changed_mappings(source: Path, target: Path, metadata: str = "metadata") -> Path:
+    """The mappings with one static metadata field added: a change of every customer's payload.
+    `metadata` is the billing system's name for the customer's metadata (Chargebee: meta_data)."""
 
     def add_field(fields: dict[str, Any]) -> None:
-        fields["metadata.bench_mapping"] = {"value": "v2"}
+        fields[f"{metadata}.bench_mapping"] = {"value": "v2"}
 
     return _mappings_copy(source, target, add_field)
 
 
-def same_payload_mappings(source: Path, target: Path) -> Path:
+def same_payload_mappings(source: Path, target: Path, name_field: str = "name") -> Path:
     """The mappings with a change that alters no payload (`name` trimmed twice): the mapping's
     fingerprint moves, so the next sync re-checks every linked account, and finds each one
     unchanged. This is the re-check of unchanged accounts the issue times."""
 
     def trim_twice(fields: dict[str, Any]) -> None:
-        name = fields["name"]
+        name = fields[name_field]
         name["transforms"] = [*(name.get("transforms") or []), "trim"]
 
     return _mappings_copy(source, target, trim_twice)
@@ -222,9 +231,11 @@ class ChildRun:
     stopped: str | None = None  # "deadline" or "timeout" when the run was stopped, else None
 
 
-def child_env(pair: SandboxPair) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SALESFORCE_", "STRIPE_"))}
+def child_env(pair: SandboxPair, target_secrets: Mapping[str, str] | None = None) -> dict[str, str]:
+    prefixes = ("SALESFORCE_", "STRIPE_", "CHARGEBEE_")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(prefixes)}
     env.update(pair.secrets())
+    env.update(target_secrets or {})
     env["PYTHONPATH"] = str(REPO)
     return env
 
@@ -343,16 +354,25 @@ def run_child(
 
 
 def write_config(
-    pair: SandboxPair, workdir: Path, name: str, *, mappings: Path, args: argparse.Namespace
+    pair: SandboxPair,
+    target: BenchTarget,
+    workdir: Path,
+    name: str,
+    *,
+    mappings: Path,
+    args: argparse.Namespace,
 ) -> Path:
     cfg = pair.config_dict(
         state_url=f"sqlite:///{workdir / 'state.db'}", mappings_dir=str(mappings)
     )
     cfg["salesforce"]["page_size"] = args.page_size
-    account = cfg["billing"]["accounts"][0]
-    account["max_requests_per_second"] = args.connector_rate
-    if args.connector_endpoint_limits:
-        account["endpoint_limits"] = dict(args.connector_endpoint_limits)
+    account = dict(target.account)
+    cfg["billing"]["accounts"] = [account]
+    if target.kind == "stripe":
+        # A Chargebee account's pace is its requests_per_minute, already in target.account.
+        account["max_requests_per_second"] = args.connector_rate
+        if args.connector_endpoint_limits:
+            account["endpoint_limits"] = dict(args.connector_endpoint_limits)
     for option in args.connector_option:
         _set_option(account, option)
     cfg["log"] = {"level": "warning", "format": "json"}
@@ -422,6 +442,137 @@ class StripeLimits:
         return "sandbox: global and per-endpoint levels"
 
 
+# --- the billing target under test ------------------------------------------------------------
+
+CHARGEBEE_ENDPOINTS = {
+    "create": "POST /api/v2/customers",
+    "update": "POST /api/v2/customers/{customer_id}",
+    "update_billing_info": "POST /api/v2/customers/{customer_id}/update_billing_info",
+    "retrieve": "GET /api/v2/customers/{customer_id}",
+    "list": "GET /api/v2/customers",
+}
+CHARGEBEE_TEST_SITE_RPM = 150.0  # a Chargebee test site's limit, the connector's default too
+
+
+def _chargebee_endpoint(method: str, path: str) -> str:
+    path = path.split("?", 1)[0].rstrip("/")
+    if path == "/api/v2/customers":
+        return "create" if method == "POST" else "list"
+    if path.startswith("/api/v2/customers/"):
+        if path.endswith("/update_billing_info"):
+            return "update_billing_info"
+        return "update" if method == "POST" else "retrieve" if method == "GET" else "other"
+    return "other"
+
+
+@dataclass
+class BenchTarget:
+    """What differs between billing systems in this benchmark, chosen by `--target`: the
+    sandbox, the connector's billing account config and secret, the shipped mapping, how the
+    sandbox's requests are classified, the limit it enforces and the effective cap it makes.
+    Everything else (the org, the scenarios, the measuring) is one code path."""
+
+    kind: str  # "stripe" | "chargebee": also the key of the per-scenario figures in the JSON
+    server: Any  # StripeSandbox | ChargebeeSandbox
+    endpoints: dict[str, str]  # short name -> the endpoint as the sandbox counts it
+    classify: Any  # (method, path) -> short name
+    creates: tuple[str, ...]  # short names whose requests are a create
+    updates: tuple[str, ...]  # ... and an update (Chargebee: two calls for an address change)
+    mappings: Path
+    metadata_key: str  # the mapping's name for customer metadata
+    name_field: str  # where the mapping puts Account.Name
+    account: dict[str, Any]  # billing.accounts[0], before the options of the command line
+    secrets: dict[str, str]
+    apply: Any  # () -> how the sandbox's limits are enforced (set before every scenario)
+    effective_cap: Any  # (endpoints in use) -> requests a second, or None
+    owned: bool = False  # started here, stopped here (the Stripe sandbox is the pair's)
+
+    def counts(self) -> dict[str, int]:
+        """Requests by endpoint, counted by the sandbox on arrival (429s included)."""
+        stats = self.server.stats()
+        out = {"total": 0, **{e: 0 for e in self.endpoints}, "other": 0}
+        out["rate_limited"] = int(stats["rate_limited"])
+        for key, n in stats["requests"].items():
+            method, _, path = key.partition(" ")
+            out[self.classify(method, path)] += n
+            out["total"] += n
+        return out
+
+    def counter(self) -> Any:
+        ops, server = self.server.operations, self.server
+
+        def count() -> int:
+            # Cheap to read while requests run: a handful of keys, unlike per-path counts.
+            return int(sum(ops.values()) + server.rate_limited)
+
+        return count
+
+    def customers(self) -> list[dict[str, Any]]:
+        return list(self.server.customers())
+
+    def metadata(self, customer: Mapping[str, Any]) -> Mapping[str, Any]:
+        return customer.get("metadata") or customer.get("meta_data") or {}
+
+    def stop(self) -> None:
+        if self.owned:
+            self.server.stop()
+
+
+def stripe_target(pair: SandboxPair, limits: StripeLimits) -> BenchTarget:
+    return BenchTarget(
+        kind="stripe",
+        server=pair.stripe,
+        endpoints=dict(ENDPOINTS),
+        classify=_stripe_endpoint,
+        creates=("create",),
+        updates=("update",),
+        mappings=default_mappings_dir(),
+        metadata_key="metadata",
+        name_field="name",
+        account={"id": "default", "api_base": pair.stripe.url},
+        secrets={},  # the pair's secrets hold the Stripe key
+        apply=lambda: limits.apply(pair),
+        effective_cap=limits.effective_cap,
+    )
+
+
+def chargebee_target(rpm: float, burst: float) -> BenchTarget:
+    """The project's Chargebee sandbox, one site with its default entity, capped at `rpm`
+    requests a minute (one bucket, `burst` back-to-back), as the connector is told."""
+    from connector.sandbox.run import SANDBOX_CHARGEBEE_KEY, start_chargebee_sandbox
+
+    server = start_chargebee_sandbox()
+
+    def apply() -> str:
+        server.set_rate_limit(rpm / 60.0, burst=burst)
+        return "sandbox: one bucket per site"
+
+    return BenchTarget(
+        kind="chargebee",
+        server=server,
+        endpoints=dict(CHARGEBEE_ENDPOINTS),
+        classify=_chargebee_endpoint,
+        creates=("create",),
+        updates=("update", "update_billing_info"),
+        mappings=default_mappings_dir() / "chargebee",
+        metadata_key="meta_data",
+        name_field="company",
+        account={
+            "id": "default",
+            "kind": "chargebee",
+            "api_base": server.url,  # only for the sandbox
+            "api_key_env": "CHARGEBEE_API_KEY",
+            # The sandbox org's field (a real org would have a Chargebee one).
+            "writeback_field": "Stripe_Customer_Id__c",
+            "requests_per_minute": rpm,
+        },
+        secrets={"CHARGEBEE_API_KEY": SANDBOX_CHARGEBEE_KEY},
+        apply=apply,
+        effective_cap=lambda in_use: rpm / 60.0 if in_use else None,
+        owned=True,
+    )
+
+
 # --- measuring ------------------------------------------------------------------------------
 
 
@@ -434,18 +585,6 @@ def _stripe_endpoint(method: str, path: str) -> str:
     if path.startswith("/v1/customers/"):
         return "update" if method == "POST" else "retrieve" if method == "GET" else "other"
     return "other"
-
-
-def stripe_counts(pair: SandboxPair) -> dict[str, int]:
-    """Stripe requests by endpoint, counted by the sandbox on arrival (429s included)."""
-    stats = pair.stripe.stats()
-    out = {"total": 0, **{e: 0 for e in ENDPOINTS}, "other": 0}
-    out["rate_limited"] = int(stats["rate_limited"])
-    for key, n in stats["requests"].items():
-        method, _, path = key.partition(" ")
-        out[_stripe_endpoint(method, path)] += n
-        out["total"] += n
-    return out
 
 
 def salesforce_counts(pair: SandboxPair) -> dict[str, int]:
@@ -495,19 +634,14 @@ def scenario(
     env: Mapping[str, str],
     workdir: Path,
     args: argparse.Namespace,
-    limits: StripeLimits,
+    target: BenchTarget,
     baseline: ChildRun,
     deadline: float | None = None,
 ) -> dict[str, Any]:
-    enforced = limits.apply(pair)
-    stripe_before, sf_before = stripe_counts(pair), salesforce_counts(pair)
+    enforced = target.apply()
+    billing_before, sf_before = target.counts(), salesforce_counts(pair)
     self_before = resource.getrusage(resource.RUSAGE_SELF)
-    ops = pair.stripe.operations
-
-    def stripe_counter() -> int:
-        # Cheap to read while requests run: a handful of keys, unlike the per-path request counts.
-        return sum(ops.values()) + pair.stripe.rate_limited
-
+    stripe_counter = target.counter()
     child = run_child(
         "connector",
         args_,
@@ -518,7 +652,7 @@ def scenario(
         stripe_counter=stripe_counter,
     )
     self_after = resource.getrusage(resource.RUSAGE_SELF)
-    stripe = _delta(stripe_counts(pair), stripe_before)
+    billing = _delta(target.counts(), billing_before)
     sf = _delta(salesforce_counts(pair), sf_before)
     r = child.report or {}
     orders, created, updated, unchanged = (
@@ -529,11 +663,13 @@ def scenario(
         if child.stripe_first_s is not None and child.stripe_last_s
         else None
     )
-    in_use = [e for e in ENDPOINTS if stripe[e]]
-    cap = limits.effective_cap(in_use) if in_use else None
-    rate_wall = stripe["total"] / child.wall_s if child.wall_s else 0.0
+    in_use = [e for e in target.endpoints if billing[e]]
+    cap = target.effective_cap(in_use) if in_use else None
+    rate_wall = billing["total"] / child.wall_s if child.wall_s else 0.0
     # A window measured by sampling every SAMPLE_EVERY seconds means little for a few requests.
-    rate_window = stripe["total"] / window if window and stripe["total"] >= MIN_FOR_RATE else None
+    rate_window = billing["total"] / window if window and billing["total"] >= MIN_FOR_RATE else None
+    creates = sum(billing[e] for e in target.creates)
+    updates = sum(billing[e] for e in target.updates)
     records = orders or None
     cpu_work = max(0.0, child.cpu_s - baseline.cpu_s)
     bound = salesforce_bound(orders, created)
@@ -549,16 +685,18 @@ def scenario(
         "failed_records": int(r.get("failed", 0) or 0) if r else None,
         "wall_s": round(child.wall_s, 3),
         "orders_per_s": round(orders / child.wall_s, 1) if child.wall_s else None,
-        "stripe": {
-            **stripe,
-            "endpoints_in_use": [ENDPOINTS[e] for e in in_use],
+        "target": target.kind,
+        # The billing system's figures, under its name ("stripe" or "chargebee").
+        target.kind: {
+            **billing,
+            "endpoints_in_use": [target.endpoints[e] for e in in_use],
             "effective_cap_rps": cap,
             "limits_enforced_by": enforced,
-            "per_created": _per(stripe["create"], created),
-            "per_updated": _per(stripe["update"], updated),
+            "per_created": _per(creates, created),
+            "per_updated": _per(updates, updated),
             # Every request that is neither a create nor an update, charged to the unchanged
             # accounts: exact when nothing was written, an upper bound otherwise.
-            "per_unchanged": _per(stripe["total"] - stripe["create"] - stripe["update"], unchanged),
+            "per_unchanged": _per(billing["total"] - creates - updates, unchanged),
             "achieved_rps_over_wall": round(rate_wall, 2),
             "achieved_rps_while_writing": round(rate_window, 2) if rate_window else None,
             "writing_window_s": round(window, 3) if window else None,
@@ -566,7 +704,7 @@ def scenario(
             if rate_window and cap
             else None,
             # Lower bound on the writing time of one request at a time.
-            "latency_floor_s": round(stripe["total"] * args.stripe_latency, 2),
+            "latency_floor_s": round(billing["total"] * args.stripe_latency, 2),
         },
         "salesforce": {
             **sf,
@@ -725,16 +863,25 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     queries = QueryLog()
     queries.install()
     pair = start_sandboxes()
+    target = (
+        chargebee_target(args.chargebee_rpm, args.stripe_burst)
+        if args.target == "chargebee"
+        else stripe_target(pair, limits)
+    )
     workdir = Path(tempfile.mkdtemp(prefix="sync-bench-"))
     data: dict[str, Any] = {
         "benchmark": "sync_bench",
         "started_at": started.strftime("%Y-%m-%dT%H:%M:%SZ"),
         "finished": False,
         "parameters": {
+            "target": target.kind,
             "mode": args.mode,
             "accounts": args.accounts,
             "orders": args.accounts,
-            "stripe_latency_s": args.stripe_latency,
+            "stripe_latency_s": args.stripe_latency,  # the billing sandbox's, whichever
+            "chargebee_requests_per_minute": args.chargebee_rpm
+            if target.kind == "chargebee"
+            else None,
             "stripe_mode": limits.mode,
             "stripe_global_cap_rps": limits.global_cap or None,
             "stripe_endpoint_budget_rps": limits.endpoint_budget or None,
@@ -758,31 +905,33 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         t0 = time.monotonic()
         load_org(pair, args.accounts)
         pair.stripe.reset()  # no customers, no counts; latency and limits are set below
+        target.server.reset()
         load_s = time.monotonic() - t0
-        pair.stripe.set_latency(args.stripe_latency)
+        target.server.set_latency(args.stripe_latency)
         pair.salesforce.set_latency(args.salesforce_latency)
         # A real org of this size has a larger daily API allowance than the sandbox's default.
         pair.salesforce.set_daily_limit(max(15_000, args.accounts))
         queries.take()  # the load's own queries (none today) are not the connector's
 
-        env = child_env(pair)
-        shipped = default_mappings_dir()
-        changed = changed_mappings(shipped, workdir / "mappings-changed")
-        configs = {
-            "shipped": write_config(pair, workdir, "config.yaml", mappings=shipped, args=args),
-            "changed": write_config(
-                pair, workdir, "config-changed-mapping.yaml", mappings=changed, args=args
-            ),
-        }
+        env = child_env(pair, target.secrets)
+        shipped = target.mappings
+        changed = changed_mappings(shipped, workdir / "mappings-changed", target.metadata_key)
         # The no-op change is made to whichever mapping the linked customers last got.
-        same_after_change = same_payload_mappings(changed, workdir / "mappings-changed-same")
-        same_after_shipped = same_payload_mappings(shipped, workdir / "mappings-shipped-same")
-        configs["same_after_changed"] = write_config(
-            pair, workdir, "config-same-after-change.yaml", mappings=same_after_change, args=args
+        same_after_change = same_payload_mappings(
+            changed, workdir / "mappings-changed-same", target.name_field
         )
-        configs["same_after_shipped"] = write_config(
-            pair, workdir, "config-same-after-shipped.yaml", mappings=same_after_shipped, args=args
+        same_after_shipped = same_payload_mappings(
+            shipped, workdir / "mappings-shipped-same", target.name_field
         )
+        configs = {
+            key: write_config(pair, target, workdir, file, mappings=mappings, args=args)
+            for key, file, mappings in (
+                ("shipped", "config.yaml", shipped),
+                ("changed", "config-changed-mapping.yaml", changed),
+                ("same_after_changed", "config-same-after-change.yaml", same_after_change),
+                ("same_after_shipped", "config-same-after-shipped.yaml", same_after_shipped),
+            )
+        }
         current = "shipped"
         baseline = run_child("bench.baseline_imports", [], env, workdir, timeout=300)
         data["setup"] = {
@@ -818,7 +967,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 env,
                 workdir,
                 args,
-                limits,
+                target,
                 baseline,
                 deadline,
             )
@@ -836,7 +985,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 break
         data["parameters"]["accounts_changed"] = accounts_changed
         ran = {s["scenario"] for s in data["scenarios"]}
-        customers = pair.stripe.customers()
+        customers = target.customers()
         # A copy of every account: only worth it when a run wrote customer ids back.
         written_back = (
             sum(1 for a in pair.salesforce.records("Account") if a.get("Stripe_Customer_Id__c"))
@@ -844,13 +993,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             else 0
         )
         data["checks"] = {
-            "stripe_customers": len(customers),
+            f"{target.kind}_customers": len(customers),
             "accounts_with_customer_id_written_back": written_back,
             "every_account_has_one_customer": len(customers) == args.accounts == written_back
             if "backfill" in ran
             else None,
             "every_customer_has_the_new_mapping_field": all(
-                (c.get("metadata") or {}).get("bench_mapping") == "v2" for c in customers
+                target.metadata(c).get("bench_mapping") == "v2" for c in customers
             )
             if customers and "recheck_after_mapping_change" in ran
             else None,
@@ -864,6 +1013,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         return data
     finally:
         queries.uninstall()
+        target.stop()
         pair.stop()
         shutil.rmtree(workdir, ignore_errors=True)
 
@@ -877,10 +1027,11 @@ def _save(out: Path, data: dict[str, Any]) -> None:
 
 def summary_line(res: dict[str, Any]) -> str:
     r = res.get("report") or {}
-    s = res["stripe"]
+    kind = res.get("target", "stripe")
+    s = res[kind]
     return (
         f"orders {r.get('orders_read')}, created {r.get('created')}, updated {r.get('updated')}, "
-        f"unchanged {r.get('unchanged')}, Stripe {s['total']} ({s['rate_limited']} x 429), "
+        f"unchanged {r.get('unchanged')}, {kind.capitalize()} {s['total']} ({s['rate_limited']} x 429), "
         f"{s['achieved_rps_while_writing']} req/s of cap {s['effective_cap_rps']}, "
         f"Salesforce {res['salesforce']['total']} (bound {res['salesforce']['bound']}), "
         f"CPU {res['connector_process']['cpu_ms_per_record']} ms/record, "
@@ -899,10 +1050,26 @@ def main_parser() -> argparse.ArgumentParser:
         help="accounts, each with one activated order (default 1000)",
     )
     ap.add_argument(
+        "--target",
+        choices=("stripe", "chargebee"),
+        default="stripe",
+        help="the billing system the connector writes to, as its sandbox (default stripe)",
+    )
+    ap.add_argument(
+        "--chargebee-rpm",
+        type=float,
+        default=CHARGEBEE_TEST_SITE_RPM,
+        help="with --target chargebee: requests a minute the Chargebee sandbox allows and the "
+        "connector is told (requests_per_minute); default 150, a test site's limit",
+    )
+    ap.add_argument(
         "--stripe-latency",
+        "--billing-latency",
+        dest="stripe_latency",
         type=float,
         default=0.25,
-        help="seconds the Stripe sandbox waits per request (default 0.25, a customer create's usual latency)",
+        help="seconds the billing sandbox (Stripe or Chargebee) waits per request (default 0.25, "
+        "a Stripe customer create's usual latency)",
     )
     ap.add_argument(
         "--mode",
@@ -1005,9 +1172,12 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [x for x in args.scenarios if x not in SCENARIOS]
     if unknown or not args.scenarios:
         ap.error(f"--scenarios: unknown {unknown}; choose from {', '.join(SCENARIOS)}")
+    if args.target == "chargebee" and not 0 < args.chargebee_rpm <= 10_000:
+        ap.error("--chargebee-rpm must be in (0, 10000], as the connector's requests_per_minute")
     data = run(args)
     _save(args.out, data)
-    print(readme_tables.sync_table(data, args.out.name))
+    if args.target == "stripe":  # the README's tables are Stripe's
+        print(readme_tables.sync_table(data, args.out.name))
     print(f"\nwritten to {args.out}", file=sys.stderr)
     failed = [s["scenario"] for s in data["scenarios"] if s["exit_code"] != 0 or s["stopped"]]
     return 1 if failed or len(data["scenarios"]) < len(args.scenarios) else 0

@@ -183,3 +183,49 @@ def test_a_million_account_run_cut_short_decides_only_when_already_over_the_limi
     assert verdict(300, None).endswith("**not met** |")
     assert verdict(300, "deadline").endswith("**not met** |")
     assert verdict(200, "deadline").endswith("not measured |")
+
+
+def test_the_chargebee_target_counts_chargebee_calls_through_the_same_scenarios(
+    tmp_path: Path,
+) -> None:
+    # The real benchmark at a tiny N against the Chargebee sandbox: the connector runs as a child
+    # process with the config the benchmark wrote, and the calls are the Chargebee sandbox's.
+    import json
+
+    from bench.sync_bench import main
+
+    out = tmp_path / "cb.json"
+    code = main(
+        [
+            "--target", "chargebee", "--accounts", "20", "--chargebee-rpm", "6000",
+            "--billing-latency", "0", "--scenarios", "backfill,recheck_unchanged",
+            "--out", str(out),
+        ]
+    )  # fmt: skip
+    assert code == 0
+    data = json.loads(out.read_text())
+    assert data["parameters"]["target"] == "chargebee"
+    backfill, recheck = data["scenarios"]
+    assert backfill["report"]["created"] == 20
+    assert data["checks"]["chargebee_customers"] == 20
+    assert data["checks"]["accounts_with_customer_id_written_back"] == 20
+    cb = backfill["chargebee"]
+    assert cb["create"] == 20 and cb["per_created"] == 1.0
+    assert cb["effective_cap_rps"] == 100.0  # 6000 a minute
+    assert cb["endpoints_in_use"] == ["POST /api/v2/customers"]
+    assert "stripe" not in backfill
+    assert recheck["report"]["unchanged"] == 20
+    assert recheck["chargebee"]["total"] == 0 and recheck["chargebee"]["per_unchanged"] == 0.0
+
+
+def test_chargebee_requests_are_classified_by_endpoint() -> None:
+    from bench.sync_bench import _chargebee_endpoint
+
+    assert _chargebee_endpoint("POST", "/api/v2/customers") == "create"
+    assert _chargebee_endpoint("GET", "/api/v2/customers?limit=100") == "list"
+    assert _chargebee_endpoint("POST", "/api/v2/customers/sf_1") == "update"
+    assert _chargebee_endpoint("GET", "/api/v2/customers/sf_1") == "retrieve"
+    assert (
+        _chargebee_endpoint("POST", "/api/v2/customers/sf_1/update_billing_info")
+        == "update_billing_info"
+    )
