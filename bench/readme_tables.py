@@ -338,7 +338,13 @@ def _sync_files(folder: Path) -> list[tuple[str, dict[str, Any]]]:
     sync = []
     for f in sorted(folder.glob("*.json"))[:MAX_FILES]:
         data = json.loads(f.read_text(encoding="utf-8"))
-        if data.get("benchmark") == "sync_bench" and "stripe_mode" in data.get("parameters", {}):
+        params = data.get("parameters", {})
+        # The tables and issue 15's targets are Stripe's; a Chargebee run has its own paragraph.
+        if (
+            data.get("benchmark") == "sync_bench"
+            and "stripe_mode" in params
+            and params.get("target", "stripe") == "stripe"
+        ):
             sync.append((f.name if folder.name != EARLIER else f"{EARLIER}/{f.name}", data))
     # Smaller runs first, then by latency (highest first), then by name.
     sync.sort(
