@@ -868,6 +868,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if args.target == "chargebee"
         else stripe_target(pair, limits)
     )
+    is_stripe = target.kind == "stripe"
     workdir = Path(tempfile.mkdtemp(prefix="sync-bench-"))
     data: dict[str, Any] = {
         "benchmark": "sync_bench",
@@ -875,20 +876,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "finished": False,
         "parameters": {
             "target": target.kind,
-            "mode": args.mode,
+            "mode": args.mode if is_stripe else None,
             "accounts": args.accounts,
             "orders": args.accounts,
             "stripe_latency_s": args.stripe_latency,  # the billing sandbox's, whichever
             "chargebee_requests_per_minute": args.chargebee_rpm
             if target.kind == "chargebee"
             else None,
-            "stripe_mode": limits.mode,
-            "stripe_global_cap_rps": limits.global_cap or None,
-            "stripe_endpoint_budget_rps": limits.endpoint_budget or None,
+            # Stripe's set-up; None where the target is another system (its sandbox's bucket
+            # holds stripe_burst requests all the same).
+            "stripe_mode": limits.mode if is_stripe else None,
+            "stripe_global_cap_rps": (limits.global_cap or None) if is_stripe else None,
+            "stripe_endpoint_budget_rps": (limits.endpoint_budget or None) if is_stripe else None,
             "stripe_burst": limits.burst,
-            "sandbox_has_both_levels": True,
-            "connector_rate_rps": connector_rate,
-            "connector_endpoint_limits": endpoint_limits or None,
+            "sandbox_has_both_levels": is_stripe,
+            "connector_rate_rps": connector_rate if is_stripe else args.chargebee_rpm / 60.0,
+            "connector_endpoint_limits": (endpoint_limits or None) if is_stripe else None,
             "connector_options": list(args.connector_option),
             "salesforce_latency_s": args.salesforce_latency,
             "page_size": args.page_size,
@@ -1093,6 +1096,8 @@ def main_parser() -> argparse.ArgumentParser:
     )
     ap.add_argument(
         "--stripe-burst",
+        "--billing-burst",
+        dest="stripe_burst",
         type=float,
         default=5,
         help="requests the sandbox's buckets let through back-to-back (default 5, as Stripe tolerates bursts)",
