@@ -677,3 +677,18 @@ def test_a_chargebee_key_in_a_config_file_is_refused(tmp_path: Any) -> None:
     with pytest.raises(ConfigError, match="CHARGEBEE_API_KEY") as err:
         load_config(cfg)
     assert SANDBOX_CHARGEBEE_KEY not in str(err.value)
+
+
+def test_a_connector_that_bills_only_stripe_never_imports_the_chargebee_sdk() -> None:
+    """The SDK and httpx under it cost about 20 MiB of resident memory: paid only by a config
+    with a Chargebee account (peak RSS at 1,000,000 accounts is a target of issue 15)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "import connector.cli, connector.app, connector.billing\n"
+        "print('chargebee' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False", out.stderr
