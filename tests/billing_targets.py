@@ -31,6 +31,10 @@ class TargetUnderTest:
     server: StripeSandbox | ChargebeeSandbox
     mappings_dir: Path  # the shipped mapping for this system
     name_field: str  # where the shipped mapping puts Account.Name
+    # Every path the shipped mapping puts Account.Name at, for an account with no shipping
+    # address (Chargebee's billing address carries the company too).
+    name_paths: tuple[str, ...]
+    address_field: str  # the object the Account's billing address goes to
     create_path: str  # a regex of the create request's path, for faults
     api_key_env: str
     api_key: str
@@ -85,6 +89,8 @@ def stripe_target(server: StripeSandbox, api_key: str) -> TargetUnderTest:
         server=server,
         mappings_dir=MAPPINGS,
         name_field="name",
+        name_paths=("name",),
+        address_field="address",
         create_path=r"^/v1/customers$",
         api_key_env="STRIPE_API_KEY",
         api_key=api_key,
@@ -97,6 +103,8 @@ def chargebee_target(server: ChargebeeSandbox) -> TargetUnderTest:
         server=server,
         mappings_dir=MAPPINGS / "chargebee",
         name_field="company",
+        name_paths=("company", "billing_address.company"),
+        address_field="billing_address",
         create_path=r"^/api/v2/customers$",
         api_key_env="CHARGEBEE_API_KEY",
         api_key=SANDBOX_CHARGEBEE_KEY,

@@ -159,6 +159,24 @@ def test_a_dry_run_changes_nothing_anywhere(
         assert s.links.get(BA, new_acc) is None
 
 
+def test_a_dry_run_names_only_the_fields_whose_values_changed(
+    sandboxes: SandboxPair, target: TargetUnderTest, target_run: Callable[..., RunReport]
+) -> None:
+    # An update sends an address whole, so the target never merges half an object; the plan
+    # still names only the leaves whose values changed (a new name once listed every
+    # billing_address.* field on Chargebee, where the address carries the company too).
+    target_run("backfill")
+    sandboxes.salesforce.update("Account", ACME, {"Name": "Acme Renamed", "BillingCity": "Ulm"})
+
+    report = target_run("sync", dry_run=True)
+
+    [acme] = [p for p in report.plan if p.account_id == ACME]
+    assert acme.action == "update"
+    expected = {*target.name_paths, f"{target.address_field}.city"}
+    assert acme.changed_fields == tuple(sorted(expected))
+    assert set(acme.send or {}) == {path.split(".")[0] for path in expected}
+
+
 # --- a crash between create and link -----------------------------------------------------------
 
 
