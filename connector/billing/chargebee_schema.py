@@ -18,6 +18,7 @@ from importlib import resources
 from typing import Any
 
 from connector.billing.schema import CustomFields, Format, TargetField, TargetSchema
+from connector.openapi import OpenApi
 
 SPEC_FILE = "chargebee_customers.v1.openapi.json"
 SYSTEM = "chargebee"
@@ -77,12 +78,12 @@ def spec() -> dict[str, Any]:
     return data
 
 
+CHARGEBEE = OpenApi(spec)
+
+
 def request_schema(path: str) -> dict[str, Any]:
     """The form-body schema of a POST operation, e.g. CREATE."""
-    op = spec()["paths"][path]["post"]
-    body = op["requestBody"]["content"]["application/x-www-form-urlencoded"]
-    schema: dict[str, Any] = body["schema"]
-    return schema
+    return CHARGEBEE.request_schema(path, "post")
 
 
 def _leaf(path: str, node: Mapping[str, Any]) -> TargetField | str:
