@@ -12,20 +12,18 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import pytest
-from billing_targets import TargetUnderTest
+from billing_targets import TargetUnderTest, crash_after_create
 from conftest import BILLED
 from fault_readback import BA, opened, read_store
 
 from connector.app import open_pipeline
 from connector.billing.base import RemoteCustomer
 from connector.config import Config, SecretSource
-from connector.engine import ORDERS_CURSOR, PlannedWrite, RunReport
-from connector.planner import create_key
+from connector.engine import ORDERS_CURSOR, RunReport
 from connector.sandbox.run import SandboxPair
-from connector.state.records import Intent
 from connector.state.store import StateStore
 
 FIELD = "Stripe_Customer_Id__c"  # the first billing account's write-back field, any kind
@@ -180,41 +178,6 @@ def test_a_dry_run_names_only_the_fields_whose_values_changed(
 # --- a crash between create and link -----------------------------------------------------------
 
 
-def crash_after_create(
-    target: TargetUnderTest,
-    target_run: Callable[..., RunReport],
-    config: Config,
-    secrets: SecretSource,
-    db_url: str,
-    account_id: str,
-    *,
-    intent_age: timedelta = timedelta(0),
-    send: bool = True,
-) -> tuple[PlannedWrite, str | None]:
-    """Leave the store and billing as a process killed right after its create was applied:
-    the intent the engine writes ahead (key and exact payload), the create sent through the
-    port with that key, its answer and the link lost."""
-    plan = {p.account_id: p for p in target_run("sync", dry_run=True).plan}
-    planned = plan[account_id]
-    assert planned.action == "create"
-    key = create_key(BA, account_id, planned.payload_hash)
-    with opened(db_url) as s:
-        s.intents.record(
-            Intent(
-                billing_account=BA,
-                account_id=account_id,
-                idempotency_key=key,
-                payload_hash=planned.payload_hash,
-                created_at=datetime.now(UTC) - intent_age,
-                payload=dict(planned.payload),
-            )
-        )
-    if not send:
-        return planned, None
-    made = target.port(config, secrets).create_customer(planned.payload, idempotency_key=key)
-    return planned, made
-
-
 def test_an_interrupted_create_is_finished_with_its_key_not_duplicated(
     target: TargetUnderTest,
     target_run: Callable[..., RunReport],
@@ -224,7 +187,7 @@ def test_an_interrupted_create_is_finished_with_its_key_not_duplicated(
     db_url: str,
 ) -> None:
     _, made = crash_after_create(
-        target, target_run, target_config(), target_secrets, db_url, INITECH
+        target.port(target_config(), target_secrets), target_run, db_url, INITECH
     )
     creates = target.server.operations["create"]
 
@@ -250,7 +213,7 @@ def test_an_interrupted_create_replayed_after_the_account_changed_ends_with_the_
     db_url: str,
 ) -> None:
     _, made = crash_after_create(
-        target, target_run, target_config(), target_secrets, db_url, INITECH
+        target.port(target_config(), target_secrets), target_run, db_url, INITECH
     )
     sandboxes.salesforce.update("Account", INITECH, {"Name": "Initech AG"})
 
@@ -315,10 +278,8 @@ def test_an_interrupted_create_older_than_the_key_window_makes_no_second_custome
     # Stripe finds the lost create's customer by its tags; Chargebee asks for the same id.
     window = target.port(target_config(), target_secrets).rules.idempotency_window
     _, made = crash_after_create(
-        target,
+        target.port(target_config(), target_secrets),
         target_run,
-        target_config(),
-        target_secrets,
         db_url,
         INITECH,
         intent_age=window + timedelta(hours=1),
