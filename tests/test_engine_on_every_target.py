@@ -13,11 +13,12 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from billing_targets import TargetUnderTest, crash_after_create
 from conftest import BILLED
-from fault_readback import BA, opened, read_store
+from fault_readback import BA, StoreView, opened, read_store
 
 from connector.app import open_pipeline
 from connector.billing.base import RemoteCustomer
@@ -178,17 +179,43 @@ def test_a_dry_run_names_only_the_fields_whose_values_changed(
 # --- a crash between create and link -----------------------------------------------------------
 
 
-def test_an_interrupted_create_is_finished_with_its_key_not_duplicated(
+@pytest.fixture
+def crash(
     target: TargetUnderTest,
     target_run: Callable[..., RunReport],
     target_config: Callable[..., Config],
     target_secrets: SecretSource,
+    db_url: str,
+) -> Callable[..., str | None]:
+    """`crash(**kw)`: INITECH's create applied and its link lost (`crash_after_create` on the
+    target under test); returns the customer made, None when the create was never sent."""
+    port = target.port(target_config(), target_secrets)
+
+    def crash_initech(**kw: Any) -> str | None:
+        return crash_after_create(port, target_run, db_url, INITECH, **kw)[1]
+
+    return crash_initech
+
+
+def finished_without_duplicates(billed: Billed, db_url: str, made: str | None) -> StoreView:
+    """One customer per billed account, INITECH's the one `made` (when it was), every link saved;
+    the store as it is now, for what a test checks beyond that."""
+    customers = one_each(billed, BILLED)
+    if made is not None:
+        assert customers[INITECH] == made
+    view = read_store(db_url)
+    view.assert_links_match(customers)
+    return view
+
+
+def test_an_interrupted_create_is_finished_with_its_key_not_duplicated(
+    target: TargetUnderTest,
+    target_run: Callable[..., RunReport],
+    crash: Callable[..., str | None],
     billed: Billed,
     db_url: str,
 ) -> None:
-    _, made = crash_after_create(
-        target.port(target_config(), target_secrets), target_run, db_url, INITECH
-    )
+    made = crash()
     creates = target.server.operations["create"]
 
     report = target_run("sync")
@@ -196,10 +223,7 @@ def test_an_interrupted_create_is_finished_with_its_key_not_duplicated(
     assert report.exit_code == 0 and report.failed == 0 and report.created == 3
     assert target.server.stats()["idempotent_replays"] == 1
     assert target.server.operations["create"] == creates + 2  # only the two other accounts
-    customers = one_each(billed, BILLED)
-    assert customers[INITECH] == made
-    view = read_store(db_url)
-    view.assert_links_match(customers)
+    view = finished_without_duplicates(billed, db_url, made)
     assert not view.intents and not view.retries and view.cursor is not None
 
 
@@ -207,23 +231,18 @@ def test_an_interrupted_create_replayed_after_the_account_changed_ends_with_the_
     sandboxes: SandboxPair,
     target: TargetUnderTest,
     target_run: Callable[..., RunReport],
-    target_config: Callable[..., Config],
-    target_secrets: SecretSource,
+    crash: Callable[..., str | None],
     billed: Billed,
     db_url: str,
 ) -> None:
-    _, made = crash_after_create(
-        target.port(target_config(), target_secrets), target_run, db_url, INITECH
-    )
+    made = crash()
     sandboxes.salesforce.update("Account", INITECH, {"Name": "Initech AG"})
 
     first = target_run("sync")
     second = target_run("sync")
 
     assert first.failed == 0 and second.failed == 0
-    customers = one_each(billed, BILLED)
-    assert customers[INITECH] == made
-    read_store(db_url).assert_links_match(customers)
+    finished_without_duplicates(billed, db_url, made)
     [initech] = billed()[INITECH]
     assert initech.payload[target.name_field] == "Initech AG"
 
@@ -256,10 +275,7 @@ def test_a_run_killed_after_its_creates_and_before_their_links_is_finished_witho
 
     assert report.exit_code == 0 and report.failed == 0
     assert target.server.stats()["idempotent_replays"] == len(BILLED)
-    customers = one_each(billed, BILLED)
-    view = read_store(db_url)
-    view.assert_links_match(customers)
-    assert not view.intents
+    assert not finished_without_duplicates(billed, db_url, None).intents
     again = target_run("sync")
     assert again.billing_calls == 0
 
@@ -271,30 +287,20 @@ def test_an_interrupted_create_older_than_the_key_window_makes_no_second_custome
     target_run: Callable[..., RunReport],
     target_config: Callable[..., Config],
     target_secrets: SecretSource,
+    crash: Callable[..., str | None],
     billed: Billed,
     db_url: str,
 ) -> None:
     # The billing system has forgotten the key: replaying it could create a second customer.
     # Stripe finds the lost create's customer by its tags; Chargebee asks for the same id.
     window = target.port(target_config(), target_secrets).rules.idempotency_window
-    _, made = crash_after_create(
-        target.port(target_config(), target_secrets),
-        target_run,
-        db_url,
-        INITECH,
-        intent_age=window + timedelta(hours=1),
-        send=reached_billing,
-    )
+    made = crash(intent_age=window + timedelta(hours=1), send=reached_billing)
     target.server.expire_idempotency_keys()
 
     report = target_run("sync")
 
     assert report.exit_code == 0 and report.failed == 0
-    customers = one_each(billed, BILLED)
-    if made is not None:
-        assert customers[INITECH] == made
-    view = read_store(db_url)
-    view.assert_links_match(customers)
+    view = finished_without_duplicates(billed, db_url, made)
     assert not view.intents and not view.retries
 
 
