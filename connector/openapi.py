@@ -14,11 +14,21 @@ words problems as Stripe does; Chargebee's sandbox words its own.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from importlib import resources
 from typing import Any
 
 FORM = "application/x-www-form-urlencoded"
+
+
+def packaged(package: str, *parts: str) -> dict[str, Any]:
+    """A JSON description shipped inside `package` (read through importlib.resources, so an
+    installed wheel finds it too)."""
+    text = resources.files(package).joinpath(*parts).read_text(encoding="utf-8")
+    data: dict[str, Any] = json.loads(text)
+    return data
 
 
 # --- problems, in the shape of a Stripe `invalid_request_error` -----------------------------

@@ -48,5 +48,5 @@ def test_the_openapi_reader_imports_neither_the_product_nor_the_sandbox() -> Non
 def test_the_sandbox_reads_the_shared_contract_in_a_checkout() -> None:
     shared = REPO.parent / "shared" / "stripe-openapi" / "customers.openapi.json"
     assert stripe_openapi.spec_path() == shared
-    schema = stripe_openapi.request_schema("/v1/customers", "post")
+    schema = stripe_openapi.STRIPE.request_schema("/v1/customers", "post")
     assert schema["properties"]["phone"]["maxLength"] == 20  # as the contract says

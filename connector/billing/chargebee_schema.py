@@ -11,14 +11,12 @@ Data only: nothing here talks to Chargebee.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from functools import cache
-from importlib import resources
 from typing import Any
 
 from connector.billing.schema import CustomFields, Format, TargetField, TargetSchema
-from connector.openapi import OpenApi
+from connector.openapi import OpenApi, packaged
 
 SPEC_FILE = "chargebee_customers.v1.openapi.json"
 SYSTEM = "chargebee"
@@ -69,13 +67,7 @@ def takes_custom_fields() -> bool:
 
 @cache
 def spec() -> dict[str, Any]:
-    text = (
-        resources.files("connector.billing")
-        .joinpath("specs", SPEC_FILE)
-        .read_text(encoding="utf-8")
-    )
-    data: dict[str, Any] = json.loads(text)
-    return data
+    return packaged("connector.billing", "specs", SPEC_FILE)
 
 
 CHARGEBEE = OpenApi(spec)

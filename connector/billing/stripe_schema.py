@@ -10,25 +10,17 @@ module says which description and binds its names.
 
 from __future__ import annotations
 
-import json
 from functools import cache
-from importlib import resources
 from typing import Any
 
-from connector.openapi import OpenApi, ParamError, ParamProblem, request_schema_ref
+from connector.openapi import OpenApi, ParamError, ParamProblem, packaged, request_schema_ref
 
 SPEC_FILE = "stripe_customers.openapi.json"
 
 
 @cache
 def spec() -> dict[str, Any]:
-    text = (
-        resources.files("connector.billing")
-        .joinpath("specs", SPEC_FILE)
-        .read_text(encoding="utf-8")
-    )
-    data: dict[str, Any] = json.loads(text)
-    return data
+    return packaged("connector.billing", "specs", SPEC_FILE)
 
 
 STRIPE = OpenApi(spec)

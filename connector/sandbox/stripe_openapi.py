@@ -15,7 +15,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from connector.openapi import OpenApi, ParamError, ParamProblem
+from connector.openapi import OpenApi
 
 _HERE = Path(__file__).resolve().parent
 # The shared contract (a checkout: <repo>/../shared), then the copy a wheel carries.
@@ -40,24 +40,5 @@ def spec() -> dict[str, Any]:
     return data
 
 
+# Used as `stripe_openapi.STRIPE.coerce_params(...)`: the neutral reader bound to this copy.
 STRIPE = OpenApi(spec)
-
-resolve = STRIPE.resolve
-request_schema = STRIPE.request_schema
-query_parameters = STRIPE.query_parameters
-query_schema = STRIPE.query_schema
-coerce_params = STRIPE.coerce_params
-
-__all__ = [
-    "SPEC_PATHS",
-    "STRIPE",
-    "ParamError",
-    "ParamProblem",
-    "coerce_params",
-    "query_parameters",
-    "query_schema",
-    "request_schema",
-    "resolve",
-    "spec",
-    "spec_path",
-]
