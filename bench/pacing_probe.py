@@ -19,6 +19,7 @@ It contacts nothing but 127.0.0.1 and prints one JSON object.
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import os
 import subprocess
@@ -63,7 +64,7 @@ def child(url: str, key: str, args: argparse.Namespace, out: Path) -> None:
 
     for setting in args.limiter:  # e.g. HEADROOM=1.0: the limiter as it would be with it
         name, _, value = setting.partition("=")
-        setattr(ratelimit, name, type(getattr(ratelimit, name))(value))
+        setattr(ratelimit, name, ast.literal_eval(value))
 
     target = StripeTarget(
         BillingAccountConfig(
@@ -153,10 +154,12 @@ def parent(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "child.json"
         argv = [sys.executable, __file__, "--child", sandbox.url, SANDBOX_STRIPE_KEY, str(out)]
+        if args.child_nice:  # the connector starved, the sandbox (Stripe's stand-in) not
+            argv = ["nice", "-n", str(args.child_nice), *argv]
         argv += [
             f"--{k.replace('_', '-')}={v}"
             for k, v in vars(args).items()
-            if k not in ("child", "limiter")
+            if k not in ("child", "limiter", "child_nice")
         ]
         argv += [f"--limiter={x}" for x in args.limiter]
         env = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -185,6 +188,7 @@ def parent(args: argparse.Namespace) -> dict[str, Any]:
         "sent_after_booked_slot": _quantiles(late),
         "admitted_rps_over_cap": round((len(admitted) - 1) / span / cap, 3) if span else None,
         "limiter": args.limiter,
+        "child_nice": args.child_nice,
         "client_seconds": round(got["seconds"], 2),
         "rebooked": got["rebooked"],
     }
@@ -201,6 +205,12 @@ def main() -> None:
     ap.add_argument("--burst", type=float, default=5.0, help="the sandbox's burst (default 5)")
     ap.add_argument("--latency", type=float, default=0.25, help="sandbox seconds per request")
     ap.add_argument("--threads", type=int, default=32, help="writer threads (max_in_flight)")
+    ap.add_argument(
+        "--child-nice",
+        type=int,
+        default=0,
+        help="run the connector's side this much nicer than the sandbox's (default 0: the same)",
+    )
     ap.add_argument(
         "--limiter",
         action="append",

@@ -267,7 +267,9 @@ def test_a_thread_woken_late_gives_its_slot_up_and_books_behind_the_ones_booked_
     assert others == pytest.approx([2 * slot, 3 * slot, 4 * slot])
     # It went in slot 5, after them, rather than in slot 4 on top of them; slot 1 is lost.
     assert clock.now == pytest.approx(5 * slot) and lim.rebooked == 1
-    assert clock.now + lim.reserve("a") == pytest.approx(6 * slot)
+    # And a host that late slows the pace down, as a 429 would.
+    assert lim.slowdowns == 1 and lim.rate == pytest.approx(10 * HEADROOM * SLOWDOWN)
+    assert clock.now + lim.reserve("a") == pytest.approx(5 * slot + slot / SLOWDOWN)
 
 
 @pytest.mark.parametrize(

@@ -23,7 +23,8 @@ service's burst (measured by `bench/pacing_probe.py`):
   every later request that arrives a little early is refused; a few percent under the budget
   refill it between bunches;
 - a thread that wakes from its booked slot more than `LATE_SLOTS` slots late (its CPU was taken)
-  books again instead of sending on top of the requests booked after it.
+  books again instead of sending on top of the requests booked after it, and slows the pace
+  down as a 429 would: the host is too loaded to keep it.
 
 Clock, sleep and jitter are injected: the tables in the tests move time by hand and never wait.
 """
@@ -62,6 +63,10 @@ HEADROOM = 0.96
 #: `REBOOKS` times: sent now, it would arrive on top of the requests booked after it
 LATE_SLOTS = 2.0
 REBOOKS = 3
+#: a late wake also slows the pace down, as a 429 does (at most once per round trip): a host
+#: that cannot wake its threads on time does not send on time either, and its bunches reach
+#: Stripe's bucket before any 429 could say so
+SLOW_WHEN_LATE = True
 #: how often one request is retried after a 429 before it becomes `RateLimited`
 RATE_LIMIT_RETRIES = 6
 #: longest Retry-After honoured (a larger one is a misconfigured proxy, not a pace)
@@ -181,7 +186,8 @@ class RateLimiter:
         self.latency: float | None = None
         #: 429s met, by Stripe-Rate-Limited-Reason (or "unknown")
         self.refused: Counter[str] = Counter()
-        #: 429s that slowed a level down (several refused in one round trip count once)
+        #: times a level was slowed down: by a 429 (several refused in one round trip count
+        #: once) or by threads woken too late for their slots
         self.slowdowns = 0
         #: requests that woke too late for their slot and booked another
         self.rebooked = 0
@@ -213,10 +219,13 @@ class RateLimiter:
                 if rate is not None:
                     bucket.cap(rate, self.budget.burst)
 
-    def _pace(self, endpoint: str) -> float:
-        """The pace a request to `endpoint` goes at now: the slower of its two levels."""
+    def _binding(self, endpoint: str) -> Bucket:
+        """The level that paces a request to `endpoint` now: the slower of its two."""
         per = self._endpoint(endpoint)
-        return min(self._global.rate, per.rate) if per is not None else self._global.rate
+        return per if per is not None and per.rate < self._global.rate else self._global
+
+    def _pace(self, endpoint: str) -> float:
+        return self._binding(endpoint).rate
 
     def _endpoint(self, endpoint: str) -> Bucket | None:
         bucket = self._endpoints.get(endpoint)
@@ -257,9 +266,12 @@ class RateLimiter:
             if attempt == REBOOKS:
                 return  # late again and again: send rather than starve this request
             with self._lock:
-                if self._clock() - start <= LATE_SLOTS / self._pace(endpoint):
+                now = self._clock()
+                if now - start <= LATE_SLOTS / self._pace(endpoint):
                     return
                 self.rebooked += 1
+                if SLOW_WHEN_LATE and self._binding(endpoint).slow_down(now, self.latency or 0.0):
+                    self.slowdowns += 1
 
     def succeeded(self, endpoint: str, seconds: float) -> None:
         with self._lock:
