@@ -1517,6 +1517,8 @@ class Engine:
                 or p.account_id in skip
             ):
                 continue
+            if p.digest is not None and not a.save_link:
+                continue  # decided by the stored digest, on the link it describes
             digest = plan_digest(by_account[p.account_id], link, ctx, mapping)
             if digest is not None and ctx.digests.get(p.account_id) != digest:
                 out[p.account_id] = digest

@@ -26,7 +26,7 @@ from connector.billing.base import (
 )
 from connector.errors import ConnectorError
 from connector.mapping import CustomerMapping, payload_hash
-from connector.mapping.compile import read_source
+from connector.mapping.compile import read_source, read_values
 from connector.mapping.updates import diff_for_update
 from connector.salesforce import OrderRow
 from connector.state.records import Intent, Link
@@ -75,6 +75,8 @@ class PlannedWrite:
     conflict: ConflictToOpen | None = None
     # An admin's explicit link wins over the Account's write-back field: overwrite it.
     overwrite_field: bool = False
+    # Set when the plan was decided by the stored plan digest (no evaluation): it is that digest.
+    digest: str | None = None
 
     @property
     def writes(self) -> bool:
@@ -184,8 +186,8 @@ def plan_digest(
         link.customer_id,
         link.payload_hash,
         linked,
-        # What the evaluation reads, read as it reads it.
-        [read_source(record, s) for s in sources],
+        # What the evaluation reads, found as it finds it.
+        read_values(record, sources),
     )
     return hashlib.blake2b(repr(basis).encode(), digest_size=32).hexdigest()
 
@@ -289,6 +291,7 @@ def plan_record(
             payload=link.payload,
             payload_hash=link.payload_hash,
             customer_id=link.customer_id,
+            digest=known,
         )
     try:
         mapped = mapping.evaluate(row.record, link=ctx.links.get)

@@ -159,7 +159,9 @@ def test_a_record_read_as_when_its_link_was_written_is_not_evaluated(
 
     assert evaluations == []
     assert planned.action == "unchanged"
-    assert planned == plan_record(r, link, replace(ctx, digests={}), mapping, MEMORY_RULES)
+    assert planned.digest == ctx.digests[ACC]
+    evaluated = plan_record(r, link, replace(ctx, digests={}), mapping, MEMORY_RULES)
+    assert replace(planned, digest=None) == evaluated
     evaluations.clear()
     # Fields nothing reads (the write-back field naming the linked customer, a stamp) do not
     # change the digest.
