@@ -455,21 +455,20 @@ def record_digest(
     Computed for every record of every page, so it reads each field once (by its own name,
     folding the record's keys only when a name is written in another case) and hashes the
     repr of the values with blake2b: JSON encoding and sha256 cost several times more. Values
-    are JSON scalars (or dicts of them, for compound fields), whose repr is stable.
+    are JSON scalars (or dicts of them, for compound fields), whose repr is stable; the field
+    names are fixed per engine, so the values stand in their order without them.
     """
-    values: list[tuple[str, Any]] = []
+    values: list[Any] = []
     folded: dict[str, Any] | None = None
     for f in fields:
-        key = f.casefold()
-        if overrides and key in overrides:
-            value: Any = overrides[key]
+        if overrides and (key := f.casefold()) in overrides:
+            values.append(overrides[key])
         elif f in record:
-            value = record[f]
+            values.append(record[f])
         else:
             if folded is None:
                 folded = {k.casefold(): v for k, v in record.items() if k != "attributes"}
-            value = folded.get(key)
-        values.append((key, value))
+            values.append(folded.get(f.casefold()))
     return hashlib.blake2b(repr(values).encode(), digest_size=32).hexdigest()
 
 

@@ -26,7 +26,7 @@ from connector.billing.base import (
 )
 from connector.errors import ConnectorError
 from connector.mapping import CustomerMapping, payload_hash
-from connector.mapping.compile import read_source, read_values
+from connector.mapping.compile import read_source, read_values, source_segments
 from connector.mapping.updates import diff_for_update
 from connector.salesforce import OrderRow
 from connector.state.records import Intent, Link
@@ -131,17 +131,19 @@ class PlanContext:
 # before are evaluated again. The package version is part of it too.
 EVALUATION_VERSION = 1
 
-# Mapping fingerprint -> (every source path it reads, the paths whose values its `link`
+# Mapping fingerprint -> (every source path it reads, split, the paths whose values its `link`
 # transforms look up), or None when a transform before `link` could change the id looked up
 # (then no digest is made). Mappings are few; worked out once each.
-_READS: dict[str, tuple[tuple[str, ...], tuple[str, ...]] | None] = {}
+_READS: dict[str, tuple[tuple[tuple[str, ...], ...], tuple[str, ...]] | None] = {}
 
 
-def _reads(mapping: CustomerMapping) -> tuple[tuple[str, ...], tuple[str, ...]] | None:
+def _reads(
+    mapping: CustomerMapping,
+) -> tuple[tuple[tuple[str, ...], ...], tuple[str, ...]] | None:
     if mapping.fingerprint in _READS:
         return _READS[mapping.fingerprint]
     linked: list[str] = []
-    result: tuple[tuple[str, ...], tuple[str, ...]] | None = None
+    result: tuple[tuple[tuple[str, ...], ...], tuple[str, ...]] | None = None
     for plan in mapping.fields:
         names = [t.normalised() for t in plan.transforms]
         if "link" not in names:
@@ -150,7 +152,8 @@ def _reads(mapping: CustomerMapping) -> tuple[tuple[str, ...], tuple[str, ...]] 
             break
         linked += plan.sources
     else:
-        result = (tuple(mapping.sources()), tuple(dict.fromkeys(linked)))
+        paths = tuple(source_segments(s) for s in mapping.sources())
+        result = (paths, tuple(dict.fromkeys(linked)))
     _READS[mapping.fingerprint] = result
     return result
 
