@@ -877,7 +877,13 @@ def connect(
     )
     usage = ApiUsage()
     session.hooks["response"].append(usage.observe)
-    kwargs: dict[str, Any] = {"session": session, "version": config.api_version}
+    # Plain dicts for records: simple-salesforce's default OrderedDict hook runs in Python for
+    # every JSON object of every page (and dicts keep key order anyway).
+    kwargs: dict[str, Any] = {
+        "session": session,
+        "version": config.api_version,
+        "object_pairs_hook": None,
+    }
     try:
         if config.auth == "access_token":
             token = secrets.require(
