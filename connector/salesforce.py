@@ -95,7 +95,11 @@ def _latest(stamps: list[str]) -> str | None:
     """The latest of some Salesforce datetimes (the first of equal ones), as written."""
     if not stamps:
         return None
-    if all(_SF_DATETIME_UTC.fullmatch(m) for m in stamps):
+    utc = _SF_DATETIME_UTC.fullmatch
+    for m in stamps:
+        if utc(m) is None:
+            break
+    else:
         return max(stamps)
     return max(stamps, key=lambda m: parse_sf_datetime(m) or datetime.min.replace(tzinfo=UTC))
 
@@ -650,7 +654,7 @@ class SalesforceSource:
         for path in stamps:
             node: Any = record
             for part in path.split(".") if isinstance(path, str) else path:
-                node = node.get(part) if type(node) is dict else None
+                node = node.get(part) if isinstance(node, dict) else None
             if isinstance(node, str):
                 marks.append(node)
         account = record.get("Account") or {}
