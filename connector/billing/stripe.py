@@ -31,7 +31,7 @@ from connector.billing.base import (
 from connector.billing.ratelimit import Budget, RateLimiter, Refusal, limiter_for_credential
 from connector.config import BillingAccountConfig, SecretSource
 from connector.errors import AuthenticationError, ConfigError, TransientError
-from connector.http_env import settled_session
+from connector.http_env import plain_session
 from connector.log import REDACTOR
 from connector.secret_shapes import SecretShape
 
@@ -221,14 +221,15 @@ class SettledRequestsClient(stripe.RequestsClient):
 
     Like the SDK's default client it gives each thread a session of its own (a
     `requests.Session` is not documented as safe to share between threads); only how that
-    session is made differs (`connector.http_env.settle`). Stripe's CA bundle is still passed
-    per request by the SDK.
+    session is made differs (`connector.http_env.settle`, and a `PlainSession`, which prepares
+    the SDK's plain requests without `requests`' generic merging). Stripe's CA bundle is
+    still passed per request by the SDK.
     """
 
     def _request_internal(self, *args: Any, **kwargs: Any) -> Any:
         local = getattr(self, "_thread_local", None)
         if local is not None and getattr(local, "session", None) is None:
-            local.session = settled_session()
+            local.session = plain_session()
         return super()._request_internal(*args, **kwargs)
 
 
