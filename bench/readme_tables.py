@@ -359,7 +359,12 @@ def cpu_table(runs: list[tuple[str, dict[str, Any]]]) -> str:
             f"| {fmt(data['parameters'].get('repeat'))} "
             f"| {cell(res['backfill'])} | {cell(res['recheck_unchanged'])} |"
         )
-    machines = {machine_line({**d["machine"], "load_average_1_5_15": None}) for _, d in runs}
+    machines = {
+        machine_line(
+            {**d["machine"], "load_average_1_5_15": None, "connector_commit": "each row's commit"}
+        )
+        for _, d in runs
+    }
     return "\n".join(out) + "\n\nMachine: " + "; ".join(sorted(machines)) + ".\n"
 
 
