@@ -334,6 +334,40 @@ def store_table(runs: list[tuple[str, dict[str, Any]]]) -> str:
     return "\n".join(out) + f"\n\nFrom {sources}.\n"
 
 
+def cpu_table(runs: list[tuple[str, dict[str, Any]]]) -> str:
+    """A row per `bench/cpu_per_record.py` file: median (least-greatest) ms per record."""
+    out = [
+        "| file | connector | load at start / after | runs | per create, ms | "
+        "per unchanged order, ms |",
+        "|---|---|---|---:|---:|---:|",
+    ]
+
+    def cell(r: dict[str, Any]) -> str:
+        spread = f" ({fmt(r.get('ms_per_record_least'))}-{fmt(r.get('ms_per_record_greatest'))})"
+        met = r.get("target_met")
+        aim = f"; aim < {fmt(r.get('target_ms'))}: {_verdict(met)}" if met is not None else ""
+        return f"{fmt(r.get('ms_per_record'))}{spread}{aim}"
+
+    for name, data in runs:
+        m, res = data["machine"], data["results"]
+        load = m.get("load_average_1_5_15") or []
+        after = data.get("load_average_1_5_15_after") or []
+        out.append(
+            f"| `bench/results/{name}`{' (' + data['label'] + ')' if data.get('label') else ''} "
+            f"| {m.get('connector_commit') or '-'} "
+            f"| {fmt(load[0]) if load else '-'} / {fmt(after[0]) if after else '-'} "
+            f"| {fmt(data['parameters'].get('repeat'))} "
+            f"| {cell(res['backfill'])} | {cell(res['recheck_unchanged'])} |"
+        )
+    machines = {
+        machine_line(
+            {**d["machine"], "load_average_1_5_15": None, "connector_commit": "each row's commit"}
+        )
+        for _, d in runs
+    }
+    return "\n".join(out) + "\n\nMachine: " + "; ".join(sorted(machines)) + ".\n"
+
+
 def _sync_files(folder: Path) -> list[tuple[str, dict[str, Any]]]:
     sync = []
     for f in sorted(folder.glob("*.json"))[:MAX_FILES]:
@@ -358,11 +392,13 @@ def _sync_files(folder: Path) -> list[tuple[str, dict[str, Any]]]:
 
 
 def render(results: Path = RESULTS) -> str:
-    store = []
+    store, cpu = [], []
     for f in sorted(results.glob("*.json"))[:MAX_FILES]:
         data = json.loads(f.read_text(encoding="utf-8"))
         if data.get("benchmark") == "store_bench":
             store.append((f.name, data))
+        elif data.get("benchmark") == "cpu_per_record":
+            cpu.append((f.name, data))
     sync = _sync_files(results)
     earlier = _sync_files(results / EARLIER) if (results / EARLIER).is_dir() else []
     # "before" first.
@@ -382,6 +418,16 @@ def render(results: Path = RESULTS) -> str:
             "",
         ]
         parts += [sync_table(data, name) for name, data in earlier]
+    if cpu:
+        cpu.sort(key=lambda nd: (nd[1].get("label") != "before", nd[0]))
+        parts += [
+            "### Connector CPU per record (`bench/cpu_per_record.py`)",
+            "",
+            "Median of the runs (least-greatest), the connector process's CPU time with the "
+            "sandboxes in a child process.",
+            "",
+            cpu_table(cpu),
+        ]
     parts += [
         "### The state store (`bench/store_bench.py`)",
         "",

@@ -19,6 +19,9 @@ import os
 from collections.abc import Mapping
 
 import requests
+from requests.cookies import RequestsCookieJar
+from requests.models import PreparedRequest
+from requests.structures import CaseInsensitiveDict
 
 _CA_BUNDLE_VARIABLES = ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
 
@@ -43,3 +46,52 @@ def settle(session: requests.Session) -> requests.Session:
 
 def settled_session() -> requests.Session:
     return settle(requests.Session())
+
+
+class PlainSession(requests.Session):
+    """A session that prepares a plain request without `requests`' general merging.
+
+    `Session.prepare_request` merges the request's and the session's cookies, params, auth,
+    headers and hooks through generic helpers (two cookie jars built per request, and
+    `requests`' runtime-checked protocols, slow to test on Python 3.11): about a fifth of a
+    Stripe write's CPU. When there is nothing to merge but headers (no cookies on either side,
+    no auth, params, files, JSON or hooks, and the environment not trusted, as `settle` makes
+    it), this builds the same PreparedRequest directly: the session's headers overlaid with the
+    request's, a header set to None dropped, as `merge_setting` does. Anything else goes
+    through `requests`' own path, unchanged.
+    """
+
+    def prepare_request(self, request: requests.Request) -> PreparedRequest:
+        if (
+            self.trust_env
+            or request.cookies
+            or len(self.cookies)
+            or request.auth is not None
+            or self.auth is not None
+            or request.params
+            or self.params
+            or request.files
+            or request.json is not None
+            or any(self.hooks.values())
+        ):
+            return super().prepare_request(request)
+        headers: CaseInsensitiveDict[str | bytes] = CaseInsensitiveDict(self.headers)
+        for name, value in (request.headers or {}).items():
+            headers[name] = value
+        for name in [k for k, v in headers.items() if v is None]:
+            del headers[name]
+        prepared = PreparedRequest()
+        prepared.prepare(
+            method=str(request.method).upper(),
+            url=request.url,
+            data=request.data,
+            headers=headers,
+            cookies=RequestsCookieJar(),
+            hooks=request.hooks,
+        )
+        return prepared
+
+
+def plain_session() -> requests.Session:
+    """A settled `PlainSession` (see `settle`)."""
+    return settle(PlainSession())

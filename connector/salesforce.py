@@ -86,6 +86,24 @@ _ID = re.compile(r"^[A-Za-z0-9]{15}(?:[A-Za-z0-9]{3})?$")
 _SF_DATETIME_SHAPE = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d{1,6})?(?:Z|[+-]\d\d:?\d\d)")
 
 
+# The form Salesforce's REST API writes every datetime in: fixed width, UTC. Stamps all in it
+# compare as text in time order, with no parsing.
+_SF_DATETIME_UTC = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+0000")
+
+
+def _latest(stamps: list[str]) -> str | None:
+    """The latest of some Salesforce datetimes (the first of equal ones), as written."""
+    if not stamps:
+        return None
+    utc = _SF_DATETIME_UTC.fullmatch
+    for m in stamps:
+        if utc(m) is None:
+            break
+    else:
+        return max(stamps)
+    return max(stamps, key=lambda m: parse_sf_datetime(m) or datetime.min.replace(tzinfo=UTC))
+
+
 def parse_sf_datetime(value: str | None) -> datetime | None:
     """Salesforce REST datetimes: `2026-01-05T03:41:05.000+0000` (also tolerates `Z`), in UTC.
 
@@ -249,9 +267,9 @@ class OrderPage:
     ordered: bool = True
 
 
-def _path(record: dict[str, Any], path: str) -> Any:
+def _path(record: dict[str, Any], path: str | tuple[str, ...]) -> Any:
     node: Any = record
-    for part in path.split("."):
+    for part in path.split(".") if isinstance(path, str) else path:
         if not isinstance(node, dict):
             return None
         node = node.get(part)
@@ -364,9 +382,12 @@ class SalesforceSource:
         full = account_ids is None and not referencing
         threshold = self.config.bulk_threshold
         last_id: str | None = None
+        split = [tuple(s.split(".")) for s in stamps]
+        fields_read = self._fields_read()
         for page in self.query_pages(soql):
             yield OrderPage(
-                rows=[self._order_row(r, stamps) for r in page], total=self.last_total_size
+                rows=[self._order_row(r, split, fields_read) for r in page],
+                total=self.last_total_size,
             )
             if page:
                 last_id = str(page[-1]["Id"])
@@ -378,7 +399,7 @@ class SalesforceSource:
                     bulk = f"SELECT {', '.join(select)} FROM Order WHERE {' AND '.join(where)}"
                     for records in self.bulk_pages(bulk):
                         yield OrderPage(
-                            rows=[self._order_row(r, stamps) for r in records],
+                            rows=[self._order_row(r, split, fields_read) for r in records],
                             total=total,
                             ordered=False,
                         )
@@ -621,22 +642,31 @@ class SalesforceSource:
                 for r in page
             ]
 
-    def _order_row(self, record: dict[str, Any], stamps: Sequence[str]) -> OrderRow:
-        marks = [v for v in (_path(record, s) for s in stamps) if isinstance(v, str)]
+    def _order_row(
+        self,
+        record: dict[str, Any],
+        stamps: Sequence[str | tuple[str, ...]],
+        fields_read: Sequence[str] | None = None,
+    ) -> OrderRow:
+        # Called per record: callers pass the stamp paths split and the fields listed once
+        # per page (splitting them per record cost more than the rest of the row).
+        marks = []
+        for path in stamps:
+            node: Any = record
+            for part in path.split(".") if isinstance(path, str) else path:
+                node = node.get(part) if isinstance(node, dict) else None
+            if isinstance(node, str):
+                marks.append(node)
         account = record.get("Account") or {}
         values = {
             f: _field_value(account, f) if isinstance(account, dict) else None
-            for f in self._fields_read()
+            for f in (self._fields_read() if fields_read is None else fields_read)
         }
         return OrderRow(
             order_id=str(record["Id"]),
             account_id=normalize_sf_id(str(record["AccountId"]), what="Order.AccountId"),
             activated_at=record.get("ActivatedDate"),
-            watermark=max(
-                marks, key=lambda m: parse_sf_datetime(m) or datetime.min.replace(tzinfo=UTC)
-            )
-            if marks
-            else None,
+            watermark=_latest(marks),
             record=record,
             writeback_values=values,
         )
@@ -851,7 +881,13 @@ def connect(
     )
     usage = ApiUsage()
     session.hooks["response"].append(usage.observe)
-    kwargs: dict[str, Any] = {"session": session, "version": config.api_version}
+    # Plain dicts for records: simple-salesforce's default OrderedDict hook runs in Python for
+    # every JSON object of every page (and dicts keep key order anyway).
+    kwargs: dict[str, Any] = {
+        "session": session,
+        "version": config.api_version,
+        "object_pairs_hook": None,
+    }
     try:
         if config.auth == "access_token":
             token = secrets.require(

@@ -32,6 +32,21 @@ class Stop(Exception):
     """Raised by `on_result` to stop sending; the requests in flight are still handed back."""
 
 
+class _Done(Generic[R]):
+    """The result of a plan applied on the caller's thread, read back like a finished Future."""
+
+    __slots__ = ("_error", "_value")
+
+    def __init__(self, value: R | None, error: BaseException | None) -> None:
+        self._value = value
+        self._error = error
+
+    def result(self) -> R:
+        if self._error is not None:
+            raise self._error
+        return self._value  # type: ignore[return-value]
+
+
 class WritePool(Generic[P, R]):
     """Applies plans with up to `window()` requests in flight; `window` is asked before each."""
 
@@ -68,7 +83,7 @@ class WritePool(Generic[P, R]):
         """
         if self.most == 1:
             return self._serial(plans, before_send, on_result)
-        pending: deque[tuple[P, Future[R]]] = deque()
+        pending: deque[tuple[P, Future[R] | _Done[R]]] = deque()
         busy: dict[str, int] = {}  # account -> writes of it in flight
         sending = True
         error: BaseException | None = None
@@ -127,15 +142,15 @@ class WritePool(Generic[P, R]):
             raise error
         return sent_all and (exhausted or nxt is None)
 
-    def _submit(self, pool: ThreadPoolExecutor, plan: P, writes: bool) -> Future[R]:
+    def _submit(self, pool: ThreadPoolExecutor, plan: P, writes: bool) -> Future[R] | _Done[R]:
         if not writes:
-            # Nothing to send (unchanged, refused): no thread, just keep its place in order.
-            done: Future[R] = Future()
+            # Nothing to send (unchanged, refused): no thread and no Future (a Future builds a
+            # Condition, which cost more than applying an unchanged record), just its place in
+            # order.
             try:
-                done.set_result(self.apply(plan))
+                return _Done(self.apply(plan), None)
             except BaseException as exc:
-                done.set_exception(exc)
-            return done
+                return _Done(None, exc)
         # Each request keeps the run's log context (run_id) on its worker thread.
         context = contextvars.copy_context()
         return pool.submit(context.run, self.apply, plan)

@@ -8,6 +8,7 @@ import os
 import resource
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -232,3 +233,34 @@ def test_chargebee_requests_are_classified_by_endpoint() -> None:
         _chargebee_endpoint("POST", "/api/v2/customers/sf_1/update_billing_info")
         == "update_billing_info"
     )
+
+
+def test_cpu_per_record_files_render_medians_and_say_whether_the_aims_are_met() -> None:
+    from bench.readme_tables import cpu_table
+
+    def res(ms: float, least: float, most: float, target: float) -> dict[str, Any]:
+        return {
+            "ms_per_record": ms,
+            "ms_per_record_least": least,
+            "ms_per_record_greatest": most,
+            "target_ms": target,
+            "target_met": ms < target,
+        }
+
+    data = {
+        "label": "after",
+        "machine": {"connector_commit": "abc1234", "load_average_1_5_15": [3.0, 2.0, 1.0]},
+        "load_average_1_5_15_after": [4.0, 2.0, 1.0],
+        "parameters": {"repeat": 3},
+        "results": {
+            "backfill": res(0.95, 0.9, 1.1, 1.0),
+            "recheck_unchanged": res(0.08, 0.07, 0.09, 0.07),
+        },
+    }
+
+    table = cpu_table([("cpu-n2000.json", data)])
+
+    row = next(line for line in table.splitlines() if "cpu-n2000.json" in line)
+    assert "abc1234" in row and "| 3 / 4 |" in row
+    assert "0.95 (0.9-1.1); aim < 1: **met**" in row
+    assert "0.08 (0.07-0.09); aim < 0.07: **not met**" in row

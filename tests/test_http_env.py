@@ -77,3 +77,27 @@ def test_settle_keeps_the_ca_bundle_and_leaves_proxied_sessions_alone(
     proxied = settle(requests.Session())
     assert proxied.trust_env is True and proxied.verify is True
     assert proxy_configured({"NO_PROXY": "localhost"}) and not proxy_configured({"HOME": "/"})
+
+
+def test_a_plain_session_prepares_what_requests_prepares() -> None:
+    import requests
+
+    from connector.http_env import PlainSession
+
+    headers = {"Authorization": "Bearer sk_test_x", "Idempotency-Key": "k1", "Accept": None}
+    body = "name=Acme&metadata[salesforce_account_id]=001"
+
+    def prepared(session: requests.Session) -> requests.PreparedRequest:
+        session = settle(session)
+        req = requests.Request("post", "http://127.0.0.1:1/v1/customers", headers=headers, data=body)
+        return session.prepare_request(req)
+
+    ours, theirs = prepared(PlainSession()), prepared(requests.Session())
+
+    assert (ours.method, ours.url, ours.body) == (theirs.method, theirs.url, theirs.body)
+    assert dict(ours.headers) == dict(theirs.headers) and "Accept" not in ours.headers
+    # A session holding cookies (or anything else to merge) takes requests' own path.
+    cookied = settle(PlainSession())
+    cookied.cookies.set("a", "b")
+    req = requests.Request("get", "http://127.0.0.1:1/x")
+    assert cookied.prepare_request(req).headers["Cookie"] == "a=b"

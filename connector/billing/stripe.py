@@ -16,6 +16,7 @@ import threading
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from typing import Any
+from urllib.parse import quote_plus
 
 import stripe
 
@@ -30,7 +31,7 @@ from connector.billing.base import (
 from connector.billing.ratelimit import Budget, RateLimiter, Refusal, limiter_for_credential
 from connector.config import BillingAccountConfig, SecretSource
 from connector.errors import AuthenticationError, ConfigError, TransientError
-from connector.http_env import settled_session
+from connector.http_env import plain_session
 from connector.log import REDACTOR
 from connector.secret_shapes import SecretShape
 
@@ -179,19 +180,56 @@ def _to_payload(customer: Any) -> dict[str, Any]:
     return data
 
 
+def _quiet_sdk_logging() -> None:
+    """Have stripe-python format its log lines only when something would show them.
+
+    The SDK builds every "Request to Stripe api" / "API response body" line (logfmt: a sort,
+    two regex searches and a repr per field, the whole response body included) before it
+    hands it to the `stripe` logger, which drops it unless DEBUG or INFO is enabled: a few
+    percent of a create's CPU for nothing. The guard asks first, as `logging` would, and then
+    calls the SDK's own function, so with `stripe.log`, STRIPE_LOG or the logger's level set
+    the lines are what they were. The SDK's requestor imports the functions by name, so both
+    modules get the guarded ones.
+    """
+    import logging
+
+    from stripe import _api_requestor, _util
+
+    if getattr(_util.log_debug, "connector_guarded", False):
+        return
+
+    def guarded(level: int, original: Any, console: tuple[str, ...]) -> Any:
+        def log(message: str, **params: Any) -> None:
+            shown = _util._console_log_level()  # type: ignore[no-untyped-call]
+            if shown in console or _util.logger.isEnabledFor(level):
+                original(message, **params)
+
+        log.connector_guarded = True  # type: ignore[attr-defined]
+        return log
+
+    debug = guarded(logging.DEBUG, _util.log_debug, ("debug",))
+    info = guarded(logging.INFO, _util.log_info, ("debug", "info"))
+    _util.log_debug, _util.log_info = debug, info
+    _api_requestor.log_debug, _api_requestor.log_info = debug, info  # type: ignore[attr-defined]
+
+
+_quiet_sdk_logging()
+
+
 class SettledRequestsClient(stripe.RequestsClient):
     """stripe-python's requests client, with one settled session per thread.
 
     Like the SDK's default client it gives each thread a session of its own (a
     `requests.Session` is not documented as safe to share between threads); only how that
-    session is made differs (`connector.http_env.settle`). Stripe's CA bundle is still passed
-    per request by the SDK.
+    session is made differs (`connector.http_env.settle`, and a `PlainSession`, which prepares
+    the SDK's plain requests without `requests`' generic merging). Stripe's CA bundle is
+    still passed per request by the SDK.
     """
 
     def _request_internal(self, *args: Any, **kwargs: Any) -> Any:
         local = getattr(self, "_thread_local", None)
         if local is not None and getattr(local, "session", None) is None:
-            local.session = settled_session()
+            local.session = plain_session()
         return super()._request_internal(*args, **kwargs)
 
 
@@ -263,6 +301,12 @@ class StripeTarget:
     def create_customer(self, payload: CustomerPayload, *, idempotency_key: str) -> str:
         params = self._params(payload)
         self._check_key(idempotency_key)
+        if _RAW_RESERVED.isdisjoint(params):
+            answer = self._call(
+                "customers.create",
+                lambda options: self._write("/v1/customers", params, options, idempotency_key),
+            )
+            return str(answer["id"])
         customer = self._call(
             "customers.create",
             lambda options: self._client.v1.customers.create(
@@ -277,6 +321,14 @@ class StripeTarget:
     ) -> None:
         params = self._params(payload)
         self._check_key(idempotency_key)
+        if _RAW_RESERVED.isdisjoint(params):
+            path = f"/v1/customers/{quote_plus(customer_id)}"
+            self._call(
+                "customers.update",
+                lambda options: self._write(path, params, options, idempotency_key),
+                customer_id=customer_id,
+            )
+            return
         self._call(
             "customers.update",
             lambda options: self._client.v1.customers.update(
@@ -286,6 +338,21 @@ class StripeTarget:
             ),
             customer_id=customer_id,
         )
+
+    def _write(
+        self, path: str, params: Mapping[str, Any], options: stripe.RequestOptions, key: str
+    ) -> Mapping[str, Any]:
+        """POST `params` through the SDK's `raw_request` and return the JSON answer.
+
+        Writes need only the customer's id back, and building the full `Customer` object from
+        the answer (every field, nested objects, a requestor per object) was the largest single
+        cost of a create after the HTTP round trip. `raw_request` still goes through the
+        client's requestor: the same key, version, account, retries, encoding and typed errors
+        (`_interpret_response` raises `StripeError`s as the typed call does).
+        """
+        answer = self._client.raw_request("post", path, **params, **_with_key(options, key))
+        data: Mapping[str, Any] = answer.data
+        return data
 
     def fetch_customers(self, ids: Sequence[str]) -> dict[str, RemoteCustomer | None]:
         # Stripe has no retrieve-many by id; one retrieve per distinct id, paced like the rest.
@@ -431,6 +498,24 @@ class StripeTarget:
         return TransientError(
             f"Stripe error {exc.http_status}: {exc.user_message or exc}", code="stripe_error"
         )
+
+
+# `raw_request` takes request options and its own keys among the parameters: a payload with a
+# field of one of these names goes through the typed call instead (no customer field has one).
+_RAW_RESERVED = frozenset(
+    {
+        "api_key",
+        "stripe_version",
+        "stripe_account",
+        "stripe_context",
+        "max_network_retries",
+        "idempotency_key",
+        "content_type",
+        "headers",
+        "base",
+        "usage",
+    }
+)
 
 
 def _with_key(options: stripe.RequestOptions, key: str) -> stripe.RequestOptions:

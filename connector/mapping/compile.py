@@ -16,7 +16,7 @@ import difflib
 import hashlib
 import json
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -168,6 +168,30 @@ def read_source(order_record: Mapping[str, Any], source: str) -> str:
             return ""
         node = node[segment] if segment in node else _get(node, segment)
     return _text(node)
+
+
+def source_segments(source: str) -> tuple[str, ...]:
+    """The segments below Order that `read_source` follows for `source`."""
+    segments = _SEGMENTS.get(source)
+    if segments is None:
+        segments = _SEGMENTS[source] = tuple(soql_path(source).split("."))
+    return segments
+
+
+def read_values(order_record: Mapping[str, Any], paths: Sequence[tuple[str, ...]]) -> list[Any]:
+    """The values `read_source` makes its text of, one per path of `source_segments` (None
+    for an empty lookup on the way). Equal values read equal text, so a digest of these
+    covers what an evaluation reads, without the cost of making text of every one."""
+    out: list[Any] = []
+    for segments in paths:
+        node: Any = order_record
+        for segment in segments:
+            if type(node) is not dict and (node is None or not isinstance(node, Mapping)):
+                node = None
+                break
+            node = node[segment] if segment in node else _get(node, segment)
+        out.append(node)
+    return out
 
 
 # --- the plan ----------------------------------------------------------------------------------

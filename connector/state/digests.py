@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 import sqlalchemy as sa
 
 from connector.state import schema as t
-from connector.state.database import Database, utcnow
+from connector.state.database import Database, chunks, utcnow
 
 _GET_MANY = sa.select(t.source_digests.c.record_id, t.source_digests.c.digest).where(
     t.source_digests.c.sobject == sa.bindparam("sobject"),
@@ -25,11 +25,14 @@ class DigestRepository:
         self._db = db
 
     def get_many(self, sobject: str, ids: Sequence[str]) -> dict[str, str]:
+        out: dict[str, str] = {}
         if not ids:
-            return {}
+            return out
         with self._db.connect() as conn:
-            rows = conn.execute(_GET_MANY, {"sobject": sobject, "ids": list(ids)}).all()
-        return {str(r[0]): str(r[1]) for r in rows}
+            for chunk in chunks(ids):
+                for r in conn.execute(_GET_MANY, {"sobject": sobject, "ids": chunk}):
+                    out[str(r[0])] = str(r[1])
+        return out
 
     def set_many(self, sobject: str, digests: Mapping[str, str]) -> None:
         if not digests:

@@ -290,19 +290,15 @@ def _link_values(link: Link, now: datetime) -> dict[str, Any]:
     }
 
 
+# A row of select(links) holds the Link's fields in the Link's order: link_record builds it by
+# position (by name, each of 13 fields is a lookup, for every link of every page).
+_LINK_FIELDS = tuple(Link.__dataclass_fields__)
+if tuple(c.name for c in _L.columns) != _LINK_FIELDS:  # pragma: no cover - a schema edit
+    raise RuntimeError(f"links columns {[c.name for c in _L.columns]} are not Link's fields")
+_PENDING = _LINK_FIELDS.index("writeback_pending")
+
+
 def link_record(row: Row[Any]) -> Link:
-    return Link(
-        billing_account=row.billing_account,
-        account_id=row.account_id,
-        customer_id=row.customer_id,
-        status=row.status,
-        payload_hash=row.payload_hash,
-        payload=row.payload,
-        mapping_fingerprint=row.mapping_fingerprint,
-        basis_order_id=row.basis_order_id,
-        basis_order_activated_at=row.basis_order_activated_at,
-        writeback_pending=bool(row.writeback_pending),
-        first_synced_at=row.first_synced_at,
-        last_synced_at=row.last_synced_at,
-        shared_from=row.shared_from,
-    )
+    values = list(row)
+    values[_PENDING] = bool(values[_PENDING])
+    return Link(*values)
