@@ -10,6 +10,7 @@ a database error.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import threading
 from collections.abc import Iterable, Iterator, Sequence
@@ -21,6 +22,9 @@ from typing import TypeVar
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.visitors import InternalTraversal
 
 from connector.errors import UnavailableError
 
@@ -232,3 +236,50 @@ class Database:
         return lite.on_conflict_do_update(
             index_elements=list(keys), set_={c: lite.excluded[c] for c in update}
         )
+
+
+class _IdList(sa.types.TypeDecorator[list[str]]):
+    """A list of ids bound as one JSON text (SQLite's `json_each` reads it back)."""
+
+    impl = sa.Text
+    cache_ok = True
+
+    def process_bind_param(self, value: Sequence[str] | None, dialect: sa.Dialect) -> str | None:
+        return None if value is None else json.dumps(list(value))
+
+
+class InIds(sa.sql.expression.ColumnElement[bool]):
+    """`column IN (:name)`, the ids given as one list per execution.
+
+    On SQLite the list is bound as one JSON text and read with `json_each`: an expanding
+    `IN` is rendered anew by SQLAlchemy at every execution (one placeholder and one parameter
+    per id), which cost about a tenth of a re-check's CPU for its four lookups per page. The
+    query plan is the same: SQLite looks each id up in the index. Other dialects (PostgreSQL)
+    keep the expanding `IN`.
+    """
+
+    inherit_cache = True
+    # Not Boolean: SQLite (no native boolean) would compare a Boolean expression to 1, which
+    # hides the IN from its planner.
+    type = sa.types.NullType()  # type: ignore[assignment]
+    _traverse_internals = [
+        ("column", InternalTraversal.dp_clauseelement),
+        ("expanding", InternalTraversal.dp_clauseelement),
+        ("packed", InternalTraversal.dp_clauseelement),
+    ]
+
+    def __init__(self, column: sa.ColumnElement[str], name: str = "ids") -> None:
+        self.column = column
+        self.expanding: sa.BindParameter[list[str]] = sa.bindparam(name, expanding=True)
+        self.packed = sa.bindparam(name, type_=_IdList())
+
+
+@compiles(InIds)
+def _in_ids(element: InIds, compiler: SQLCompiler, **kw: object) -> str:
+    return compiler.process(element.column.in_(element.expanding), **kw)
+
+
+@compiles(InIds, "sqlite")
+def _in_ids_sqlite(element: InIds, compiler: SQLCompiler, **kw: object) -> str:
+    column = compiler.process(element.column, **kw)
+    return f"{column} IN (SELECT value FROM json_each({compiler.process(element.packed, **kw)}))"

@@ -10,11 +10,11 @@ from collections.abc import Mapping, Sequence
 import sqlalchemy as sa
 
 from connector.state import schema as t
-from connector.state.database import Database, chunks, utcnow
+from connector.state.database import Database, InIds, chunks, utcnow
 
 _GET_MANY = sa.select(t.source_digests.c.record_id, t.source_digests.c.digest).where(
     t.source_digests.c.sobject == sa.bindparam("sobject"),
-    t.source_digests.c.record_id.in_(sa.bindparam("ids", expanding=True)),
+    InIds(t.source_digests.c.record_id),
 )
 
 

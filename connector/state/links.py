@@ -18,15 +18,14 @@ from sqlalchemy.engine import Connection, Row
 
 from connector.errors import ConflictError
 from connector.state import schema as t
-from connector.state.database import Database, chunks, utcnow
+from connector.state.database import Database, InIds, chunks, utcnow
 from connector.state.records import Link, OrderLink
 
 _L = t.links
 _O = t.order_links
 _BA: sa.BindParameter[str] = sa.bindparam("ba")
-_IDS: sa.BindParameter[list[str]] = sa.bindparam("ids", expanding=True)
 
-_GET_MANY = sa.select(_L).where(_L.c.billing_account == _BA, _L.c.account_id.in_(_IDS))
+_GET_MANY = sa.select(_L).where(_L.c.billing_account == _BA, InIds(_L.c.account_id))
 # A merged-away account's link may share the customer with the survivor's: the link in use
 # comes first.
 _BY_CUSTOMER = (
@@ -70,7 +69,7 @@ _SET_STATUS = (
 )
 _WRITTEN_BACK = (
     _L.update()
-    .where(_L.c.billing_account == _BA, _L.c.account_id.in_(_IDS))
+    .where(_L.c.billing_account == _BA, InIds(_L.c.account_id))
     .values(writeback_pending=False)
 )
 _PENDING_WRITEBACKS = (
@@ -84,9 +83,12 @@ _PENDING_WRITEBACKS = (
     .limit(sa.bindparam("limit"))
 )
 _CUSTOMER_HOLDERS = sa.select(_L.c.customer_id, _L.c.account_id).where(
-    _L.c.billing_account == _BA, _L.c.customer_id.in_(_IDS), _L.c.status != "merged"
+    _L.c.billing_account == _BA, InIds(_L.c.customer_id), _L.c.status != "merged"
 )
-_ORDER_LINKS = sa.select(_O).where(_O.c.billing_account == _BA, _O.c.order_id.in_(_IDS))
+# Only what an OrderLink holds: the two timestamps per row are not read back.
+_ORDER_LINKS = sa.select(_O.c.order_id, _O.c.account_id, _O.c.customer_id).where(
+    _O.c.billing_account == _BA, InIds(_O.c.order_id)
+)
 _LINK_UPDATE_COLUMNS = tuple(
     c.name for c in _L.columns if c.name not in ("billing_account", "account_id", "first_synced_at")
 )
@@ -227,13 +229,9 @@ class LinkRepository:
         out: dict[str, OrderLink] = {}
         with self._db.connect() as conn:
             for chunk in chunks(order_ids):
-                for row in conn.execute(_ORDER_LINKS, {"ba": billing_account, "ids": chunk}):
-                    out[row.order_id] = OrderLink(
-                        billing_account=row.billing_account,
-                        order_id=row.order_id,
-                        account_id=row.account_id,
-                        customer_id=row.customer_id,
-                    )
+                params = {"ba": billing_account, "ids": chunk}
+                for order_id, account_id, customer_id in conn.execute(_ORDER_LINKS, params):
+                    out[order_id] = OrderLink(billing_account, order_id, account_id, customer_id)
         return out
 
 

@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Row
 
 from connector.state import schema as t
-from connector.state.database import Database, as_utc, chunks
+from connector.state.database import Database, InIds, as_utc, chunks
 from connector.state.records import RetryItem
 
 # Retry backoff: RETRY_BASE after the first failure, doubling per attempt, never above RETRY_CAP.
@@ -30,12 +30,11 @@ def retry_delay(attempts: int) -> timedelta:
 
 _Q = t.retry_queue
 _BA: sa.BindParameter[str] = sa.bindparam("ba")
-_IDS: sa.BindParameter[list[str]] = sa.bindparam("ids", expanding=True)
 # Built once: the engine clears the retries of every page it wrote.
 _PREVIOUS = sa.select(_Q.c.account_id, _Q.c.attempts, _Q.c.first_failed_at).where(
-    _Q.c.billing_account == _BA, _Q.c.account_id.in_(_IDS)
+    _Q.c.billing_account == _BA, InIds(_Q.c.account_id)
 )
-_CLEAR = _Q.delete().where(_Q.c.billing_account == _BA, _Q.c.account_id.in_(_IDS))
+_CLEAR = _Q.delete().where(_Q.c.billing_account == _BA, InIds(_Q.c.account_id))
 _UPDATE_COLUMNS = ("attempts", "next_attempt_at", "last_error")
 
 
