@@ -44,4 +44,4 @@ class DigestRepository:
             for rid, d in digests.items()
         ]
         with self._db.connect(write=True) as conn:
-            conn.execute(stmt, rows)
+            self._db.insert_many(conn, stmt, rows)

@@ -61,7 +61,7 @@ class IntentRepository:
         ]
         if rows:
             with self._db.connect(write=True) as conn:
-                conn.execute(self._upsert(), rows)
+                self._db.insert_many(conn, self._upsert(), rows)
 
     def get(self, billing_account: str, account_id: str) -> Intent | None:
         with self._db.connect() as conn:

@@ -179,7 +179,7 @@ class LinkRepository:
         stmt = self._db.upsert(t.links, ("billing_account", "account_id"), _LINK_UPDATE_COLUMNS)
         with self._db.connect(write=True) as conn:
             _refuse_customer_reuse(conn, list(by_key.values()))
-            conn.execute(stmt, rows)
+            self._db.insert_many(conn, stmt, rows)
 
     def set_status(self, billing_account: str, account_id: str, status: str) -> bool:
         """Set one link's status; False if there is no such link."""
@@ -223,7 +223,7 @@ class LinkRepository:
             t.order_links, ("billing_account", "order_id"), _ORDER_UPDATE_COLUMNS
         )
         with self._db.connect(write=True) as conn:
-            conn.execute(stmt, values)
+            self._db.insert_many(conn, stmt, values)
 
     def order_links(self, billing_account: str, order_ids: Iterable[str]) -> dict[str, OrderLink]:
         out: dict[str, OrderLink] = {}

@@ -142,7 +142,7 @@ class RunRepository:
         ]
         if rows:
             with self._db.connect(write=True) as conn:
-                conn.execute(_INSERT_OUTCOMES, rows)
+                self._db.insert_many(conn, _INSERT_OUTCOMES, rows)
 
     def accounts_with_outcomes(
         self, run_id: str, billing_account: str, account_ids: Iterable[str]
