@@ -171,13 +171,15 @@ class LockRepository:
         except OSError as exc:
             raise UnavailableError(f"cannot open the lock file {path}: {exc.strerror}") from None
         released = threading.Event()
+        # The open file's identity cannot change while the fd is open: read once, not per write
+        # (verify runs before every write, and each syscall counted in the CPU per create).
+        mine = os.fstat(fd)
 
         def verify() -> None:
             # flock belongs to the open file, not the path: if the file was deleted or replaced,
             # a second runner can lock the new one while we still "hold" ours.
             if released.is_set():
                 raise LockLost(f"the '{name}' lock was already released")
-            mine = os.fstat(fd)
             try:
                 there = os.stat(path)
             except FileNotFoundError:
