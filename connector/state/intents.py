@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Row
 
 from connector.state import schema as t
-from connector.state.database import Database, as_utc
+from connector.state.database import Database, InIds, as_utc, chunks
 from connector.state.links import LinkRepository
 from connector.state.records import Intent, Link, OrderLink
 
@@ -23,6 +23,7 @@ _I = t.intents
 _KEY = (_I.c.billing_account == sa.bindparam("ba"), _I.c.account_id == sa.bindparam("acc"))
 _GET = sa.select(_I).where(*_KEY)
 _DROP = _I.delete().where(*_KEY)
+_DROP_MANY = _I.delete().where(_I.c.billing_account == sa.bindparam("ba"), InIds(_I.c.account_id))
 _OPEN = (
     sa.select(_I)
     .where(_I.c.billing_account == sa.bindparam("ba"))
@@ -102,11 +103,13 @@ class IntentRepository:
             conn.execute(_DROP, {"ba": billing_account, "acc": account_id})
 
     def drop_many(self, billing_account: str, account_ids: Iterable[str]) -> None:
-        """`drop` for a batch of accounts: one statement with many parameter sets."""
-        params = [{"ba": billing_account, "acc": a} for a in dict.fromkeys(account_ids)]
-        if params:
+        """`drop` for a batch of accounts: one `IN` statement per chunk of ids (an executemany
+        with a parameter set per account cost more CPU than the creates' other writes)."""
+        ids = list(dict.fromkeys(account_ids))
+        if ids:
             with self._db.connect(write=True) as conn:
-                conn.execute(_DROP, params)
+                for chunk in chunks(ids):
+                    conn.execute(_DROP_MANY, {"ba": billing_account, "ids": chunk})
 
     def _upsert(self) -> sa.Insert:
         return self._db.upsert(t.intents, ("billing_account", "account_id"), _UPDATE_COLUMNS)
