@@ -104,7 +104,9 @@ class WritePool(Generic[P, R]):
                         writes = self.writes(nxt)
                         if writes:
                             in_flight = sum(busy.values())
-                            if in_flight >= max(1, min(self.most, self.window())):
+                            # The window is at least one: with nothing in flight it is not asked
+                            # (it takes the limiter's lock, once per write otherwise).
+                            if in_flight and in_flight >= max(1, min(self.most, self.window())):
                                 break
                             if busy.get(self.key(nxt)):
                                 break  # the same account is in flight: it goes after that one
