@@ -76,3 +76,29 @@ def test_a_statement_with_a_python_default_takes_sqlalchemy_path(tmp_path: Path)
             assert list(conn.execute(sa.select(table.c.v))) == [("filled",), ("filled",)]
     finally:
         s.close()
+
+
+def test_get_many_on_sqlite_reads_links_as_sqlalchemy_does(tmp_path: Path) -> None:
+    from datetime import timedelta
+
+    from connector.state.links import _GET_MANY, link_record
+    from connector.state.records import Link
+
+    s = StateStore.open(sqlite_url(tmp_path))
+    try:
+        links = [
+            Link(**{**row, "last_synced_at": T0 + timedelta(microseconds=7 * i)})  # type: ignore[arg-type]
+            for i, row in enumerate(ROWS)
+        ]
+        s.links.save(links)
+        ids = [link.account_id for link in links]
+        with s.links._db.connect() as conn:
+            expected = {
+                r.account_id: link_record(r)
+                for r in conn.execute(_GET_MANY, {"ba": "default", "ids": ids})
+            }
+        assert s.links.get_many("default", ids) == expected
+        assert expected[ids[1]].payload is None and expected[ids[1]].writeback_pending is True
+        assert expected[ids[2]].last_synced_at == T0 + timedelta(microseconds=14)
+    finally:
+        s.close()

@@ -9,11 +9,14 @@ customer be linked to two accounts of one billing account (unless one was merged
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
-from datetime import datetime
+import functools
+import json
+from collections.abc import Iterable, Iterator, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.engine import Connection, Row
 
 from connector.errors import ConflictError
@@ -104,6 +107,15 @@ class LinkRepository:
     def get_many(self, billing_account: str, account_ids: Iterable[str]) -> dict[str, Link]:
         out: dict[str, Link] = {}
         with self._db.connect() as conn:
+            if self._db.dialect == "sqlite":
+                # Every link of every page is read here: the driver's rows, converted as the
+                # column types would (`_sqlite_link`), skip SQLAlchemy's per-row result
+                # processing, a tenth of a re-check's CPU.
+                for chunk in chunks(account_ids):
+                    params = (billing_account, json.dumps(chunk))
+                    for raw in conn.exec_driver_sql(_get_many_sqlite(), params):
+                        out[raw[_ACCOUNT]] = _sqlite_link(raw)
+                return out
             for chunk in chunks(account_ids):
                 for row in conn.execute(_GET_MANY, {"ba": billing_account, "ids": chunk}):
                     out[row.account_id] = link_record(row)
@@ -294,6 +306,32 @@ _LINK_FIELDS = tuple(Link.__dataclass_fields__)
 if tuple(c.name for c in _L.columns) != _LINK_FIELDS:  # pragma: no cover - a schema edit
     raise RuntimeError(f"links columns {[c.name for c in _L.columns]} are not Link's fields")
 _PENDING = _LINK_FIELDS.index("writeback_pending")
+
+
+_ACCOUNT = _LINK_FIELDS.index("account_id")
+_PAYLOAD = _LINK_FIELDS.index("payload")
+_STAMPS = (_LINK_FIELDS.index("first_synced_at"), _LINK_FIELDS.index("last_synced_at"))
+
+
+@functools.cache
+def _get_many_sqlite() -> str:
+    compiled = _GET_MANY.compile(dialect=sqlite.dialect())
+    if compiled.positiontup != ["ba", "ids"]:  # pragma: no cover - a query edit
+        raise RuntimeError(f"_GET_MANY binds {compiled.positiontup}, not ba then ids")
+    return compiled.string
+
+
+def _sqlite_link(raw: Sequence[Any]) -> Link:
+    """A Link from a links row as SQLite's driver returns it: the JSON payload as text, the
+    flag as 0/1, the stamps as SQLAlchemy's SQLite DATETIME text of naive UTC (UTCDateTime)."""
+    values = list(raw)
+    if values[_PAYLOAD] is not None:
+        values[_PAYLOAD] = json.loads(values[_PAYLOAD])
+    values[_PENDING] = bool(values[_PENDING])
+    for i in _STAMPS:
+        if values[i] is not None:
+            values[i] = datetime.fromisoformat(values[i]).replace(tzinfo=UTC)
+    return Link(*values)
 
 
 def link_record(row: Row[Any]) -> Link:
