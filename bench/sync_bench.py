@@ -597,8 +597,14 @@ def salesforce_counts(pair: SandboxPair) -> dict[str, int]:
         "rate_limited": int(stats["rate_limited"]),
     }
     for key, n in stats["requests"].items():
+        # A Composite request (`/composite`) carries queries only: the change queries of an
+        # incremental sync, one call for all of them.
         kind = (
-            "query" if "/query" in key else "writeback" if "composite/sobjects" in key else "other"
+            "query"
+            if "/query" in key or key.rstrip("/").endswith("/composite")
+            else "writeback"
+            if "composite/sobjects" in key
+            else "other"
         )
         out[kind] += n
         out["total"] += n
