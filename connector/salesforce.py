@@ -14,7 +14,7 @@ import io
 import json
 import re
 import threading
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
@@ -284,6 +284,43 @@ def _path(record: dict[str, Any], path: str) -> Any:
     return node
 
 
+class Clients:
+    """simple-salesforce clients over one login, each used by one thread at a time.
+
+    The engine's thread, the next-page prefetch and the write-back worker call Salesforce at
+    the same time, and `requests` does not promise that a Session is safe to share between
+    threads (its connection pool is, the cookie jar and adapters' state are not documented
+    so). Each call leases an idle client, or makes one (same session id and instance, a
+    Session of its own with the same adapters and the same usage hook, so every answer is
+    counted once, in one `ApiUsage`), and hands it back after: as many clients as calls ever
+    ran at once (three here), each keeping its connections alive between calls.
+    """
+
+    def __init__(self, first: Salesforce, make: Callable[[], Salesforce] | None = None) -> None:
+        self.first = first
+        self._make = make
+        self._idle: list[Salesforce] = [first]
+        self._lock = threading.Lock()
+        self.made = 1
+
+    @contextlib.contextmanager
+    def lease(self) -> Iterator[Salesforce]:
+        with self._lock:
+            client = self._idle.pop() if self._idle else None
+            if client is None and self._make is None:
+                raise RuntimeError("every Salesforce client is in use and none can be made")
+        if client is None:
+            assert self._make is not None
+            client = self._make()
+            with self._lock:
+                self.made += 1
+        try:
+            yield client
+        finally:
+            with self._lock:
+                self._idle.append(client)
+
+
 @dataclass
 class SalesforceSource:
     """Reads orders and accounts, writes customer ids back. One per run."""
@@ -307,6 +344,18 @@ class SalesforceSource:
     # Relationships resolved by describe ("parent.relationship", folded -> (object, id
     # field)), whether in this process or remembered from an earlier one (`learn_relationships`).
     _relationships: dict[str, tuple[str, str]] = field(default_factory=dict, repr=False)
+    # One client per concurrent call (see `Clients`); `sf` is the one that logged in.
+    clients: Clients | None = field(default=None, repr=False)
+
+    def _lease(self) -> contextlib.AbstractContextManager[Salesforce]:
+        if self.clients is None:
+            self.clients = Clients(self.sf)
+        return self.clients.lease()
+
+    def _call(self, fn: Callable[[Salesforce], Any]) -> Any:
+        """`fn` with a client no other thread is using."""
+        with self._lease() as sf:
+            return fn(sf)
 
     # --- queries ---------------------------------------------------------------------------
 
@@ -326,7 +375,9 @@ class SalesforceSource:
                 return
             next_url = result["nextRecordsUrl"]
             result = self._guard(
-                lambda u=next_url: self.sf.query_more(u, identifier_is_url=True, headers=headers)
+                lambda u=next_url: self._call(
+                    lambda sf: sf.query_more(u, identifier_is_url=True, headers=headers)
+                )
             )
 
     def _first_page(self, soql: str, include_deleted: bool, batch_size: int) -> dict[str, Any]:
@@ -340,7 +391,9 @@ class SalesforceSource:
             return page
         headers = {"Sforce-Query-Options": f"batchSize={batch_size}"}
         result: dict[str, Any] = self._guard(
-            lambda: self.sf.query(soql, include_deleted=include_deleted, headers=headers)
+            lambda: self._call(
+                lambda sf: sf.query(soql, include_deleted=include_deleted, headers=headers)
+            )
         )
         return result
 
@@ -389,7 +442,9 @@ class SalesforceSource:
                 ],
             }
             answer = self._guard(
-                lambda b=body: self.sf.restful("composite", method="POST", data=json.dumps(b))
+                lambda b=body: self._call(
+                    lambda sf: sf.restful("composite", method="POST", data=json.dumps(b))
+                )
             )
             subs = answer.get("compositeResponse") if isinstance(answer, dict) else None
             if not isinstance(subs, list) or len(subs) != len(chunk) + len(described):
@@ -580,7 +635,7 @@ class SalesforceSource:
     def explain(self, soql: str) -> dict[str, Any]:
         """Salesforce's query plan for `soql` (`/query/?explain=`): plans cheapest first."""
         result: dict[str, Any] = self._guard(
-            lambda: self.sf.restful("query/", params={"explain": soql})
+            lambda: self._call(lambda sf: sf.restful("query/", params={"explain": soql}))
         )
         return result
 
@@ -590,21 +645,24 @@ class SalesforceSource:
         parsed and handed on in pages; only one set is held at a time."""
         obj = re.search(r"\bFROM\s+(\w+)", soql, re.IGNORECASE)
         sobject = obj.group(1) if obj else "Order"
-        results = self._guard(
-            lambda: getattr(self.sf.bulk2, sobject).query(
-                soql,
-                max_records=self.config.bulk_page_size,
-                wait=self.config.bulk_poll_seconds,
+        # The job's result sets are fetched lazily, by the client that created the job: that
+        # client is this read's alone until the read ends.
+        with self._lease() as sf:
+            results = self._guard(
+                lambda: getattr(sf.bulk2, sobject).query(
+                    soql,
+                    max_records=self.config.bulk_page_size,
+                    wait=self.config.bulk_poll_seconds,
+                )
             )
-        )
-        size = self.config.page_size
-        while True:
-            csv_text = self._guard(lambda: next(results, None))
-            if csv_text is None:
-                return
-            rows = [_from_bulk_csv(r) for r in csv.DictReader(io.StringIO(csv_text))]
-            for start in range(0, len(rows), size):
-                yield rows[start : start + size]
+            size = self.config.page_size
+            while True:
+                csv_text = self._guard(lambda: next(results, None))
+                if csv_text is None:
+                    return
+                rows = [_from_bulk_csv(r) for r in csv.DictReader(io.StringIO(csv_text))]
+                for start in range(0, len(rows), size):
+                    yield rows[start : start + size]
 
     def change_query(
         self,
@@ -831,7 +889,7 @@ class SalesforceSource:
         change stamped before it is visible to that read (the overlap covers commit lag).
         """
         if self.usage.server_date is None:
-            self._guard(lambda: self.sf.limits())
+            self._guard(lambda: self._call(lambda sf: sf.limits()))
         if self.usage.server_date is None:
             raise UnavailableError(
                 "Salesforce answered without a Date header; the connector cannot tell which "
@@ -902,7 +960,9 @@ class SalesforceSource:
         return next(iter(self.writeback_fields.values()), None)
 
     def describe(self, sobject: str) -> dict[str, Any]:
-        result: dict[str, Any] = self._guard(lambda: getattr(self.sf, sobject).describe())
+        result: dict[str, Any] = self._guard(
+            lambda: self._call(lambda sf: getattr(sf, sobject).describe())
+        )
         return result
 
     # --- write-back ------------------------------------------------------------------------
@@ -927,8 +987,8 @@ class SalesforceSource:
                 ],
             }
             results = self._guard(
-                lambda b=body: self.sf.restful(
-                    "composite/sobjects", method="PATCH", data=json.dumps(b)
+                lambda b=body: self._call(
+                    lambda sf: sf.restful("composite/sobjects", method="PATCH", data=json.dumps(b))
                 )
             )
             if not isinstance(results, list) or not all(isinstance(r, dict) for r in results):
@@ -1163,8 +1223,26 @@ def connect(
         raise UnavailableError(f"Salesforce unreachable at login: {type(exc).__name__}") from None
     REDACTOR.add(sf.session_id)  # whatever its shape, the session id never reaches a log
     org_id = config.org_id or _org_from_session(sf.session_id) or "unknown"
+    login = sf
+
+    def another_client() -> Salesforce:
+        """A client over the same login with a Session of its own (no login call)."""
+        own = (
+            loopback_session(config.instance_url)
+            if loopback and config.instance_url
+            else settled_session()
+        )
+        own.hooks["response"].append(usage.observe)
+        return Salesforce(
+            instance=login.sf_instance,
+            session_id=login.session_id,
+            session=own,
+            version=config.api_version,
+        )
+
     return SalesforceSource(
         sf=sf,
+        clients=Clients(sf, another_client),
         config=config,
         usage=usage,
         org_id=org_id,
