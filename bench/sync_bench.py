@@ -646,6 +646,7 @@ def scenario(
 ) -> dict[str, Any]:
     enforced = target.apply()
     billing_before, sf_before = target.counts(), salesforce_counts(pair)
+    resources_before = dict(pair.salesforce.stats()["requests"])
     self_before = resource.getrusage(resource.RUSAGE_SELF)
     stripe_counter = target.counter()
     child = run_child(
@@ -660,6 +661,11 @@ def scenario(
     self_after = resource.getrusage(resource.RUSAGE_SELF)
     billing = _delta(target.counts(), billing_before)
     sf = _delta(salesforce_counts(pair), sf_before)
+    resources = {
+        k: v - resources_before.get(k, 0)
+        for k, v in pair.salesforce.stats()["requests"].items()
+        if v - resources_before.get(k, 0)
+    }
     r = child.report or {}
     orders, created, updated, unchanged = (
         int(r.get(k, 0) or 0) for k in ("orders_read", "created", "updated", "unchanged")
@@ -717,6 +723,8 @@ def scenario(
             "bound": bound,
             "within_bound": sf["total"] <= bound,
             "per_1000_orders": _per(sf["total"], orders, 1000),
+            # Which calls they were: method and resource as the sandbox org counted them.
+            "requests": resources,
         },
         "connector_process": {
             "peak_rss_mib": round(child.peak_rss_mib, 1),
