@@ -597,8 +597,14 @@ def salesforce_counts(pair: SandboxPair) -> dict[str, int]:
         "rate_limited": int(stats["rate_limited"]),
     }
     for key, n in stats["requests"].items():
+        # A Composite request (`/composite`) carries queries only: the change queries of an
+        # incremental sync, one call for all of them.
         kind = (
-            "query" if "/query" in key else "writeback" if "composite/sobjects" in key else "other"
+            "query"
+            if "/query" in key or key.rstrip("/").endswith("/composite")
+            else "writeback"
+            if "composite/sobjects" in key
+            else "other"
         )
         out[kind] += n
         out["total"] += n
@@ -640,6 +646,7 @@ def scenario(
 ) -> dict[str, Any]:
     enforced = target.apply()
     billing_before, sf_before = target.counts(), salesforce_counts(pair)
+    resources_before = dict(pair.salesforce.stats()["requests"])
     self_before = resource.getrusage(resource.RUSAGE_SELF)
     stripe_counter = target.counter()
     child = run_child(
@@ -654,6 +661,11 @@ def scenario(
     self_after = resource.getrusage(resource.RUSAGE_SELF)
     billing = _delta(target.counts(), billing_before)
     sf = _delta(salesforce_counts(pair), sf_before)
+    resources = {
+        k: v - resources_before.get(k, 0)
+        for k, v in pair.salesforce.stats()["requests"].items()
+        if v - resources_before.get(k, 0)
+    }
     r = child.report or {}
     orders, created, updated, unchanged = (
         int(r.get(k, 0) or 0) for k in ("orders_read", "created", "updated", "unchanged")
@@ -711,6 +723,8 @@ def scenario(
             "bound": bound,
             "within_bound": sf["total"] <= bound,
             "per_1000_orders": _per(sf["total"], orders, 1000),
+            # Which calls they were: method and resource as the sandbox org counted them.
+            "requests": resources,
         },
         "connector_process": {
             "peak_rss_mib": round(child.peak_rss_mib, 1),
