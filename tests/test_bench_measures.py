@@ -86,6 +86,36 @@ def test_a_run_past_the_deadline_is_stopped_and_says_so(tmp_path: Path) -> None:
     assert child.exit_code != 0
 
 
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="VmHWM is read from Linux /proc")
+def test_a_running_child_reports_its_progress_with_its_peak_so_far(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import bench.sync_bench as sync_bench
+
+    monkeypatch.setattr(sync_bench, "PROGRESS_EVERY", 0.0)  # every sample
+    seen = tmp_path / "seen"
+    # A stand-in that runs until the benchmark has reported on it at least once.
+    (tmp_path / "until_seen.py").write_text(
+        "import pathlib, time\n"
+        f"while not pathlib.Path({str(seen)!r}).exists():\n"
+        "    time.sleep(0.01)\n"
+    )
+    reports: list[tuple[float, float, int]] = []
+
+    def progress(elapsed: float, peak_mib: float, requests: int) -> None:
+        reports.append((elapsed, peak_mib, requests))
+        seen.touch()
+
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    child = run_child(
+        "until_seen", [], env, tmp_path, timeout=600, stripe_counter=lambda: 7, progress=progress
+    )
+    assert child.exit_code == 0 and child.stopped is None
+    assert reports and all(peak > 0 for _, peak, _ in reports)
+    assert reports[-1][1] <= child.peak_rss_mib
+    assert all(n == 0 for _, _, n in reports)  # the counter never moved
+
+
 @pytest.mark.parametrize(
     ("mode", "endpoints", "cap"),
     [("test", ["create"], 25), ("live", ["create"], 25), ("live-raised", ["create"], 100)],
