@@ -214,6 +214,17 @@ def test_a_million_account_run_cut_short_decides_only_when_already_over_the_limi
     assert verdict(300, "deadline").endswith("**not met** |")
     assert verdict(200, "deadline").endswith("not measured |")
 
+    # A file taken while its scenario still runs: its peak so far, decided only when over.
+    still = {**dry_run(0, None), "scenarios": [], "running": {
+        "scenario": "dry_run", "elapsed_s": 60.0, "peak_rss_mib_sampled": 150.0,
+        "stripe_requests": 0, "at": "2026-11-30T09:00:00Z"}}
+    table = targets_table([("r.json", still)])
+    row = next(line for line in table.splitlines() if "dry_run" in line)
+    assert "150 MiB so far, still running" in row and row.endswith("not measured |")
+    still["running"]["peak_rss_mib_sampled"] = 300.0  # type: ignore[index]
+    table = targets_table([("r.json", still)])
+    assert next(line for line in table.splitlines() if "dry_run" in line).endswith("**not met** |")
+
 
 def test_the_chargebee_target_counts_chargebee_calls_through_the_same_scenarios(
     tmp_path: Path,
