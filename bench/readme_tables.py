@@ -248,9 +248,7 @@ def targets_table(sync: list[tuple[str, dict[str, Any]]]) -> str:
                     figures.append(f"at least {fmt(rss)} MiB, still running (`{name}`)")
                     oks.append(False)
                 else:
-                    figures.append(
-                        f"{fmt(rss)} MiB so far, still running: no verdict (`{name}`)"
-                    )
+                    figures.append(f"{fmt(rss)} MiB so far, still running: no verdict (`{name}`)")
         rows.append(
             (
                 f"peak RSS under 250 MB (238.4 MiB) at 1,000,000 accounts: {scenario}",
