@@ -547,7 +547,7 @@ class Engine:
         structlog.contextvars.bind_contextvars(run_id=run_id)
         scope = self._scope(run_id, dry_run, sink if sink is not None else KeepAll())
         sf_start = self._sf_calls()
-        calls_start = {t.name: t.calls for t in self.targets}
+        calls_start = {t.name: _pacing_counters(t) for t in self.targets}
         status, error, error_exit = "succeeded", None, None
         # The error's class (AuthenticationError, ConfigError, LockLost...): the daemon stops on
         # what will not pass by itself and backs off on the rest.
@@ -700,13 +700,15 @@ class Engine:
         error_exit: int | None,
         *,
         sf_start: int,
-        calls_start: Mapping[str, int],
+        calls_start: Mapping[str, Mapping[str, int]],
     ) -> RunReport:
         tally = scope.tally
         per: dict[str, dict[str, int]] = {}
         for t in self.targets:
             counts = tally.of(t.name)
-            counts.calls = t.calls - calls_start.get(t.name, 0)
+            before = calls_start.get(t.name, {})
+            spent = {k: v - before.get(k, 0) for k, v in _pacing_counters(t).items()}
+            counts.calls = spent["calls"]
             per[t.name] = {
                 "created": counts.created,
                 "updated": counts.updated,
@@ -714,6 +716,9 @@ class Engine:
                 "refused": counts.refused,
                 "failed": counts.failed,
                 "calls": counts.calls,
+                "peak_in_flight": scope.peak_in_flight.get(t.name, 0),
+                "rate_limited": spent["rate_limited"],
+                "slowdowns": spent["slowdowns"],
             }
         return RunReport(
             run_id=scope.run_id,
@@ -2270,6 +2275,18 @@ def _outcome(
         error_message=REDACTOR.scrub(message) if message else None,
         changed_fields=p.changed_fields if kind != "unchanged" else (),
     )
+
+
+def _pacing_counters(target: BillingTarget) -> dict[str, int]:
+    """A target's running totals a run report shows the run's share of: requests sent, 429s
+    met, and the slow-downs of the limiter it paces through. That limiter belongs to the
+    credential, so accounts sharing a key each report the key's slow-downs."""
+    limiter = getattr(target, "limiter", None)  # test doubles may pace through none
+    return {
+        "calls": target.calls,
+        "rate_limited": int(getattr(target, "rate_limited", 0)),
+        "slowdowns": int(getattr(limiter, "slowdowns", 0)),
+    }
 
 
 def _counts(r: RunReport) -> dict[str, int]:

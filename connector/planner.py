@@ -24,7 +24,7 @@ from connector.billing.base import (
 )
 from connector.errors import ConnectorError
 from connector.mapping import CustomerMapping, payload_hash
-from connector.mapping.updates import diff_for_update
+from connector.mapping.updates import changed_paths, diff_for_update
 from connector.salesforce import OrderRow
 from connector.state.records import Intent, Link
 
@@ -251,7 +251,7 @@ def plan_record(
         payload=payload,
         payload_hash=digest,
         customer_id=link.customer_id,
-        changed_fields=tuple(sorted(flat_keys(send))),
+        changed_fields=tuple(changed_paths(link.payload, send)),
         idempotency_key=update_key(link, digest),
         overwrite_field=overwrite,
         send=send,

@@ -9,16 +9,23 @@ assertion means the same thing for Stripe and for Chargebee.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+
+from fault_readback import BA, opened
 
 from connector.app import build_targets
 from connector.billing.base import BillingTarget, RemoteCustomer
 from connector.config import Config, SecretSource
+from connector.engine import PlannedWrite, RunReport
+from connector.planner import create_key
 from connector.sandbox.chargebee import ChargebeeSandbox
 from connector.sandbox.run import SANDBOX_CHARGEBEE_KEY
 from connector.sandbox.stripe import StripeSandbox
+from connector.state.records import Intent
 
 MAPPINGS = Path(__file__).resolve().parents[1] / "mappings"
 
@@ -31,6 +38,10 @@ class TargetUnderTest:
     server: StripeSandbox | ChargebeeSandbox
     mappings_dir: Path  # the shipped mapping for this system
     name_field: str  # where the shipped mapping puts Account.Name
+    # Every path the shipped mapping puts Account.Name at, for an account with no shipping
+    # address (Chargebee's billing address carries the company too).
+    name_paths: tuple[str, ...]
+    address_field: str  # the object the Account's billing address goes to
     create_path: str  # a regex of the create request's path, for faults
     api_key_env: str
     api_key: str
@@ -85,6 +96,8 @@ def stripe_target(server: StripeSandbox, api_key: str) -> TargetUnderTest:
         server=server,
         mappings_dir=MAPPINGS,
         name_field="name",
+        name_paths=("name",),
+        address_field="address",
         create_path=r"^/v1/customers$",
         api_key_env="STRIPE_API_KEY",
         api_key=api_key,
@@ -97,7 +110,42 @@ def chargebee_target(server: ChargebeeSandbox) -> TargetUnderTest:
         server=server,
         mappings_dir=MAPPINGS / "chargebee",
         name_field="company",
+        name_paths=("company", "billing_address.company"),
+        address_field="billing_address",
         create_path=r"^/api/v2/customers$",
         api_key_env="CHARGEBEE_API_KEY",
         api_key=SANDBOX_CHARGEBEE_KEY,
     )
+
+
+def crash_after_create(
+    port: BillingTarget,
+    run: Callable[..., RunReport],
+    db_url: str,
+    account_id: str,
+    *,
+    intent_age: timedelta = timedelta(0),
+    send: bool = True,
+) -> tuple[PlannedWrite, str | None]:
+    """Leave the store and billing as a process killed right after its create was applied:
+    the intent the engine writes ahead (key and exact payload, as `_Run._create` records it),
+    the create sent through the port with that key (unless `send` is False), its answer and the
+    link lost. Returns the planned create and the customer made."""
+    plan = {p.account_id: p for p in run("sync", dry_run=True).plan}
+    planned = plan[account_id]
+    assert planned.action == "create"
+    key = create_key(BA, account_id, planned.payload_hash)
+    with opened(db_url) as s:
+        s.intents.record(
+            Intent(
+                billing_account=BA,
+                account_id=account_id,
+                idempotency_key=key,
+                payload_hash=planned.payload_hash,
+                created_at=datetime.now(UTC) - intent_age,
+                payload=dict(planned.payload),
+            )
+        )
+    if not send:
+        return planned, None
+    return planned, port.create_customer(planned.payload, idempotency_key=key)

@@ -80,18 +80,24 @@ def sandboxes() -> Iterator[SandboxPair]:
         pair.stop()
 
 
+def with_sections(data: dict[str, Any], sections: dict[str, Any]) -> Config:
+    """The config `data` with each of `sections` laid over its section (a section that is not a
+    mapping, or is absent, is replaced)."""
+    for name, values in sections.items():
+        if isinstance(data.get(name), dict):
+            data[name] = {**data[name], **values}
+        else:
+            data[name] = values
+    return Config.model_validate(data)
+
+
 @pytest.fixture
 def make_config(sandboxes: SandboxPair, db_url: str, tmp_path: Path) -> Callable[..., Config]:
     """A config for the sandboxes and the store under test; keyword overrides per section."""
 
     def make(*, mappings_dir: Path = MAPPINGS, **sections: dict[str, Any]) -> Config:
         data = sandboxes.config_dict(state_url=db_url, mappings_dir=str(mappings_dir))
-        for name, values in sections.items():
-            if isinstance(data.get(name), dict):
-                data[name] = {**data[name], **values}
-            else:
-                data[name] = values
-        return Config.model_validate(data)
+        return with_sections(data, sections)
 
     return make
 
@@ -147,12 +153,7 @@ def target_config(
     def make(**sections: dict[str, Any]) -> Config:
         data = sandboxes.config_dict(state_url=db_url, mappings_dir=str(target.mappings_dir))
         data["billing"] = {"accounts": [target.account_config()]}
-        for name, values in sections.items():
-            if isinstance(data.get(name), dict):
-                data[name] = {**data[name], **values}
-            else:
-                data[name] = values
-        return Config.model_validate(data)
+        return with_sections(data, sections)
 
     return make
 

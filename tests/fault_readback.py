@@ -8,6 +8,7 @@ same way each time, from the servers and a freshly opened store, never from the 
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -31,6 +32,14 @@ SF_QUERY = r"/services/data/v[\d.]+/query/?$"
 # A nextRecordsUrl: /services/data/v62.0/query/01g...-200 (the locator starts with 01g).
 SF_QUERY_MORE = r"/services/data/v[\d.]+/query/01g"
 SF_COLLECTION = r"/services/data/v[\d.]+/composite/sobjects$"
+
+
+def closed_port_url() -> str:
+    """A loopback URL nothing listens on: the port was bound, then released."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
 
 
 def sf_errors(code: str, message: str) -> list[dict[str, Any]]:

@@ -4,13 +4,13 @@ the sandbox (or a closed port on 127.0.0.1)."""
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
 import pytest
 import stripe
+from fault_readback import closed_port_url
 from memory_target import MemoryTarget
 
 from connector.billing.base import (
@@ -37,14 +37,6 @@ def stripe_sandbox() -> Iterator[StripeSandbox]:
         yield sb
     finally:
         sb.stop()
-
-
-def closed_port_url() -> str:
-    """A loopback URL nothing listens on: the port was bound, then released."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    return f"http://127.0.0.1:{port}"
 
 
 class CountingClient(stripe.RequestsClient):

@@ -1,11 +1,14 @@
 """The shared billing rate limiter, as tables: a hand-moved clock, recorded sleeps, no waiting.
 
-Two levels (a global cap and per-endpoint budgets) with burst; a 429 slows the level it names
-by about 10% (once per round trip), honours Retry-After, and successes recover step by step.
+Two levels (a global cap and per-endpoint budgets) with burst, each paced at `HEADROOM` of its
+budget; a 429 slows the level it names by about 10% (once per round trip), honours
+Retry-After, and successes recover step by step up to that ceiling. Times below are written in
+slots of the budget and divided by HEADROOM where the pace sets them.
 """
 
 from __future__ import annotations
 
+import heapq
 from typing import Any
 
 import pytest
@@ -14,6 +17,9 @@ from connector.billing.base import RateLimited
 from connector.billing.ratelimit import (
     ENDPOINT,
     GLOBAL,
+    HEADROOM,
+    LATE_SLOTS,
+    REBOOKS,
     RECOVERY_STEP,
     SLOWDOWN,
     Budget,
@@ -67,7 +73,8 @@ def test_requests_are_spaced_by_the_tighter_of_both_levels(
     budget: Budget, endpoints: list[str], expected: list[float]
 ) -> None:
     clock = Clock()
-    assert starts(limiter(budget, clock), clock, endpoints) == pytest.approx(expected)
+    paced = [t / HEADROOM for t in expected]
+    assert starts(limiter(budget, clock), clock, endpoints) == pytest.approx(paced, abs=1e-6)
 
 
 def test_a_burst_refills_at_the_rate() -> None:
@@ -75,15 +82,17 @@ def test_a_burst_refills_at_the_rate() -> None:
     lim = limiter(Budget(rate=10, burst=3), clock)
     assert starts(lim, clock, ["a"] * 3) == [0.0, 0.0, 0.0]
     clock.now = 1.0  # a quiet second: the burst is back, no more
-    assert starts(lim, clock, ["a"] * 4) == pytest.approx([1.0, 1.0, 1.0, 1.1])
+    assert starts(lim, clock, ["a"] * 4) == pytest.approx(
+        [1.0, 1.0, 1.0, 1.0 + 0.1 / HEADROOM], abs=1e-6
+    )
 
 
 @pytest.mark.parametrize(
     ("reason", "global_rate", "endpoint_rate"),
     [
-        (GLOBAL, 100 * SLOWDOWN, 25.0),
-        (ENDPOINT, 100.0, 25 * SLOWDOWN),
-        (None, 100 * SLOWDOWN, 25.0),  # no header: the global level
+        (GLOBAL, 100 * HEADROOM * SLOWDOWN, 25 * HEADROOM),
+        (ENDPOINT, 100 * HEADROOM, 25 * HEADROOM * SLOWDOWN),
+        (None, 100 * HEADROOM * SLOWDOWN, 25 * HEADROOM),  # no header: the global level
     ],
 )
 def test_a_429_slows_down_the_level_it_names_by_a_tenth(
@@ -104,16 +113,18 @@ def test_429s_within_one_round_trip_count_once_then_successes_recover_step_by_st
     lim.succeeded("a", 0.25)  # the latency seen: a round trip of 250 ms
     for _ in range(5):  # five requests in flight refused together
         lim.refused_with("a", Refusal("rate_limit", reason=GLOBAL))
-    assert lim.rate == pytest.approx(20 * SLOWDOWN)
+    assert lim.rate == pytest.approx(20 * HEADROOM * SLOWDOWN)
     clock.now = 0.3  # a round trip later: a new signal
     lim.refused_with("a", Refusal("rate_limit", reason=GLOBAL))
-    assert lim.rate == pytest.approx(20 * SLOWDOWN**2)
+    assert lim.rate == pytest.approx(20 * HEADROOM * SLOWDOWN**2)
+    assert lim.slowdowns == 2 and lim.refused[GLOBAL] == 6
     before = lim.rate
     lim.succeeded("a", 0.25)
     assert lim.rate == pytest.approx(before + 20 * RECOVERY_STEP)
     for _ in range(10_000):
         lim.succeeded("a", 0.25)
-    assert lim.rate == lim.max_rate == 20  # never above the budget
+    # Back up to the ceiling, never to the budget itself: the rest refills Stripe's burst.
+    assert lim.rate == pytest.approx(20 * HEADROOM) and lim.max_rate == 20
 
 
 def test_retry_after_pauses_every_request_of_the_credential() -> None:
@@ -177,8 +188,8 @@ def test_call_passes_other_errors_through_untouched() -> None:
     ("budget", "latency", "most", "expected"),
     [
         (Budget(rate=25), None, 32, 2),  # nothing seen yet: start small
-        (Budget(rate=25), 0.25, 32, 9),  # 25/s x 0.25 s = 6.25 -> x1.25, +1 = 9
-        (Budget(rate=100), 0.25, 32, 32),  # would be 33: the configured most
+        (Budget(rate=25), 0.25, 32, 9),  # paced 24/s x 0.25 s = 6 -> x1.25, +1 = 9
+        (Budget(rate=100), 0.25, 24, 24),  # would be 31: the configured most
         (Budget(rate=100, endpoint_rate=25), 0.25, 32, 9),  # one endpoint in use binds it
         (Budget(rate=25), 0.25, 1, 1),  # max_in_flight 1: serial
     ],
@@ -197,8 +208,8 @@ def test_two_accounts_on_one_credential_are_held_to_the_tighter_budget() -> None
     lim = limiter(Budget(rate=100, endpoint_rate=25, endpoints={"s": 20}), Clock())
     lim.cap(Budget(rate=30, endpoint_rate=100, endpoints={"c": 10}))
     assert lim.max_rate == 30
-    assert lim.endpoint_rate("c") == 10 and lim.endpoint_rate("s") == 20
-    assert lim.endpoint_rate("other") == 25
+    paced = {e: lim.endpoint_rate(e) for e in ("c", "s", "other")}
+    assert paced == pytest.approx({"c": 10 * HEADROOM, "s": 20 * HEADROOM, "other": 25 * HEADROOM})
 
 
 def test_endpoint_limits_in_config_raise_the_budgets_and_refuse_unknown_endpoints() -> None:
@@ -218,7 +229,110 @@ def test_endpoint_limits_in_config_raise_the_budgets_and_refuse_unknown_endpoint
     assert raised.for_endpoint("customers.search") == 20
     with pytest.raises(ConfigError, match=r"customers\.delete.*customers\.create"):
         budget_of(BillingAccountConfig(id="x", endpoint_limits={"customers.delete": 5}))
-    with pytest.raises(ValidationError, match="customers.create or customers.update"):
+    with pytest.raises(ValidationError, match=r"customers\.create or customers\.update"):
         BillingAccountConfig(id="x", endpoint_limits={"POST /v1/customers": 5})
     with pytest.raises(ValidationError, match="max_in_flight"):
         BillingAccountConfig(id="x", max_in_flight=0)
+
+
+def _stalled_once(clock: Clock, stall: float, meanwhile: Any = None) -> Any:
+    """sleep() whose first call comes back `stall` seconds late (a loaded CPU), after running
+    `meanwhile` (other threads booking while this one sleeps)."""
+    calls = [0]
+
+    def sleep(seconds: float) -> None:
+        calls[0] += 1
+        if calls[0] == 1:
+            if meanwhile is not None:
+                meanwhile()
+            seconds += stall
+        clock.sleep(seconds)
+
+    return sleep
+
+
+def test_a_thread_woken_late_gives_its_slot_up_and_books_behind_the_ones_booked_meanwhile() -> None:
+    clock = Clock()
+    slot = 1 / (10 * HEADROOM)
+    others: list[float] = []
+    lim = RateLimiter(
+        Budget(rate=10),
+        clock=clock,
+        sleep=_stalled_once(
+            clock, 3 * slot, lambda: others.extend(clock.now + lim.reserve("a") for _ in range(3))
+        ),
+    )
+    lim.reserve("a")  # one request sent at 0
+    lim.wait("a")  # booked for slot 1, woken at slot 4: slots 2..4 were booked meanwhile
+    assert others == pytest.approx([2 * slot, 3 * slot, 4 * slot])
+    # It went in slot 5, after them, rather than in slot 4 on top of them; slot 1 is lost.
+    assert clock.now == pytest.approx(5 * slot) and lim.rebooked == 1
+    # And a host that late slows the pace down, as a 429 would.
+    assert lim.slowdowns == 1 and lim.rate == pytest.approx(10 * HEADROOM * SLOWDOWN)
+    assert clock.now + lim.reserve("a") == pytest.approx(5 * slot + slot / SLOWDOWN)
+
+
+@pytest.mark.parametrize(
+    ("stall_slots", "rebooked"), [(0.5, 0), (LATE_SLOTS, 0), (LATE_SLOTS + 0.5, 1)]
+)
+def test_a_wake_within_a_few_slots_of_its_own_is_sent(stall_slots: float, rebooked: int) -> None:
+    clock = Clock()
+    slot = 1 / (10 * HEADROOM)
+    lim = RateLimiter(Budget(rate=10), clock=clock, sleep=_stalled_once(clock, stall_slots * slot))
+    lim.reserve("a")
+    lim.wait("a")
+    assert lim.rebooked == rebooked
+
+
+def test_a_request_late_every_time_is_sent_after_its_last_booking() -> None:
+    clock = Clock()
+    slot = 1 / (10 * HEADROOM)
+
+    def always_late(seconds: float) -> None:
+        for _ in range(10):  # others book while this one sleeps...
+            lim.reserve("a")
+        clock.sleep(seconds + 5 * slot)  # ...and this one wakes five slots late, every time
+
+    lim = RateLimiter(Budget(rate=10), clock=clock, sleep=always_late)
+    lim.reserve("a")
+    lim.wait("a")
+    assert lim.rebooked == REBOOKS  # then sent: a loaded host slows a request, never drops it
+
+
+def _refused_by_stripe(arrivals: list[float], budget: float, burst: float, retry: float) -> int:
+    """Stripe's bucket (the sandbox's) over the instants requests arrive, each refused one
+    arriving again `retry` seconds later: how many 429s it answers."""
+    from connector.sandbox.http import TokenBucket
+
+    now = [0.0]
+    bucket = TokenBucket(budget, burst, clock=lambda: now[0])
+    queue = list(arrivals)
+    heapq.heapify(queue)
+    refused = 0
+    while queue:
+        now[0] = heapq.heappop(queue)
+        if not bucket.take():
+            refused += 1
+            heapq.heappush(queue, now[0] + retry)
+    return refused
+
+
+def test_pacing_under_the_budget_lets_stripes_burst_refill_after_a_bunch(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """100 a second against Stripe's 100 with a burst of 5: the requests sent in 80 ms are held
+    up on their way (a loaded host) and arrive together, emptying Stripe's bucket, and the
+    others arrive 2 ms early or late in turn. Paced at the whole budget the bucket never
+    refills, so early arrivals and the retries of the refused ones are refused again and again;
+    at HEADROOM of it the bucket is back within a second."""
+    import connector.billing.ratelimit as ratelimit
+
+    def refused(headroom: float) -> int:
+        monkeypatch.setattr(ratelimit, "HEADROOM", headroom)
+        clock = Clock()
+        sent = starts(limiter(Budget(rate=100), clock), clock, ["customers.create"] * 300)
+        arrivals = [0.58 if 0.5 <= t < 0.58 else t + 0.002 * (-1) ** i for i, t in enumerate(sent)]
+        return _refused_by_stripe(arrivals, 100, 5, retry=0.25)
+
+    full, under = refused(1.0), refused(HEADROOM)
+    assert full >= 40 and under * 4 <= full

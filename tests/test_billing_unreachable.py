@@ -5,21 +5,13 @@ engine stops is the engine's choice; the adapter's fail-fast is in test_billing_
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Callable
 from typing import Any
 
-from fault_readback import read_store
+from fault_readback import closed_port_url, read_store
 
 from connector.engine import RunReport
 from connector.sandbox.run import SandboxPair
-
-
-def closed_port_url() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    return f"http://127.0.0.1:{port}"
 
 
 def test_an_unreachable_billing_account_stops_the_run_with_exit_3_and_changes_nothing(

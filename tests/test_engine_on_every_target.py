@@ -12,20 +12,19 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
+from typing import Any
 
 import pytest
-from billing_targets import TargetUnderTest
+from billing_targets import TargetUnderTest, crash_after_create
 from conftest import BILLED
-from fault_readback import BA, opened, read_store
+from fault_readback import BA, StoreView, opened, read_store
 
 from connector.app import open_pipeline
 from connector.billing.base import RemoteCustomer
 from connector.config import Config, SecretSource
-from connector.engine import ORDERS_CURSOR, PlannedWrite, RunReport
-from connector.planner import create_key
+from connector.engine import ORDERS_CURSOR, RunReport
 from connector.sandbox.run import SandboxPair
-from connector.state.records import Intent
 from connector.state.store import StateStore
 
 FIELD = "Stripe_Customer_Id__c"  # the first billing account's write-back field, any kind
@@ -159,55 +158,64 @@ def test_a_dry_run_changes_nothing_anywhere(
         assert s.links.get(BA, new_acc) is None
 
 
+def test_a_dry_run_names_only_the_fields_whose_values_changed(
+    sandboxes: SandboxPair, target: TargetUnderTest, target_run: Callable[..., RunReport]
+) -> None:
+    # An update sends an address whole, so the target never merges half an object; the plan
+    # still names only the leaves whose values changed (a new name once listed every
+    # billing_address.* field on Chargebee, where the address carries the company too).
+    target_run("backfill")
+    sandboxes.salesforce.update("Account", ACME, {"Name": "Acme Renamed", "BillingCity": "Ulm"})
+
+    report = target_run("sync", dry_run=True)
+
+    [acme] = [p for p in report.plan if p.account_id == ACME]
+    assert acme.action == "update"
+    expected = {*target.name_paths, f"{target.address_field}.city"}
+    assert acme.changed_fields == tuple(sorted(expected))
+    assert set(acme.send or {}) == {path.split(".")[0] for path in expected}
+
+
 # --- a crash between create and link -----------------------------------------------------------
 
 
-def crash_after_create(
+@pytest.fixture
+def crash(
     target: TargetUnderTest,
     target_run: Callable[..., RunReport],
-    config: Config,
-    secrets: SecretSource,
+    target_config: Callable[..., Config],
+    target_secrets: SecretSource,
     db_url: str,
-    account_id: str,
-    *,
-    intent_age: timedelta = timedelta(0),
-    send: bool = True,
-) -> tuple[PlannedWrite, str | None]:
-    """Leave the store and billing as a process killed right after its create was applied:
-    the intent the engine writes ahead (key and exact payload), the create sent through the
-    port with that key, its answer and the link lost."""
-    plan = {p.account_id: p for p in target_run("sync", dry_run=True).plan}
-    planned = plan[account_id]
-    assert planned.action == "create"
-    key = create_key(BA, account_id, planned.payload_hash)
-    with opened(db_url) as s:
-        s.intents.record(
-            Intent(
-                billing_account=BA,
-                account_id=account_id,
-                idempotency_key=key,
-                payload_hash=planned.payload_hash,
-                created_at=datetime.now(UTC) - intent_age,
-                payload=dict(planned.payload),
-            )
-        )
-    if not send:
-        return planned, None
-    made = target.port(config, secrets).create_customer(planned.payload, idempotency_key=key)
-    return planned, made
+) -> Callable[..., str | None]:
+    """`crash(**kw)`: INITECH's create applied and its link lost (`crash_after_create` on the
+    target under test); returns the customer made, None when the create was never sent."""
+    port = target.port(target_config(), target_secrets)
+
+    def crash_initech(**kw: Any) -> str | None:
+        return crash_after_create(port, target_run, db_url, INITECH, **kw)[1]
+
+    return crash_initech
+
+
+def finished_without_duplicates(billed: Billed, db_url: str, made: str | None) -> StoreView:
+    """One customer per billed account, INITECH's the one `made` (when it was), every link saved;
+    the store as it is now, for what a test checks beyond that."""
+    customers = one_each(billed, BILLED)
+    if made is not None:
+        assert customers[INITECH] == made
+    view = read_store(db_url)
+    view.assert_links_match(customers)
+    return view
 
 
 def test_an_interrupted_create_is_finished_with_its_key_not_duplicated(
     target: TargetUnderTest,
     target_run: Callable[..., RunReport],
-    target_config: Callable[..., Config],
-    target_secrets: SecretSource,
+    crash: Callable[..., str | None],
     billed: Billed,
     db_url: str,
 ) -> None:
-    _, made = crash_after_create(
-        target, target_run, target_config(), target_secrets, db_url, INITECH
-    )
+    made = crash()
     creates = target.server.operations["create"]
 
     report = target_run("sync")
@@ -215,10 +223,7 @@ def test_an_interrupted_create_is_finished_with_its_key_not_duplicated(
     assert report.exit_code == 0 and report.failed == 0 and report.created == 3
     assert target.server.stats()["idempotent_replays"] == 1
     assert target.server.operations["create"] == creates + 2  # only the two other accounts
-    customers = one_each(billed, BILLED)
-    assert customers[INITECH] == made
-    view = read_store(db_url)
-    view.assert_links_match(customers)
+    view = finished_without_duplicates(billed, db_url, made)
     assert not view.intents and not view.retries and view.cursor is not None
 
 
@@ -226,23 +231,18 @@ def test_an_interrupted_create_replayed_after_the_account_changed_ends_with_the_
     sandboxes: SandboxPair,
     target: TargetUnderTest,
     target_run: Callable[..., RunReport],
-    target_config: Callable[..., Config],
-    target_secrets: SecretSource,
+    crash: Callable[..., str | None],
     billed: Billed,
     db_url: str,
 ) -> None:
-    _, made = crash_after_create(
-        target, target_run, target_config(), target_secrets, db_url, INITECH
-    )
+    made = crash()
     sandboxes.salesforce.update("Account", INITECH, {"Name": "Initech AG"})
 
     first = target_run("sync")
     second = target_run("sync")
 
     assert first.failed == 0 and second.failed == 0
-    customers = one_each(billed, BILLED)
-    assert customers[INITECH] == made
-    read_store(db_url).assert_links_match(customers)
+    finished_without_duplicates(billed, db_url, made)
     [initech] = billed()[INITECH]
     assert initech.payload[target.name_field] == "Initech AG"
 
@@ -275,10 +275,7 @@ def test_a_run_killed_after_its_creates_and_before_their_links_is_finished_witho
 
     assert report.exit_code == 0 and report.failed == 0
     assert target.server.stats()["idempotent_replays"] == len(BILLED)
-    customers = one_each(billed, BILLED)
-    view = read_store(db_url)
-    view.assert_links_match(customers)
-    assert not view.intents
+    assert not finished_without_duplicates(billed, db_url, None).intents
     again = target_run("sync")
     assert again.billing_calls == 0
 
@@ -290,32 +287,20 @@ def test_an_interrupted_create_older_than_the_key_window_makes_no_second_custome
     target_run: Callable[..., RunReport],
     target_config: Callable[..., Config],
     target_secrets: SecretSource,
+    crash: Callable[..., str | None],
     billed: Billed,
     db_url: str,
 ) -> None:
     # The billing system has forgotten the key: replaying it could create a second customer.
     # Stripe finds the lost create's customer by its tags; Chargebee asks for the same id.
     window = target.port(target_config(), target_secrets).rules.idempotency_window
-    _, made = crash_after_create(
-        target,
-        target_run,
-        target_config(),
-        target_secrets,
-        db_url,
-        INITECH,
-        intent_age=window + timedelta(hours=1),
-        send=reached_billing,
-    )
+    made = crash(intent_age=window + timedelta(hours=1), send=reached_billing)
     target.server.expire_idempotency_keys()
 
     report = target_run("sync")
 
     assert report.exit_code == 0 and report.failed == 0
-    customers = one_each(billed, BILLED)
-    if made is not None:
-        assert customers[INITECH] == made
-    view = read_store(db_url)
-    view.assert_links_match(customers)
+    view = finished_without_duplicates(billed, db_url, made)
     assert not view.intents and not view.retries
 
 

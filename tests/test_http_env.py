@@ -4,10 +4,10 @@ request, when no proxy is configured; with a proxy variable set they still use t
 from __future__ import annotations
 
 import os
-import socket
 from collections.abc import Iterator
 
 import pytest
+from fault_readback import closed_port_url
 
 from connector.billing.base import BillingUnreachable, idempotency_key
 from connector.billing.stripe import StripeTarget
@@ -33,13 +33,6 @@ def stripe_sandbox() -> Iterator[StripeSandbox]:
         yield sb
     finally:
         sb.stop()
-
-
-def closed_port_url() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    return f"http://127.0.0.1:{port}"
 
 
 def test_without_a_proxy_the_environment_is_read_once(

@@ -78,13 +78,37 @@ def emails(sandboxes: SandboxPair) -> dict[str, Any]:
     return {a: cs[0].get("email") for a, cs in customers_by_account(sandboxes).items()}
 
 
+def synced(
+    make_config: Callable[..., Config], secrets: SecretSource, **salesforce: Any
+) -> Config:
+    """A config for the sandboxes (`salesforce` overrides its section) after a backfill and a
+    first sync, so every object's cursor is set."""
+    cfg = make_config(salesforce=salesforce) if salesforce else make_config()
+    run(cfg, secrets, "backfill")
+    run(cfg, secrets)
+    return cfg
+
+
+def rename_an_hour_apart(sandboxes: SandboxPair, acme: str, multi: str) -> None:
+    """An hour on, Acme is renamed; another hour on, Multi; then a minute passes."""
+    sf = sandboxes.salesforce
+    sf.advance_clock(3600)
+    sf.update("Account", ACME, {"Name": acme})
+    sf.advance_clock(3600)
+    sf.update("Account", MULTI, {"Name": multi})
+    sf.advance_clock(60)
+
+
+def account_cursor(db_url: str) -> str | None:
+    with opened(db_url) as store:
+        return store.cursors.get(CHANGES_CURSOR.format("Account"))
+
+
 def test_an_incremental_sync_sends_no_filter_that_ors_fields_of_different_objects(
     sandboxes: SandboxPair, make_config: Callable[..., Config], secrets: SecretSource
 ) -> None:
     sf = sandboxes.salesforce
-    cfg = make_config()
-    run(cfg, secrets, "backfill")
-    run(cfg, secrets)
+    cfg = synced(make_config, secrets)
     sf.advance_clock(3600)
     # One change through each watched object: an account, a bill-to contact, a quote's primary
     # contact, and a new activated order.
@@ -121,28 +145,20 @@ def test_an_incremental_sync_sends_no_filter_that_ors_fields_of_different_object
 def test_a_query_timeout_halves_the_window_and_the_sync_goes_on(
     sandboxes: SandboxPair, make_config: Callable[..., Config], secrets: SecretSource, db_url: str
 ) -> None:
-    sf = sandboxes.salesforce
-    cfg = make_config()
-    run(cfg, secrets, "backfill")
-    run(cfg, secrets)
-    sf.advance_clock(3600)
-    sf.update("Account", ACME, {"Name": "Acme Early"})
-    sf.advance_clock(3600)
-    sf.update("Account", MULTI, {"Name": "Multi Late"})
-    sf.advance_clock(60)
+    cfg = synced(make_config, secrets)
+    rename_an_hour_apart(sandboxes, "Acme Early", "Multi Late")
     # A large org: Salesforce answers a window of Account changes wider than 20 minutes with
     # QUERY_TIMEOUT (as a 400 with Salesforce's error body).
-    timeouts = sf.time_out_queries("Account", wider_than=1200)
-    with opened(db_url) as store:
-        before = store.cursors.get(CHANGES_CURSOR.format("Account"))
+    timeouts = sandboxes.salesforce.time_out_queries("Account", wider_than=1200)
+    before = account_cursor(db_url)
 
     report = run(cfg, secrets)
 
     assert report.exit_code == 0 and report.status == "succeeded", report.error
     assert timeouts.hits >= 2
     assert names(sandboxes)[ACME] == "Acme Early" and names(sandboxes)[MULTI] == "Multi Late"
+    after = account_cursor(db_url)
     with opened(db_url) as store:
-        after = store.cursors.get(CHANGES_CURSOR.format("Account"))
         summary = store.cursors.get(ORDERS_CURSOR)
     assert parse_sf_datetime(after) > parse_sf_datetime(before)  # type: ignore[operator]
     assert parse_sf_datetime(summary) == parse_sf_datetime(after)
@@ -155,17 +171,10 @@ def test_an_object_cursor_moves_per_finished_slice_and_never_past_an_unapplied_c
 ) -> None:
     sf = sandboxes.salesforce
     # No overlap: the window starts at the cursor, so ACME is read by the Account window only.
-    cfg = make_config(salesforce={"overlap_seconds": 0})
-    run(cfg, secrets, "backfill")
-    run(cfg, secrets)
-    sf.advance_clock(3600)
-    sf.update("Account", ACME, {"Name": "Acme First Slice"})
-    sf.advance_clock(3600)
-    sf.update("Account", MULTI, {"Name": "Multi Second Slice"})
-    sf.advance_clock(60)
+    cfg = synced(make_config, secrets, overlap_seconds=0)
+    rename_an_hour_apart(sandboxes, "Acme First Slice", "Multi Second Slice")
     sf.time_out_queries("Account", wider_than=2400)
-    with opened(db_url) as store:
-        start = parse_sf_datetime(store.cursors.get(CHANGES_CURSOR.format("Account")))
+    start = parse_sf_datetime(account_cursor(db_url))
     stop = threading.Event()
 
     def stop_after_the_first_slice(done: int, total: int | None) -> None:
@@ -178,8 +187,7 @@ def test_an_object_cursor_moves_per_finished_slice_and_never_past_an_unapplied_c
     assert first.status == "interrupted"
     assert names(sandboxes)[ACME] == "Acme First Slice"
     assert names(sandboxes)[MULTI] != "Multi Second Slice"
-    with opened(db_url) as store:
-        moved = parse_sf_datetime(store.cursors.get(CHANGES_CURSOR.format("Account")))
+    moved = parse_sf_datetime(account_cursor(db_url))
     multi_stamp = parse_sf_datetime(sf.get("Account", MULTI)["SystemModstamp"])
     assert start is not None and moved is not None and multi_stamp is not None
     # The first slice was finished: the cursor left the start; the change not applied is ahead.
@@ -195,14 +203,11 @@ def test_a_window_that_times_out_at_any_width_fails_the_run_and_keeps_that_objec
     sandboxes: SandboxPair, make_config: Callable[..., Config], secrets: SecretSource, db_url: str
 ) -> None:
     sf = sandboxes.salesforce
-    cfg = make_config(salesforce={"overlap_seconds": 0})
-    run(cfg, secrets, "backfill")
-    run(cfg, secrets)
+    cfg = synced(make_config, secrets, overlap_seconds=0)
     sf.advance_clock(3600)
     sf.update("Account", ACME, {"Name": "Acme Never Read"})
     timeouts = sf.time_out_queries("Account", wider_than=0)
-    with opened(db_url) as store:
-        before = store.cursors.get(CHANGES_CURSOR.format("Account"))
+    before = account_cursor(db_url)
     writes = sandboxes.stripe.write_count
 
     report = run(cfg, secrets)
@@ -211,8 +216,7 @@ def test_a_window_that_times_out_at_any_width_fails_the_run_and_keeps_that_objec
     assert "QUERY_TIMEOUT" in (report.error or "")
     assert timeouts.hits > 1  # it narrowed the window before giving up
     assert sandboxes.stripe.write_count == writes
-    with opened(db_url) as store:
-        assert store.cursors.get(CHANGES_CURSOR.format("Account")) == before
+    assert account_cursor(db_url) == before
     timeouts.times = 0
     assert run(cfg, secrets).exit_code == 0
     assert names(sandboxes)[ACME] == "Acme Never Read"
@@ -222,9 +226,7 @@ def test_a_store_with_only_the_single_cursor_of_the_previous_release_starts_ever
     sandboxes: SandboxPair, make_config: Callable[..., Config], secrets: SecretSource, db_url: str
 ) -> None:
     sf = sandboxes.salesforce
-    cfg = make_config(salesforce={"overlap_seconds": 0})
-    run(cfg, secrets, "backfill")
-    run(cfg, secrets)
+    cfg = synced(make_config, secrets, overlap_seconds=0)
     with opened(db_url) as store:
         legacy = store.cursors.get(ORDERS_CURSOR)
     engine = sa.create_engine(db_url)

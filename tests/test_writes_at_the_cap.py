@@ -51,6 +51,10 @@ def test_writes_go_out_concurrently_and_never_two_for_one_account(
     stats = sandboxes.stripe.stats()
     assert 1 < stats["peak_in_flight"] <= 8
     assert stats["overlaps"] == []  # no Salesforce account written by two requests at once
+    # The report says how many the connector had in flight: at least what Stripe served at once.
+    pacing = report.as_json()["billing_accounts"]["default"]
+    assert stats["peak_in_flight"] <= pacing["peak_in_flight"] <= 8
+    assert (pacing["rate_limited"], pacing["slowdowns"]) == (0, 0)
     assert report.stripe_calls == N + 3  # still one call per created account
     customers = assert_one_customer_each(sandboxes, BILLED | set(ids))
     view = read_store(db_url)
@@ -78,6 +82,7 @@ def test_max_in_flight_1_sends_one_request_at_a_time(
 
     assert report.created == 13 and report.failed == 0
     assert sandboxes.stripe.stats()["peak_in_flight"] == 1
+    assert report.billing_accounts["default"]["peak_in_flight"] == 1
 
 
 def test_outcomes_are_recorded_in_input_order_whatever_order_answers_come_in(
@@ -119,6 +124,12 @@ def test_a_storm_of_429s_slows_the_writers_down_and_fails_no_record(
     # The writers slowed down below the pace they were told (by about a tenth per signal).
     assert min(e["pace"] for e in refused) < 400
     assert {e["reason"] for e in refused} >= {"global-rate"}
+    # The report counts the run's 429s and the slow-downs they caused (several refused within
+    # one round trip are one slow-down), per billing account.
+    pacing = report.as_json()["billing_accounts"]["default"]
+    assert pacing["rate_limited"] == len(refused)
+    assert 1 <= pacing["slowdowns"] <= len(refused)
+    assert 1 < pacing["peak_in_flight"] <= 8
     assert report.exit_code == 0 and report.failed == 0 and report.created == len(ids) + 3
     customers = assert_one_customer_each(sandboxes, BILLED | set(ids))
     read_store(db_url).assert_links_match(customers)

@@ -93,9 +93,10 @@ class InvalidRequest(RecordError):
 # a state the billing system does not have.
 
 
-class PartiallyApplied(TransientError):
-    """An earlier call of a split update was applied; a later one failed for a passing reason
-    (429, 5xx, a dropped connection). Record `applied`; send `pending` again later."""
+class PartialUpdate(ConnectorError):
+    """An update made in several calls stopped after an earlier call was applied. What both
+    outcomes carry lives here; each subclass says which error it is to its callers (retry
+    later, or skip the record) and which of `cause`'s fields it takes on."""
 
     def __init__(
         self,
@@ -110,29 +111,35 @@ class PartiallyApplied(TransientError):
         self.applied = applied
         self.pending = pending
         self.cause = cause
-        super().__init__(message, code=getattr(cause, "code", None) or "partially_applied")
+        # Cooperative: the next class in the MRO is TransientError or InvalidRequest.
+        super().__init__(message, **self._fields_of(cause))
+
+    @staticmethod
+    def _fields_of(cause: ConnectorError) -> dict[str, Any]:
+        raise NotImplementedError
 
 
-class PartiallyRefused(InvalidRequest):
+class PartiallyApplied(PartialUpdate, TransientError):
+    """An earlier call of a split update was applied; a later one failed for a passing reason
+    (429, 5xx, a dropped connection). Record `applied`; send `pending` again later."""
+
+    @staticmethod
+    def _fields_of(cause: ConnectorError) -> dict[str, Any]:
+        return {"code": getattr(cause, "code", None) or "partially_applied"}
+
+
+class PartiallyRefused(PartialUpdate, InvalidRequest):
     """An earlier call of a split update was applied; the billing system refused a later one
     for this record's data. Record `applied`; the admin fixes what `cause` names."""
 
-    def __init__(
-        self,
-        message: str,
-        *,
-        customer_id: str,
-        applied: CustomerPayload,
-        pending: CustomerPayload,
-        cause: RecordError,
-    ) -> None:
-        self.customer_id = customer_id
-        self.applied = applied
-        self.pending = pending
-        self.cause = cause
-        super().__init__(
-            message, code=cause.code or "invalid_request", param=getattr(cause, "param", None)
-        )
+    cause: RecordError
+
+    @staticmethod
+    def _fields_of(cause: ConnectorError) -> dict[str, Any]:
+        return {
+            "code": getattr(cause, "code", None) or "invalid_request",
+            "param": getattr(cause, "param", None),
+        }
 
 
 class RateLimited(TransientError):

@@ -11,13 +11,12 @@ Data only: nothing here talks to Chargebee.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from functools import cache
-from importlib import resources
 from typing import Any
 
 from connector.billing.schema import CustomFields, Format, TargetField, TargetSchema
+from connector.openapi import OpenApi, packaged
 
 SPEC_FILE = "chargebee_customers.v1.openapi.json"
 SYSTEM = "chargebee"
@@ -68,21 +67,15 @@ def takes_custom_fields() -> bool:
 
 @cache
 def spec() -> dict[str, Any]:
-    text = (
-        resources.files("connector.billing")
-        .joinpath("specs", SPEC_FILE)
-        .read_text(encoding="utf-8")
-    )
-    data: dict[str, Any] = json.loads(text)
-    return data
+    return packaged("connector.billing", "specs", SPEC_FILE)
+
+
+CHARGEBEE = OpenApi(spec)
 
 
 def request_schema(path: str) -> dict[str, Any]:
     """The form-body schema of a POST operation, e.g. CREATE."""
-    op = spec()["paths"][path]["post"]
-    body = op["requestBody"]["content"]["application/x-www-form-urlencoded"]
-    schema: dict[str, Any] = body["schema"]
-    return schema
+    return CHARGEBEE.request_schema(path, "post")
 
 
 def _leaf(path: str, node: Mapping[str, Any]) -> TargetField | str:

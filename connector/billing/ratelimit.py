@@ -12,7 +12,19 @@ the later of its two levels and then counts against both. A 429 lowers the level
 (`Stripe-Rate-Limited-Reason: endpoint-rate` lowers that endpoint's budget, anything else the
 global one) by about 10%, at most once per round trip so a burst of in-flight requests refused
 together counts as one signal; a `Retry-After` pauses the whole credential. Each success
-recovers a small fixed step (additive increase), so the pace creeps back up to the budget.
+recovers a small fixed step (additive increase), so the pace creeps back up to its ceiling.
+
+Paced as sent, counted as arrived: Stripe (and the sandbox) count a request when it arrives, and
+on a loaded host requests bunch on their way there, so two guards keep a bunch within the
+service's burst (measured by `bench/pacing_probe.py`):
+
+- the ceiling of each level is `HEADROOM` of its budget, not all of it. At the full budget the
+  service's bucket refills exactly as fast as it is drawn, so once one bunch has emptied it,
+  every later request that arrives a little early is refused; a few percent under the budget
+  refill it between bunches;
+- a thread that wakes from its booked slot more than `LATE_SLOTS` slots late (its CPU was taken)
+  books again instead of sending on top of the requests booked after it, and slows the pace
+  down as a 429 would: the host is too loaded to keep it.
 
 Clock, sleep and jitter are injected: the tables in the tests move time by hand and never wait.
 """
@@ -44,6 +56,17 @@ SLOWDOWN = 0.9
 FLOOR = 0.05
 #: each success gives back this share of the budget (50 successes undo one slowdown)
 RECOVERY_STEP = 0.002
+#: each level is paced at this share of its budget: the rest refills the service's burst, which
+#: requests bunched on their way there (a loaded host, a busy proxy) use up
+HEADROOM = 0.96
+#: a thread that wakes this many slots (1/pace) after the one it booked books again, at most
+#: `REBOOKS` times: sent now, it would arrive on top of the requests booked after it
+LATE_SLOTS = 2.0
+REBOOKS = 3
+#: a late wake also slows the pace down, as a 429 does (at most once per round trip): a host
+#: that cannot wake its threads on time does not send on time either, and its bunches reach
+#: Stripe's bucket before any 429 could say so
+SLOW_WHEN_LATE = True
 #: how often one request is retried after a 429 before it becomes `RateLimited`
 RATE_LIMIT_RETRIES = 6
 #: longest Retry-After honoured (a larger one is a misconfigured proxy, not a pace)
@@ -101,11 +124,13 @@ class Refusal:
 
 
 class Bucket:
-    """One level: GCRA with a rate that slows down on 429 and recovers step by step."""
+    """One level: GCRA with a rate that slows down on 429 and recovers step by step.
+
+    `max_rate` is the budget; the pace never goes above `ceiling` (`HEADROOM` of it)."""
 
     def __init__(self, rate: float, burst: float) -> None:
         self.max_rate = rate
-        self.rate = rate
+        self.rate = rate * HEADROOM
         self.burst = max(1.0, burst)
         self.tat = -math.inf  # theoretical arrival time of the next request
         self.slowed_at = -math.inf
@@ -118,7 +143,7 @@ class Bucket:
 
     def cap(self, rate: float, burst: float) -> None:
         self.max_rate = min(self.max_rate, rate)
-        self.rate = min(self.rate, self.max_rate)
+        self.rate = min(self.rate, self.ceiling)
         self.burst = min(self.burst, max(1.0, burst))
 
     def slow_down(self, now: float, round_trip: float) -> bool:
@@ -129,9 +154,13 @@ class Bucket:
         self.rate = max(self.max_rate * FLOOR, self.rate * SLOWDOWN)
         return True
 
+    @property
+    def ceiling(self) -> float:
+        return self.max_rate * HEADROOM
+
     def recover(self) -> None:
-        if self.rate < self.max_rate:
-            self.rate = min(self.max_rate, self.rate + self.max_rate * RECOVERY_STEP)
+        if self.rate < self.ceiling:
+            self.rate = min(self.ceiling, self.rate + self.max_rate * RECOVERY_STEP)
 
 
 class RateLimiter:
@@ -157,6 +186,11 @@ class RateLimiter:
         self.latency: float | None = None
         #: 429s met, by Stripe-Rate-Limited-Reason (or "unknown")
         self.refused: Counter[str] = Counter()
+        #: times a level was slowed down: by a 429 (several refused in one round trip count
+        #: once) or by threads woken too late for their slots
+        self.slowdowns = 0
+        #: requests that woke too late for their slot and booked another
+        self.rebooked = 0
 
     # --- levels --------------------------------------------------------------------------
 
@@ -167,6 +201,7 @@ class RateLimiter:
 
     @property
     def max_rate(self) -> float:
+        """The global budget (the pace stays at `HEADROOM` of it or below)."""
         return self._global.max_rate
 
     def endpoint_rate(self, endpoint: str) -> float | None:
@@ -184,6 +219,14 @@ class RateLimiter:
                 if rate is not None:
                     bucket.cap(rate, self.budget.burst)
 
+    def _binding(self, endpoint: str) -> Bucket:
+        """The level that paces a request to `endpoint` now: the slower of its two."""
+        per = self._endpoint(endpoint)
+        return per if per is not None and per.rate < self._global.rate else self._global
+
+    def _pace(self, endpoint: str) -> float:
+        return self._binding(endpoint).rate
+
     def _endpoint(self, endpoint: str) -> Bucket | None:
         bucket = self._endpoints.get(endpoint)
         if bucket is None:
@@ -197,6 +240,10 @@ class RateLimiter:
 
     def reserve(self, endpoint: str) -> float:
         """Book the next slot for `endpoint` on both levels; the seconds to wait for it."""
+        now, start = self._book(endpoint)
+        return start - now
+
+    def _book(self, endpoint: str) -> tuple[float, float]:
         with self._lock:
             now = self._clock()
             per = self._endpoint(endpoint)
@@ -206,12 +253,25 @@ class RateLimiter:
             self._global.take(start)
             if per is not None:
                 per.take(start)
-            return start - now
+            return now, start
 
     def wait(self, endpoint: str) -> None:
-        delay = self.reserve(endpoint)
-        if delay > 0:
-            self._sleep(delay)
+        """Sleep until this request's slot. A thread woken well after its slot (a loaded CPU
+        wakes several at once) books a new one rather than send with the ones booked after it:
+        the slot it missed is lost, as it was to the service's bucket, which was full already."""
+        for attempt in range(REBOOKS + 1):
+            now, start = self._book(endpoint)
+            if start > now:
+                self._sleep(start - now)
+            if attempt == REBOOKS:
+                return  # late again and again: send rather than starve this request
+            with self._lock:
+                now = self._clock()
+                if now - start <= LATE_SLOTS / self._pace(endpoint):
+                    return
+                self.rebooked += 1
+                if SLOW_WHEN_LATE and self._binding(endpoint).slow_down(now, self.latency or 0.0):
+                    self.slowdowns += 1
 
     def succeeded(self, endpoint: str, seconds: float) -> None:
         with self._lock:
@@ -233,7 +293,8 @@ class RateLimiter:
             self.refused[refusal.reason or "unknown"] += 1
             per = self._endpoint(endpoint)
             level = per if refusal.reason == ENDPOINT and per is not None else self._global
-            level.slow_down(now, self.latency or 0.0)
+            if level.slow_down(now, self.latency or 0.0):
+                self.slowdowns += 1
             if refusal.retry_after is not None:
                 self._paused_until = max(self._paused_until, now + refusal.retry_after)
 

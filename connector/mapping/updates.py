@@ -75,3 +75,17 @@ def diff_for_update(
         else:
             out[tag] = dict(new_tags)
     return out or None
+
+
+def changed_paths(previous: Mapping[str, Any] | None, send: Mapping[str, Any]) -> list[str]:
+    """The leaf paths of `send` (from `diff_for_update`) whose values differ from `previous`:
+    what a plan reports as changed. An object is sent with all its mapped leaves, but only the
+    leaves that changed are named (a new company is not a new city)."""
+    if previous is None:
+        return sorted(flatten(send))
+    before = flatten(previous)
+    return sorted(
+        path
+        for path, value in flatten(send).items()
+        if not (before.get(path) == value or (is_unset(before.get(path)) and is_unset(value)))
+    )

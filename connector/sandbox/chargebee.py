@@ -7,8 +7,9 @@ a Chargebee test site does: HTTP Basic auth with the API key as user name, form 
 published description (`billing/specs/chargebee_customers.v1.openapi.json`, read as data) plus
 the v2 additions, Chargebee's error bodies, `chargebee-idempotency-key` replay, business
 entities with or without customer sharing (`chargebee-business-entity-id`), and 429
-`api_request_limit_exceeded`. Everything is in memory. It never imports the connector and never
-talks to Chargebee: it is a server on 127.0.0.1 only.
+`api_request_limit_exceeded`. Everything is in memory. It never imports the connector's
+product code (only the neutral `connector.openapi` reader) and never talks to Chargebee: it is a
+server on 127.0.0.1 only.
 
 The SDK builds its URL as `{protocol}://{site}.{chargebee_domain}/api/v2`; a client reaches this
 server with `site="127"` and `chargebee_domain="0.0.1:PORT"` (see `sdk_options`), so the site
@@ -34,6 +35,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+from connector.openapi import OpenApi
 from connector.sandbox.http import Fault, Request, Response, SandboxServer
 
 API = "/api/v2"
@@ -78,22 +80,19 @@ def spec() -> dict[str, Any]:
     return data
 
 
-def _body_schema(path: str) -> dict[str, Any]:
-    op = spec()["paths"][path]["post"]
-    schema: dict[str, Any] = op["requestBody"]["content"]["application/x-www-form-urlencoded"][
-        "schema"
-    ]
-    return schema
+CHARGEBEE = OpenApi(spec)
 
 
 def request_schemas() -> dict[str, dict[str, Any]]:
     """Body schemas per operation, with the v2 additions the SDK sends (see the shared README)."""
-    create = copy.deepcopy(_body_schema("/customers"))
+    create = copy.deepcopy(CHARGEBEE.request_schema("/customers", "post"))
     create["properties"]["business_entity_id"] = {"type": "string", "maxLength": ENTITY_ID_MAX}
     return {
         "create": create,
-        "update": _body_schema("/customers/{customer-id}"),
-        "update_billing_info": _body_schema("/customers/{customer-id}/update_billing_info"),
+        "update": CHARGEBEE.request_schema("/customers/{customer-id}", "post"),
+        "update_billing_info": CHARGEBEE.request_schema(
+            "/customers/{customer-id}/update_billing_info", "post"
+        ),
     }
 
 

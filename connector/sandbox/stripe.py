@@ -7,8 +7,9 @@ key, Stripe's error shapes, idempotency keys replayed or refused, `Request-Id` o
 answer, and search that can lag behind writes. It holds one account or several (account,
 organization and Connect keys, sharing groups: `stripe_accounts`) and can enforce Stripe's
 rate limits (`stripe_limits`). It keeps everything in memory and must never talk to the real
-Stripe: it is a server, not a client, and it binds loopback only. It imports nothing of the
-connector it checks: it reads Stripe's description with its own reader (`stripe_openapi`).
+Stripe: it is a server, not a client, and it binds loopback only. It imports no product code of
+the connector it checks: it loads Stripe's description itself (`stripe_openapi`) and reads it
+with the neutral `connector.openapi`.
 """
 
 from __future__ import annotations
@@ -29,11 +30,11 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl
 
-from connector.sandbox import stripe_openapi
+from connector.openapi import ParamError, ParamProblem
 from connector.sandbox.http import Clock, Fault, Request, Response, SandboxServer
 from connector.sandbox.stripe_accounts import DEFAULT_ACCOUNT, Access, Directory, Refusal
 from connector.sandbox.stripe_limits import RateLimits, StripeLimiter
-from connector.sandbox.stripe_openapi import ParamError, ParamProblem
+from connector.sandbox.stripe_openapi import STRIPE
 
 CUSTOMERS = "/v1/customers"
 CUSTOMER = "/v1/customers/{customer}"
@@ -889,19 +890,19 @@ class StripeSandbox(SandboxServer):
         pairs = _query_pairs(req.query) if req.query else []
         pairs += parse_qsl(req.body.decode("utf-8"), keep_blank_values=True)
         raw = parse_form(pairs)
-        schema = stripe_openapi.request_schema(path, "post")
-        typed: dict[str, Any] = stripe_openapi.coerce_params(schema, raw)
+        schema = STRIPE.request_schema(path, "post")
+        typed: dict[str, Any] = STRIPE.coerce_params(schema, raw)
         return typed
 
     def _query(self, req: Request, path: str) -> dict[str, Any]:
         raw = parse_form(_query_pairs(req.query))
-        typed: dict[str, Any] = stripe_openapi.coerce_params(stripe_openapi.query_schema(path, "get"), raw)
+        typed: dict[str, Any] = STRIPE.coerce_params(STRIPE.query_schema(path, "get"), raw)
         return typed
 
     def _python_params(self, fields: Mapping[str, Any], path: str, method: str) -> dict[str, Any]:
         raw = {k: ("" if v is None else v) for k, v in fields.items()}
         try:
-            typed: dict[str, Any] = stripe_openapi.coerce_params(stripe_openapi.request_schema(path, method), raw)
+            typed: dict[str, Any] = STRIPE.coerce_params(STRIPE.request_schema(path, method), raw)
             self._check_rules(typed, None)
         except ParamError as exc:
             raise ValueError(f"{exc.problem.param}: {exc.problem.message}") from exc
