@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import io
+import itertools
 import json
 import re
 import threading
@@ -392,7 +392,11 @@ class SalesforceSource:
         result = self._first_page(soql, include_deleted, batch_size or self.config.page_size)
         self.last_total_size = result.get("totalSize")
         while True:
-            yield [_strip(r) for r in result.get("records", [])]
+            # The response's own record dicts (and their `attributes`) are not kept while the
+            # page is in use: only the stripped copies, which share the nested relationships.
+            page = [_strip(r) for r in result.pop("records", None) or []]
+            yield page
+            del page
             if result.get("done", True):
                 return
             next_url = result["nextRecordsUrl"]
@@ -685,9 +689,14 @@ class SalesforceSource:
                 csv_text = self._guard(lambda: next(results, None))
                 if csv_text is None:
                     return
-                rows = [_from_bulk_csv(r) for r in csv.DictReader(io.StringIO(csv_text))]
-                for start in range(0, len(rows), size):
-                    yield rows[start : start + size]
+                # Parsed a page at a time: the set's text is held (one string, megabytes), its
+                # rows only `page_size` at a time. Parsing the whole set first held 10,000
+                # nested dicts per set, twice while the prefetch crossed from one set to the
+                # next.
+                reader = csv.DictReader(_lines(csv_text))
+                while page := [_from_bulk_csv(r) for r in itertools.islice(reader, size)]:
+                    yield page
+                del reader, csv_text
 
     def change_query(
         self,
@@ -1159,6 +1168,18 @@ def _from_bulk_csv(flat: Mapping[str, str]) -> dict[str, Any]:
             node = child
         node[parts[-1]] = value
     return out
+
+
+def _lines(text: str) -> Iterator[str]:
+    """The lines of `text`, each with its line break, one at a time: what `csv.reader` reads
+    (a quoted field that spans lines is joined by the reader), without a copy of the whole text
+    (`io.StringIO` holds one of up to four bytes a character)."""
+    start, end = 0, len(text)
+    while start < end:
+        stop = text.find("\n", start)
+        stop = end if stop < 0 else stop + 1
+        yield text[start:stop]
+        start = stop
 
 
 def _strip(record: dict[str, Any]) -> dict[str, Any]:
