@@ -83,7 +83,15 @@ def sync_table(data: dict[str, Any], name: str) -> str:
     ]
     if p.get("note"):
         out.append(f"{p['note']}")
-    if not data.get("finished", True):
+    running = data.get("running")
+    if running:
+        out.append(
+            f"Still running when this file was taken: `{running['scenario']}` had run "
+            f"{fmt(running['elapsed_s'])} s and sent {fmt(running.get('stripe_requests'))} "
+            f"Stripe requests, at a peak RSS of {fmt(running['peak_rss_mib_sampled'])} MiB "
+            f"sampled so far ({running['at']})."
+        )
+    elif not data.get("finished", True):
         out.append(
             "The benchmark did not finish (stopped from outside); the rows are what it saved."
         )
@@ -232,6 +240,15 @@ def targets_table(sync: list[tuple[str, dict[str, Any]]]) -> str:
                     oks.append(False)
                 else:
                     figures.append(f"{fmt(rss)} MiB until it was stopped: no verdict (`{name}`)")
+            running = d.get("running") or {}
+            if running.get("scenario") == scenario:
+                # Still running when the file was taken: as a run cut short.
+                rss = running["peak_rss_mib_sampled"]
+                if rss >= RSS_LIMIT_MIB:
+                    figures.append(f"at least {fmt(rss)} MiB, still running (`{name}`)")
+                    oks.append(False)
+                else:
+                    figures.append(f"{fmt(rss)} MiB so far, still running: no verdict (`{name}`)")
         rows.append(
             (
                 f"peak RSS under 250 MB (238.4 MiB) at 1,000,000 accounts: {scenario}",

@@ -91,6 +91,7 @@ from connector.shipped import default_mappings_dir  # noqa: E402
 MAX_ACCOUNTS = 1_000_000  # the loops below are bounded by this
 SAMPLE_EVERY = 0.02  # seconds between samples of the Stripe sandbox's request counter
 MIN_FOR_RATE = 50  # Stripe requests below which no "while writing" rate is reported
+PROGRESS_EVERY = 60.0  # seconds between progress records of a running scenario in the JSON
 GRACE = 30.0  # seconds a connector stopped by SIGTERM has to finish before it is killed
 
 
@@ -260,9 +261,11 @@ def run_child(
     timeout: float,
     deadline: float | None = None,
     stripe_counter: Any = None,
+    progress: Any = None,
 ) -> ChildRun:
     """Run `python -m module args` to completion, or stop it at `timeout` seconds or at the
-    `deadline` (a time.monotonic() value), whichever comes first.
+    `deadline` (a time.monotonic() value), whichever comes first. `progress(elapsed_s,
+    peak_rss_mib, stripe_requests)` is called every PROGRESS_EVERY seconds while it runs.
 
     CPU time comes from the child's own rusage (wait4); peak RSS from the child's VmHWM, as it
     reported it at exit, or as sampled from /proc/PID/status while it ran if it did not.
@@ -277,6 +280,7 @@ def run_child(
     start = time.monotonic()
 
     def sample(pid: int) -> None:
+        reported = start
         # Bounded by the child's lifetime and the timeout.
         while not done.wait(SAMPLE_EVERY) and time.monotonic() - start < timeout + GRACE + 5:
             if stripe_counter:
@@ -284,6 +288,10 @@ def run_child(
             hwm = _vm_hwm_kib(pid)
             if hwm:
                 peak_sampled[0] = max(peak_sampled[0], hwm)
+            if progress is not None and time.monotonic() - reported >= PROGRESS_EVERY:
+                reported = time.monotonic()
+                count = samples[-1][1] - samples[0][1] if samples else 0
+                progress(reported - start, peak_sampled[0] / 1024, count)
 
     with out_path.open("wb") as out, err_path.open("wb") as err:
         proc = subprocess.Popen(argv, stdout=out, stderr=err, env=dict(env), cwd=workdir)
@@ -597,8 +605,14 @@ def salesforce_counts(pair: SandboxPair) -> dict[str, int]:
         "rate_limited": int(stats["rate_limited"]),
     }
     for key, n in stats["requests"].items():
+        # A Composite request (`/composite`) carries queries only: the change queries of an
+        # incremental sync, one call for all of them.
         kind = (
-            "query" if "/query" in key else "writeback" if "composite/sobjects" in key else "other"
+            "query"
+            if "/query" in key or key.rstrip("/").endswith("/composite")
+            else "writeback"
+            if "composite/sobjects" in key
+            else "other"
         )
         out[kind] += n
         out["total"] += n
@@ -637,9 +651,11 @@ def scenario(
     target: BenchTarget,
     baseline: ChildRun,
     deadline: float | None = None,
+    progress: Any = None,
 ) -> dict[str, Any]:
     enforced = target.apply()
     billing_before, sf_before = target.counts(), salesforce_counts(pair)
+    resources_before = dict(pair.salesforce.stats()["requests"])
     self_before = resource.getrusage(resource.RUSAGE_SELF)
     stripe_counter = target.counter()
     child = run_child(
@@ -650,10 +666,16 @@ def scenario(
         timeout=args.timeout,
         deadline=deadline,
         stripe_counter=stripe_counter,
+        progress=progress,
     )
     self_after = resource.getrusage(resource.RUSAGE_SELF)
     billing = _delta(target.counts(), billing_before)
     sf = _delta(salesforce_counts(pair), sf_before)
+    resources = {
+        k: v - resources_before.get(k, 0)
+        for k, v in pair.salesforce.stats()["requests"].items()
+        if v - resources_before.get(k, 0)
+    }
     r = child.report or {}
     orders, created, updated, unchanged = (
         int(r.get(k, 0) or 0) for k in ("orders_read", "created", "updated", "unchanged")
@@ -711,6 +733,8 @@ def scenario(
             "bound": bound,
             "within_bound": sf["total"] <= bound,
             "per_1000_orders": _per(sf["total"], orders, 1000),
+            # Which calls they were: method and resource as the sandbox org counted them.
+            "requests": resources,
         },
         "connector_process": {
             "peak_rss_mib": round(child.peak_rss_mib, 1),
@@ -962,6 +986,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 accounts_changed = len(change_accounts(pair, args.accounts, args.changed_share))
                 what = f"{what} ({accounts_changed:,} accounts)"
             print(f"{name} ...", file=sys.stderr, flush=True)
+
+            def progress(elapsed: float, peak: float, requests: int, name: str = name) -> None:
+                # A long scenario (a backfill of 1,000,000) leaves its figures so far in the
+                # file while it runs: what it reached is there if it must be stopped or left.
+                data["running"] = {
+                    "scenario": name,
+                    "elapsed_s": round(elapsed, 1),
+                    "peak_rss_mib_sampled": round(peak, 1),
+                    f"{target.kind}_requests": requests,
+                    "at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                }
+                _save(args.out, data)
+
             res = scenario(
                 name,
                 what,
@@ -973,7 +1010,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 target,
                 baseline,
                 deadline,
+                progress,
             )
+            data.pop("running", None)
             res["soql"] = summary(queries.take())
             data["scenarios"].append(res)
             _save(args.out, data)  # what finished survives a benchmark stopped later

@@ -26,6 +26,7 @@ import contextlib
 import hashlib
 import json
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from collections.abc import Set as AbstractSet
@@ -67,14 +68,15 @@ from connector.planner import (
 from connector.prefetch import prefetched
 from connector.routing import RoutingConfig, route
 from connector.salesforce import (
-    CHANGES_PAGE,
     IN_CHUNK,
+    ChangePage,
     DeletedAccount,
     OrderPage,
     OrderRow,
     Watched,
     WriteBackResult,
     parse_sf_datetime,
+    soql_stamp,
 )
 from connector.sfid import normalize_sf_id
 from connector.state.ports import Store
@@ -95,6 +97,11 @@ DELETIONS_CURSOR = "salesforce.accounts.deleted.modstamp"
 # object newly watched starts); a store written by a release with the one OR'd query has only
 # ORDERS_CURSOR, and every object's cursor starts from it.
 CHANGES_CURSOR = "salesforce.changes.{}.modstamp"
+# Custom relationships resolved by describe, remembered between runs (JSON: when, and
+# "Parent.Name__r" -> [object, id field]): without it every run of a mapping that reads through
+# a custom relationship spends a describe call per object on it. Re-described once a day.
+RELATIONSHIPS_CACHE = "salesforce.relationships.{}"
+RELATIONSHIPS_TTL = timedelta(days=1)
 # A window that still times out at this width is not a question of width: the run fails.
 MIN_WINDOW = timedelta(seconds=1)
 SF_STAMP = "%Y-%m-%dT%H:%M:%S.000+0000"
@@ -137,10 +144,44 @@ class Source(Protocol):
         sobject: str,
         *,
         since: datetime,
-        until: datetime,
+        until: datetime | None,
         after: tuple[str, str] | None = None,
         fields: Sequence[str] = (),
-    ) -> list[dict[str, Any]]: ...
+    ) -> ChangePage: ...
+
+    def change_query(
+        self,
+        sobject: str,
+        *,
+        since: datetime,
+        until: datetime | None,
+        after: tuple[str, str] | None = None,
+        fields: Sequence[str] = (),
+    ) -> tuple[str, bool, int]: ...
+
+    def deleted_query(self, *, since: datetime | None) -> tuple[str, bool, int]: ...
+
+    def prime(
+        self, queries: Sequence[tuple[str, bool, int]], *, describe: Sequence[str] = ()
+    ) -> None: ...
+
+    def order_query(
+        self,
+        fields: Sequence[str],
+        *,
+        watch: Sequence[str] = ...,
+        activated_from: datetime | None = None,
+        activated_until: datetime | None = None,
+        after_id: str | None = None,
+    ) -> tuple[str, bool, int]: ...
+
+    def resolve_relationships(
+        self, relationships: Sequence[str], alongside: Sequence[tuple[str, bool, int]] = ()
+    ) -> None: ...
+
+    def known_relationships(self) -> dict[str, tuple[str, str]]: ...
+
+    def learn_relationships(self, known: Mapping[str, Sequence[str]]) -> None: ...
 
     def accounts_referencing(self, path: str, ids: Sequence[str]) -> list[str]: ...
 
@@ -546,6 +587,7 @@ class Engine:
         self.watch = watched_relationships(self.fields)
         self.link_sources = tuple(dict.fromkeys(s for m in every for s in link_sources(m)))
         self._watched: list[Watched] | None = None
+        self._persist_relationships = True
 
     # --- the run --------------------------------------------------------------------------
 
@@ -570,6 +612,8 @@ class Engine:
         )
         structlog.contextvars.bind_contextvars(run_id=run_id)
         scope = self._scope(run_id, dry_run, sink if sink is not None else KeepAll())
+        # What describe resolved is remembered by runs that write; a dry run writes nothing.
+        self._persist_relationships = not dry_run
         sf_start = self._sf_calls()
         calls_start = {t.name: _pacing_counters(t) for t in self.targets}
         status, error, error_exit = "succeeded", None, None
@@ -583,16 +627,30 @@ class Engine:
                 # A changed mapping can change every payload: re-evaluate every linked account.
                 log.info("run.mapping_changed", fingerprint=self.mapping.fingerprint)
                 effective = "recheck"
+            # An incremental sync fetches the deletions' first page and every watched
+            # object's first change page in one Composite call (Salesforce counts it as
+            # one); its answer's Date, less the time the call took, is the snapshot.
+            snapshot = self._prime_sync_reads() if effective == "sync" else None
+            if mode == "backfill":
+                self._prime_backfill_reads(since, until)
             if mode in ("sync", "backfill"):
                 # Merges and deletes first, so the accounts they concern are held before any
                 # of their orders is planned.
                 self._process_deletions(scope)
-            snapshot = self.source.server_time() if mode != "retry" else None
+            if snapshot is None and mode != "retry":
+                snapshot = self.source.server_time()
             completed, snapshot = self._read_and_apply(
                 scope, effective, since=since, until=until, snapshot=snapshot
             )
             if completed and mode in ("sync", "retry"):
                 completed = self._process_retries(scope, retry_all=retry_all or mode == "retry")
+            if completed and mode == "backfill" and not dry_run:
+                # The syncs after a backfill read the change queries of every watched object:
+                # resolving them here (a describe per custom relationship, remembered in the
+                # store) spares the first sync those calls, when the backfill's own
+                # write-backs already fill its Account window.
+                with contextlib.suppress(UnavailableError, TransientError):
+                    self.watched()
             self._flush_writebacks(scope, final=True)
             if completed and not dry_run and snapshot is not None:
                 self._advance_cursor(
@@ -837,8 +895,93 @@ class Engine:
     def watched(self) -> list[Watched]:
         """Order and every object the mappings read through, with the id paths to each."""
         if self._watched is None:
+            name = RELATIONSHIPS_CACHE.format(self.source.org_id)
+            cached = self._learn_cached_relationships()
             self._watched = self.source.watched_objects(self.watch)
+            known = self.source.known_relationships()
+            if known and {k: list(v) for k, v in known.items()} != cached:
+                value = json.dumps({"at": _iso(self.now()), "relationships": known})
+                if self._persist_relationships:
+                    with contextlib.suppress(UnavailableError):  # read-only store: describe again
+                        self._store_write(lambda: self.store.cursors.set(name, value))
         return self._watched
+
+    def _learn_cached_relationships(self) -> dict[str, list[str]]:
+        cached = self._cached_relationships(RELATIONSHIPS_CACHE.format(self.source.org_id))
+        if cached:
+            self.source.learn_relationships(cached)
+        return cached
+
+    def _prime_backfill_reads(self, since: datetime | None, until: datetime | None) -> None:
+        """Resolve the custom relationships the syncs after this backfill watch, carried by
+        the backfill's own first calls (its deletions query, its first order page) in
+        Composite requests, so neither this run nor the next sync spends a call on them."""
+        self._learn_cached_relationships()
+        point = _BackfillPoint.parse(
+            self.store.cursors.get(
+                self.cursor(f"backfill:{_iso(since) or '-'}:{_iso(until) or '-'}")
+            )
+        )
+        cursor = parse_sf_datetime(self.store.cursors.get(self.cursor(DELETIONS_CURSOR)))
+        alongside = [
+            self.source.deleted_query(since=cursor - self.overlap if cursor else None),
+            self.source.order_query(
+                self.fields,
+                watch=self.watch,
+                activated_from=since,
+                activated_until=until,
+                after_id=point.after_id if point else None,
+            ),
+        ]
+        self.source.resolve_relationships(self.watch, alongside)
+
+    def _cached_relationships(self, name: str) -> dict[str, list[str]]:
+        """What an earlier run learned by describe, unless it is older than a day."""
+        try:
+            data = json.loads(self.store.cursors.get(name) or "{}")
+            at = parse_sf_datetime(data.get("at")) if isinstance(data, dict) else None
+            refs = data.get("relationships") if isinstance(data, dict) else None
+        except (ValueError, TypeError):
+            return {}
+        if at is None or not isinstance(refs, dict) or self.now() - at > RELATIONSHIPS_TTL:
+            return {}
+        return {str(k): list(v) for k, v in refs.items() if isinstance(v, list)}
+
+    def _first_query(self, w: Watched, start: datetime) -> dict[str, Any]:
+        """The arguments of `w`'s first change query in a run: open-ended, since it is sent
+        before the run's snapshot is known (see `_prime_sync_reads`)."""
+        return {
+            "since": start - self.overlap,
+            "until": None,
+            "after": None,
+            "fields": self.account_fields if w.sobject == "Account" else (),
+        }
+
+    def _prime_sync_reads(self) -> datetime | None:
+        """Fetch the deletions' first page and every watched object's first change page in as
+        few Composite calls as Salesforce takes (5 queries each) instead of one call each, and
+        return the run's snapshot; None when there is no cursor yet (a full read).
+
+        Each query is still its own, on its own object, and is read as if sent alone. The
+        first change pages have no upper bound: the snapshot is Salesforce's Date of the
+        answer less the time the call took (the Date is whole seconds, rounded down), so it is
+        no later than the moment the queries began, as a snapshot taken before them would be.
+        A first page that holds changes after the snapshot applies them early; the cursor
+        moves to the snapshot only, so the next run reads them again.
+        """
+        starts = self._change_starts()
+        if starts is None:
+            return None
+        cursor = parse_sf_datetime(self.store.cursors.get(self.cursor(DELETIONS_CURSOR)))
+        queries = [self.source.deleted_query(since=cursor - self.overlap if cursor else None)]
+        for w in self.watched():
+            queries.append(
+                self.source.change_query(w.sobject, **self._first_query(w, starts[w.sobject]))
+            )
+        began = time.monotonic()
+        self.source.prime(queries)
+        took = time.monotonic() - began
+        return self.source.server_time() - timedelta(seconds=took)
 
     def _changes_cursor(self, sobject: str) -> str:
         return self.cursor(CHANGES_CURSOR.format(sobject))
@@ -886,26 +1029,34 @@ class Engine:
         windows: list[tuple[datetime, datetime, tuple[str, str] | None]] = [
             (start - self.overlap, until + timedelta(seconds=1), None)
         ]
+        # The run's first query of this object is the one `_prime_sync_reads` fetched.
+        open_first = True
         while windows:
             since, end, after = windows.pop(0)
             if since >= end:
                 continue
             try:
                 while True:
-                    records = self.source.changes(
+                    # A halved window is bounded even when its first query was open.
+                    bound, open_first = None if open_first else end, False
+                    page = self.source.changes(
                         w.sobject,
                         since=since,
-                        until=end,
+                        until=bound,
                         after=after,
                         fields=self.account_fields if w.sobject == "Account" else (),
                     )
+                    records = page.records
                     if records:
                         if not self._apply_changes(scope, w, records):
                             return False
                         last = records[-1]
                         after = (str(last["SystemModstamp"]), str(last["Id"]))
-                    if len(records) < CHANGES_PAGE:
+                    if not page.more:
                         break
+                    last_stamp = parse_sf_datetime(after[0]) if after else None
+                    if last_stamp is not None and last_stamp >= end:
+                        break  # an open first page already went past the window
             except TransientError as exc:
                 if exc.code != "QUERY_TIMEOUT":
                     raise
@@ -935,9 +1086,12 @@ class Engine:
         """Read and apply the orders of every account one page of changed records affects."""
         affected: dict[str, None] = {}
         if w.sobject == "Order":
+            same = self._orders_as_applied(records)
             affected.update(
                 dict.fromkeys(
-                    normalize_sf_id(str(r["AccountId"]), what="Order.AccountId") for r in records
+                    normalize_sf_id(str(r["AccountId"]), what="Order.AccountId")
+                    for r in records
+                    if str(r["Id"]) not in same
                 )
             )
         else:
@@ -956,6 +1110,35 @@ class Engine:
         todo = [a for a in affected if a not in scope.read]
         return self._process_accounts(scope, todo, self.targets)
 
+    def _orders_as_applied(self, records: Sequence[Mapping[str, Any]]) -> set[str]:
+        """Changed orders whose SystemModstamp is the one their last apply read: nothing of
+        the order changed since (the overlap window re-reads what the previous run applied,
+        for commit lag). Every save moves SystemModstamp, so an order saved again after it
+        was read shows another stamp and is read; a change of its account or contact is that
+        object's change, read from that object's own query."""
+        ids = [str(r["Id"]) for r in records]
+        stored = self.store.digests.get_many(self._digest_key("Order"), ids)
+        same = {
+            i
+            for i, r in zip(ids, records, strict=True)
+            if i in stored
+            and r.get("SystemModstamp")
+            and stored[i] == soql_stamp(str(r["SystemModstamp"]))
+        }
+        if same:
+            log.info("changes.orders_unchanged", skipped=len(same), changed=len(ids) - len(same))
+        return same
+
+    def _digest_key(self, sobject: str) -> str:
+        """Digests are per partition, as cursors are: what one partition applied says nothing
+        of what another one has (the column holds 64 characters; a long group is hashed)."""
+        if not self.cursor_scope:
+            return sobject
+        key = f"{sobject}@{self.cursor_scope}"
+        if len(key) > 64:
+            key = f"{sobject}@" + hashlib.sha256(self.cursor_scope.encode()).hexdigest()[:32]
+        return key
+
     def _unchanged_accounts(self, records: Sequence[Mapping[str, Any]]) -> set[str]:
         """Changed accounts whose fields the orders read are as the connector last applied them.
 
@@ -972,7 +1155,7 @@ class Engine:
         whoever made it, and also skips edits to fields nothing reads.
         """
         ids = [normalize_sf_id(str(r["Id"]), what="Account.Id") for r in records]
-        stored = self.store.digests.get_many("Account", ids)
+        stored = self.store.digests.get_many(self._digest_key("Account"), ids)
         same = {
             i
             for i, r in zip(ids, records, strict=True)
@@ -998,13 +1181,30 @@ class Engine:
             for row in rows
             if isinstance(row.record.get("Account"), dict)
         }
-        # Most accounts of a page were applied as they were last time (a re-check, a sync of
+        # Each order's SystemModstamp as read: the overlap of the next run skips it unchanged.
+        stamps = {
+            row.order_id: soql_stamp(str(row.record["SystemModstamp"]))
+            for row in rows
+            if row.record.get("SystemModstamp")
+        }
+        # Most records of a page were applied as they were last time (a re-check, a sync of
         # orders whose accounts did not change): reading the stored digests costs far less
         # than rewriting them all, so only the ones that differ are written.
-        stored = self.store.digests.get_many("Account", list(digests))
+        account_key, order_key = self._digest_key("Account"), self._digest_key("Order")
+        stored = self.store.digests.get_many(account_key, list(digests))
         changed = {a: d for a, d in digests.items() if stored.get(a) != d}
-        if changed:
-            self._store_write(lambda: self.store.digests.set_many("Account", changed))
+        stored_stamps = self.store.digests.get_many(order_key, list(stamps))
+        moved = {o: st for o, st in stamps.items() if stored_stamps.get(o) != st}
+        if not changed and not moved:
+            return
+
+        def write() -> None:
+            if changed:
+                self.store.digests.set_many(account_key, changed)
+            if moved:
+                self.store.digests.set_many(order_key, moved)
+
+        self._store_write(write)
 
     def _process_accounts(
         self, scope: RunScope, account_ids: Sequence[str], targets: Sequence[BillingTarget]

@@ -10,16 +10,16 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import io
+import itertools
 import json
 import re
 import threading
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -28,6 +28,8 @@ from simple_salesforce.exceptions import (
     SalesforceAuthenticationFailed,
     SalesforceError,
     SalesforceExpiredSession,
+    SalesforceGeneralError,
+    SalesforceMalformedRequest,
     SalesforceOperationError,
     SalesforceRefusedRequest,
 )
@@ -164,11 +166,18 @@ _STANDARD_RELATIONSHIPS: dict[str, str] = {
 _DESCRIBED: dict[tuple[str, str], dict[str, tuple[str, str]]] = {}
 
 # Changed records per keyset query: the change queries select two or three columns, so they
-# take Salesforce's largest page whatever the order page size is.
-CHANGES_PAGE = 2000
+# take Salesforce's largest page whatever the order page size is. One less than that batch
+# of 2,000: each query asks for one row more than a page (to know whether more follow), and
+# 1,999 + 1 still fits one batch, so Salesforce closes the query at once. At 2,000 + 1 every
+# full page would leave a query cursor open; a user has at most 10, and opening an eleventh
+# releases the oldest, which may be one another run of the same user is still paging.
+CHANGES_PAGE = 1999
 # Ids per `IN (...)` list: 200 ids of 18 characters keep a query far under SOQL's 100,000
 # characters and the 16,384-character URI limit of a GET.
 IN_CHUNK = 200
+# Query operations one Composite request may hold (Salesforce's limit: 25 subrequests, at most
+# 5 of them queries).
+COMPOSITE_QUERIES = 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -267,6 +276,27 @@ class OrderPage:
     ordered: bool = True
 
 
+@dataclass(frozen=True, slots=True)
+class ChangePage:
+    """One keyset page of changed records, and whether the window holds more after it."""
+
+    records: list[dict[str, Any]]
+    more: bool
+
+
+def _raise(exc: BaseException) -> Any:
+    raise exc
+
+
+def _references(described: Mapping[str, Any]) -> dict[str, tuple[str, str]]:
+    """relationship name (folded) -> (object, id field), from an object's describe."""
+    return {
+        str(f["relationshipName"]).casefold(): (str(f["referenceTo"][0]), str(f["name"]))
+        for f in described.get("fields", [])
+        if isinstance(f, dict) and f.get("relationshipName") and f.get("referenceTo")
+    }
+
+
 def _path(record: dict[str, Any], path: str | tuple[str, ...]) -> Any:
     node: Any = record
     for part in path.split(".") if isinstance(path, str) else path:
@@ -274,6 +304,43 @@ def _path(record: dict[str, Any], path: str | tuple[str, ...]) -> Any:
             return None
         node = node.get(part)
     return node
+
+
+class Clients:
+    """simple-salesforce clients over one login, each used by one thread at a time.
+
+    The engine's thread, the next-page prefetch and the write-back worker call Salesforce at
+    the same time, and `requests` does not promise that a Session is safe to share between
+    threads (its connection pool is, the cookie jar and adapters' state are not documented
+    so). Each call leases an idle client, or makes one (same session id and instance, a
+    Session of its own with the same adapters and the same usage hook, so every answer is
+    counted once, in one `ApiUsage`), and hands it back after: as many clients as calls ever
+    ran at once (three here), each keeping its connections alive between calls.
+    """
+
+    def __init__(self, first: Salesforce, make: Callable[[], Salesforce] | None = None) -> None:
+        self.first = first
+        self._make = make
+        self._idle: list[Salesforce] = [first]
+        self._lock = threading.Lock()
+        self.made = 1
+
+    @contextlib.contextmanager
+    def lease(self) -> Iterator[Salesforce]:
+        with self._lock:
+            client = self._idle.pop() if self._idle else None
+            if client is None and self._make is None:
+                raise RuntimeError("every Salesforce client is in use and none can be made")
+        if client is None:
+            assert self._make is not None
+            client = self._make()
+            with self._lock:
+                self.made += 1
+        try:
+            yield client
+        finally:
+            with self._lock:
+                self._idle.append(client)
 
 
 @dataclass
@@ -293,6 +360,24 @@ class SalesforceSource:
     last_total_size: int | None = field(default=None)
     # While set, queries are recorded here instead of sent (see `queries_of`).
     capture: list[str] | None = field(default=None)
+    # First pages fetched ahead by `prime`, by (soql, include_deleted, batch size); each is
+    # taken once.
+    _primed: dict[tuple[str, bool, int], Any] = field(default_factory=dict, repr=False)
+    # Relationships resolved by describe ("parent.relationship", folded -> (object, id
+    # field)), whether in this process or remembered from an earlier one (`learn_relationships`).
+    _relationships: dict[str, tuple[str, str]] = field(default_factory=dict, repr=False)
+    # One client per concurrent call (see `Clients`); `sf` is the one that logged in.
+    clients: Clients | None = field(default=None, repr=False)
+
+    def _lease(self) -> contextlib.AbstractContextManager[Salesforce]:
+        if self.clients is None:
+            self.clients = Clients(self.sf)
+        return self.clients.lease()
+
+    def _call(self, fn: Callable[[Salesforce], Any]) -> Any:
+        """`fn` with a client no other thread is using."""
+        with self._lease() as sf:
+            return fn(sf)
 
     # --- queries ---------------------------------------------------------------------------
 
@@ -304,18 +389,109 @@ class SalesforceSource:
             self.capture.append(soql)  # `queries_of`: built by the code that runs them, not sent
             return
         headers = {"Sforce-Query-Options": f"batchSize={batch_size or self.config.page_size}"}
-        result = self._guard(
-            lambda: self.sf.query(soql, include_deleted=include_deleted, headers=headers)
-        )
+        result = self._first_page(soql, include_deleted, batch_size or self.config.page_size)
         self.last_total_size = result.get("totalSize")
         while True:
-            yield [_strip(r) for r in result.get("records", [])]
+            # The response's own record dicts (and their `attributes`) are not kept while the
+            # page is in use: only the stripped copies, which share the nested relationships.
+            page = [_strip(r) for r in result.pop("records", None) or []]
+            yield page
+            del page
             if result.get("done", True):
                 return
             next_url = result["nextRecordsUrl"]
             result = self._guard(
-                lambda u=next_url: self.sf.query_more(u, identifier_is_url=True, headers=headers)
+                lambda u=next_url: self._call(
+                    lambda sf: sf.query_more(u, identifier_is_url=True, headers=headers)
+                )
             )
+
+    def _first_page(self, soql: str, include_deleted: bool, batch_size: int) -> dict[str, Any]:
+        """The first page of `soql`: the one `prime` fetched already, or a call of its own."""
+        primed = self._primed.pop((soql, include_deleted, batch_size), None)
+        if isinstance(primed, BaseException):
+            # Mapped to the connector's errors as the same answer to a query of its own is.
+            self._guard(lambda: _raise(primed))
+        if primed is not None:
+            page: dict[str, Any] = primed
+            return page
+        headers = {"Sforce-Query-Options": f"batchSize={batch_size}"}
+        result: dict[str, Any] = self._guard(
+            lambda: self._call(
+                lambda sf: sf.query(soql, include_deleted=include_deleted, headers=headers)
+            )
+        )
+        return result
+
+    def prime(
+        self, queries: Sequence[tuple[str, bool, int]], *, describe: Sequence[str] = ()
+    ) -> None:
+        """Fetch the first page of each (soql, include_deleted, batch size) in one Composite
+        call per five queries; `query_pages` and `changes` then take them without a call.
+
+        Salesforce counts a whole Composite request as one call toward the API limits
+        (REST API guide, "Send Multiple Requests Using Composite"), and takes at most 25
+        subrequests of which at most 5 are query operations. A subrequest's own error (a
+        QUERY_TIMEOUT of one object's window) is kept and raised where that query is read, as
+        if it had been sent alone; the other objects' pages stand.
+        """
+        todo = list(dict.fromkeys(q for q in queries if q not in self._primed))
+        objects = list(dict.fromkeys(describe))
+        if self.capture is not None or not (todo or objects):
+            return
+        base = f"/services/data/v{self.sf.sf_version}"
+        for start in range(0, max(len(todo), 1), COMPOSITE_QUERIES):
+            chunk = todo[start : start + COMPOSITE_QUERIES]
+            # The describes ride with the first call (they are not query operations).
+            described = objects if start == 0 else []
+            body = {
+                "allOrNone": False,
+                "compositeRequest": [
+                    {
+                        "method": "GET",
+                        "url": f"{base}/"
+                        + ("queryAll" if deleted else "query")
+                        + "/?"
+                        + urlencode({"q": soql}),
+                        "referenceId": f"q{i}",
+                        "httpHeaders": {"Sforce-Query-Options": f"batchSize={batch}"},
+                    }
+                    for i, (soql, deleted, batch) in enumerate(chunk)
+                ]
+                + [
+                    {
+                        "method": "GET",
+                        "url": f"{base}/sobjects/{obj}/describe",
+                        "referenceId": f"d{i}",
+                    }
+                    for i, obj in enumerate(described)
+                ],
+            }
+            answer = self._guard(
+                lambda b=body: self._call(
+                    lambda sf: sf.restful("composite", method="POST", data=json.dumps(b))
+                )
+            )
+            subs = answer.get("compositeResponse") if isinstance(answer, dict) else None
+            if not isinstance(subs, list) or len(subs) != len(chunk) + len(described):
+                raise TransientError(
+                    "Salesforce answered a Composite request with something other than one "
+                    "response per subrequest",
+                    code="MALFORMED_RESULT",
+                )
+            for obj, sub in zip(described, subs[len(chunk) :], strict=True):
+                # A describe that failed here is made again alone, where its error is raised.
+                content = sub.get("body")
+                if 200 <= int(sub.get("httpStatusCode") or 0) < 300 and isinstance(content, dict):
+                    _DESCRIBED[self._describe_key(obj)] = _references(content)
+            for key, sub in zip(chunk, subs[: len(chunk)], strict=True):
+                status = int(sub.get("httpStatusCode") or 0)
+                content = sub.get("body")
+                if 200 <= status < 300 and isinstance(content, dict):
+                    self._primed[key] = content
+                else:
+                    cls = SalesforceMalformedRequest if status == 400 else SalesforceGeneralError
+                    self._primed[key] = cls("composite", status, "query", content)
 
     def activated_orders(
         self,
@@ -339,6 +515,79 @@ class SalesforceSource:
         whose `link` mapping reads a link that just changed. Give one path per call: a filter
         that ORs fields of different objects makes Salesforce scan every Order.
         """
+        select, where, stamps = self._order_query_parts(
+            fields,
+            watch=watch,
+            activated_from=activated_from,
+            activated_until=activated_until,
+            after_id=after_id,
+            account_ids=account_ids,
+            referencing=referencing,
+        )
+        soql = f"SELECT {', '.join(select)} FROM Order WHERE {' AND '.join(where)} ORDER BY Id"
+        # A full read (no id list) of a large org goes on through Bulk API 2.0 after its first
+        # REST page: that page's totalSize tells the size, and the job reads on after its
+        # last Id, so no call is spent twice.
+        full = account_ids is None and not referencing
+        threshold = self.config.bulk_threshold
+        last_id: str | None = None
+        split = [tuple(s.split(".")) for s in stamps]
+        fields_read = self._fields_read()
+        for page in self.query_pages(soql):
+            yield OrderPage(
+                rows=[self._order_row(r, split, fields_read) for r in page],
+                total=self.last_total_size,
+            )
+            if page:
+                last_id = str(page[-1]["Id"])
+            total = self.last_total_size or 0
+            if full and threshold and total > threshold and last_id is not None:
+                if total > len(page):
+                    where.append(f"Id > {soql_quote(last_id)}")
+                    # No ORDER BY: Bulk API 2.0 documents it as unsupported in query jobs.
+                    bulk = f"SELECT {', '.join(select)} FROM Order WHERE {' AND '.join(where)}"
+                    for records in self.bulk_pages(bulk):
+                        yield OrderPage(
+                            rows=[self._order_row(r, split, fields_read) for r in records],
+                            total=total,
+                            ordered=False,
+                        )
+                return
+
+    def order_query(
+        self,
+        fields: Sequence[str],
+        *,
+        watch: Sequence[str] = ("Account",),
+        activated_from: datetime | None = None,
+        activated_until: datetime | None = None,
+        after_id: str | None = None,
+    ) -> tuple[str, bool, int]:
+        """The first query a full `activated_orders` read sends, as `prime` takes it."""
+        select, where, _ = self._order_query_parts(
+            fields,
+            watch=watch,
+            activated_from=activated_from,
+            activated_until=activated_until,
+            after_id=after_id,
+            account_ids=None,
+            referencing=None,
+        )
+        soql = f"SELECT {', '.join(select)} FROM Order WHERE {' AND '.join(where)} ORDER BY Id"
+        return soql, False, self.config.page_size
+
+    def _order_query_parts(
+        self,
+        fields: Sequence[str],
+        *,
+        watch: Sequence[str],
+        activated_from: datetime | None,
+        activated_until: datetime | None,
+        after_id: str | None,
+        account_ids: Sequence[str] | None,
+        referencing: Mapping[str, Sequence[str]] | None,
+    ) -> tuple[list[str], list[str], list[str]]:
+        """(select, where, stamp paths) of an order read."""
         stamps = ["SystemModstamp", *[f"{w}.SystemModstamp" for w in watch]]
         base = [
             "Id",
@@ -375,35 +624,7 @@ class SalesforceSource:
                 )
                 + ")"
             )
-        soql = f"SELECT {', '.join(select)} FROM Order WHERE {' AND '.join(where)} ORDER BY Id"
-        # A full read (no id list) of a large org goes on through Bulk API 2.0 after its first
-        # REST page: that page's totalSize tells the size, and the job reads on after its
-        # last Id, so no call is spent twice.
-        full = account_ids is None and not referencing
-        threshold = self.config.bulk_threshold
-        last_id: str | None = None
-        split = [tuple(s.split(".")) for s in stamps]
-        fields_read = self._fields_read()
-        for page in self.query_pages(soql):
-            yield OrderPage(
-                rows=[self._order_row(r, split, fields_read) for r in page],
-                total=self.last_total_size,
-            )
-            if page:
-                last_id = str(page[-1]["Id"])
-            total = self.last_total_size or 0
-            if full and threshold and total > threshold and last_id is not None:
-                if total > len(page):
-                    where.append(f"Id > {soql_quote(last_id)}")
-                    # No ORDER BY: Bulk API 2.0 documents it as unsupported in query jobs.
-                    bulk = f"SELECT {', '.join(select)} FROM Order WHERE {' AND '.join(where)}"
-                    for records in self.bulk_pages(bulk):
-                        yield OrderPage(
-                            rows=[self._order_row(r, split, fields_read) for r in records],
-                            total=total,
-                            ordered=False,
-                        )
-                return
+        return select, where, stamps
 
     def queries_of(
         self, fields: Sequence[str], watched: Sequence[Watched], account_fields: Sequence[str] = ()
@@ -419,6 +640,14 @@ class SalesforceSource:
             # selective.
             list(self.activated_orders(fields, account_ids=[sample]))
             for w in watched:
+                # The first page of a run's window has no upper bound (see the engine's
+                # `_prime_sync_reads`); the keyset pages after it do.
+                self.changes(
+                    w.sobject,
+                    since=now - timedelta(hours=1),
+                    until=None,
+                    fields=account_fields if w.sobject == "Account" else (),
+                )
                 self.changes(
                     w.sobject,
                     since=now - timedelta(hours=1),
@@ -435,7 +664,7 @@ class SalesforceSource:
     def explain(self, soql: str) -> dict[str, Any]:
         """Salesforce's query plan for `soql` (`/query/?explain=`): plans cheapest first."""
         result: dict[str, Any] = self._guard(
-            lambda: self.sf.restful("query/", params={"explain": soql})
+            lambda: self._call(lambda sf: sf.restful("query/", params={"explain": soql}))
         )
         return result
 
@@ -445,45 +674,45 @@ class SalesforceSource:
         parsed and handed on in pages; only one set is held at a time."""
         obj = re.search(r"\bFROM\s+(\w+)", soql, re.IGNORECASE)
         sobject = obj.group(1) if obj else "Order"
-        results = self._guard(
-            lambda: getattr(self.sf.bulk2, sobject).query(
-                soql,
-                max_records=self.config.bulk_page_size,
-                wait=self.config.bulk_poll_seconds,
+        # The job's result sets are fetched lazily, by the client that created the job: that
+        # client is this read's alone until the read ends.
+        with self._lease() as sf:
+            results = self._guard(
+                lambda: getattr(sf.bulk2, sobject).query(
+                    soql,
+                    max_records=self.config.bulk_page_size,
+                    wait=self.config.bulk_poll_seconds,
+                )
             )
-        )
-        size = self.config.page_size
-        while True:
-            csv_text = self._guard(lambda: next(results, None))
-            if csv_text is None:
-                return
-            rows = [_from_bulk_csv(r) for r in csv.DictReader(io.StringIO(csv_text))]
-            for start in range(0, len(rows), size):
-                yield rows[start : start + size]
+            size = self.config.page_size
+            while True:
+                csv_text = self._guard(lambda: next(results, None))
+                if csv_text is None:
+                    return
+                # Parsed a page at a time: the set's text is held (one string, megabytes), its
+                # rows only `page_size` at a time. Parsing the whole set first held 10,000
+                # nested dicts per set, twice while the prefetch crossed from one set to the
+                # next.
+                reader = csv.DictReader(_lines(csv_text))
+                while page := [_from_bulk_csv(r) for r in itertools.islice(reader, size)]:
+                    yield page
+                del reader, csv_text
 
-    def changes(
+    def change_query(
         self,
         sobject: str,
         *,
         since: datetime,
-        until: datetime,
+        until: datetime | None,
         after: tuple[str, str] | None = None,
         fields: Sequence[str] = (),
         limit: int = CHANGES_PAGE,
-    ) -> list[dict[str, Any]]:
-        """One keyset page of the records of `sobject` changed in [since, until).
-
-        `SystemModstamp` is indexed on every object, so a range on it alone is selective; the
-        keyset condition `after` = (SystemModstamp, Id) of the last record of the previous
-        page ORs two conditions on the same object's own fields, which keeps the index. Each
-        page is its own short query (no query locator to expire, nothing computed ahead),
-        so a window that times out can be narrowed from where it stopped. Raises
-        TransientError(code="QUERY_TIMEOUT") when Salesforce gives up on it.
-        """
-        where = [
-            f"SystemModstamp >= {soql_stamp(since)}",
-            f"SystemModstamp < {soql_stamp(until)}",
-        ]
+    ) -> tuple[str, bool, int]:
+        """The query `changes` sends for these arguments, as `prime` takes it (`until` None:
+        no upper bound)."""
+        where = [f"SystemModstamp >= {soql_stamp(since)}"]
+        if until is not None:
+            where.append(f"SystemModstamp < {soql_stamp(until)}")
         if after is not None:
             stamp, last_id = soql_stamp(after[0]), soql_quote(after[1])
             where.append(
@@ -500,14 +729,44 @@ class SalesforceSource:
             *fields,
         ):
             unique.setdefault(name.casefold(), name)
+        # One record more than a page: a first batch that is not `done` says that more
+        # follow, so a window that ends on a full page costs no empty query after it. Only
+        # the first batch is read; the next page is a new keyset query.
         soql = (
             f"SELECT {', '.join(unique.values())} FROM {sobject} WHERE {' AND '.join(where)} "
-            f"ORDER BY SystemModstamp, Id LIMIT {int(limit)}"
+            f"ORDER BY SystemModstamp, Id LIMIT {int(limit) + 1}"
         )
-        records: list[dict[str, Any]] = []
-        for page in self.query_pages(soql, batch_size=min(2000, max(200, int(limit)))):
-            records.extend(page)
-        return records
+        return soql, False, min(2000, max(200, int(limit) + 1))
+
+    def changes(
+        self,
+        sobject: str,
+        *,
+        since: datetime,
+        until: datetime | None,
+        after: tuple[str, str] | None = None,
+        fields: Sequence[str] = (),
+        limit: int = CHANGES_PAGE,
+    ) -> ChangePage:
+        """One keyset page of the records of `sobject` changed in [since, until).
+
+        `SystemModstamp` is indexed on every object, so a range on it alone is selective; the
+        keyset condition `after` = (SystemModstamp, Id) of the last record of the previous
+        page ORs two conditions on the same object's own fields, which keeps the index. Each
+        page is its own short query (no query locator to expire, nothing computed ahead),
+        so a window that times out can be narrowed from where it stopped. Raises
+        TransientError(code="QUERY_TIMEOUT") when Salesforce gives up on it.
+        """
+        soql, deleted, batch = self.change_query(
+            sobject, since=since, until=until, after=after, fields=fields, limit=limit
+        )
+        if self.capture is not None:
+            self.capture.append(soql)
+            return ChangePage([], more=False)
+        first = self._first_page(soql, deleted, batch)
+        records = [_strip(r) for r in first.get("records", [])][: int(limit)]
+        more = not first.get("done", True) or len(first.get("records", [])) > len(records)
+        return ChangePage(records, more=more and bool(records))
 
     def accounts_referencing(self, path: str, ids: Sequence[str]) -> list[str]:
         """The accounts of the activated orders whose `path` (an id path from Order) names one
@@ -577,23 +836,79 @@ class SalesforceSource:
         out += [Watched(obj, tuple(p)) for obj, p in paths.items() if obj != "Order"]
         return out
 
+    def _describe_key(self, sobject: str) -> tuple[str, str]:
+        return (f"{self.org_id}:{self.sf.sf_instance}", sobject.casefold())
+
+    def resolve_relationships(
+        self, relationships: Sequence[str], alongside: Sequence[tuple[str, bool, int]] = ()
+    ) -> None:
+        """Describe the objects `relationships` (paths from Order) go through by custom
+        relationships, not known yet, in Composite calls, one hop of the paths per call, with
+        the `alongside` queries (which do not depend on them) riding one per call, in order:
+        `query_pages` then takes their first pages without a call. A backfill resolves what the
+        syncs after it watch this way at no cost of its own for paths of up to two custom hops
+        (its deletions query and its first order page carry the describes)."""
+        free = list(alongside)
+        for _ in range(8):  # a path of more hops than this is read hop by hop by describe
+            parents = self._undescribed(relationships)
+            if not parents:
+                return
+            self.prime(free[:1], describe=parents)
+            free = free[1:]
+            if any(self._describe_key(p) not in _DESCRIBED for p in parents):
+                return  # a describe failed: `_relationship` describes it alone and says why
+
+    def _undescribed(self, relationships: Sequence[str]) -> list[str]:
+        """The objects whose describe the next hop of some path needs."""
+        out: dict[str, None] = {}
+        for rel in relationships:
+            parent = "Order"
+            for part in rel.split("."):
+                if (
+                    not part.casefold().endswith("__r")
+                    and part.casefold() in _STANDARD_RELATIONSHIPS
+                ):
+                    parent = _STANDARD_RELATIONSHIPS[part.casefold()]
+                    continue
+                learned = self._relationships.get(f"{parent}.{part}".casefold())
+                refs = _DESCRIBED.get(self._describe_key(parent))
+                found = learned or (refs or {}).get(part.casefold())
+                if found is None:
+                    if refs is None:
+                        out[parent] = None
+                    break
+                parent = found[0]
+        return list(out)
+
+    def known_relationships(self) -> dict[str, tuple[str, str]]:
+        """The custom relationships resolved by describe so far ("Parent.Name__r", folded ->
+        (object, id field)), for the state store to remember between runs."""
+        return dict(self._relationships)
+
+    def learn_relationships(self, known: Mapping[str, Sequence[str]]) -> None:
+        """Relationships an earlier run resolved: no describe call for them. Salesforce does
+        not let a lookup field change the object it points to once created, so what describe
+        said stays true while the field exists (the engine still re-describes once a day)."""
+        for key, value in known.items():
+            if len(value) == 2 and all(isinstance(v, str) and v for v in value):
+                self._relationships[key.casefold()] = (str(value[0]), str(value[1]))
+
     def _relationship(self, parent: str, name: str) -> tuple[str, str]:
         """(object, id field) of relationship `name` on `parent`."""
         if not name.casefold().endswith("__r"):
             known = _STANDARD_RELATIONSHIPS.get(name.casefold())
             if known is not None:
                 return known, f"{name}Id"
-        key = (f"{self.org_id}:{self.sf.sf_instance}", parent.casefold())
+        learned = self._relationships.get(f"{parent}.{name}".casefold())
+        if learned is not None:
+            return learned
+        key = self._describe_key(parent)
         refs = _DESCRIBED.get(key)
         if refs is None:
-            described = self.describe(parent)
-            refs = {
-                str(f["relationshipName"]).casefold(): (str(f["referenceTo"][0]), str(f["name"]))
-                for f in described.get("fields", [])
-                if f.get("relationshipName") and f.get("referenceTo")
-            }
-            _DESCRIBED[key] = refs
+            refs = _DESCRIBED[key] = _references(self.describe(parent))
         found = refs.get(name.casefold())
+        if found is not None:
+            self._relationships[f"{parent}.{name}".casefold()] = found
         if found is None:
             raise ConfigError(
                 f"the mapping reads {parent}.{name}, but Salesforce's {parent} has no relationship "
@@ -608,7 +923,7 @@ class SalesforceSource:
         change stamped before it is visible to that read (the overlap covers commit lag).
         """
         if self.usage.server_date is None:
-            self._guard(lambda: self.sf.limits())
+            self._guard(lambda: self._call(lambda sf: sf.limits()))
         if self.usage.server_date is None:
             raise UnavailableError(
                 "Salesforce answered without a Date header; the connector cannot tell which "
@@ -616,11 +931,8 @@ class SalesforceSource:
             )
         return self.usage.server_date
 
-    def deleted_accounts(self, *, since: datetime | None) -> Iterator[list[DeletedAccount]]:
-        """Accounts deleted or merged away since `since` (queryAll: the recycle bin included).
-
-        A merge shows as the losing account deleted with MasterRecordId naming the winner.
-        """
+    def deleted_query(self, *, since: datetime | None) -> tuple[str, bool, int]:
+        """The query `deleted_accounts` sends, as `prime` takes it."""
         where = ["IsDeleted = true"]
         if since is not None:
             where.append(f"SystemModstamp >= {soql_datetime(since)}")
@@ -628,6 +940,14 @@ class SalesforceSource:
             f"SELECT Id, MasterRecordId, SystemModstamp FROM Account WHERE {' AND '.join(where)} "
             "ORDER BY SystemModstamp, Id"
         )
+        return soql, True, self.config.page_size
+
+    def deleted_accounts(self, *, since: datetime | None) -> Iterator[list[DeletedAccount]]:
+        """Accounts deleted or merged away since `since` (queryAll: the recycle bin included).
+
+        A merge shows as the losing account deleted with MasterRecordId naming the winner.
+        """
+        soql, _, _ = self.deleted_query(since=since)
         for page in self.query_pages(soql, include_deleted=True):
             yield [
                 # Both ids key links in the store, so both in the 18-character form: a master
@@ -683,7 +1003,9 @@ class SalesforceSource:
         return next(iter(self.writeback_fields.values()), None)
 
     def describe(self, sobject: str) -> dict[str, Any]:
-        result: dict[str, Any] = self._guard(lambda: getattr(self.sf, sobject).describe())
+        result: dict[str, Any] = self._guard(
+            lambda: self._call(lambda sf: getattr(sf, sobject).describe())
+        )
         return result
 
     # --- write-back ------------------------------------------------------------------------
@@ -708,8 +1030,8 @@ class SalesforceSource:
                 ],
             }
             results = self._guard(
-                lambda b=body: self.sf.restful(
-                    "composite/sobjects", method="PATCH", data=json.dumps(b)
+                lambda b=body: self._call(
+                    lambda sf: sf.restful("composite/sobjects", method="PATCH", data=json.dumps(b))
                 )
             )
             if not isinstance(results, list) or not all(isinstance(r, dict) for r in results):
@@ -848,6 +1170,18 @@ def _from_bulk_csv(flat: Mapping[str, str]) -> dict[str, Any]:
     return out
 
 
+def _lines(text: str) -> Iterator[str]:
+    """The lines of `text`, each with its line break, one at a time: what `csv.reader` reads
+    (a quoted field that spans lines is joined by the reader), without a copy of the whole text
+    (`io.StringIO` holds one of up to four bytes a character)."""
+    start, end = 0, len(text)
+    while start < end:
+        stop = text.find("\n", start)
+        stop = end if stop < 0 else stop + 1
+        yield text[start:stop]
+        start = stop
+
+
 def _strip(record: dict[str, Any]) -> dict[str, Any]:
     """Records keep their nested relationship dicts; only the top-level attributes go."""
     return {k: v for k, v in record.items() if k != "attributes"}
@@ -950,8 +1284,28 @@ def connect(
         raise UnavailableError(f"Salesforce unreachable at login: {type(exc).__name__}") from None
     REDACTOR.add(sf.session_id)  # whatever its shape, the session id never reaches a log
     org_id = config.org_id or _org_from_session(sf.session_id) or "unknown"
+    login = sf
+
+    def another_client() -> Salesforce:
+        """A client over the same login with a Session of its own (no login call)."""
+        own = (
+            loopback_session(config.instance_url)
+            if loopback and config.instance_url
+            else settled_session()
+        )
+        own.hooks["response"].append(usage.observe)
+        return Salesforce(
+            instance=login.sf_instance,
+            session_id=login.session_id,
+            session=own,
+            version=config.api_version,
+            # Plain dicts, as the first client's (see above).
+            object_pairs_hook=None,
+        )
+
     return SalesforceSource(
         sf=sf,
+        clients=Clients(sf, another_client),
         config=config,
         usage=usage,
         org_id=org_id,

@@ -87,6 +87,36 @@ def test_a_run_past_the_deadline_is_stopped_and_says_so(tmp_path: Path) -> None:
     assert child.exit_code != 0
 
 
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="VmHWM is read from Linux /proc")
+def test_a_running_child_reports_its_progress_with_its_peak_so_far(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import bench.sync_bench as sync_bench
+
+    monkeypatch.setattr(sync_bench, "PROGRESS_EVERY", 0.0)  # every sample
+    seen = tmp_path / "seen"
+    # A stand-in that runs until the benchmark has reported on it at least once.
+    (tmp_path / "until_seen.py").write_text(
+        "import pathlib, time\n"
+        f"while not pathlib.Path({str(seen)!r}).exists():\n"
+        "    time.sleep(0.01)\n"
+    )
+    reports: list[tuple[float, float, int]] = []
+
+    def progress(elapsed: float, peak_mib: float, requests: int) -> None:
+        reports.append((elapsed, peak_mib, requests))
+        seen.touch()
+
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    child = run_child(
+        "until_seen", [], env, tmp_path, timeout=600, stripe_counter=lambda: 7, progress=progress
+    )
+    assert child.exit_code == 0 and child.stopped is None
+    assert reports and all(peak > 0 for _, peak, _ in reports)
+    assert reports[-1][1] <= child.peak_rss_mib
+    assert all(n == 0 for _, _, n in reports)  # the counter never moved
+
+
 @pytest.mark.parametrize(
     ("mode", "endpoints", "cap"),
     [("test", ["create"], 25), ("live", ["create"], 25), ("live-raised", ["create"], 100)],
@@ -184,6 +214,17 @@ def test_a_million_account_run_cut_short_decides_only_when_already_over_the_limi
     assert verdict(300, None).endswith("**not met** |")
     assert verdict(300, "deadline").endswith("**not met** |")
     assert verdict(200, "deadline").endswith("not measured |")
+
+    # A file taken while its scenario still runs: its peak so far, decided only when over.
+    still = {**dry_run(0, None), "scenarios": [], "running": {
+        "scenario": "dry_run", "elapsed_s": 60.0, "peak_rss_mib_sampled": 150.0,
+        "stripe_requests": 0, "at": "2026-11-30T09:00:00Z"}}
+    table = targets_table([("r.json", still)])
+    row = next(line for line in table.splitlines() if "dry_run" in line)
+    assert "150 MiB so far, still running" in row and row.endswith("not measured |")
+    still["running"]["peak_rss_mib_sampled"] = 300.0  # type: ignore[index]
+    table = targets_table([("r.json", still)])
+    assert next(line for line in table.splitlines() if "dry_run" in line).endswith("**not met** |")
 
 
 def test_the_chargebee_target_counts_chargebee_calls_through_the_same_scenarios(

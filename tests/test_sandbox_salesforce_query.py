@@ -484,3 +484,44 @@ def test_a_missing_q_parameter_is_refused(org: SalesforceSandbox) -> None:
         headers={"Authorization": f"Bearer {org.access_token}"},
     )
     assert resp.status_code == 400 and resp.json()[0]["errorCode"] == "MALFORMED_QUERY"
+
+
+# --- Composite -------------------------------------------------------------------------------
+
+
+def composite(sf: Salesforce, subs: list[dict[str, Any]]) -> Any:
+    return sf.restful(
+        "composite", method="POST", json={"allOrNone": False, "compositeRequest": subs}
+    )
+
+
+def query_sub(ref: str, soql: str) -> dict[str, Any]:
+    from urllib.parse import urlencode
+
+    return {"method": "GET", "url": "/services/data/v62.0/query/?" + urlencode({"q": soql}), "referenceId": ref}
+
+
+def test_a_composite_request_answers_each_subrequest_alone_and_counts_as_one_call(
+    org: SalesforceSandbox, sf: Salesforce
+) -> None:
+    used = org.api_calls_used
+    answer = composite(
+        sf,
+        [
+            query_sub("orders", "SELECT Id FROM Order WHERE Status = 'Activated'"),
+            query_sub("broken", "SELECT Id FROM Order WHERE NoSuchField__c = 1"),
+            {"method": "GET", "url": "/services/data/v62.0/sobjects/Account/describe", "referenceId": "d"},
+        ],
+    )
+    subs = {s["referenceId"]: s for s in answer["compositeResponse"]}
+    assert subs["orders"]["httpStatusCode"] == 200 and ids(subs["orders"]["body"]) == {O1, O3}
+    assert subs["broken"]["httpStatusCode"] == 400
+    assert subs["broken"]["body"][0]["errorCode"] == "INVALID_FIELD"
+    assert subs["d"]["httpStatusCode"] == 200 and subs["d"]["body"]["name"] == "Account"
+    assert org.api_calls_used - used == 1
+
+
+def test_a_composite_request_takes_at_most_five_queries(org: SalesforceSandbox, sf: Salesforce) -> None:
+    with pytest.raises(SalesforceMalformedRequest) as caught:
+        composite(sf, [query_sub(f"q{i}", "SELECT Id FROM Account") for i in range(6)])
+    assert caught.value.content[0]["errorCode"] == "LIMIT_EXCEEDED"

@@ -19,6 +19,7 @@ import csv
 import hmac
 import io
 import itertools
+import json
 import random
 import re
 import secrets
@@ -30,7 +31,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from email.utils import formatdate
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlsplit
 
 import jwt
 
@@ -1317,6 +1318,7 @@ class SalesforceSandbox(SandboxServer):
         r("GET", v + r"/sobjects/(?P<obj>\w+)/(?P<id>[^/]+)", self._rest_get)
         r("PATCH", v + r"/sobjects/(?P<obj>\w+)/(?P<id>[^/]+)", self._rest_update)
         r("DELETE", v + r"/sobjects/(?P<obj>\w+)/(?P<id>[^/]+)", self._rest_delete)
+        r("POST", v + r"/composite", self._composite)
         r("PATCH", v + r"/composite/sobjects", self._collection_update)
         r("POST", v + r"/composite/sobjects", self._collection_create)
         r("DELETE", v + r"/composite/sobjects", self._collection_delete)
@@ -1804,6 +1806,71 @@ class SalesforceSandbox(SandboxServer):
         return Response.empty(204)
 
     # --- HTTP: sObject Collections -------------------------------------------------------------
+
+    def _composite(self, req: Request) -> Response:
+        """`POST /composite`: up to 25 subrequests, at most 5 of them queries (Query,
+        QueryAll, query-more), run in order as the same user; the whole request is one API
+        call (REST API guide, "Send Multiple Requests Using Composite"). With allOrNone false
+        each subrequest answers alone: `{body, httpHeaders, httpStatusCode, referenceId}`.
+        References between subrequests (`@{ref.field}`) are not resolved here: a subrequest
+        that uses one is refused, so a client that needs them is not misled."""
+        body = self._body(req)
+        subs = body.get("compositeRequest") if isinstance(body, dict) else None
+        if not isinstance(subs, list) or not subs:
+            return _error_response(
+                400, "JSON_PARSER_ERROR", "The request body must hold a compositeRequest array"
+            )
+        if len(subs) > 25:
+            return _error_response(
+                400, "LIMIT_EXCEEDED", "A composite request may have at most 25 subrequests"
+            )
+        paths = [
+            urlsplit(str(s.get("url") or "")).path if isinstance(s, dict) else "" for s in subs
+        ]
+        queries = sum(1 for p in paths if re.search(r"/v\d+\.\d/(?:query|queryAll)(?:/|$)", p))
+        if queries > 5:
+            return _error_response(
+                400,
+                "LIMIT_EXCEEDED",
+                "A composite request may have at most 5 query operations",
+            )
+        out: list[dict[str, Any]] = []
+        for sub, path in zip(subs, paths, strict=True):
+            ref = sub.get("referenceId") if isinstance(sub, dict) else None
+            method = str(sub.get("method") or "").upper() if isinstance(sub, dict) else ""
+            if not ref or not method or not path.startswith("/services/data/v"):
+                answer = _error_response(
+                    400,
+                    "INVALID_INPUT",
+                    "Each subrequest needs a method, a url under /services/data/vXX.X and a "
+                    "referenceId",
+                )
+            elif "@{" in json.dumps(sub) or path.rstrip("/").endswith("/composite"):
+                answer = _error_response(
+                    400, "INVALID_INPUT", "the sandbox does not resolve composite references"
+                )
+            else:
+                headers = dict(req.headers)
+                for k, v in (sub.get("httpHeaders") or {}).items():
+                    headers[str(k).lower()] = str(v)
+                inner = Request(
+                    method=method,
+                    path=path,
+                    query=parse_qs(urlsplit(str(sub["url"])).query, keep_blank_values=True),
+                    headers=headers,
+                    body=json.dumps(sub["body"]).encode() if "body" in sub else b"",
+                )
+                # Routed as the server routes, but not counted again: one call in all.
+                answer = SandboxServer.dispatch(self, inner)
+            out.append(
+                {
+                    "body": json.loads(answer.body) if answer.body else None,
+                    "httpHeaders": {},
+                    "httpStatusCode": answer.status,
+                    "referenceId": ref,
+                }
+            )
+        return Response.json({"compositeResponse": out})
 
     def _collection_records(self, req: Request) -> tuple[list[Any], bool] | Response:
         body = self._body(req)
