@@ -1,4 +1,5 @@
-"""glibc malloc settings that keep the connector's resident memory flat while writers run.
+"""Process memory settings: glibc malloc tuned so resident memory stays flat while writers run,
+and the start-up objects moved out of the garbage collector's scans.
 
 Measured with bench/sync_bench.py at N = 100,000 (32 writer threads, 25 ms per Stripe request):
 malloc held 64 MiB of arenas for 27 MiB in use. Two defaults of glibc cause the difference:
@@ -24,8 +25,10 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import gc
 import os
 import sys
+import threading
 
 # mallopt parameters, from glibc's malloc.h.
 M_MMAP_THRESHOLD = -3
@@ -52,3 +55,32 @@ def tune() -> dict[str, bool]:
     if "MALLOC_MMAP_THRESHOLD_" not in os.environ:
         done["mmap_threshold"] = bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD))
     return done
+
+
+_freeze_lock = threading.Lock()
+_frozen = False
+
+
+def freeze_startup_objects() -> bool:
+    """Move every object alive now into the collector's permanent generation, once per process.
+
+    The imports (the Stripe SDK's resource classes, SQLAlchemy, pydantic, simple-salesforce),
+    the config, the compiled mappings and the clients are a few hundred thousand tracked
+    objects that live as long as the process. Every full collection walks all of them, and a
+    run allocates enough containers per record to trigger one every few thousand records:
+    measured with bench/cpu_per_record.py (n = 2,000, five runs each), a re-check of unchanged
+    orders cost 0.063 to 0.111 ms per order without this and 0.062 to 0.068 with it, and a
+    create 0.95 to 1.01 ms against 0.87 to 0.96. Frozen objects are never collected, so this
+    runs once, when the first pipeline is built: whatever that run later drops in a reference
+    cycle stays (a bounded, one-time cost), where freezing before every run of a daemon would
+    keep each run's cycles for good. Returns whether this call froze.
+    """
+    global _frozen
+    with _freeze_lock:
+        if _frozen:
+            return False
+        _frozen = True
+        # Garbage of start-up (parsed YAML, import-time temporaries) is freed, not frozen.
+        gc.collect()
+        gc.freeze()
+        return True

@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from connector import allocator
 from connector.billing import TARGET_KINDS, build_target
 from connector.billing.base import BillingTarget
 from connector.config import Config, SecretSource
@@ -284,6 +285,9 @@ def open_pipeline(
                 cursor_scope="+".join(only) if only is not None else None,
                 mappings=per_account,
             )
+            # Imports, config, clients and mappings live for the whole process: out of the
+            # collector's scans from here on (see allocator.freeze_startup_objects).
+            allocator.freeze_startup_objects()
             yield Pipeline(config, mapping, store, source, targets, engine)
     finally:
         store.close()

@@ -143,3 +143,41 @@ def test_the_entry_point_tunes_malloc_before_it_imports_the_cli(
     monkeypatch.setattr(connector.cli, "main", lambda: calls.append("cli"))
     entry.main()
     assert calls == ["signals", "malloc", "cli"]
+
+
+def test_start_up_objects_are_frozen_once_per_process() -> None:
+    """In a fresh interpreter: the first call freezes what is alive, a later one (a daemon's
+    next run) freezes nothing more, so a run's own objects stay collectable."""
+    import subprocess
+    import textwrap
+
+    code = textwrap.dedent(
+        """
+        import gc
+        from connector import allocator
+        assert gc.get_freeze_count() == 0
+        assert allocator.freeze_startup_objects() is True
+        first = gc.get_freeze_count()
+        assert first > 0
+        later = [[i] for i in range(1000)]  # a run's objects
+        assert allocator.freeze_startup_objects() is False
+        assert gc.get_freeze_count() == first
+        print(first)
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert int(done.stdout) > 0
+
+
+def test_a_pipeline_freezes_the_start_up_objects(make_config: Any, secrets: Any) -> None:
+    import gc
+
+    from connector.app import open_pipeline
+
+    with open_pipeline(make_config(), secrets):
+        # Frozen by this pipeline or an earlier one of this test process: never more than once.
+        assert gc.get_freeze_count() > 0
+        assert allocator.freeze_startup_objects() is False
