@@ -166,12 +166,12 @@ _STANDARD_RELATIONSHIPS: dict[str, str] = {
 _DESCRIBED: dict[tuple[str, str], dict[str, tuple[str, str]]] = {}
 
 # Changed records per keyset query: the change queries select two or three columns, so they
-# take Salesforce's largest page whatever the order page size is. One less than that batch
-# of 2,000: each query asks for one row more than a page (to know whether more follow), and
-# 1,999 + 1 still fits one batch, so Salesforce closes the query at once. At 2,000 + 1 every
-# full page would leave a query cursor open; a user has at most 10, and opening an eleventh
-# releases the oldest, which may be one another run of the same user is still paging.
-CHANGES_PAGE = 1999
+# take Salesforce's largest page whatever the order page size is. Each asks for one row more
+# than a page (to know whether more follow), which leaves the query's cursor open when the
+# page is full; Salesforce no longer limits open cursors (the 10 per user went with API 56.0,
+# for every API version: "API Query Cursor Limits" in the limits cheat sheet) and drops them
+# after two days, so an unread look-ahead row costs nothing.
+CHANGES_PAGE = 2000
 # Ids per `IN (...)` list: 200 ids of 18 characters keep a query far under SOQL's 100,000
 # characters and the 16,384-character URI limit of a GET.
 IN_CHUNK = 200
@@ -736,7 +736,7 @@ class SalesforceSource:
             f"SELECT {', '.join(unique.values())} FROM {sobject} WHERE {' AND '.join(where)} "
             f"ORDER BY SystemModstamp, Id LIMIT {int(limit) + 1}"
         )
-        return soql, False, min(2000, max(200, int(limit) + 1))
+        return soql, False, min(2000, max(200, int(limit)))
 
     def changes(
         self,
