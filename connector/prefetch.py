@@ -22,10 +22,13 @@ _END = object()
 def prefetched(pages: Iterator[T]) -> Iterator[T]:
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch")
 
+    def advance() -> object:
+        return next(pages, _END)
+
     def fetch() -> Future[object]:
         # The worker logs with the run's context (run_id), as the caller would.
         ctx = contextvars.copy_context()
-        return pool.submit(ctx.run, next, pages, _END)
+        return pool.submit(ctx.run, advance)
 
     pending: Future[object] | None = fetch()
     try:
